@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every test of strata: unit tests and end-to-end tests (as root, on real bundles, images and VMs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "scripts/test.sh: the end-to-end tests need root (namespaces, cgroups, mounts); run it with sudo" >&2; exit 1; }
+bash scripts/deps.sh
+cargo build --workspace --bins
+cargo test --workspace -- --test-threads=2
