@@ -1,0 +1,273 @@
+//! Typed messages and their payload encodings. Control messages carry JSON; data and the small
+//! fixed-size messages (credit, resize, signal) are binary so the hot path does no JSON work.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{FrameType, MAX_PAYLOAD};
+
+/// Which standard stream of a session a data, close or credit message refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum StdStream {
+    Stdin = 0,
+    Stdout = 1,
+    Stderr = 2,
+}
+
+impl StdStream {
+    fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(StdStream::Stdin),
+            1 => Some(StdStream::Stdout),
+            2 => Some(StdStream::Stderr),
+            _ => None,
+        }
+    }
+}
+
+/// Handshake, sent first by the host and answered by the agent with the version it picked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Lowest protocol version the sender speaks.
+    pub min_version: u32,
+    /// Highest protocol version the sender speaks (in the answer: the chosen version).
+    pub max_version: u32,
+    /// Free-form software identification, e.g. "strata-agent 0.1.0".
+    #[serde(default)]
+    pub software: String,
+}
+
+/// An error report. `session` in the frame header says which session it concerns (0: the
+/// connection as a whole).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    /// Machine-readable kind, e.g. "bad-frame", "create", "exec", "unknown-session".
+    pub kind: String,
+    /// Human-readable explanation of what went wrong and what to do.
+    pub message: String,
+}
+
+/// Host → agent: the OCI runtime config (config.json) of the workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateRequest {
+    /// The config.json document, exactly as a container runtime would receive it.
+    pub config: serde_json::Value,
+}
+
+/// Host → agent: run an additional process (OCI `process` object) in the container rootfs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// An OCI `process` object (args, env, cwd, user, terminal, rlimits...).
+    pub process: serde_json::Value,
+    /// Allocate a pty (overrides `process.terminal`).
+    pub tty: bool,
+}
+
+/// Agent → host: a session's process is running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Started {
+    /// The process id inside the guest.
+    pub pid: u32,
+}
+
+/// Agent → host: how a session's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Shell-style exit code: the exit status, or 128+n for death by signal n, or 126/127 when
+    /// the program could not be executed / was not found.
+    pub code: i32,
+    /// The signal that killed the process, if any.
+    #[serde(default)]
+    pub signal: Option<i32>,
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Hello(Hello),
+    Error(ErrorMsg),
+    /// Host → agent: kill everything, sync and power the guest off.
+    Shutdown,
+    Create(CreateRequest),
+    /// Agent → host: the rootfs is ready and the main process is held until `Start`.
+    Created,
+    Start,
+    Started(Started),
+    Exec(ExecRequest),
+    Stdin(Vec<u8>),
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// The sender will send no more data on this stream (stdin close from the host, output EOF
+    /// from the agent).
+    Close(StdStream),
+    /// The receiver of `stream`'s data consumed `bytes` more: the sender may send that much more.
+    Credit {
+        stream: StdStream,
+        bytes: u32,
+    },
+    /// Window size change of a session's pty.
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    /// Deliver a signal to the session's process.
+    Signal(i32),
+    Exit(ExitStatus),
+    /// Host → agent: the exit status was received (the agent may power off after the main one).
+    ExitAck,
+}
+
+/// Why a payload of a known frame type was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PayloadError {
+    /// A JSON control payload is not valid UTF-8.
+    #[error("control payload is not valid UTF-8 at byte {valid_up_to}")]
+    Utf8 { valid_up_to: usize },
+    /// A JSON control payload does not parse into the expected shape.
+    #[error("control payload is not the expected JSON: {0}")]
+    Json(String),
+    /// A fixed-size payload has the wrong length.
+    #[error("payload is {got} bytes, expected {expected}")]
+    Length { got: usize, expected: usize },
+    /// A stream byte is not 0, 1 or 2.
+    #[error("unknown stream number {0}")]
+    Stream(u8),
+    /// A field value is out of range.
+    #[error("{0}")]
+    Value(&'static str),
+}
+
+fn json<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, PayloadError> {
+    let text = std::str::from_utf8(payload).map_err(|e| PayloadError::Utf8 {
+        valid_up_to: e.valid_up_to(),
+    })?;
+    serde_json::from_str(text).map_err(|e| PayloadError::Json(e.to_string()))
+}
+
+fn fixed<const N: usize>(payload: &[u8]) -> Result<[u8; N], PayloadError> {
+    payload.try_into().map_err(|_| PayloadError::Length {
+        got: payload.len(),
+        expected: N,
+    })
+}
+
+fn empty(payload: &[u8]) -> Result<(), PayloadError> {
+    fixed::<0>(payload).map(|_| ())
+}
+
+impl Message {
+    /// The frame type this message travels as.
+    pub fn frame_type(&self) -> FrameType {
+        match self {
+            Message::Hello(_) => FrameType::Hello,
+            Message::Error(_) => FrameType::Error,
+            Message::Shutdown => FrameType::Shutdown,
+            Message::Create(_) => FrameType::Create,
+            Message::Created => FrameType::Created,
+            Message::Start => FrameType::Start,
+            Message::Started(_) => FrameType::Started,
+            Message::Exec(_) => FrameType::Exec,
+            Message::Stdin(_) => FrameType::Stdin,
+            Message::Stdout(_) => FrameType::Stdout,
+            Message::Stderr(_) => FrameType::Stderr,
+            Message::Close(_) => FrameType::Close,
+            Message::Credit { .. } => FrameType::Credit,
+            Message::Resize { .. } => FrameType::Resize,
+            Message::Signal(_) => FrameType::Signal,
+            Message::Exit(_) => FrameType::Exit,
+            Message::ExitAck => FrameType::ExitAck,
+        }
+    }
+
+    /// Appends the payload encoding to `out`.
+    pub(crate) fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        match self {
+            Message::Hello(v) => serde_json::to_writer(out, v),
+            Message::Error(v) => serde_json::to_writer(out, v),
+            Message::Create(v) => serde_json::to_writer(out, v),
+            Message::Started(v) => serde_json::to_writer(out, v),
+            Message::Exec(v) => serde_json::to_writer(out, v),
+            Message::Exit(v) => serde_json::to_writer(out, v),
+            Message::Shutdown | Message::Created | Message::Start | Message::ExitAck => Ok(()),
+            Message::Stdin(d) | Message::Stdout(d) | Message::Stderr(d) => {
+                out.extend_from_slice(d);
+                Ok(())
+            }
+            Message::Close(s) => {
+                out.push(*s as u8);
+                Ok(())
+            }
+            Message::Credit { stream, bytes } => {
+                out.push(*stream as u8);
+                out.extend_from_slice(&bytes.to_le_bytes());
+                Ok(())
+            }
+            Message::Resize { rows, cols } => {
+                out.extend_from_slice(&rows.to_le_bytes());
+                out.extend_from_slice(&cols.to_le_bytes());
+                Ok(())
+            }
+            Message::Signal(s) => {
+                out.extend_from_slice(&s.to_le_bytes());
+                Ok(())
+            }
+        }
+    }
+
+    /// Decodes a payload of type `ty`. Never panics; every malformed input is a [`PayloadError`].
+    pub fn decode_payload(ty: FrameType, payload: &[u8]) -> Result<Message, PayloadError> {
+        debug_assert!(payload.len() <= MAX_PAYLOAD);
+        Ok(match ty {
+            FrameType::Hello => Message::Hello(json(payload)?),
+            FrameType::Error => Message::Error(json(payload)?),
+            FrameType::Create => {
+                let req: CreateRequest = json(payload)?;
+                if !req.config.is_object() {
+                    return Err(PayloadError::Value("config must be a JSON object"));
+                }
+                Message::Create(req)
+            }
+            FrameType::Started => Message::Started(json(payload)?),
+            FrameType::Exec => {
+                let req: ExecRequest = json(payload)?;
+                if !req.process.is_object() {
+                    return Err(PayloadError::Value("process must be a JSON object"));
+                }
+                Message::Exec(req)
+            }
+            FrameType::Exit => Message::Exit(json(payload)?),
+            FrameType::Shutdown => empty(payload).map(|_| Message::Shutdown)?,
+            FrameType::Created => empty(payload).map(|_| Message::Created)?,
+            FrameType::Start => empty(payload).map(|_| Message::Start)?,
+            FrameType::ExitAck => empty(payload).map(|_| Message::ExitAck)?,
+            FrameType::Stdin => Message::Stdin(payload.to_vec()),
+            FrameType::Stdout => Message::Stdout(payload.to_vec()),
+            FrameType::Stderr => Message::Stderr(payload.to_vec()),
+            FrameType::Close => {
+                let [b] = fixed::<1>(payload)?;
+                Message::Close(StdStream::from_u8(b).ok_or(PayloadError::Stream(b))?)
+            }
+            FrameType::Credit => {
+                let p = fixed::<5>(payload)?;
+                let stream = StdStream::from_u8(p[0]).ok_or(PayloadError::Stream(p[0]))?;
+                let bytes = u32::from_le_bytes([p[1], p[2], p[3], p[4]]);
+                Message::Credit { stream, bytes }
+            }
+            FrameType::Resize => {
+                let p = fixed::<4>(payload)?;
+                Message::Resize {
+                    rows: u16::from_le_bytes([p[0], p[1]]),
+                    cols: u16::from_le_bytes([p[2], p[3]]),
+                }
+            }
+            FrameType::Signal => {
+                let p = fixed::<4>(payload)?;
+                let sig = i32::from_le_bytes(p);
+                if !(1..=64).contains(&sig) {
+                    return Err(PayloadError::Value("signal number out of range 1..=64"));
+                }
+                Message::Signal(sig)
+            }
+        })
+    }
+}
