@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/test.sh: the end-to-end tests need root (namespaces, cgroups, mounts); run it with sudo" >&2; exit 1; }
 bash scripts/deps.sh
+bash scripts/engines-deps.sh  # containerd, dockerd, podman for crates/cli/tests/engines_*.rs
 cargo build --workspace --bins
 cargo test --workspace -- --test-threads=2

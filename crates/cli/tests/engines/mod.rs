@@ -1,0 +1,365 @@
+//! Shared harness of the engine end-to-end tests (`tests/engines_*.rs`): each test file starts one
+//! real engine (containerd, dockerd or podman) in a [`Sandbox`], points it at a runtime (runc, then
+//! strata-oci) through a logging wrapper, and drives the same sequence of operations through the
+//! engine's own client, checking each result from the host (exit codes, output, cgroup files).
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+pub mod cli_engine;
+pub mod command;
+pub mod daemons;
+pub mod image;
+pub mod matrix;
+pub mod runtime;
+pub mod sandbox;
+
+use command::{run, run_in_pty, wait_for, Outcome};
+use matrix::{Layer, Matrix, Op};
+use runtime::Runtime;
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// Default deadline of one engine client command.
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Every operation of the matrix, in the order [`exercise`] performs them.
+pub const ALL_OPS: &[Op] = &[
+    Op::Run,
+    Op::Tty,
+    Op::Logs,
+    Op::Exec,
+    Op::ExecTty,
+    Op::Ps,
+    Op::Pause,
+    Op::Update,
+    Op::Stop,
+    Op::Kill,
+    Op::Rm,
+];
+
+/// The engine-specific half of the harness: how to express each operation with this engine's client.
+pub trait Engine {
+    fn name(&self) -> &'static str;
+    /// A foreground run that removes the container on exit.
+    fn run_cmd(&self, rt: &Runtime, layer: Layer, name: &str, tty: bool, args: &[&str]) -> Command;
+    /// Starts a detached container whose stdout/stderr the engine keeps as logs.
+    fn start_detached(
+        &self,
+        rt: &Runtime,
+        layer: Layer,
+        name: &str,
+        args: &[&str],
+    ) -> Result<(), String>;
+    /// Everything the container printed so far (stdout and stderr, in any order).
+    fn logs(&self, name: &str) -> Result<String, String>;
+    fn exec_cmd(&self, name: &str, tty: bool, args: &[&str]) -> Command;
+    fn ps_cmd(&self, name: &str) -> Command;
+    fn pause_cmd(&self, name: &str) -> Command;
+    fn unpause_cmd(&self, name: &str) -> Command;
+    /// "running", "paused" or "stopped" (normalised from the engine's own words).
+    fn status(&self, name: &str) -> Result<String, String>;
+    /// The host pid of the container's init process.
+    fn init_pid(&self, name: &str) -> Result<i32, String>;
+    /// The engine's command to set the memory limit; None when its client has none.
+    fn update_memory_cmd(&self, name: &str, bytes: u64) -> Option<Command>;
+    /// Graceful stop (SIGTERM, SIGKILL after a grace period); returns the exit code.
+    fn stop(&self, name: &str) -> Result<i32, String>;
+    /// SIGKILL; returns the exit code once stopped.
+    fn kill(&self, name: &str) -> Result<i32, String>;
+    /// Removes a stopped container.
+    fn rm(&self, name: &str) -> Result<(), String>;
+    /// Whether the engine still lists the container.
+    fn exists(&self, name: &str) -> Result<bool, String>;
+    /// Best-effort removal of whatever is left of a container (between runtimes).
+    fn force_remove(&self, name: &str);
+}
+
+/// Runs `cmd` with the default deadline.
+pub fn sh(cmd: &mut Command) -> Outcome {
+    run(cmd, CMD_TIMEOUT)
+}
+
+/// Checks exit code and that stdout contains every one of `want` (after pty clean-up).
+pub fn expect(o: &Outcome, code: i32, want: &[&str]) -> Result<(), String> {
+    let out = o.clean_stdout();
+    if o.code != code || !want.iter().all(|w| out.contains(w)) {
+        return Err(format!(
+            "expected exit {code} and stdout containing {want:?}; got:\n{}",
+            o.describe()
+        ));
+    }
+    Ok(())
+}
+
+/// The v1 cgroup directory of `pid` for `controller` (this host's hybrid layout).
+pub fn cgroup_v1_dir(pid: i32, controller: &str) -> Result<PathBuf, String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("read /proc/{pid}/cgroup: {e}"))?;
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        if ctrls.split(',').any(|c| c == controller) {
+            return Ok(PathBuf::from(format!("/sys/fs/cgroup/{controller}{path}")));
+        }
+    }
+    Err(format!("pid {pid} has no {controller} cgroup in:\n{text}"))
+}
+
+fn read_trim(p: &PathBuf) -> Result<String, String> {
+    fs::read_to_string(p)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| format!("read {}: {e}", p.display()))
+}
+
+fn wait_status(e: &dyn Engine, name: &str, want: &str) -> Result<(), String> {
+    wait_for(Duration::from_secs(20), || match e.status(name) {
+        Ok(s) if s == want => Ok(()),
+        Ok(s) => Err(format!("{name} is {s}, want {want}")),
+        Err(err) => Err(err),
+    })
+}
+
+/// The host pid of a child of `pid` (the `sleep` the detached container's shell started).
+fn child_of(pid: i32) -> Result<i32, String> {
+    wait_for(Duration::from_secs(10), || {
+        let s = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .map_err(|e| e.to_string())?;
+        s.split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("pid {pid} has no children yet"))
+    })
+}
+
+/// Drives every operation of [`ALL_OPS`] through `engine` with runtime `rt` on `layer`, recording
+/// each cell in `m`. `passing` lists the strata-oci cells known to pass (runc cells are all required).
+pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer, passing: &[Op]) {
+    let short = match layer {
+        Layer::Container => "ct",
+        Layer::Vm => "vm",
+    };
+    let n = |what: &str| format!("{}-{short}-{what}", rt.name);
+    let e = engine;
+
+    m.check(rt, layer, passing, Op::Run, || {
+        let o = sh(&mut e.run_cmd(
+            rt,
+            layer,
+            &n("run"),
+            false,
+            &["sh", "-c", "echo hi; exit 3"],
+        ));
+        expect(&o, 3, &["hi"])?;
+        if o.stdout.trim() != "hi" {
+            return Err(format!(
+                "stdout should be exactly \"hi\":\n{}",
+                o.describe()
+            ));
+        }
+        Ok(())
+    });
+
+    m.check(rt, layer, passing, Op::Tty, || {
+        let cmd = e.run_cmd(
+            rt,
+            layer,
+            &n("tty"),
+            true,
+            &["sh", "-c", "tty; test -t 0 && echo stdin-is-a-tty; exit 4"],
+        );
+        expect(
+            &run_in_pty(&cmd, CMD_TIMEOUT),
+            4,
+            &["/dev/pts/", "stdin-is-a-tty"],
+        )
+    });
+
+    // One long-running container serves logs, exec, ps, pause, update, stop and rm. Its shell traps
+    // SIGTERM so that `stop` can prove the signal reached it (exit 7), not just that it died.
+    let main = n("main");
+    let dependents = [
+        Op::Logs,
+        Op::Exec,
+        Op::ExecTty,
+        Op::Ps,
+        Op::Pause,
+        Op::Update,
+        Op::Stop,
+        Op::Rm,
+    ];
+    let main_pid: Result<i32, String> = if dependents.iter().any(|&op| m.will_run(rt, passing, op))
+    {
+        e.start_detached(
+            rt,
+            layer,
+            &main,
+            &[
+                "sh",
+                "-c",
+                "echo logged-out; echo logged-err >&2; trap 'exit 7' TERM; sleep 1000 & wait",
+            ],
+        )
+        .and_then(|()| wait_status(e, &main, "running"))
+        .and_then(|()| e.init_pid(&main))
+        .map_err(|err| format!("starting the detached container {main} failed: {err}"))
+    } else {
+        Err("not started".into())
+    };
+
+    m.check(rt, layer, passing, Op::Logs, || {
+        main_pid.clone()?;
+        wait_for(Duration::from_secs(10), || {
+            let logs = e.logs(&main)?;
+            if logs.contains("logged-out") && logs.contains("logged-err") {
+                Ok(())
+            } else {
+                Err(format!("logs lack logged-out/logged-err:\n{logs}"))
+            }
+        })
+    });
+
+    m.check(rt, layer, passing, Op::Exec, || {
+        main_pid.clone()?;
+        expect(
+            &sh(&mut e.exec_cmd(&main, false, &["sh", "-c", "echo inside; exit 5"])),
+            5,
+            &["inside"],
+        )
+    });
+
+    m.check(rt, layer, passing, Op::ExecTty, || {
+        main_pid.clone()?;
+        let cmd = e.exec_cmd(&main, true, &["sh", "-c", "tty; exit 6"]);
+        expect(&run_in_pty(&cmd, CMD_TIMEOUT), 6, &["/dev/pts/"])
+    });
+
+    m.check(rt, layer, passing, Op::Ps, || {
+        let pid = main_pid.clone()?;
+        let sleeper = child_of(pid)?;
+        let o = sh(&mut e.ps_cmd(&main)).ok()?;
+        let lists_sleeper = o.stdout.contains("sleep 1000")
+            || o.stdout
+                .split_whitespace()
+                .any(|t| t == sleeper.to_string());
+        if !lists_sleeper {
+            return Err(format!(
+                "ps lists neither `sleep 1000` nor its pid {sleeper}:\n{}",
+                o.describe()
+            ));
+        }
+        Ok(())
+    });
+
+    m.check(rt, layer, passing, Op::Pause, || {
+        let pid = main_pid.clone()?;
+        let freezer = cgroup_v1_dir(pid, "freezer")?.join("freezer.state");
+        sh(&mut e.pause_cmd(&main)).ok()?;
+        wait_status(e, &main, "paused")?;
+        wait_for(Duration::from_secs(10), || match read_trim(&freezer)? {
+            s if s == "FROZEN" => Ok(()),
+            s => Err(format!("{} is {s} after pause", freezer.display())),
+        })?;
+        sh(&mut e.unpause_cmd(&main)).ok()?;
+        wait_status(e, &main, "running")?;
+        match read_trim(&freezer)? {
+            s if s == "THAWED" => Ok(()),
+            s => Err(format!("{} is {s} after unpause", freezer.display())),
+        }
+    });
+
+    let limit: u64 = 64 << 20;
+    match e.update_memory_cmd(&main, limit) {
+        None => m.skip(
+            rt,
+            layer,
+            &[Op::Update],
+            &format!("{} has no update command", e.name()),
+        ),
+        Some(mut cmd) => m.check(rt, layer, passing, Op::Update, || {
+            let pid = main_pid.clone()?;
+            let file = cgroup_v1_dir(pid, "memory")?.join("memory.limit_in_bytes");
+            sh(&mut cmd).ok()?;
+            match read_trim(&file)? {
+                s if s == limit.to_string() => Ok(()),
+                s => Err(format!("{} is {s}, want {limit}", file.display())),
+            }
+        }),
+    }
+
+    // Recorded before stop: rm must remove it.
+    let main_cgroup = main_pid
+        .clone()
+        .and_then(|pid| cgroup_v1_dir(pid, "memory"));
+
+    m.check(rt, layer, passing, Op::Stop, || {
+        main_pid.clone()?;
+        match e.stop(&main)? {
+            7 => Ok(()),
+            c => Err(format!(
+                "stop: exit code {c}, want 7 (the container's SIGTERM handler)"
+            )),
+        }
+    });
+
+    m.check(rt, layer, passing, Op::Kill, || {
+        let victim = n("kill");
+        e.start_detached(rt, layer, &victim, &["sleep", "1000"])?;
+        wait_status(e, &victim, "running")?;
+        let code = e.kill(&victim)?;
+        e.rm(&victim)?;
+        match code {
+            137 => Ok(()),
+            c => Err(format!("kill: exit code {c}, want 137 (SIGKILL)")),
+        }
+    });
+
+    m.check(rt, layer, passing, Op::Rm, || {
+        main_pid.clone()?;
+        let cg = main_cgroup.clone()?;
+        // `stop` may have failed and left it running; rm is about removal, not signals.
+        if matches!(e.status(&main)?.as_str(), "running" | "paused") {
+            e.kill(&main)?;
+        }
+        e.rm(&main)?;
+        if e.exists(&main)? {
+            return Err(format!("{main} is still listed after rm"));
+        }
+        if cg.exists() {
+            return Err(format!("cgroup {} is still there after rm", cg.display()));
+        }
+        Ok(())
+    });
+
+    for what in ["run", "tty", "main", "kill"] {
+        e.force_remove(&n(what));
+    }
+}
+
+/// The VM rows: runs [`exercise`] on [`Layer::Vm`] when strata-oci can run a VM here; otherwise
+/// records every VM cell as skipped and prints why once.
+pub fn exercise_vm(
+    engine: &dyn Engine,
+    m: &mut Matrix,
+    strata: &Runtime,
+    sb: &sandbox::Sandbox,
+    rootfs: &std::path::Path,
+    passing: &[Op],
+) {
+    match runtime::probe_vm_isolation(sb, rootfs) {
+        Ok(()) => exercise(engine, m, strata, Layer::Vm, passing),
+        Err(why) => {
+            println!(
+                "engines: {}: VM rows skipped, VM isolation is unavailable: {why}",
+                engine.name()
+            );
+            m.skip(
+                strata,
+                Layer::Vm,
+                ALL_OPS,
+                "VM isolation unavailable (strata-oci probe failed, reason printed above)",
+            );
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! A per-test private directory plus cgroup name that are torn down completely on drop, even when the
+//! test panics: every process that mentions the directory or lives in the test's cgroups is killed,
+//! every mount under the directory is detached, the cgroups are removed, the directory is deleted.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Where cgroup v1 controllers, the named systemd hierarchy and the cgroup2 mount live on this host.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// A unique temp dir (`/tmp/se-<tag>-<pid>-<n>`) and a cgroup parent of the same name.
+pub struct Sandbox {
+    pub dir: PathBuf,
+    /// Unique name, also used as the cgroup parent (`/<name>`) and the containerd namespace.
+    pub name: String,
+    /// Daemons started in this sandbox, stopped gracefully first on drop.
+    daemons: Vec<std::process::Child>,
+    /// Host paths outside the sandbox that an engine creates and the sandbox removes.
+    host_paths: Vec<PathBuf>,
+}
+
+impl Sandbox {
+    /// Creates the directory. Short paths: unix socket paths are limited to 108 bytes.
+    pub fn new(tag: &str) -> Sandbox {
+        let name = format!(
+            "se-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = PathBuf::from("/tmp").join(&name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("create sandbox {}: {e}", dir.display()));
+        Sandbox {
+            dir,
+            name,
+            daemons: Vec::new(),
+            host_paths: Vec::new(),
+        }
+    }
+
+    /// A path inside the sandbox (not created).
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// `/<name>`: the cgroup parent every container of this sandbox is placed under.
+    pub fn cgroup_parent(&self) -> String {
+        format!("/{}", self.name)
+    }
+
+    /// Hands a started daemon to the sandbox, which stops it (SIGTERM, then SIGKILL) on drop.
+    pub fn adopt(&mut self, child: std::process::Child) {
+        self.daemons.push(child);
+    }
+
+    /// Removes `path` on drop if it does not exist now (files an engine insists on writing outside
+    /// its configured roots). Register children before parents.
+    pub fn remove_if_created(&mut self, path: &str) {
+        let p = PathBuf::from(path);
+        if fs::symlink_metadata(&p).is_err() {
+            self.host_paths.push(p);
+        }
+    }
+
+    /// Whether the adopted daemon with this pid has exited (reaping it).
+    pub fn daemon_exited(&mut self, pid: i32) -> bool {
+        self.daemons
+            .iter_mut()
+            .find(|c| c.id() as i32 == pid)
+            .map(|c| matches!(c.try_wait(), Ok(Some(_))))
+            .unwrap_or(true)
+    }
+
+    /// Pids of processes that belong to this sandbox: their command line mentions the directory, or
+    /// one of their cgroups is under the sandbox's cgroup parent.
+    pub fn processes(&self) -> Vec<i32> {
+        let dir = self.dir.to_string_lossy().into_owned();
+        let cg = format!(":{}", self.cgroup_parent());
+        let me = std::process::id() as i32;
+        let mut pids = Vec::new();
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return pids;
+        };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let cgroups = fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+            let in_cgroup = cgroups.lines().any(|l| {
+                l.split_once(':')
+                    .map(|(_, rest)| rest.contains(&format!("{cg}/")) || rest.ends_with(&cg))
+                    .unwrap_or(false)
+            });
+            if cmdline.contains(&dir) || in_cgroup {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Every cgroup directory under `/<name>` in every hierarchy, deepest first.
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let mut found = BTreeSet::new();
+        let Ok(hierarchies) = fs::read_dir(CGROUP_ROOT) else {
+            return Vec::new();
+        };
+        for h in hierarchies.flatten() {
+            let top = h.path().join(&self.name);
+            if top.is_dir() {
+                collect_dirs(&top, &mut found);
+            }
+        }
+        let mut v: Vec<PathBuf> = found.into_iter().collect();
+        v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        v
+    }
+
+    fn thaw(&self) {
+        for d in self.cgroup_dirs() {
+            let state = d.join("freezer.state");
+            if state.exists() {
+                let _ = fs::write(&state, "THAWED");
+            }
+            let freeze = d.join("cgroup.freeze");
+            if freeze.exists() {
+                let _ = fs::write(&freeze, "0");
+            }
+        }
+    }
+
+    fn stop_daemons(&mut self) {
+        for c in &self.daemons {
+            // SAFETY: kill(2) on a child we spawned; no memory is touched.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for c in &mut self.daemons {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.daemons.clear();
+    }
+
+    fn kill_everything(&self) {
+        for _round in 0..50 {
+            self.thaw();
+            let pids = self.processes();
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                // SAFETY: kill(2) with a pid read from /proc; no memory is touched.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "sandbox {}: processes still alive: {:?}",
+            self.name,
+            self.processes()
+        );
+    }
+
+    fn unmount_everything(&self) {
+        for _round in 0..5 {
+            let mounts = mounts_under(&self.dir);
+            if mounts.is_empty() {
+                return;
+            }
+            for m in mounts {
+                let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) else {
+                    continue;
+                };
+                // SAFETY: umount2(2) with a valid NUL-terminated path.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+
+    /// containerd shims listen on `/run/containerd/s/<hash>`, outside the sandbox; each shim records
+    /// that address in an `address` file in its bundle, which is inside the sandbox.
+    fn remove_shim_sockets(&self) {
+        let mut files = Vec::new();
+        find_named(&self.dir, "address", &mut files);
+        for f in files {
+            let Ok(addr) = fs::read_to_string(&f) else {
+                continue;
+            };
+            let path = addr.trim().trim_start_matches("unix://");
+            if path.starts_with("/run/containerd/s/") {
+                let _ = fs::remove_file(path);
+            }
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop_daemons();
+        self.kill_everything();
+        self.remove_shim_sockets();
+        self.unmount_everything();
+        for d in self.cgroup_dirs() {
+            let _ = fs::remove_dir(&d);
+        }
+        let left = self.cgroup_dirs();
+        if !left.is_empty() {
+            eprintln!("sandbox {}: cgroups left behind: {left:?}", self.name);
+        }
+        for p in &self.host_paths {
+            if p.is_dir() {
+                let _ = fs::remove_dir_all(p);
+            } else {
+                let _ = fs::remove_file(p);
+            }
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            eprintln!(
+                "sandbox {}: cannot remove {}: {e}",
+                self.name,
+                self.dir.display()
+            );
+        }
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut BTreeSet<PathBuf>) {
+    out.insert(dir.to_path_buf());
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect_dirs(&e.path(), out);
+            }
+        }
+    }
+}
+
+fn find_named(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() {
+            // Container root filesystems are large and never hold shim addresses.
+            if e.file_name() != "rootfs" {
+                find_named(&e.path(), name, out);
+            }
+        } else if e.file_name() == name {
+            out.push(e.path());
+        }
+    }
+}
+
+/// Mount points at or under `dir` in this mount namespace, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    v.dedup();
+    v
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,242 @@
+//! containerd 1.6 drives the runtime through its runc shim (`io.containerd.runc.v2`), started and
+//! driven with `ctr` exactly as issue 7 describes: a private containerd (CRI plugin disabled), the
+//! busybox image imported with `ctr images import`, containers run with `--runc-binary`.
+//! The matrix runs with runc first (validating the harness), then with strata-oci.
+
+mod engines;
+
+use engines::command::run;
+use engines::daemons::start_containerd;
+use engines::image::{self, IMAGE_REF};
+use engines::matrix::{Layer, Matrix, Op};
+use engines::runtime::{Runtime, VM_ANNOTATION};
+use engines::sandbox::Sandbox;
+use engines::{exercise, exercise_vm, sh, Engine, CMD_TIMEOUT};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// strata-oci cells proven to pass under containerd (container layer). Grow as strata-oci matures.
+const STRATA_PASSING: &[Op] = &[];
+/// strata-oci cells proven to pass under containerd with VM isolation.
+const STRATA_VM_PASSING: &[Op] = &[];
+
+struct Ctr {
+    socket: PathBuf,
+    namespace: String,
+    /// Private dirs for ctr's fifos, the shim's runc root and the containers' log files.
+    fifo_dir: PathBuf,
+    runc_root: PathBuf,
+    log_dir: PathBuf,
+    exec_seq: AtomicU32,
+}
+
+impl Ctr {
+    fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("-a").arg(&self.socket).arg("-n").arg(&self.namespace);
+        c
+    }
+
+    fn run_base(&self, rt: &Runtime, layer: Layer) -> Command {
+        let mut c = self.ctr();
+        c.arg("run")
+            .arg("--runc-binary")
+            .arg(&rt.wrapper)
+            .arg("--runc-root")
+            .arg(&self.runc_root)
+            .arg("--fifo-dir")
+            .arg(&self.fifo_dir);
+        if layer == Layer::Vm {
+            c.arg("--annotation").arg(VM_ANNOTATION);
+        }
+        c
+    }
+
+    /// (pid, status) of a task from `ctr tasks ls`; None when there is no task.
+    fn task(&self, name: &str) -> Result<Option<(i32, String)>, String> {
+        let o = sh(self.ctr().args(["tasks", "ls"])).ok()?;
+        Ok(o.stdout.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && f[0] == name).then(|| (f[1].parse().unwrap_or(0), f[2].to_lowercase()))
+        }))
+    }
+
+    /// Waits for the task to stop, deletes it and returns its exit code. ctr reports a non-zero exit
+    /// code only as a warning of `tasks delete` ("exit with non-zero exit code N").
+    fn reap(&self, name: &str) -> Result<i32, String> {
+        engines::command::wait_for(Duration::from_secs(20), || {
+            match self.status(name)?.as_str() {
+                "stopped" => Ok(()),
+                s => Err(format!("{name} is {s}")),
+            }
+        })?;
+        let o = sh(self.ctr().args(["tasks", "rm", name])).ok()?;
+        let code = o
+            .stderr
+            .split("exit code ")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .map(|d| {
+                d.parse::<i32>()
+                    .map_err(|e| format!("exit code in {:?}: {e}", o.stderr))
+            })
+            .transpose()?
+            .unwrap_or(0);
+        Ok(code)
+    }
+}
+
+impl Engine for Ctr {
+    fn name(&self) -> &'static str {
+        "containerd"
+    }
+
+    fn run_cmd(&self, rt: &Runtime, layer: Layer, name: &str, tty: bool, args: &[&str]) -> Command {
+        let mut c = self.run_base(rt, layer);
+        c.arg("--rm");
+        if tty {
+            c.arg("-t");
+        }
+        c.arg(IMAGE_REF).arg(name).args(args);
+        c
+    }
+
+    fn start_detached(
+        &self,
+        rt: &Runtime,
+        layer: Layer,
+        name: &str,
+        args: &[&str],
+    ) -> Result<(), String> {
+        let mut c = self.run_base(rt, layer);
+        c.arg("-d")
+            .arg("--log-uri")
+            .arg(format!("file://{}/{name}.log", self.log_dir.display()))
+            .arg(IMAGE_REF)
+            .arg(name)
+            .args(args);
+        sh(&mut c).ok().map(|_| ())
+    }
+
+    fn logs(&self, name: &str) -> Result<String, String> {
+        let p = self.log_dir.join(format!("{name}.log"));
+        std::fs::read_to_string(&p).map_err(|e| format!("read {}: {e}", p.display()))
+    }
+
+    fn exec_cmd(&self, name: &str, tty: bool, args: &[&str]) -> Command {
+        let mut c = self.ctr();
+        c.args(["tasks", "exec", "--exec-id"])
+            .arg(format!("x{}", self.exec_seq.fetch_add(1, Ordering::SeqCst)))
+            .arg("--fifo-dir")
+            .arg(&self.fifo_dir);
+        if tty {
+            c.arg("-t");
+        }
+        c.arg(name).args(args);
+        c
+    }
+
+    fn ps_cmd(&self, name: &str) -> Command {
+        let mut c = self.ctr();
+        c.args(["tasks", "ps", name]);
+        c
+    }
+
+    fn pause_cmd(&self, name: &str) -> Command {
+        let mut c = self.ctr();
+        c.args(["tasks", "pause", name]);
+        c
+    }
+
+    fn unpause_cmd(&self, name: &str) -> Command {
+        let mut c = self.ctr();
+        c.args(["tasks", "resume", name]);
+        c
+    }
+
+    fn status(&self, name: &str) -> Result<String, String> {
+        Ok(self
+            .task(name)?
+            .map(|(_, s)| s)
+            .unwrap_or_else(|| "absent".into()))
+    }
+
+    fn init_pid(&self, name: &str) -> Result<i32, String> {
+        self.task(name)?
+            .map(|(p, _)| p)
+            .ok_or_else(|| format!("no task {name}"))
+    }
+
+    fn update_memory_cmd(&self, _name: &str, _bytes: u64) -> Option<Command> {
+        // ctr 1.6 has no `tasks update`; the shim's Update is driven by dockerd in engines_docker.rs.
+        None
+    }
+
+    fn stop(&self, name: &str) -> Result<i32, String> {
+        sh(self
+            .ctr()
+            .args(["tasks", "kill", "--signal", "SIGTERM", name]))
+        .ok()?;
+        self.reap(name)
+    }
+
+    fn kill(&self, name: &str) -> Result<i32, String> {
+        sh(self
+            .ctr()
+            .args(["tasks", "kill", "--signal", "SIGKILL", name]))
+        .ok()?;
+        self.reap(name)
+    }
+
+    fn rm(&self, name: &str) -> Result<(), String> {
+        if self.task(name)?.is_some() {
+            sh(self.ctr().args(["tasks", "rm", name])).ok()?;
+        }
+        sh(self.ctr().args(["containers", "rm", name]))
+            .ok()
+            .map(|_| ())
+    }
+
+    fn exists(&self, name: &str) -> Result<bool, String> {
+        let o = sh(self.ctr().args(["containers", "ls", "-q"])).ok()?;
+        Ok(o.stdout.lines().any(|l| l.trim() == name))
+    }
+
+    fn force_remove(&self, name: &str) {
+        let _ = run(
+            self.ctr()
+                .args(["tasks", "kill", "--signal", "SIGKILL", name]),
+            CMD_TIMEOUT,
+        );
+        let _ = run(self.ctr().args(["tasks", "rm", "-f", name]), CMD_TIMEOUT);
+        let _ = run(self.ctr().args(["containers", "rm", name]), CMD_TIMEOUT);
+    }
+}
+
+#[test]
+fn containerd_drives_runc_and_strata_oci() {
+    let mut sb = Sandbox::new("ctrd");
+    let img = image::build(&sb);
+    let cd = start_containerd(&mut sb, false, "");
+    let ctr = Ctr {
+        socket: cd.socket.clone(),
+        namespace: sb.name.clone(),
+        fifo_dir: sb.path("fifo"),
+        runc_root: sb.path("runc-root"),
+        log_dir: sb.path("logs"),
+        exec_seq: AtomicU32::new(0),
+    };
+    std::fs::create_dir_all(&ctr.log_dir).unwrap();
+    let import = sh(ctr.ctr().args(["images", "import"]).arg(&img.archive));
+    assert_eq!(import.code, 0, "ctr images import: {}", import.describe());
+
+    let mut m = Matrix::new("containerd");
+    let runc = Runtime::runc(&sb);
+    exercise(&ctr, &mut m, &runc, Layer::Container, &[]);
+    let strata = Runtime::strata_oci(&sb);
+    exercise(&ctr, &mut m, &strata, Layer::Container, STRATA_PASSING);
+    exercise_vm(&ctr, &mut m, &strata, &sb, &img.rootfs, STRATA_VM_PASSING);
+    m.finish();
+}

@@ -1,0 +1,153 @@
+//! The Kubernetes registration of docs/kubernetes.md, tested as far as this machine allows: the
+//! containerd config snippet is taken from the doc itself, pointed at the built strata-oci, and a
+//! private containerd with the CRI plugin enabled must load it (cri plugin `ok`, both handlers in
+//! `config dump` and in the CRI plugin's start-up configuration).
+
+mod engines;
+
+use engines::command::{run, wait_for};
+use engines::daemons::{start_containerd, tail};
+use engines::sandbox::Sandbox;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+/// The first ```toml block of docs/kubernetes.md.
+fn doc_snippet() -> String {
+    let doc = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/kubernetes.md");
+    let text = fs::read_to_string(doc).unwrap_or_else(|e| panic!("read {doc}: {e}"));
+    let start = text
+        .find("```toml\n")
+        .expect("docs/kubernetes.md has a ```toml block")
+        + "```toml\n".len();
+    let len = text[start..]
+        .find("```")
+        .expect("the ```toml block is closed");
+    text[start..start + len].to_string()
+}
+
+#[test]
+fn containerd_cri_loads_the_documented_strata_handlers() {
+    let mut sb = Sandbox::new("k8s");
+    let strata = env!("CARGO_BIN_EXE_strata-oci");
+    let vm_wrapper = sb.path("strata-oci-vm");
+    fs::write(
+        &vm_wrapper,
+        format!("#!/bin/sh\nexec {strata} --vm \"$@\"\n"),
+    )
+    .unwrap();
+    fs::set_permissions(&vm_wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let snippet = doc_snippet()
+        .replace(
+            "/usr/local/bin/strata-oci-vm",
+            &vm_wrapper.display().to_string(),
+        )
+        .replace("/usr/local/bin/strata-oci\"", &format!("{strata}\""));
+    assert!(
+        snippet.contains(strata) && snippet.contains(&*vm_wrapper.to_string_lossy()),
+        "{snippet}"
+    );
+    // Keep the CRI plugin's host-facing paths inside the sandbox; never pull the pause image.
+    let cri = format!(
+        r#"
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  disable_apparmor = true
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "{d}/cni/bin"
+  conf_dir = "{d}/cni/conf"
+# As in `containerd config default`, which the doc's snippet is added to: without the default
+# handler the CRI plugin refuses to load.
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+{snippet}"#,
+        d = sb.dir.display()
+    );
+    let cd = start_containerd(&mut sb, true, &cri);
+
+    // The CRI plugin initialises asynchronously after the socket is up.
+    let plugins = wait_for(Duration::from_secs(30), || {
+        let o = run(
+            Command::new("ctr")
+                .arg("-a")
+                .arg(&cd.socket)
+                .args(["plugins", "ls"]),
+            Duration::from_secs(10),
+        )
+        .ok()?;
+        let line = o
+            .stdout
+            .lines()
+            .find(|l| {
+                l.starts_with("io.containerd.grpc.v1") && l.split_whitespace().nth(1) == Some("cri")
+            })
+            .map(str::to_string);
+        match line {
+            Some(l) if l.split_whitespace().last() == Some("ok") => Ok(Ok(l)),
+            Some(l) if l.split_whitespace().last() == Some("error") => {
+                Ok(Err(format!("cri plugin failed: {l}")))
+            }
+            Some(l) => Err(format!("cri plugin not ok yet: {l}")),
+            None => Err(format!("no cri plugin listed:\n{}", o.stdout)),
+        }
+    });
+    if let Err(e) = plugins.and_then(|r| r) {
+        panic!("{e}\n--- containerd log ---\n{}", tail(&cd.log));
+    }
+
+    let dump = run(
+        Command::new("containerd")
+            .arg("--config")
+            .arg(&cd.config)
+            .args(["config", "dump"]),
+        Duration::from_secs(30),
+    )
+    .ok()
+    .expect("containerd config dump");
+    for (handler, binary) in [
+        ("strata", strata.to_string()),
+        ("strata-vm", vm_wrapper.display().to_string()),
+    ] {
+        let table = format!(
+            "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{handler}.options]"
+        );
+        let at = dump
+            .stdout
+            .find(&table)
+            .unwrap_or_else(|| panic!("config dump lacks {table}:\n{}", dump.stdout));
+        let body = &dump.stdout[at..];
+        let body = &body[..body[table.len()..]
+            .find("\n[")
+            .map(|i| i + table.len())
+            .unwrap_or(body.len())];
+        assert!(
+            body.contains(&format!("BinaryName = \"{binary}\"")),
+            "handler {handler} options:\n{body}"
+        );
+    }
+
+    // containerd logs the configuration the CRI plugin actually started with.
+    let log = wait_for(Duration::from_secs(10), || {
+        let log = fs::read_to_string(&cd.log).map_err(|e| e.to_string())?;
+        log.lines()
+            .find(|l| l.contains("Start cri plugin with config"))
+            .map(str::to_string)
+            .ok_or_else(|| "no CRI start-up line yet".to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", tail(&cd.log)));
+    for handler in ["strata", "strata-vm"] {
+        let entry = format!("{handler}:{{Type:io.containerd.runc.v2");
+        assert!(
+            log.contains(&entry),
+            "CRI start-up config lacks `{entry}`:\n{log}"
+        );
+    }
+    assert!(
+        log.contains("PodAnnotations:[dev.strata.isolation]"),
+        "strata handler lets dev.strata.isolation through:\n{log}"
+    );
+}
