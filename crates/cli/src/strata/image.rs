@@ -1,0 +1,217 @@
+//! Image commands: images, rmi, inspect, load, import, image prune, image build-default.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::output::{human_size, print_table, FormatArgs};
+use super::progress::reporter;
+use super::Global;
+
+#[derive(Args)]
+pub struct ImagesArgs {
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// Only show image IDs
+    #[arg(long = "quiet-ids", short = 'q')]
+    pub quiet_ids: bool,
+}
+
+#[derive(Args)]
+pub struct RmiArgs {
+    /// Images (name, ID or digest prefix)
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Images (name, ID or digest prefix)
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct LoadArgs {
+    /// oci-archive or docker-archive tar (optionally compressed), or an OCI layout directory
+    #[arg(long, short = 'i')]
+    pub input: PathBuf,
+    /// Name the loaded image (the archive must hold exactly one)
+    #[arg(long, short = 't')]
+    pub tag: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// Root filesystem tarball (plain, gzip or zstd)
+    pub file: PathBuf,
+    /// Name for the image (repo[:tag])
+    pub name: String,
+}
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// List images
+    #[command(alias = "list")]
+    Ls(ImagesArgs),
+    /// Remove images
+    Rm(RmiArgs),
+    /// Show image details
+    Inspect(InspectArgs),
+    /// Remove blobs and layers no image references
+    Prune(PruneArgs),
+    /// Build the default busybox:latest image from Debian's busybox-static (no network)
+    BuildDefault,
+    /// Load images from an archive or OCI layout
+    Load(LoadArgs),
+    /// Import a rootfs tarball
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub format: FormatArgs,
+}
+
+pub fn image_command(g: &Global, c: ImageCommand) -> anyhow::Result<()> {
+    match c {
+        ImageCommand::Ls(a) => images(g, a),
+        ImageCommand::Rm(a) => rmi(g, a),
+        ImageCommand::Inspect(a) => inspect(g, a),
+        ImageCommand::Prune(a) => prune(g, a),
+        ImageCommand::BuildDefault => build_default(g),
+        ImageCommand::Load(a) => load(g, a),
+        ImageCommand::Import(a) => import(g, a),
+    }
+}
+
+pub fn images(g: &Global, a: ImagesArgs) -> anyhow::Result<()> {
+    let store = g.image_store()?;
+    let list = store.list()?;
+    if a.format.is_json() {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if a.quiet_ids {
+        for i in &list {
+            println!("{}", &i.id[7..19]);
+        }
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            let (repo, tag) = match &i.name {
+                Some(n) => {
+                    let (r, t) = strata_image::reference::split(n);
+                    (r.to_string(), t.to_string())
+                }
+                None => ("<none>".into(), "<none>".into()),
+            };
+            vec![
+                repo,
+                tag,
+                i.id[7..19].to_string(),
+                i.created.clone().unwrap_or_default(),
+                human_size(i.size),
+            ]
+        })
+        .collect();
+    print_table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows);
+    Ok(())
+}
+
+pub fn rmi(g: &Global, a: RmiArgs) -> anyhow::Result<()> {
+    let store = g.image_store()?;
+    let mut failed = None;
+    for name in &a.images {
+        match store.remove(name) {
+            Ok(d) => println!("Untagged: {name} ({d})"),
+            Err(e) => {
+                eprintln!("strata: error: {e}");
+                failed = Some(e);
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(anyhow::anyhow!(
+            "could not remove every image (last error: {e})"
+        )),
+        None => Ok(()),
+    }
+}
+
+pub fn inspect(g: &Global, a: InspectArgs) -> anyhow::Result<()> {
+    let store = g.image_store()?;
+    let mut out = Vec::new();
+    for name in &a.images {
+        let img = store.resolve(name)?;
+        let layers: Vec<String> = img
+            .layers()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        out.push(json!({
+            "Id": img.id().as_str(),
+            "RepoTags": img.name().map(|n| vec![n.to_string()]).unwrap_or_default(),
+            "Digest": img.digest().as_str(),
+            "Created": img.config().created(),
+            "Architecture": img.config().architecture().to_string(),
+            "Os": img.config().os().to_string(),
+            "Config": img.config().config(),
+            "RootFS": img.config().rootfs(),
+            "Manifest": img.manifest(),
+            "Size": img.manifest().layers().iter().map(|l| l.size()).sum::<u64>(),
+            "LayerDirs": layers,
+        }));
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+pub fn load(g: &Global, a: LoadArgs) -> anyhow::Result<()> {
+    let store = g.image_store()?;
+    let progress = reporter(g.quiet);
+    let names = strata_image::import::load(&store, &a.input, a.tag.as_deref(), progress.as_ref())
+        .with_context(|| format!("load {}", a.input.display()))?;
+    for n in names {
+        println!("Loaded image: {n}");
+    }
+    Ok(())
+}
+
+pub fn import(g: &Global, a: ImportArgs) -> anyhow::Result<()> {
+    let store = g.image_store()?;
+    let progress = reporter(g.quiet);
+    let d = strata_image::import::import_rootfs(&store, &a.file, &a.name, progress.as_ref())
+        .with_context(|| format!("import {}", a.file.display()))?;
+    println!("{d}");
+    Ok(())
+}
+
+pub fn prune(g: &Global, a: PruneArgs) -> anyhow::Result<()> {
+    let store = g.image_store()?;
+    let s = store.prune()?;
+    if a.format.is_json() {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "Deleted {} blobs and {} layers, reclaimed {}",
+            s.blobs,
+            s.layers,
+            human_size(s.bytes)
+        );
+    }
+    Ok(())
+}
+
+pub fn build_default(g: &Global) -> anyhow::Result<()> {
+    let store = g.image_store()?;
+    let progress = reporter(g.quiet);
+    let d = strata_image::default_image::build(&store, progress.as_ref())?;
+    println!("Built image: {} ({d})", strata_image::default_image::NAME);
+    Ok(())
+}

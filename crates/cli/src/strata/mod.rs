@@ -1,0 +1,58 @@
+//! The `strata` command modules; bin/strata.rs dispatches to them.
+
+pub mod image;
+pub mod output;
+pub mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+/// Options every command takes.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Image and container store
+    #[arg(long, global = true, env = "STRATA_STORE", default_value = strata_image::DEFAULT_ROOT)]
+    pub store: PathBuf,
+    /// No progress output
+    #[arg(long, global = true)]
+    pub quiet: bool,
+}
+
+impl Global {
+    /// Opens the image store.
+    pub fn image_store(&self) -> anyhow::Result<strata_image::Store> {
+        Ok(strata_image::Store::open(&self.store)?)
+    }
+}
+
+/// Process set-up every command needs: default SIGPIPE (so `strata images | head` ends quietly,
+/// like other Unix tools) and logging.
+pub fn init() {
+    // SAFETY: setting a signal disposition to SIG_DFL at start-up, before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    init_logging();
+}
+
+/// Logs go to stderr, filtered by STRATA_LOG (default: warnings).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+}
+
+/// Prints an error the way every strata command does and picks the exit code.
+pub fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

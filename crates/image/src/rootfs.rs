@@ -1,0 +1,1 @@
+//! Overlay root filesystems for containers.
