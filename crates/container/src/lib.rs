@@ -3,3 +3,5 @@
 //! A library crate: it never prints and never exits; binaries are thin.
 
 pub mod cgroups;
+pub mod seccomp;
+pub mod hooks;
