@@ -1,0 +1,141 @@
+//! End-to-end: hostile archives and layers are refused with a clear error, nothing is written
+//! outside the store, and the store is byte-for-byte what it was before (as root).
+
+mod image_common;
+
+use std::path::Path;
+
+use image_common::{gzip, oci_archive, sha256, RawTar, TestStore};
+
+/// Loads an archive with the given layers (blob, claimed diffID) into a store holding the
+/// default image and checks the refusal and that the store did not change.
+fn refused(
+    layers: &[(Vec<u8>, String)],
+    tamper: impl FnOnce(&mut std::collections::BTreeMap<String, Vec<u8>>),
+    needle: &str,
+) {
+    let s = TestStore::new();
+    s.ok(&["image", "build-default"]);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("hostile.tar");
+    oci_archive(&archive, "hostile:v1", layers, tamper);
+    let before = s.listing();
+    let err = s.fails(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(err.contains(needle), "error does not say {needle:?}: {err}");
+    assert!(err.starts_with("strata: error: load "), "{err}");
+    let after = s.listing();
+    assert_eq!(before, after, "a refused load changed the store");
+    let err = s.fails(&["inspect", "hostile:v1"]);
+    assert!(err.contains("not found"), "{err}");
+}
+
+fn plain(tar: Vec<u8>) -> (Vec<u8>, String) {
+    let d = sha256(&tar);
+    (tar, d)
+}
+
+#[test]
+fn path_traversal() {
+    let name = format!("strata-escape-{}", std::process::id());
+    let layer = RawTar::new()
+        .file("ok", b"1")
+        .file(&format!("../../../../../../tmp/{name}"), b"pwned")
+        .finish();
+    refused(&[plain(layer)], |_| {}, "`..`");
+    assert!(!Path::new("/tmp").join(&name).exists());
+}
+
+#[test]
+fn absolute_path() {
+    let name = format!("/tmp/strata-absolute-{}", std::process::id());
+    refused(
+        &[plain(RawTar::new().file(&name, b"pwned").finish())],
+        |_| {},
+        "absolute path",
+    );
+    assert!(!Path::new(&name).exists());
+}
+
+#[test]
+fn symlink_escape_then_write_through_it() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().display().to_string();
+    let layer = RawTar::new()
+        .symlink("evil", &target)
+        .file("evil/pwned", b"pwned")
+        .finish();
+    refused(&[plain(layer)], |_| {}, "symlink evil");
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "a file was written through the symlink"
+    );
+    // The same through a relative link climbing out.
+    let layer = RawTar::new()
+        .symlink("up", "../../../../../..")
+        .file("up/tmp/pwned", b"x")
+        .finish();
+    refused(&[plain(layer)], |_| {}, "symlink up");
+}
+
+#[test]
+fn hardlink_to_outside() {
+    refused(
+        &[plain(
+            RawTar::new()
+                .hardlink("passwd", "../../../../../etc/passwd")
+                .finish(),
+        )],
+        |_| {},
+        "`..`",
+    );
+    refused(
+        &[plain(
+            RawTar::new().hardlink("passwd", "/etc/passwd").finish(),
+        )],
+        |_| {},
+        "absolute path",
+    );
+    let layer = RawTar::new()
+        .symlink("etc", "/etc")
+        .hardlink("passwd", "etc/passwd")
+        .finish();
+    refused(&[plain(layer)], |_| {}, "symlink etc");
+}
+
+#[test]
+fn bad_blob_digest() {
+    let (tar, diff) = plain(RawTar::new().file("a", b"1").finish());
+    let digest = sha256(&tar);
+    refused(
+        &[(tar, diff)],
+        |blobs| {
+            blobs.insert(digest, RawTar::new().file("a", b"2").finish());
+        },
+        "digest mismatch",
+    );
+}
+
+#[test]
+fn truncated_gzip_layer() {
+    let tar = RawTar::new().file("big", &vec![42u8; 200_000]).finish();
+    let diff = sha256(&tar);
+    let gz = gzip(&tar);
+    let cut = gz[..gz.len() / 2].to_vec();
+    refused(&[(cut, diff)], |_| {}, "truncated or corrupt");
+}
+
+#[test]
+fn wrong_diff_id() {
+    let tar = RawTar::new().file("a", b"1").finish();
+    let lie = sha256(b"something else");
+    refused(&[(gzip(&tar), lie)], |_| {}, "digest mismatch");
+}
+
+#[test]
+fn second_layer_fails_after_first_unpacked() {
+    // The first layer is fine and gets unpacked; the second is hostile: nothing may stay.
+    let good = plain(RawTar::new().file("good", b"1").finish());
+    let bad = plain(RawTar::new().file("../bad", b"1").finish());
+    refused(&[good, bad], |_| {}, "`..`");
+}
