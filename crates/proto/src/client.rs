@@ -69,7 +69,8 @@ struct OutBuf {
 #[derive(Default)]
 struct SessionState {
     started: Option<u32>,
-    error: Option<(String, String)>,
+    /// (request, kind, message) of the last refused request.
+    error: Option<(String, String, String)>,
     exit: Option<ExitStatus>,
     stdout: OutBuf,
     stderr: OutBuf,
@@ -187,8 +188,14 @@ impl Shared {
                 }
             }
             Message::Error(e) => {
-                if let Some(s) = st.sessions.get_mut(&sid) {
-                    s.error = Some((e.kind, e.message));
+                match (st.sessions.get_mut(&sid), e.request) {
+                    (Some(s), Some(request)) => s.error = Some((request, e.kind, e.message)),
+                    (_, _) => {
+                        if st.conn_errors.len() < 64 {
+                            st.conn_errors
+                                .push(format!("session {sid}: {}: {}", e.kind, e.message));
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -501,7 +508,13 @@ impl Client {
 
 fn take_error<T>(st: &mut State, sid: u32, step: &'static str) -> Option<Result<T, ClientError>> {
     let s = st.sessions.get_mut(&sid)?;
-    let (kind, message) = s.error.take()?;
+    if s.error
+        .as_ref()
+        .is_none_or(|(request, _, _)| request != step)
+    {
+        return None;
+    }
+    let (_, kind, message) = s.error.take()?;
     Some(Err(ClientError::Agent {
         step,
         session: sid,

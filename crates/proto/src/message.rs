@@ -45,6 +45,10 @@ pub struct ErrorMsg {
     pub kind: String,
     /// Human-readable explanation of what went wrong and what to do.
     pub message: String,
+    /// The request this error answers ("create", "start", "exec"); None for errors about the
+    /// connection or about non-request messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 /// Host → agent: the OCI runtime config (config.json) of the workload.

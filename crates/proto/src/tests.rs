@@ -40,6 +40,7 @@ fn all_messages() -> Vec<Message> {
         Message::Error(ErrorMsg {
             kind: "k".into(),
             message: "m".into(),
+            request: Some("create".into()),
         }),
         Message::Shutdown,
         Message::Create(CreateRequest {
