@@ -46,7 +46,7 @@ pub use stats::{Blkio, BlkioEntry, Cpu, CpuUsage, Memory, MemoryEntry, Pids, Sta
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
@@ -379,12 +379,13 @@ impl Cgroup {
 
     fn remove_created_dirs(&self, created: &[PathBuf]) -> Result<(), CgroupError> {
         let leaves = self.paths();
+        let deadline = Instant::now() + REMOVE_PATIENCE;
         let mut first_error = None;
         for dir in created.iter().rev() {
             let result = if leaves.contains(&dir.as_path()) {
-                remove_tree(dir)
+                remove_tree(dir, deadline)
             } else {
-                remove_parent(dir)
+                remove_parent(dir, deadline)
             };
             if let Err(e) = result {
                 first_error.get_or_insert(e);
@@ -467,17 +468,20 @@ fn collect_pids(dir: &Path, out: &mut Vec<i32>) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// rmdir with retries: a cgroup stays busy for a moment after its last task exits.
-fn rmdir_retrying(dir: &Path) -> Result<(), CgroupError> {
+/// How long `destroy` keeps retrying EBUSY over all directories together: enough
+/// for killed tasks to finish exiting, short enough to fail fast on live ones.
+const REMOVE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// rmdir with retries until `deadline`: a cgroup stays busy for a moment after its
+/// last task exits.
+fn rmdir_retrying(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
     let mut delay = Duration::from_millis(1);
-    let mut waited = Duration::ZERO;
     loop {
         match std::fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && waited < Duration::from_secs(2) => {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
                 std::thread::sleep(delay);
-                waited += delay;
                 delay = (delay * 2).min(Duration::from_millis(100));
             }
             Err(source) => {
@@ -491,12 +495,12 @@ fn rmdir_retrying(dir: &Path) -> Result<(), CgroupError> {
 }
 
 /// Removes a container's leaf cgroup and any sub-cgroups the container made in it.
-fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+fn remove_tree(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
     match std::fs::read_dir(dir) {
         Ok(entries) => {
             for entry in entries.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    remove_tree(&entry.path())?;
+                    remove_tree(&entry.path(), deadline)?;
                 }
             }
         }
@@ -508,11 +512,11 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
             })
         }
     }
-    rmdir_retrying(dir)
+    rmdir_retrying(dir, deadline)
 }
 
 /// Removes a parent directory we created, unless other cgroups now live in it.
-fn remove_parent(dir: &Path) -> Result<(), CgroupError> {
+fn remove_parent(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
     match std::fs::remove_dir(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -527,7 +531,7 @@ fn remove_parent(dir: &Path) -> Result<(), CgroupError> {
                 tracing::debug!(path = %dir.display(), "cgroup parent still holds other cgroups; left in place");
                 Ok(())
             } else {
-                rmdir_retrying(dir)
+                rmdir_retrying(dir, deadline)
             }
         }
         Err(source) => Err(CgroupError::Remove {
