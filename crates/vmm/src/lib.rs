@@ -1,1 +1,34 @@
-//! strata-vmm
+//! strata-vmm: runs a guest kernel as a VM behind one platform-neutral interface.
+//!
+//! - [`Platform`] (`uml` today, `kvm` later) boots a [`VmConfig`] into a [`Vm`]; [`detect`] picks
+//!   the best platform of this host and [`info`] explains the choice for `strata info`.
+//! - On `uml` the guest kernel is a User-Mode Linux process confined by [`jail`](crate::jail):
+//!   PID 1 of fresh pid/mount/ipc/net/uts namespaces, a tmpfs root holding only its kernel, disks
+//!   and initrd, its own cgroup, an unprivileged uid, no capabilities, no_new_privs.
+//! - The agent reaches the guest in a tiny initramfs ([`initramfs::agent_initramfs`]) and runs as
+//!   PID 1 via `rdinit=/strata-agent`; it reads the [`GuestContract`] from /proc/cmdline and talks
+//!   strata-proto over the channel (`Vm::take_channel` on the host, `/dev/ttyS1` in a UML guest).
+//! - Image disks come from [`disk::build_disk`]; guest kernels from [`kernel::list_kernels`]
+//!   (scripts/build-guest-kernel.sh builds strata's own UML kernel).
+
+mod cgroup;
+pub mod contract;
+mod cow;
+pub mod disk;
+mod error;
+pub mod initramfs;
+mod jail;
+pub mod kernel;
+mod kvm;
+mod platform;
+mod uml;
+mod vm;
+
+pub use contract::GuestContract;
+pub use disk::{build_disk, DiskFormat};
+pub use error::{Result, Unavailable, VmmError};
+pub use kernel::{default_kernel, list_kernels, KernelInfo};
+pub use kvm::KvmPlatform;
+pub use platform::{detect, info, platform, platforms, Console, Disk, Platform, VmConfig};
+pub use uml::{UmlPlatform, CHANNEL_DEVICE as UML_CHANNEL_DEVICE};
+pub use vm::{MemoryStats, Vm};

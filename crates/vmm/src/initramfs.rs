@@ -1,0 +1,216 @@
+//! The agent's initramfs: how strata-agent gets into the guest.
+//!
+//! The guest kernel unpacks a tiny newc cpio archive holding only `/strata-agent` (and the
+//! directories it mounts on) into its initial root and runs it as PID 1 (`rdinit=`). The agent
+//! then mounts the image disk and switches into it, so the image's disk is never modified to
+//! carry the agent and one archive serves every image. The archive is built once per agent binary
+//! (keyed by its sha256) and cached.
+
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, VmmError};
+
+/// The agent's path inside the guest (`VmConfig::init`).
+pub const AGENT_GUEST_PATH: &str = "/strata-agent";
+
+/// One entry of a newc archive.
+#[derive(Debug, Clone)]
+pub(crate) enum Entry<'a> {
+    Dir {
+        name: &'a str,
+        mode: u32,
+    },
+    File {
+        name: &'a str,
+        mode: u32,
+        data: &'a [u8],
+    },
+    CharDev {
+        name: &'a str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
+}
+
+fn header(
+    out: &mut Vec<u8>,
+    ino: u32,
+    mode: u32,
+    size: usize,
+    rdev: (u32, u32),
+    name: &str,
+) -> io::Result<()> {
+    if size > u32::MAX as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "file too large for cpio",
+        ));
+    }
+    let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
+    write!(
+        out,
+        "070701{ino:08x}{mode:08x}{:08x}{:08x}{nlink:08x}{:08x}{size:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+        0, // uid
+        0, // gid
+        0, // mtime: fixed, so the archive is reproducible
+        0, // dev major
+        0, // dev minor
+        rdev.0,
+        rdev.1,
+        name.len() + 1,
+        0, // check
+    )?;
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    pad4(out);
+    Ok(())
+}
+
+fn pad4(out: &mut Vec<u8>) {
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+}
+
+/// Encodes `entries` as a newc cpio archive (the kernel's initramfs format).
+pub(crate) fn encode(entries: &[Entry<'_>]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let ino = i as u32 + 1;
+        match e {
+            Entry::Dir { name, mode } => header(&mut out, ino, 0o040000 | mode, 0, (0, 0), name)?,
+            Entry::File { name, mode, data } => {
+                header(&mut out, ino, 0o100000 | mode, data.len(), (0, 0), name)?;
+                out.extend_from_slice(data);
+                pad4(&mut out);
+            }
+            Entry::CharDev {
+                name,
+                mode,
+                major,
+                minor,
+            } => header(&mut out, ino, 0o020000 | mode, 0, (*major, *minor), name)?,
+        }
+    }
+    header(&mut out, 0, 0, 0, (0, 0), "TRAILER!!!")?;
+    Ok(out)
+}
+
+/// Builds (once; cached by the agent's sha256 in `cache_dir`) the initramfs holding `agent` as
+/// [`AGENT_GUEST_PATH`]. Returns its path; the file is world-readable so a jailed VM can read it.
+pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf> {
+    let data = std::fs::read(agent).map_err(|e| VmmError::file("agent binary", agent, e))?;
+    if !data.starts_with(b"\x7fELF") {
+        return Err(VmmError::InvalidConfig(format!(
+            "agent {} is not an ELF executable: build strata-agent (static) first",
+            agent.display()
+        )));
+    }
+    let hash = hex::encode(Sha256::digest(&data));
+    let out = cache_dir.join(format!("agent-{}.cpio", &hash[..16]));
+    if out.is_file() {
+        return Ok(out);
+    }
+    let archive = encode(&[
+        Entry::Dir {
+            name: "dev",
+            mode: 0o755,
+        },
+        Entry::CharDev {
+            name: "dev/console",
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+        Entry::Dir {
+            name: "proc",
+            mode: 0o555,
+        },
+        Entry::Dir {
+            name: "sys",
+            mode: 0o555,
+        },
+        Entry::Dir {
+            name: "tmp",
+            mode: 0o1777,
+        },
+        Entry::Dir {
+            name: "mnt",
+            mode: 0o755,
+        },
+        Entry::File {
+            name: &AGENT_GUEST_PATH[1..],
+            mode: 0o755,
+            data: &data,
+        },
+    ])
+    .map_err(|e| VmmError::file("initramfs", &out, e))?;
+    std::fs::create_dir_all(cache_dir)
+        .map_err(|e| VmmError::file("initramfs cache", cache_dir, e))?;
+    crate::disk::write_atomic(&out, 0o644, &archive)
+        .map_err(|e| VmmError::file("initramfs", &out, e))?;
+    Ok(out)
+}
+
+/// Opens a new file for writing with `mode` (used by the atomic writers).
+pub(crate) fn create_new(path: &Path, mode: u32) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newc_layout() {
+        let a = encode(&[
+            Entry::Dir {
+                name: "dev",
+                mode: 0o755,
+            },
+            Entry::File {
+                name: "init",
+                mode: 0o755,
+                data: b"abcde",
+            },
+        ])
+        .unwrap();
+        assert!(a.starts_with(b"070701"));
+        assert_eq!(a.len() % 4, 0);
+        // header is 110 bytes; "dev\0" → 114 → padded to 116.
+        assert_eq!(&a[110..114], b"dev\0");
+        let second = &a[116..];
+        assert!(second.starts_with(b"070701"));
+        assert_eq!(&second[14..22], b"000081ed"); // regular file 0755
+        assert_eq!(&second[54..62], b"00000005"); // size
+        let tail = std::str::from_utf8(&a[a.len() - 124..]).unwrap_or("");
+        assert!(tail.contains("TRAILER!!!"), "{tail:?}");
+    }
+
+    #[test]
+    fn agent_must_be_elf_and_is_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, b"#!/bin/sh\n").unwrap();
+        assert!(agent_initramfs(&bad, dir.path()).is_err());
+        let good = dir.path().join("agent");
+        std::fs::write(&good, b"\x7fELF fake").unwrap();
+        let a = agent_initramfs(&good, &dir.path().join("cache")).unwrap();
+        let b = agent_initramfs(&good, &dir.path().join("cache")).unwrap();
+        assert_eq!(a, b);
+        assert!(std::fs::read(&a)
+            .unwrap()
+            .windows(12)
+            .any(|w| w == b"strata-agent"));
+    }
+}

@@ -1,0 +1,250 @@
+//! Guest kernels per platform (`strata kernel list`): the ones strata built with
+//! scripts/build-guest-kernel.sh (under the kernel cache) and the distribution's.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// Default kernel cache of scripts/build-guest-kernel.sh (`STRATA_KERNEL_DIR` overrides it).
+pub const DEFAULT_KERNEL_DIR: &str = "/var/lib/strata/kernels";
+/// Debian's `user-mode-linux` package.
+pub const DEBIAN_UML_KERNEL: &str = "/usr/bin/linux";
+
+/// One guest kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KernelInfo {
+    /// The platform it boots on (`uml`, `kvm`).
+    pub platform: &'static str,
+    /// The kernel file.
+    pub path: PathBuf,
+    /// Its version (kernel release, or the source package version for built kernels).
+    pub version: String,
+    /// Where it comes from.
+    pub source: String,
+    /// File size in bytes.
+    pub size: u64,
+}
+
+/// The kernel cache directory (`STRATA_KERNEL_DIR`, else [`DEFAULT_KERNEL_DIR`]).
+pub fn kernel_dir() -> PathBuf {
+    std::env::var_os("STRATA_KERNEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_KERNEL_DIR))
+}
+
+/// Every guest kernel found on this host, strata-built ones first (newest first).
+pub fn list_kernels() -> Vec<KernelInfo> {
+    let mut out = list_built(&kernel_dir());
+    if let Some(k) = debian_uml(Path::new(DEBIAN_UML_KERNEL)) {
+        out.push(k);
+    }
+    out
+}
+
+/// The kernel a platform uses by default: strata's own build (faster to boot, statically
+/// linked, no hostfs, see docs/benchmarks.md) when present, else the distribution's.
+pub fn default_kernel(platform: &str) -> Option<KernelInfo> {
+    list_kernels().into_iter().find(|k| k.platform == platform)
+}
+
+/// Kernels built by scripts/build-guest-kernel.sh in `dir`: `<platform>-<version>-<hash>/linux`
+/// with a `version` file.
+pub fn list_built(dir: &Path) -> Vec<KernelInfo> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(std::time::SystemTime, KernelInfo)> = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("uml-") else {
+            continue; // only UML kernels are built so far; dot-files are builds in progress
+        };
+        let path = entry.path().join("linux");
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let hash = rest.rsplit('-').next().unwrap_or("");
+        let version = std::fs::read_to_string(entry.path().join("version"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|_| rest.to_string());
+        found.push((
+            meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+            KernelInfo {
+                platform: "uml",
+                path,
+                version,
+                source: format!("built from linux-source with guest/uml.config ({hash})"),
+                size: meta.len(),
+            },
+        ));
+    }
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.into_iter().map(|(_, k)| k).collect()
+}
+
+fn debian_uml(path: &Path) -> Option<KernelInfo> {
+    let real = std::fs::canonicalize(path).ok()?;
+    let meta = std::fs::metadata(&real).ok()?;
+    // The binary's --version is instant; it prints the kernel release.
+    let version = std::process::Command::new(&real)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s.len() < 64)
+        .unwrap_or_else(|| "unknown".into());
+    Some(KernelInfo {
+        platform: "uml",
+        path: path.to_path_buf(),
+        version,
+        source: "Debian user-mode-linux package".into(),
+        size: meta.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_kernels_are_listed_and_builds_in_progress_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("uml-6.1.192-2-abcdef012345");
+        std::fs::create_dir(&k).unwrap();
+        std::fs::write(k.join("linux"), b"elf").unwrap();
+        std::fs::write(k.join("version"), b"6.1.192\n").unwrap();
+        std::fs::create_dir(dir.path().join(".build-uml-x")).unwrap();
+        std::fs::create_dir(dir.path().join("uml-empty")).unwrap();
+        let list = list_built(dir.path());
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].version, "6.1.192");
+        assert_eq!(list[0].size, 3);
+        assert!(list[0].source.contains("abcdef012345"));
+        assert!(list_built(&dir.path().join("missing")).is_empty());
+    }
+}
+
+/// Whether the ELF executable `data` (its first bytes, at least the program headers) asks for a
+/// program interpreter (is dynamically linked). None if it is not a 64-bit little-endian ELF.
+pub(crate) fn elf_is_dynamic(data: &[u8]) -> Option<bool> {
+    let u16_at = |o: usize| {
+        data.get(o..o.checked_add(2)?)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        data.get(o..o.checked_add(4)?)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        data.get(o..o.checked_add(8)?)
+            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    };
+    if data.get(0..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(0x36)?);
+    let phnum = usize::from(u16_at(0x38)?);
+    if phentsize < 4 {
+        return None;
+    }
+    for i in 0..phnum {
+        let off = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        const PT_INTERP: u32 = 3;
+        if u32_at(off)? == PT_INTERP {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// The shared libraries (and program interpreter) a dynamically linked kernel needs, as host
+/// paths, from `ldd`. Empty for a static kernel.
+pub(crate) fn shared_libraries(kernel: &Path) -> std::io::Result<Vec<PathBuf>> {
+    use std::io::Read;
+    let mut head = vec![0u8; 4096];
+    let n = std::fs::File::open(kernel)?.read(&mut head)?;
+    head.truncate(n);
+    match elf_is_dynamic(&head) {
+        Some(true) => {}
+        Some(false) => return Ok(Vec::new()),
+        None => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not a 64-bit ELF executable (a UML kernel is the `linux` binary)",
+            ))
+        }
+    }
+    let out = std::process::Command::new("ldd")
+        .arg(kernel)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()?;
+    parse_ldd(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_ldd(text: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let target = match line.split_once("=>") {
+            Some((name, rest)) => {
+                let t = rest.split_whitespace().next().unwrap_or("");
+                if t == "not" {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("shared library {} not found", name.trim()),
+                    ));
+                }
+                t
+            }
+            None => line.split_whitespace().next().unwrap_or(""),
+        };
+        if target.starts_with('/') {
+            libs.push(PathBuf::from(target));
+        }
+    }
+    Ok(libs)
+}
+
+#[cfg(test)]
+mod elf_tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output() {
+        let libs = parse_ldd(
+            "\tlinux-vdso.so.1 (0x00007f)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n",
+        )
+        .unwrap();
+        assert_eq!(
+            libs,
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+        assert!(parse_ldd("\tlibfoo.so => not found\n").is_err());
+        assert!(parse_ldd("\tnot a dynamic executable\n")
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn elf_detection() {
+        let ls = std::fs::read("/bin/ls").unwrap();
+        assert_eq!(elf_is_dynamic(&ls), Some(true));
+        let bb = std::fs::read("/bin/busybox").unwrap();
+        assert_eq!(elf_is_dynamic(&bb), Some(false));
+        assert_eq!(elf_is_dynamic(b"#!/bin/sh"), None);
+        assert_eq!(elf_is_dynamic(&ls[..40]), None);
+        // Hostile headers: huge counts and offsets never panic.
+        let mut h = ls[..64].to_vec();
+        h[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        h[0x38..0x3a].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert_eq!(elf_is_dynamic(&h), None);
+    }
+}

@@ -1,0 +1,237 @@
+//! The platform-neutral VM interface: a [`Platform`] boots a [`VmConfig`] into a running [`Vm`].
+//! `uml` (User-Mode Linux) works everywhere; `kvm` needs hardware virtualization and our monitor.
+
+use std::path::PathBuf;
+
+use crate::error::{Result, Unavailable, VmmError};
+use crate::kvm::KvmPlatform;
+use crate::uml::UmlPlatform;
+use crate::vm::Vm;
+
+/// One block device of a VM, in the order the guest sees them (index 0 is the first disk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// The host file holding the disk image.
+    pub path: PathBuf,
+    /// A copy-on-write file layered over `path`: guest writes land here and `path` is never
+    /// written (it may be shared by many VMs). It is created fresh at boot; an existing file is
+    /// replaced.
+    pub cow: Option<PathBuf>,
+    /// Expose the disk read-only to the guest (ignored with `cow`, which is writable).
+    pub read_only: bool,
+}
+
+/// Where the guest kernel's console output goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Console {
+    /// Discarded.
+    #[default]
+    Null,
+    /// Appended to this host file (kernel messages and the guest's console).
+    File(PathBuf),
+}
+
+/// Everything needed to boot one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// A unique id (container id); names the VM's cgroup. `[A-Za-z0-9_.-]`, ≤ 64 bytes.
+    pub id: String,
+    /// The guest kernel (for UML, the `linux` executable).
+    pub kernel: PathBuf,
+    /// An initramfs (newc cpio) the kernel unpacks as its first root, e.g. the agent's
+    /// ([`crate::initramfs`]).
+    pub initrd: Option<PathBuf>,
+    /// The guest path of PID 1: passed as `rdinit=` with an initrd, `init=` otherwise.
+    pub init: Option<String>,
+    /// Guest memory.
+    pub memory_mib: u32,
+    /// Virtual CPUs (UML 6.1 is uniprocessor: only 1).
+    pub vcpus: u32,
+    /// Block devices, in guest order.
+    pub disks: Vec<Disk>,
+    /// Extra kernel parameters (e.g. the guest contract from [`crate::GuestContract`]), placed
+    /// before `init=` so that the kernel, not init, receives them.
+    pub kernel_params: Vec<String>,
+    /// Where the console goes.
+    pub console: Console,
+    /// A host directory private to this VM (e.g. `/run/strata/vm/<id>`); created if missing. The
+    /// jail's root mount point lives here; it is removed again when the VM is reaped.
+    pub runtime_dir: PathBuf,
+}
+
+impl VmConfig {
+    /// A configuration with defaults (128 MiB, 1 vCPU, no disks, console discarded).
+    pub fn new(
+        id: impl Into<String>,
+        kernel: impl Into<PathBuf>,
+        runtime_dir: impl Into<PathBuf>,
+    ) -> Self {
+        VmConfig {
+            id: id.into(),
+            kernel: kernel.into(),
+            initrd: None,
+            init: None,
+            memory_mib: 128,
+            vcpus: 1,
+            disks: Vec::new(),
+            kernel_params: Vec::new(),
+            console: Console::Null,
+            runtime_dir: runtime_dir.into(),
+        }
+    }
+
+    /// Checks what every platform requires; platforms add their own limits.
+    pub fn validate(&self) -> Result<()> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= 64
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            && !self.id.starts_with('.');
+        if !id_ok {
+            return Err(VmmError::InvalidConfig(format!(
+                "VM id {:?} must be 1-64 characters of [A-Za-z0-9_.-], not starting with '.'",
+                self.id
+            )));
+        }
+        if self.memory_mib < 16 {
+            return Err(VmmError::InvalidConfig(format!(
+                "memory {} MiB is too small: a guest needs at least 16 MiB",
+                self.memory_mib
+            )));
+        }
+        if self.vcpus == 0 {
+            return Err(VmmError::InvalidConfig(
+                "a VM needs at least one vCPU".into(),
+            ));
+        }
+        for param in &self.kernel_params {
+            if param.is_empty() || param.bytes().any(|b| b.is_ascii_whitespace() || b == 0) {
+                return Err(VmmError::InvalidConfig(format!(
+                    "kernel parameter {param:?} is empty or contains whitespace/NUL: pass one parameter per entry"
+                )));
+            }
+        }
+        if let Some(init) = &self.init {
+            if !init.starts_with('/') || init.bytes().any(|b| b.is_ascii_whitespace() || b == 0) {
+                return Err(VmmError::InvalidConfig(format!(
+                    "init {init:?} must be an absolute guest path without whitespace"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A way of running VMs on this host.
+pub trait Platform: Send + Sync {
+    /// `uml` or `kvm`.
+    fn name(&self) -> &'static str;
+    /// Whether this host can run the platform, and if not, exactly why.
+    fn check(&self) -> Result<(), Unavailable>;
+    /// Boots a VM; returns once the guest kernel process is running.
+    fn boot(&self, config: &VmConfig) -> Result<Vm>;
+    /// The guest device name of disk `index` (`/dev/ubda` on UML, `/dev/vda` on KVM).
+    fn disk_device(&self, index: usize) -> String;
+    /// The guest device carrying the strata-proto channel (`/dev/ttyS1` on UML).
+    fn channel_device(&self) -> &'static str;
+}
+
+/// Every platform strata knows, in order of preference.
+pub fn platforms() -> Vec<Box<dyn Platform>> {
+    vec![Box::new(KvmPlatform::new()), Box::new(UmlPlatform::new())]
+}
+
+/// The platform named `name` (`--platform uml|kvm`), whether or not it is available.
+pub fn platform(name: &str) -> Result<Box<dyn Platform>> {
+    platforms()
+        .into_iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| {
+            VmmError::InvalidConfig(format!("unknown VM platform {name:?}: use uml or kvm"))
+        })
+}
+
+/// Picks the best available platform: kvm where hardware virtualization and the KVM monitor
+/// exist, uml otherwise. Errors list why each platform is unavailable.
+pub fn detect() -> Result<Box<dyn Platform>, Vec<Unavailable>> {
+    let mut why = Vec::new();
+    for p in platforms() {
+        match p.check() {
+            Ok(()) => return Ok(p),
+            Err(u) => why.push(u),
+        }
+    }
+    Err(why)
+}
+
+/// Text for `strata info`: each platform, whether it is usable, and why not.
+pub fn info() -> String {
+    let mut out = String::from("VM platforms:\n");
+    let chosen = detect().ok().map(|p| p.name());
+    for p in platforms() {
+        let line = match p.check() {
+            Ok(()) if chosen == Some(p.name()) => format!("  {}: available (default)\n", p.name()),
+            Ok(()) => format!("  {}: available\n", p.name()),
+            Err(u) => format!("  {}: unavailable: {}\n", p.name(), u.reason),
+        };
+        out.push_str(&line);
+    }
+    out.push_str("Guest kernels:\n");
+    for k in crate::kernel::list_kernels() {
+        out.push_str(&format!(
+            "  {} {} {} ({}, {} bytes)\n",
+            k.platform,
+            k.version,
+            k.path.display(),
+            k.source,
+            k.size
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> VmConfig {
+        VmConfig::new("vm-1", "/k", "/run/x")
+    }
+
+    #[test]
+    fn validate_accepts_defaults() {
+        config().validate().unwrap();
+    }
+
+    #[test]
+    fn validate_refuses_bad_ids_params_and_sizes() {
+        for id in ["", "../x", "a b", ".hidden", &"x".repeat(65)] {
+            let mut c = config();
+            c.id = id.to_string();
+            assert!(c.validate().is_err(), "{id:?}");
+        }
+        let mut c = config();
+        c.kernel_params = vec!["a b".into()];
+        assert!(c.validate().is_err());
+        let mut c = config();
+        c.kernel_params = vec!["".into()];
+        assert!(c.validate().is_err());
+        let mut c = config();
+        c.memory_mib = 1;
+        assert!(c.validate().is_err());
+        let mut c = config();
+        c.vcpus = 0;
+        assert!(c.validate().is_err());
+        let mut c = config();
+        c.init = Some("relative".into());
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn unknown_platform_is_an_error() {
+        assert!(platform("xen").is_err());
+        assert_eq!(platform("uml").unwrap().name(), "uml");
+    }
+}

@@ -1,0 +1,179 @@
+//! A running VM: its host process, the strata-proto channel, and its clean-up.
+
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+
+use crate::cgroup::VmCgroup;
+use crate::error::{Result, VmmError};
+
+/// Memory use of a VM's host processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes charged to the VM's cgroup now (guest memory it touched plus host-side overhead).
+    pub current_bytes: u64,
+    /// The peak of `current_bytes`.
+    pub peak_bytes: u64,
+    /// The cgroup's memory limit.
+    pub limit_bytes: u64,
+}
+
+/// A booted VM. Dropping it kills the VM (use [`Vm::wait`] to let it finish).
+#[derive(Debug)]
+pub struct Vm {
+    pub(crate) platform: &'static str,
+    pub(crate) pid: i32,
+    pub(crate) channel: Option<UnixStream>,
+    pub(crate) cgroup: Option<VmCgroup>,
+    /// Directories to remove after the VM is reaped (the jail mount point, then the runtime dir
+    /// if it is empty).
+    pub(crate) cleanup_dirs: Vec<PathBuf>,
+    pub(crate) status: Option<ExitStatus>,
+    pub(crate) uid: u32,
+}
+
+impl Vm {
+    /// The platform that runs it (`uml`, `kvm`).
+    pub fn platform(&self) -> &'static str {
+        self.platform
+    }
+
+    /// The host pid of the VM's leader process (the UML kernel, PID 1 of the VM's pid namespace:
+    /// killing it ends every process of the VM).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The unprivileged host uid the VM runs as.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// The host end of the strata-proto channel (a stream socket); None once taken.
+    pub fn channel(&self) -> Option<&UnixStream> {
+        self.channel.as_ref()
+    }
+
+    /// Takes the host end of the channel (e.g. to hand it to a strata-proto client thread).
+    pub fn take_channel(&mut self) -> Option<UnixStream> {
+        self.channel.take()
+    }
+
+    /// The VM's cgroup directories (empty if it has none).
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroup
+            .as_ref()
+            .map(|c| c.dirs().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Memory charged to the VM, from its cgroup.
+    pub fn memory(&self) -> Result<MemoryStats> {
+        let cg = self.cgroup.as_ref().ok_or_else(|| VmmError::Process {
+            pid: self.pid,
+            step: "read memory statistics",
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "the VM has no cgroup"),
+        })?;
+        Ok(MemoryStats {
+            current_bytes: cg.memory_usage().unwrap_or(0),
+            peak_bytes: cg.memory_peak().unwrap_or(0),
+            limit_bytes: cg.memory_limit().unwrap_or(0),
+        })
+    }
+
+    /// Waits for the VM to end and cleans up after it. The guest kernel's own status says
+    /// nothing about the workload (UML always exits 0): the workload's status travels over the
+    /// channel.
+    pub fn wait(&mut self) -> Result<ExitStatus> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let mut status = 0;
+        loop {
+            // SAFETY: waiting for our own child; `status` is a valid out-pointer.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+            if r == self.pid {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(VmmError::Process {
+                    pid: self.pid,
+                    step: "wait",
+                    source: e,
+                });
+            }
+        }
+        let s = ExitStatus::from_raw(status);
+        self.status = Some(s);
+        self.cleanup()?;
+        Ok(s)
+    }
+
+    /// The VM's status if it has ended (then cleaned up), None while it runs.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        if let Some(s) = self.status {
+            return Ok(Some(s));
+        }
+        let mut status = 0;
+        // SAFETY: non-blocking wait for our own child.
+        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+        if r == 0 {
+            return Ok(None);
+        }
+        if r < 0 {
+            return Err(VmmError::Process {
+                pid: self.pid,
+                step: "wait",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let s = ExitStatus::from_raw(status);
+        self.status = Some(s);
+        self.cleanup()?;
+        Ok(Some(s))
+    }
+
+    /// Kills the VM at once (SIGKILL to its PID 1 ends its whole pid namespace), waits for it and
+    /// cleans up. Killing an ended VM is not an error.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        if self.status.is_none() {
+            // SAFETY: signalling our own, not yet reaped, child (its pid cannot be reused).
+            let r = unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(VmmError::Process {
+                        pid: self.pid,
+                        step: "kill",
+                        source: e,
+                    });
+                }
+            }
+        }
+        self.wait()
+    }
+
+    fn cleanup(&mut self) -> Result<()> {
+        self.channel = None;
+        if let Some(cg) = self.cgroup.take() {
+            cg.destroy()?;
+        }
+        for dir in std::mem::take(&mut self.cleanup_dirs) {
+            // Only empty directories: the jail's mounts lived in its own namespace and are gone.
+            let _ = std::fs::remove_dir(&dir);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            if let Err(e) = self.kill() {
+                tracing::warn!(pid = self.pid, error = %e, "could not stop VM on drop");
+            }
+        }
+    }
+}
