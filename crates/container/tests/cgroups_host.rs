@@ -371,6 +371,35 @@ fn v1_relative_path_is_under_own_cgroup() {
 }
 
 #[test]
+fn v1_cpuset_spec_value_and_inherited_value() {
+    if !host_has_v1() {
+        return;
+    }
+    let name = unique("cpuset");
+    let mut g =
+        Guard::new(Cgroup::resolve(Some(Path::new(&format!("/{name}/a/b"))), &name).unwrap());
+    g.cg.create(Some(&resources(r#"{"cpu":{"cpus":"0"}}"#)))
+        .unwrap();
+    let leaf = g.cg.v1_path("cpuset").unwrap().to_path_buf();
+    let root = Path::new("/sys/fs/cgroup/cpuset");
+    assert_eq!(read(&leaf, "cpuset.cpus"), "0");
+    assert_eq!(read(&leaf, "cpuset.mems"), read(root, "cpuset.mems"));
+    assert_eq!(
+        read(leaf.parent().unwrap(), "cpuset.cpus"),
+        read(root, "cpuset.cpus")
+    );
+    let pid = g.spawn(&mut sleeper());
+    g.cg.add_process(pid).unwrap();
+    let allowed = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        allowed
+            .lines()
+            .any(|l| l.starts_with("Cpus_allowed_list:") && l.ends_with("\t0")),
+        "{allowed}"
+    );
+}
+
+#[test]
 fn destroy_with_a_live_task_reports_busy_and_keeps_state() {
     if !host_has_v1() {
         return;

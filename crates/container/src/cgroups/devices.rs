@@ -261,14 +261,14 @@ pub(crate) fn program(rules: &[Rule]) -> Vec<Insn> {
 }
 
 /// Runs `prog` on one access the way the kernel would: a tiny interpreter for the
-/// instructions [`program`] emits, so tests can check verdicts, not just bytes.
-#[cfg(test)]
+/// instructions [`program`] emits, so tests (and the fuzz entry) check verdicts and
+/// that every jump lands inside the program, not just bytes.
 pub(crate) fn evaluate(prog: &[Insn], kind: i32, access: u8, major: u32, minor: u32) -> u32 {
     let ctx = [(u32::from(access) << 16) | kind as u32, major, minor];
     let mut r = [0u64; 11];
     let mut pc = 0usize;
     loop {
-        let i = prog[pc];
+        let i = *prog.get(pc).expect("jump out of the program");
         let (dst, src) = ((i.regs & 0xf) as usize, (i.regs >> 4) as usize);
         let imm32 = i.imm as u32;
         let mut next = pc + 1;

@@ -31,6 +31,7 @@ mod devices;
 mod error;
 mod files;
 mod freezer;
+mod fuzz;
 mod mountinfo;
 mod path;
 mod resources;
@@ -41,6 +42,8 @@ mod v2;
 pub use bpf::attached_device_programs;
 pub use devices::with_runc_default_devices;
 pub use error::CgroupError;
+#[doc(hidden)]
+pub use fuzz::fuzz_one;
 pub use mountinfo::Layout;
 pub use stats::{Blkio, BlkioEntry, Cpu, CpuUsage, Memory, MemoryEntry, Pids, Stats, Throttling};
 
@@ -218,7 +221,8 @@ impl Cgroup {
     /// Creates the cgroup directories and applies `resources`; on failure removes
     /// whatever it created.
     pub fn create(&mut self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
-        let result = self.create_dirs().and_then(|()| match resources {
+        let cpuset = resources.map_or((None, None), resources::cpuset);
+        let result = self.create_dirs(cpuset).and_then(|()| match resources {
             Some(r) => self.apply(r),
             None => Ok(()),
         });
@@ -232,7 +236,7 @@ impl Cgroup {
         Ok(())
     }
 
-    fn create_dirs(&mut self) -> Result<(), CgroupError> {
+    fn create_dirs(&mut self, cpuset: (Option<&str>, Option<&str>)) -> Result<(), CgroupError> {
         let mut created = std::mem::take(&mut self.created);
         let result = (|| {
             for d in &self.v1 {
@@ -240,7 +244,7 @@ impl Cgroup {
                 mkdir_tracked(&d.path, &d.mountpoint, &mut created)?;
                 if d.controllers.iter().any(|c| c == "cpuset") {
                     // A new v1 cpuset has no cpus and mems: no task could join it.
-                    cpuset_inherit(&created[first_new..])?;
+                    cpuset_inherit(&d.path, &created[first_new..], cpuset)?;
                 }
             }
             if let (Some(path), Some(mountpoint)) = (&self.unified, &self.unified_mountpoint) {
@@ -426,19 +430,39 @@ fn mkdir_tracked(
     }
 }
 
-/// Copies cpuset.cpus/mems from the parent into each newly created v1 cpuset
-/// directory (in order, so each parent is filled before its child), as runc does.
-fn cpuset_inherit(new_dirs: &[PathBuf]) -> Result<(), CgroupError> {
-    for d in new_dirs {
-        let Some(parent) = d.parent() else { continue };
-        for file in ["cpuset.cpus", "cpuset.mems"] {
-            if files::read(d, file)?.trim().is_empty() {
-                let value = files::read(parent, file)?;
-                let value = value.trim();
-                if !value.is_empty() {
-                    files::write(d, file, value)?;
-                }
+/// A v1 cpuset directory starts with empty cpus and mems, and no task can join it
+/// then: fill each directory we created with its parent's values (as runc does),
+/// top-down, reading the first parent once. The leaf skips values the spec sets,
+/// since `apply` writes them right after. A pre-existing leaf is filled only if empty.
+fn cpuset_inherit(
+    leaf: &Path,
+    new_dirs: &[PathBuf],
+    spec: (Option<&str>, Option<&str>),
+) -> Result<(), CgroupError> {
+    for (file, spec_value) in [("cpuset.cpus", spec.0), ("cpuset.mems", spec.1)] {
+        let targets: Vec<&Path> = if new_dirs.is_empty() {
+            if spec_value.is_some() || !files::read(leaf, file)?.trim().is_empty() {
+                continue;
             }
+            vec![leaf]
+        } else {
+            new_dirs
+                .iter()
+                .map(PathBuf::as_path)
+                .filter(|d| !(spec_value.is_some() && *d == leaf))
+                .collect()
+        };
+        let Some(parent) = targets.first().and_then(|d| d.parent()) else {
+            continue;
+        };
+        let value = files::read(parent, file)?;
+        let value = value.trim();
+        if value.is_empty() {
+            // Nothing to inherit; joining will fail with ENOSPC and say why.
+            continue;
+        }
+        for d in targets {
+            files::write(d, file, value)?;
         }
     }
     Ok(())

@@ -106,8 +106,14 @@ pub(crate) fn apply(dirs: &[V1Dir], r: &LinuxResources) -> Result<(), CgroupErro
         let d = dir(dirs, "devices").ok_or(CgroupError::MandatoryControllerMissing {
             controller: "devices",
         })?;
-        // runc's order: deny everything, then replay the rules in order.
-        write(d, "devices.deny", "a")?;
+        // runc's order: deny everything, then replay the rules in order (engines'
+        // lists usually start with that deny-all already: don't write it twice).
+        let starts_with_deny_all = rules
+            .first()
+            .is_some_and(|r| !r.allow && r.v1_line() == "a");
+        if !starts_with_deny_all {
+            write(d, "devices.deny", "a")?;
+        }
         for rule in &rules {
             let file = if rule.allow {
                 "devices.allow"
