@@ -254,6 +254,11 @@ fn v1_full_lifecycle_with_resources() {
     for p in &cg.created {
         assert!(!p.exists(), "{} left behind", p.display());
     }
+    let err = reloaded
+        .update(&resources(r#"{"pids":{"limit":5}}"#))
+        .unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    reloaded.destroy().expect("destroy is idempotent");
 }
 
 #[test]

@@ -8,12 +8,15 @@ use super::CgroupError;
 /// Writes `value` to `dir/file` in one write(2), as the kernel expects.
 pub(crate) fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
     let path = dir.join(file);
+    // O_TRUNC as `echo >` does: cgroupfs ignores it, plain files (tests) need it.
     let result = std::fs::OpenOptions::new()
         .write(true)
+        .truncate(true)
         .open(&path)
         .and_then(|mut f| f.write_all(value.as_bytes()));
     result.map_err(|source| {
         let hint = match source.raw_os_error() {
+            Some(libc::ENOENT) if !dir.is_dir() => " (the cgroup directory does not exist: was the container deleted, or its cgroup removed?)",
             Some(libc::ENOENT) => " (the controller owning this file is not available here: not mounted, or not enabled in the parent's cgroup.subtree_control)",
             Some(libc::EINVAL) => " (the kernel rejected the value: out of range, or inconsistent with the parent's or current limits)",
             Some(libc::EBUSY) => " (the cgroup is in use: current usage exceeds the new limit, or a child cgroup depends on it)",

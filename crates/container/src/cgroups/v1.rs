@@ -290,3 +290,78 @@ fn blkio(d: &Path, b: &BlockIo) -> Result<(), CgroupError> {
     throttle("blkio.throttle.write_iops_device", b.write_iops)?;
     Ok(())
 }
+
+/// Write order and skipping logic against plain files (the real v1 files are
+/// exercised by tests/cgroups_host.rs; these cover what this host cannot show,
+/// such as a kernel without swap accounting).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn fake(files: &[(&str, &str)]) -> (tempfile::TempDir, Vec<V1Dir>) {
+        let d = tempfile::tempdir().unwrap();
+        for (f, v) in files {
+            std::fs::write(d.path().join(f), v).unwrap();
+        }
+        let dirs = ["memory", "cpu", "pids", "devices", "blkio"]
+            .iter()
+            .map(|c| V1Dir {
+                controllers: vec![c.to_string()],
+                mountpoint: PathBuf::from("/"),
+                path: d.path().to_path_buf(),
+            })
+            .collect();
+        (d, dirs)
+    }
+
+    fn res(json: &str) -> LinuxResources {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn swap_without_swap_accounting() {
+        let (d, dirs) = fake(&[("memory.limit_in_bytes", "9223372036854771712")]);
+        apply(&dirs, &res(r#"{"memory":{"limit":1000,"swap":1000}}"#)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("memory.limit_in_bytes")).unwrap(),
+            "1000"
+        );
+        assert!(!d.path().join("memory.memsw.limit_in_bytes").exists());
+        let err = apply(&dirs, &res(r#"{"memory":{"limit":1000,"swap":3000}}"#)).unwrap_err();
+        assert!(err.to_string().contains("swapaccount"), "{err}");
+    }
+
+    #[test]
+    fn hugetlb_missing_is_a_clear_error() {
+        let (_d, dirs) = fake(&[]);
+        let err = apply(
+            &dirs,
+            &res(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":1}]}"#),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CgroupError::ControllerMissing {
+                    controller: "hugetlb",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = apply(&dirs, &res(r#"{"unified":{"memory.high":"1"}}"#)).unwrap_err();
+        assert!(err.to_string().contains("cgroup v2"), "{err}");
+    }
+
+    #[test]
+    fn blkio_weight_falls_back_to_bfq() {
+        let (d, dirs) = fake(&[("blkio.bfq.weight", "")]);
+        apply(&dirs, &res(r#"{"blockIO":{"weight":300}}"#)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("blkio.bfq.weight")).unwrap(),
+            "300"
+        );
+        assert!(!d.path().join("blkio.weight").exists());
+    }
+}

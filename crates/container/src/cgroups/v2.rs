@@ -253,3 +253,129 @@ pub(crate) fn available_controllers(mountpoint: &Path) -> Result<Vec<String>, Cg
         .map(str::to_owned)
         .collect())
 }
+
+/// The file-writing logic against a directory of plain files: this host's cgroup2
+/// mount has no controllers, so these are the only checks of the v2 memory, cpu,
+/// pids and io writes here (the device filter and freezer run on the real mount).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_cgroup(files: &[&str]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in files {
+            std::fs::write(d.path().join(f), "").unwrap();
+        }
+        d
+    }
+
+    fn res(json: &str) -> LinuxResources {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn get(d: &tempfile::TempDir, f: &str) -> String {
+        std::fs::read_to_string(d.path().join(f)).unwrap()
+    }
+
+    const ALL: &[&str] = &[
+        "memory.max",
+        "memory.low",
+        "memory.swap.max",
+        "cpu.weight",
+        "cpu.max",
+        "pids.max",
+        "io.weight",
+        "io.max",
+        "cpuset.cpus",
+        "cpuset.mems",
+    ];
+
+    #[test]
+    fn docker_like_resources() {
+        let d = fake_cgroup(ALL);
+        apply(
+            d.path(),
+            &res(r#"{"memory":{"limit":67108864,"reservation":1048576,"swap":134217728},"cpu":{"shares":1024,"quota":50000,"period":100000,"cpus":"0-1"},"pids":{"limit":-1},"blockIO":{"weight":500}}"#),
+        )
+        .unwrap();
+        assert_eq!(get(&d, "memory.max"), "67108864");
+        assert_eq!(get(&d, "memory.low"), "1048576");
+        assert_eq!(get(&d, "memory.swap.max"), "67108864");
+        assert_eq!(get(&d, "cpu.weight"), "39");
+        assert_eq!(get(&d, "cpu.max"), "50000 100000");
+        assert_eq!(get(&d, "pids.max"), "max");
+        assert_eq!(get(&d, "io.weight"), "4950");
+        assert_eq!(get(&d, "cpuset.cpus"), "0-1");
+        assert_eq!(get(&d, "cpuset.mems"), "", "unset values are not written");
+    }
+
+    #[test]
+    fn zero_means_unchanged_and_swap_equal_to_limit_disables_swap() {
+        let d = fake_cgroup(ALL);
+        apply(d.path(), &res(r#"{"memory":{"limit":1000,"swap":1000,"reservation":0},"cpu":{"shares":0,"quota":0,"period":0},"pids":{"limit":0}}"#)).unwrap();
+        assert_eq!(get(&d, "memory.swap.max"), "0");
+        assert_eq!(get(&d, "memory.max"), "1000");
+        for f in ["memory.low", "cpu.weight", "cpu.max", "pids.max"] {
+            assert_eq!(get(&d, f), "", "{f}");
+        }
+        let d = fake_cgroup(ALL);
+        apply(d.path(), &res(r#"{"cpu":{"quota":-1}}"#)).unwrap();
+        assert_eq!(get(&d, "cpu.max"), "max");
+        apply(d.path(), &res(r#"{"memory":{"limit":-1}}"#)).unwrap();
+        assert_eq!(
+            (
+                get(&d, "memory.max").as_str(),
+                get(&d, "memory.swap.max").as_str()
+            ),
+            ("max", "max")
+        );
+    }
+
+    #[test]
+    fn missing_controller_files_name_the_controller() {
+        let d = fake_cgroup(&["memory.max"]);
+        let err = apply(d.path(), &res(r#"{"pids":{"limit":10}}"#)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CgroupError::ControllerMissing {
+                    controller: "pids",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = apply(
+            d.path(),
+            &res(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":1}]}"#),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CgroupError::ControllerMissing {
+                    controller: "hugetlb",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = apply(d.path(), &res(r#"{"network":{"classID":5}}"#)).unwrap_err();
+        assert!(err.to_string().contains("net_cls"), "{err}");
+        // Swap unset-able without swap accounting: "no swap" is fine, a real limit is not.
+        apply(d.path(), &res(r#"{"memory":{"limit":1000,"swap":1000}}"#)).unwrap();
+        assert!(apply(d.path(), &res(r#"{"memory":{"limit":1000,"swap":5000}}"#)).is_err());
+        assert!(apply(d.path(), &res(r#"{"memory":{"limit":1000,"swap":500}}"#)).is_err());
+    }
+
+    #[test]
+    fn unified_keys_are_file_names_only() {
+        let d = fake_cgroup(&["memory.high"]);
+        apply(d.path(), &res(r#"{"unified":{"memory.high":"5000"}}"#)).unwrap();
+        assert_eq!(get(&d, "memory.high"), "5000");
+        for bad in ["../x", "a/b", "", ".hidden"] {
+            let json = format!(r#"{{"unified":{{"{bad}":"1"}}}}"#);
+            assert!(apply(d.path(), &res(&json)).is_err(), "{bad}");
+        }
+    }
+}
