@@ -434,10 +434,18 @@ impl Client {
 
     /// Releases the main process held by [`Client::create`]; returns its pid in the guest.
     pub fn start(&self) -> Result<u32, ClientError> {
-        if !self.shared.lock().created {
-            return Err(ClientError::Usage(
-                "start called before a successful create",
-            ));
+        {
+            let mut st = self.shared.lock();
+            if !st.created {
+                return Err(ClientError::Usage(
+                    "start called before a successful create",
+                ));
+            }
+            // A refusal of an earlier start (already received: the agent answers in order)
+            // must not be mistaken for the answer to this one.
+            if let Some(s) = st.sessions.get_mut(&MAIN_SESSION) {
+                s.error = None;
+            }
         }
         self.shared.send(MAIN_SESSION, Message::Start, "start")?;
         self.wait_started(MAIN_SESSION, "start")
