@@ -1,0 +1,401 @@
+//! `strata-oci`: runc's command line over strata-container. Thin glue: parse, call the
+//! library, print, map errors to runc's messages and exit codes.
+
+mod args;
+mod default_spec;
+mod log;
+
+use std::io::Read;
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use nix::sys::signal::Signal;
+use oci_spec::runtime::{LinuxResources, Process};
+use strata_container::{CreateOptions, ExecOptions, Runtime};
+
+use args::{Cli, Command, OutputFormat};
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let logger = log::Logger::new(
+        cli.log.clone(),
+        cli.log_format == args::LogFormat::Json,
+        cli.debug,
+    );
+    match dispatch(cli, &logger) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            logger.error(&msg);
+            1
+        }
+    }
+}
+
+fn dispatch(cli: Cli, logger: &log::Logger) -> Result<i32> {
+    if cli.systemd_cgroup {
+        bail!("--systemd-cgroup is not supported by strata-oci: it manages cgroupfs directly; drop the flag (or set SystemdCgroup=false in containerd's runc options)");
+    }
+    let rt = Runtime::new(&cli.root);
+    logger.debug(&format!("command {:?}", cli.command));
+    match cli.command {
+        Command::Create(a) => {
+            rt.create(&a.id, &create_options(&a))?;
+            Ok(0)
+        }
+        Command::Start(a) => {
+            rt.start(&a.id)?;
+            Ok(0)
+        }
+        Command::Run(a) => Ok(rt.run(&a.create.id, &create_options(&a.create), a.detach)?),
+        Command::State(a) => {
+            let s = rt.state(&a.id)?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            Ok(0)
+        }
+        Command::Kill(a) => {
+            rt.kill(&a.id, parse_signal(&a.signal)?, a.all)?;
+            Ok(0)
+        }
+        Command::Delete(a) => {
+            rt.delete(&a.id, a.force)?;
+            Ok(0)
+        }
+        Command::List(a) => list(&rt, a),
+        Command::Ps(a) => ps(&rt, a),
+        Command::Exec(a) => exec(&rt, a),
+        Command::Pause(a) => {
+            rt.pause(&a.id)?;
+            Ok(0)
+        }
+        Command::Resume(a) => {
+            rt.resume(&a.id)?;
+            Ok(0)
+        }
+        Command::Update(a) => update(&rt, a),
+        Command::Events(a) => events(&rt, a),
+        Command::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&default_spec::features())?
+            );
+            Ok(0)
+        }
+        Command::Spec(a) => {
+            let path = a.bundle.join("config.json");
+            if path.exists() {
+                bail!("File {} exists. Remove it first", path.display());
+            }
+            let spec = default_spec::spec(a.rootless);
+            std::fs::write(&path, serde_json::to_string_pretty(&spec)? + "\n")
+                .with_context(|| format!("write {}", path.display()))?;
+            Ok(0)
+        }
+    }
+}
+
+fn create_options(a: &args::CreateArgs) -> CreateOptions {
+    CreateOptions {
+        bundle: a.bundle.clone(),
+        pid_file: a.pid_file.clone(),
+        console_socket: a.console_socket.clone(),
+        no_pivot: a.no_pivot,
+        no_new_keyring: a.no_new_keyring,
+        preserve_fds: a.preserve_fds,
+    }
+}
+
+/// A signal by name (KILL, SIGKILL, kill) or number.
+pub fn parse_signal(s: &str) -> Result<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| anyhow!("unknown signal {s:?}"));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    Signal::from_str(&name).map_err(|_| anyhow!("unknown signal {s:?}"))
+}
+
+fn list(rt: &Runtime, a: args::ListArgs) -> Result<i32> {
+    let all = rt.list()?;
+    if a.quiet {
+        for s in &all {
+            println!("{}", s.id);
+        }
+        return Ok(0);
+    }
+    match a.format {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&all)?),
+        OutputFormat::Table => {
+            println!(
+                "{:<12} {:<8} {:<10} {:<40} {:<32} OWNER",
+                "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+            );
+            for s in &all {
+                println!(
+                    "{:<12} {:<8} {:<10} {:<40} {:<32} {}",
+                    s.id,
+                    s.pid,
+                    s.status,
+                    s.bundle.display(),
+                    s.created,
+                    s.owner
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn ps(rt: &Runtime, a: args::PsArgs) -> Result<i32> {
+    let pids = rt.pids(&a.id)?;
+    if a.format == OutputFormat::Json {
+        println!("{}", serde_json::to_string(&pids)?);
+        return Ok(0);
+    }
+    let ps_args = if a.ps_args.is_empty() {
+        vec!["-ef".to_string()]
+    } else {
+        a.ps_args
+    };
+    let out = std::process::Command::new("ps")
+        .args(&ps_args)
+        .output()
+        .context("run ps (is procps installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "ps {}: {}",
+            ps_args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let col = header
+        .split_whitespace()
+        .position(|h| h == "PID")
+        .ok_or_else(|| anyhow!("ps output has no PID column; pass options that print it"))?;
+    println!("{header}");
+    for l in lines {
+        if let Some(p) = l
+            .split_whitespace()
+            .nth(col)
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            if pids.contains(&p) {
+                println!("{l}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn exec(rt: &Runtime, a: args::ExecArgs) -> Result<i32> {
+    let mut process: Process = match &a.process {
+        Some(p) => {
+            let b =
+                std::fs::read(p).with_context(|| format!("read process file {}", p.display()))?;
+            serde_json::from_slice(&b)
+                .with_context(|| format!("parse process file {}", p.display()))?
+        }
+        None => {
+            if a.command.is_empty() {
+                bail!("exec: give a command to run or --process FILE");
+            }
+            let spec = rt.spec_of(&a.id)?;
+            let mut p = spec.process().clone().unwrap_or_default();
+            p.set_args(Some(a.command.clone()));
+            p
+        }
+    };
+    if !a.env.is_empty() {
+        let mut env = process.env().clone().unwrap_or_default();
+        env.extend(a.env.iter().cloned());
+        process.set_env(Some(env));
+    }
+    if let Some(cwd) = &a.cwd {
+        process.set_cwd(cwd.clone());
+    }
+    if let Some(u) = &a.user {
+        let (uid, gid) = match u.split_once(':') {
+            Some((u, g)) => (u.parse::<u32>()?, Some(g.parse::<u32>()?)),
+            None => (u.parse::<u32>().context("--user takes uid[:gid]")?, None),
+        };
+        process.user_mut().set_uid(uid);
+        if let Some(g) = gid {
+            process.user_mut().set_gid(g);
+        }
+    }
+    if !a.additional_gids.is_empty() {
+        process
+            .user_mut()
+            .set_additional_gids(Some(a.additional_gids.clone()));
+    }
+    if !a.cap.is_empty() {
+        let mut caps = process.capabilities().clone().unwrap_or_default();
+        let add = |set: &Option<oci_spec::runtime::Capabilities>| -> Result<oci_spec::runtime::Capabilities> {
+            let mut s = set.clone().unwrap_or_default();
+            for c in &a.cap {
+                let name = c.to_ascii_uppercase();
+                let name = name.strip_prefix("CAP_").unwrap_or(&name).to_string();
+                s.insert(oci_spec::runtime::Capability::from_str(&name).map_err(|_| anyhow!("unknown capability {c:?}"))?);
+            }
+            Ok(s)
+        };
+        let (b, e, p, i) = (
+            add(caps.bounding())?,
+            add(caps.effective())?,
+            add(caps.permitted())?,
+            add(caps.inheritable())?,
+        );
+        caps.set_bounding(Some(b))
+            .set_effective(Some(e))
+            .set_permitted(Some(p))
+            .set_inheritable(Some(i));
+        process.set_capabilities(Some(caps));
+    }
+    if a.no_new_privs {
+        process.set_no_new_privileges(Some(true));
+    }
+    if a.tty {
+        process.set_terminal(Some(true));
+    }
+    let opts = ExecOptions {
+        detach: a.detach,
+        pid_file: a.pid_file.clone(),
+        console_socket: a.console_socket.clone(),
+        preserve_fds: a.preserve_fds,
+    };
+    let r = rt.exec(&a.id, &process, &opts)?;
+    Ok(if a.detach { 0 } else { r })
+}
+
+/// Parses a memory size like runc/docker: bytes, or with a b/k/m/g/t suffix; -1 = unlimited.
+pub fn parse_size(s: &str) -> Result<i64> {
+    let t = s.trim().to_ascii_lowercase();
+    if t == "-1" {
+        return Ok(-1);
+    }
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mul) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| anyhow!("invalid size {s:?}"))?;
+    if n < 0.0 {
+        bail!("invalid size {s:?}");
+    }
+    Ok((n * mul as f64) as i64)
+}
+
+fn update(rt: &Runtime, a: args::UpdateArgs) -> Result<i32> {
+    let resources: LinuxResources = match &a.resources {
+        Some(p) => {
+            let mut b = Vec::new();
+            if p == Path::new("-") {
+                std::io::stdin()
+                    .read_to_end(&mut b)
+                    .context("read resources from stdin")?;
+            } else {
+                b = std::fs::read(p).with_context(|| format!("read {}", p.display()))?;
+            }
+            serde_json::from_slice(&b).context("parse resources JSON (a LinuxResources object)")?
+        }
+        None => {
+            let mut v = serde_json::json!({});
+            let mut set = |path: &[&str], val: serde_json::Value| {
+                let mut cur = &mut v;
+                for k in &path[..path.len() - 1] {
+                    cur = cur
+                        .as_object_mut()
+                        .unwrap()
+                        .entry(*k)
+                        .or_insert(serde_json::json!({}));
+                }
+                cur[path[path.len() - 1]] = val;
+            };
+            if let Some(x) = &a.memory {
+                set(&["memory", "limit"], parse_size(x)?.into());
+            }
+            if let Some(x) = &a.memory_reservation {
+                set(&["memory", "reservation"], parse_size(x)?.into());
+            }
+            if let Some(x) = &a.memory_swap {
+                set(&["memory", "swap"], parse_size(x)?.into());
+            }
+            if let Some(x) = a.cpu_share {
+                set(&["cpu", "shares"], x.into());
+            }
+            if let Some(x) = a.cpu_quota {
+                set(&["cpu", "quota"], x.into());
+            }
+            if let Some(x) = a.cpu_period {
+                set(&["cpu", "period"], x.into());
+            }
+            if let Some(x) = a.cpu_rt_period {
+                set(&["cpu", "realtimePeriod"], x.into());
+            }
+            if let Some(x) = a.cpu_rt_runtime {
+                set(&["cpu", "realtimeRuntime"], x.into());
+            }
+            if let Some(x) = &a.cpuset_cpus {
+                set(&["cpu", "cpus"], x.clone().into());
+            }
+            if let Some(x) = &a.cpuset_mems {
+                set(&["cpu", "mems"], x.clone().into());
+            }
+            if let Some(x) = a.pids_limit {
+                set(&["pids", "limit"], x.into());
+            }
+            if let Some(x) = a.blkio_weight {
+                set(&["blockIO", "weight"], x.into());
+            }
+            serde_json::from_value(v)?
+        }
+    };
+    rt.update(&a.id, &resources)?;
+    Ok(0)
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration> {
+    let t = s.trim();
+    let (num, mul) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow!("invalid --interval {s:?} (e.g. 5s, 500ms)"))?;
+    if n <= 0.0 {
+        bail!("invalid --interval {s:?}: must be positive");
+    }
+    Ok(std::time::Duration::from_secs_f64(n * mul))
+}
+
+fn events(rt: &Runtime, a: args::EventsArgs) -> Result<i32> {
+    let interval = parse_interval(&a.interval)?;
+    loop {
+        let stats = rt.stats(&a.id)?;
+        let ev = serde_json::json!({"type": "stats", "id": a.id, "data": stats});
+        println!("{ev}");
+        if a.stats {
+            return Ok(0);
+        }
+        std::thread::sleep(interval);
+    }
+}

@@ -1,0 +1,271 @@
+//! The container's init: runs in the cloned child, inside the new namespaces, and turns
+//! itself into the workload. The sequence below IS the container set-up; each step is named.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::capabilities::CapSets;
+use crate::channel::{Channel, ChannelError, Message};
+use crate::namespaces::Plan;
+use crate::process::{self, ProcessError};
+use crate::rootfs::{self, RootfsContext, RootfsError};
+
+/// Everything init needs, prepared by the runtime before the clone.
+pub struct InitConfig<'a> {
+    pub id: &'a str,
+    pub spec: &'a Spec,
+    pub bundle: &'a Path,
+    pub rootfs: &'a Path,
+    pub plan: &'a Plan,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+    /// `<state dir>/exec.fifo` for `create`; `None` for `run` (no wait for `start`).
+    pub exec_fifo: Option<&'a Path>,
+    /// The container's cgroup directories on the host, by hierarchy name ("" = cgroup2 only).
+    pub cgroup_dirs: Vec<(String, PathBuf)>,
+    /// Fds above stdio that reach the workload (`--preserve-fds`).
+    pub preserve_fds: i32,
+    /// `--console-socket`: where the pty master goes when process.terminal is set.
+    pub console_socket: Option<&'a Path>,
+}
+
+/// A step of init failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Caps(#[from] crate::capabilities::CapsError),
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error("{step}: {source}")]
+    Sys {
+        step: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("unexpected message from the runtime: {0:?}")]
+    Protocol(Message),
+}
+
+fn sys(step: &'static str) -> impl Fn(nix::Error) -> InitError {
+    move |source| InitError::Sys { step, source }
+}
+
+/// Resets what a Rust runtime leaves behind that must not reach the workload: the signal mask
+/// blocked by the runtime for forwarding, and SIGPIPE ignored by std.
+pub fn reset_signals() {
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+    // SAFETY: restoring the default disposition of SIGPIPE; no handler is installed.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
+/// Entry of the cloned child: never returns.
+pub fn run(cfg: &InitConfig, ch: &Channel) -> ! {
+    reset_signals();
+    let code = match init(cfg, ch) {
+        Ok(never) => match never {},
+        Err(e) => {
+            let _ = ch.send(&Message::Failed(e.to_string()));
+            1
+        }
+    };
+    // SAFETY: _exit in the forked child: no destructors or atexit handlers of the parent run.
+    unsafe { libc::_exit(code) }
+}
+
+fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, InitError> {
+    // 1. Wait until the runtime wrote our uid/gid maps and put us in our cgroup.
+    match ch.expect()? {
+        Message::Proceed => {}
+        m => return Err(InitError::Protocol(m)),
+    }
+    let process = cfg
+        .spec
+        .process()
+        .as_ref()
+        .expect("validated: process present");
+    let user_ns = cfg.plan.new_user
+        || cfg
+            .plan
+            .join
+            .iter()
+            .any(|(t, _)| *t == LinuxNamespaceType::User);
+    if cfg.plan.new_user {
+        // Become root of the new user namespace (the maps exist now).
+        let root_u = nix::unistd::Uid::from_raw(0);
+        let root_g = nix::unistd::Gid::from_raw(0);
+        nix::unistd::setresgid(root_g, root_g, root_g)
+            .map_err(sys("setresgid(0) in user namespace"))?;
+        nix::unistd::setresuid(root_u, root_u, root_u)
+            .map_err(sys("setresuid(0) in user namespace"))?;
+    }
+    // 2. The cgroup namespace only now: its root becomes the cgroup we were just put in.
+    if cfg.plan.new_cgroup {
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(sys("unshare cgroup namespace"))?;
+    }
+    nix::unistd::setsid().map_err(sys("setsid"))?;
+    setup_console(cfg)?;
+    if !cfg.no_new_keyring {
+        join_session_keyring(cfg.id);
+    }
+    // 3. Hostname and domainname (uts namespace).
+    if let Some(h) = cfg.spec.hostname() {
+        nix::unistd::sethostname(h).map_err(sys("sethostname"))?;
+    }
+    if let Some(d) = cfg.spec.domainname() {
+        // SAFETY: pointer and length of a live &str.
+        if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
+            return Err(sys("setdomainname")(nix::Error::last()));
+        }
+    }
+    // 4. Root filesystem: mounts, /dev, sysctls, readonly and masked paths, then pivot.
+    // The exec fifo and /dev/null are opened from the host side before any container path
+    // is trusted.
+    let fifo: Option<OwnedFd> = match cfg.exec_fifo {
+        Some(p) => Some(open_opath(p).map_err(sys("open exec.fifo"))?),
+        None => None,
+    };
+    let host_null = open_opath(Path::new("/dev/null")).map_err(sys("open /dev/null"))?;
+    let root = rootfs::prepare(&RootfsContext {
+        spec: cfg.spec,
+        rootfs: cfg.rootfs,
+        bundle: cfg.bundle,
+        cgroup_dirs: &cfg.cgroup_dirs,
+        cgroup_ns: cfg.plan.new_cgroup,
+        user_ns,
+    })?;
+    rootfs::set_sysctls(root.as_fd(), cfg.spec)?;
+    rootfs::readonly_paths(root.as_fd(), cfg.spec)?;
+    rootfs::masked_paths(root.as_fd(), cfg.spec, host_null.as_fd())?;
+    drop(host_null);
+    if needs_runtime_hooks(cfg.spec) {
+        ch.send(&Message::HooksRequest)?;
+        match ch.expect()? {
+            Message::HooksDone => {}
+            m => return Err(InitError::Protocol(m)),
+        }
+    }
+    hooks_create_container(cfg)?;
+    drop(root);
+    rootfs::enter(cfg.rootfs, cfg.no_pivot)?;
+    if cfg
+        .spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        rootfs::readonly_root()?;
+    }
+    // 5. Process attributes, identity, capabilities.
+    process::set_rlimits(process)?;
+    process::set_oom_score_adj(process)?;
+    process::set_cwd(process)?;
+    let caps = CapSets::from_spec(process.capabilities().as_ref())?;
+    process::set_identity(process, &caps, false)?;
+    let program = process::resolve_program(process)?;
+    // 6. Ready; for `create`, block on exec.fifo until `start` opens it.
+    ch.send(&Message::Ready)?;
+    if let Some(fifo) = fifo {
+        wait_for_start(&fifo)?;
+    }
+    hooks_start_container(cfg)?;
+    close_fds(cfg)?;
+    apply_seccomp(cfg)?;
+    Err(program.exec().into())
+}
+
+fn open_opath(p: &Path) -> Result<OwnedFd, nix::Error> {
+    let fd = nix::fcntl::open(
+        p,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: open returned a fresh fd we own.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Opens exec.fifo for writing (blocks until `start` opens it for reading) and writes one byte,
+/// like runc's init. Reopened through /proc/self/fd because the path is outside our root now.
+fn wait_for_start(fifo: &OwnedFd) -> Result<(), InitError> {
+    let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
+    let fd = loop {
+        match nix::fcntl::open(
+            path.as_str(),
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            Err(nix::Error::EINTR) => continue,
+            r => {
+                break r.map_err(sys(
+                    "open exec.fifo for writing (is /proc mounted in the container?)",
+                ))?
+            }
+        }
+    };
+    // SAFETY: open returned a fresh fd we own.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    nix::unistd::write(&fd, b"0").map_err(sys("write exec.fifo"))?;
+    Ok(())
+}
+
+/// A new session keyring named after the container, so containers do not share the host's
+/// keys (runc does the same unless --no-new-keyring).
+fn join_session_keyring(id: &str) {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    let Ok(name) = std::ffi::CString::new(id) else {
+        return;
+    };
+    // SAFETY: keyctl with a valid C string; failure (ENOSYS, EPERM in some user namespaces)
+    // leaves the inherited keyring, as runc tolerates.
+    unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) };
+}
+
+/// Whether the runtime must run hooks while init waits (prestart / createRuntime).
+pub fn needs_runtime_hooks(spec: &Spec) -> bool {
+    spec.hooks().as_ref().is_some_and(|h| {
+        #[allow(deprecated)]
+        let prestart = h.prestart().as_ref().is_some_and(|v| !v.is_empty());
+        prestart || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+    })
+}
+
+// ---- Call points for issue 3 (engineer "harden" fills these; keep one function each). ----
+
+/// Console: after setsid, before the mounts are finished. With process.terminal, allocate the
+/// pty, make it the controlling terminal and send the master over --console-socket.
+fn setup_console(_cfg: &InitConfig) -> Result<(), InitError> {
+    Ok(())
+}
+
+/// createContainer hooks: in the container's namespaces, after the mounts, before pivot_root.
+fn hooks_create_container(_cfg: &InitConfig) -> Result<(), InitError> {
+    Ok(())
+}
+
+/// startContainer hooks: after `start` released us, right before exec.
+fn hooks_start_container(_cfg: &InitConfig) -> Result<(), InitError> {
+    Ok(())
+}
+
+/// Close every fd but stdio and the `preserve_fds` after it (CVE-2024-21626 class).
+fn close_fds(cfg: &InitConfig) -> Result<(), InitError> {
+    let _ = cfg.preserve_fds;
+    Ok(())
+}
+
+/// seccomp: last, after no_new_privs, right before exec.
+fn apply_seccomp(_cfg: &InitConfig) -> Result<(), InitError> {
+    Ok(())
+}

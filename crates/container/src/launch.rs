@@ -1,0 +1,388 @@
+//! The runtime side of starting processes: clone the container's init straight into its new
+//! namespaces (single-threaded caller: no re-exec, no intermediate unless namespaces must be
+//! joined), write the id maps, put it in its cgroup, and talk to it over the typed channel.
+
+use std::io::Write;
+use std::path::Path;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Process, Spec};
+
+use crate::cgroups::{Cgroup, CgroupError};
+use crate::channel::{self, Channel, ChannelError, Message};
+use crate::init::{self, InitConfig};
+
+/// Starting a process failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("{step}: {source}")]
+    Sys {
+        step: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("write {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Namespace(#[from] crate::namespaces::NamespaceError),
+    /// The child reported a failed step; the message is the child's.
+    #[error("unable to start container process: {0}")]
+    Child(String),
+    #[error("unable to start container process: the process exited during set-up")]
+    ChildDied,
+    #[error("{0}")]
+    Hook(String),
+}
+
+fn sys(step: &'static str) -> impl Fn(nix::Error) -> LaunchError {
+    move |source| LaunchError::Sys { step, source }
+}
+
+/// clone(2) with fork semantics (the child continues on a copy of our stack) into `flags`.
+/// Returns 0 in the child.
+fn clone_fork(flags: CloneFlags) -> Result<i32, LaunchError> {
+    // SAFETY: a raw clone without a new stack behaves like fork(2). Callers are
+    // single-threaded (strata-oci), so the child cannot inherit a lock held by another thread.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags.bits() as libc::c_ulong) | libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if r < 0 {
+        return Err(sys("clone")(nix::Error::last()));
+    }
+    Ok(r as i32)
+}
+
+fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit in a forked child: none of the parent's destructors may run here.
+    unsafe { libc::_exit(code) }
+}
+
+fn write_file(path: String, data: &str) -> Result<(), LaunchError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(data.as_bytes()))
+        .map_err(|source| LaunchError::Write { path, source })
+}
+
+fn map_lines(maps: &[LinuxIdMapping]) -> String {
+    maps.iter()
+        .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+        .collect()
+}
+
+fn write_time_offsets(spec: &Spec) -> Result<(), LaunchError> {
+    let Some(offs) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().as_ref())
+    else {
+        return Ok(());
+    };
+    let mut s = String::new();
+    for (clock, o) in offs {
+        s.push_str(&format!(
+            "{clock} {} {}\n",
+            o.secs().unwrap_or(0),
+            o.nanosecs().unwrap_or(0)
+        ));
+    }
+    write_file("/proc/self/timens_offsets".into(), &s)
+}
+
+/// Kills and reaps a child that failed set-up.
+pub fn kill_and_reap(pid: i32) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let _ = waitpid(Pid::from_raw(pid), None);
+}
+
+/// What the runtime does while init waits at the hooks point (prestart/createRuntime).
+pub type RuntimeHooks<'a> = &'a dyn Fn(i32) -> Result<(), String>;
+
+/// Clones the container's init, gives it its id maps and cgroup, and waits until it is ready
+/// (blocked on exec.fifo for `create`, about to exec for `run`). Returns its host pid.
+pub fn spawn_init(cfg: &InitConfig, cg: &Cgroup, hooks: RuntimeHooks) -> Result<i32, LaunchError> {
+    let (parent, child) = channel::pair()?;
+    let plan = cfg.plan;
+    let pid = if plan.join.is_empty() {
+        if plan.new_time {
+            nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+                .map_err(sys("unshare time namespace"))?;
+            write_time_offsets(cfg.spec)?;
+        }
+        match clone_fork(plan.clone_flags)? {
+            0 => {
+                drop(parent);
+                init::run(cfg, &child)
+            }
+            pid => pid,
+        }
+    } else {
+        // Joining namespaces changes the caller: do it in an intermediate process that then
+        // clones init as OUR child (CLONE_PARENT) into the remaining new namespaces.
+        match clone_fork(CloneFlags::empty())? {
+            0 => {
+                drop(parent);
+                intermediate(cfg, &child)
+            }
+            mid => {
+                let _ = waitpid(Pid::from_raw(mid), None);
+                match parent.recv()? {
+                    Some(Message::ChildPid(p)) => p,
+                    Some(Message::Failed(m)) => return Err(LaunchError::Child(m)),
+                    _ => return Err(LaunchError::ChildDied),
+                }
+            }
+        }
+    };
+    drop(child);
+    match finish_init(cfg, cg, pid, &parent, hooks) {
+        Ok(()) => Ok(pid),
+        Err(e) => {
+            kill_and_reap(pid);
+            Err(e)
+        }
+    }
+}
+
+fn intermediate(cfg: &InitConfig, ch: &Channel) -> ! {
+    let r = (|| -> Result<i32, LaunchError> {
+        crate::namespaces::join(&cfg.plan.join)?;
+        if cfg.plan.new_time {
+            nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+                .map_err(sys("unshare time namespace"))?;
+            write_time_offsets(cfg.spec)?;
+        }
+        clone_fork(cfg.plan.clone_flags | CloneFlags::CLONE_PARENT)
+    })();
+    match r {
+        Ok(0) => init::run(cfg, ch),
+        Ok(pid) => {
+            let _ = ch.send(&Message::ChildPid(pid));
+            exit_child(0)
+        }
+        Err(e) => {
+            let _ = ch.send(&Message::Failed(e.to_string()));
+            exit_child(1)
+        }
+    }
+}
+
+fn finish_init(
+    cfg: &InitConfig,
+    cg: &Cgroup,
+    pid: i32,
+    parent: &Channel,
+    hooks: RuntimeHooks,
+) -> Result<(), LaunchError> {
+    if cfg.plan.new_user {
+        let linux = cfg.spec.linux().as_ref();
+        let uid = linux
+            .and_then(|l| l.uid_mappings().as_deref())
+            .unwrap_or_default();
+        let gid = linux
+            .and_then(|l| l.gid_mappings().as_deref())
+            .unwrap_or_default();
+        // Privileged step, kept in the runtime: root may write any mapping.
+        write_file(format!("/proc/{pid}/gid_map"), &map_lines(gid))?;
+        write_file(format!("/proc/{pid}/uid_map"), &map_lines(uid))?;
+    }
+    cg.add_process(pid)?;
+    parent.send(&Message::Proceed)?;
+    loop {
+        match parent.recv()? {
+            Some(Message::Ready) => return Ok(()),
+            Some(Message::HooksRequest) => {
+                hooks(pid).map_err(LaunchError::Hook)?;
+                parent.send(&Message::HooksDone)?;
+            }
+            Some(Message::Failed(m)) => return Err(LaunchError::Child(m)),
+            Some(m) => return Err(LaunchError::Child(format!("unexpected message {m:?}"))),
+            None => return Err(LaunchError::ChildDied),
+        }
+    }
+}
+
+/// How `exec` runs a process inside an existing container.
+pub struct ExecConfig<'a> {
+    /// Host pid of the container's init (its namespaces are joined).
+    pub init_pid: i32,
+    pub process: &'a Process,
+    pub caps: &'a crate::capabilities::CapSets,
+    pub preserve_fds: i32,
+}
+
+/// Namespaces an exec'd process joins, user first, mount last (as nsexec orders them).
+const EXEC_NAMESPACES: [(&str, LinuxNamespaceType); 8] = [
+    ("user", LinuxNamespaceType::User),
+    ("ipc", LinuxNamespaceType::Ipc),
+    ("uts", LinuxNamespaceType::Uts),
+    ("net", LinuxNamespaceType::Network),
+    ("pid", LinuxNamespaceType::Pid),
+    ("cgroup", LinuxNamespaceType::Cgroup),
+    ("time", LinuxNamespaceType::Time),
+    ("mnt", LinuxNamespaceType::Mount),
+];
+
+/// Starts a process in the namespaces and cgroup of a running container; returns its host pid
+/// once it is about to exec.
+pub fn spawn_exec(cfg: &ExecConfig, cg: &Cgroup) -> Result<i32, LaunchError> {
+    let (parent, child) = channel::pair()?;
+    let mid = match clone_fork(CloneFlags::empty())? {
+        0 => {
+            drop(parent);
+            exec_intermediate(cfg, &child)
+        }
+        mid => mid,
+    };
+    drop(child);
+    let r = (|| {
+        // The intermediate joins the cgroup before forking, so the process starts inside it.
+        cg.add_process(mid)?;
+        parent.send(&Message::Proceed)?;
+        let _ = waitpid(Pid::from_raw(mid), None);
+        let pid = match parent.recv()? {
+            Some(Message::ChildPid(p)) => p,
+            Some(Message::Failed(m)) => return Err(LaunchError::Child(m)),
+            _ => return Err(LaunchError::ChildDied),
+        };
+        match parent.recv()? {
+            Some(Message::Ready) => Ok(pid),
+            Some(Message::Failed(m)) => {
+                kill_and_reap(pid);
+                Err(LaunchError::Child(m))
+            }
+            _ => {
+                kill_and_reap(pid);
+                Err(LaunchError::ChildDied)
+            }
+        }
+    })();
+    if r.is_err() {
+        let _ = nix::sys::signal::kill(Pid::from_raw(mid), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(mid), Some(WaitPidFlag::WNOHANG));
+    }
+    r
+}
+
+fn same_ns(a: &str, b: &str) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => {
+            use std::os::unix::fs::MetadataExt;
+            x.ino() == y.ino() && x.dev() == y.dev()
+        }
+        _ => false,
+    }
+}
+
+fn exec_intermediate(cfg: &ExecConfig, ch: &Channel) -> ! {
+    let r = (|| -> Result<i32, LaunchError> {
+        match ch.expect()? {
+            Message::Proceed => {}
+            m => return Err(LaunchError::Child(format!("unexpected message {m:?}"))),
+        }
+        let mut join = Vec::new();
+        for (name, t) in EXEC_NAMESPACES {
+            let theirs = format!("/proc/{}/ns/{name}", cfg.init_pid);
+            let ours = format!("/proc/self/ns/{name}");
+            if Path::new(&theirs).exists() && !same_ns(&theirs, &ours) {
+                join.push((t, theirs.into()));
+            }
+        }
+        crate::namespaces::join(&join)?;
+        clone_fork(CloneFlags::CLONE_PARENT)
+    })();
+    match r {
+        Ok(0) => {
+            let code = match exec_process(cfg, ch) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    let _ = ch.send(&Message::Failed(e.to_string()));
+                    1
+                }
+            };
+            exit_child(code)
+        }
+        Ok(pid) => {
+            let _ = ch.send(&Message::ChildPid(pid));
+            exit_child(0)
+        }
+        Err(e) => {
+            let _ = ch.send(&Message::Failed(e.to_string()));
+            exit_child(1)
+        }
+    }
+}
+
+fn exec_process(
+    cfg: &ExecConfig,
+    ch: &Channel,
+) -> Result<std::convert::Infallible, init::InitError> {
+    use crate::process;
+    init::reset_signals();
+    process::set_rlimits(cfg.process)?;
+    process::set_cwd(cfg.process)?;
+    process::set_identity(cfg.process, cfg.caps, false)?;
+    let program = process::resolve_program(cfg.process)?;
+    ch.send(&Message::Ready)?;
+    let _ = cfg.preserve_fds;
+    Err(program.exec().into())
+}
+
+/// Blocks the signals `wait_forwarding` forwards (call before spawning; the child unblocks).
+pub fn block_forwarded_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        set.add(s);
+    }
+    let _ = set.thread_block();
+    set
+}
+
+/// Waits for `pid` (our child), forwarding the blocked signals to it; returns its exit code
+/// (128 + signal when killed, as shells report it).
+pub fn wait_forwarding(pid: i32, set: &SigSet) -> i32 {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(p, c)) if p.as_raw() == pid => return c,
+            Ok(WaitStatus::Signaled(p, s, _)) if p.as_raw() == pid => return 128 + s as i32,
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) => continue,
+            Err(nix::Error::ECHILD) => return 255,
+            Err(_) => {}
+        }
+        match set.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(sig) => {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+            }
+        }
+    }
+}
