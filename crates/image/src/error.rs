@@ -6,12 +6,12 @@ use std::path::PathBuf;
 /// Everything that can go wrong while storing, importing, unpacking or using an image.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{step} {path}: {source}")]
+    // The cause is part of the message (not a `source`), so `{:#}` chains do not repeat it.
+    #[error("{step} {path}: {error}")]
     Io {
         step: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     #[error(
         "image {0} not found: load it with `strata load -i FILE` or pull it with `strata pull {0}`"
@@ -39,11 +39,10 @@ pub enum Error {
     UnsafeEntry { entry: String, reason: String },
     #[error("layer {layer}: {reason}")]
     BadLayer { layer: String, reason: String },
-    #[error("{what}: invalid JSON: {source}")]
+    #[error("{what}: invalid JSON: {error}")]
     Json {
         what: String,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     #[error("{path}: unsupported archive: {reason}")]
     UnsupportedArchive { path: PathBuf, reason: String },
@@ -78,7 +77,7 @@ impl<T> IoContext<T> for io::Result<T> {
         self.map_err(|source| Error::Io {
             step,
             path: path.into(),
-            source,
+            error: source,
         })
     }
 }
@@ -88,7 +87,7 @@ impl<T> IoContext<T> for nix::Result<T> {
         self.map_err(|e| Error::Io {
             step,
             path: path.into(),
-            source: io::Error::from_raw_os_error(e as i32),
+            error: io::Error::from_raw_os_error(e as i32),
         })
     }
 }

@@ -83,9 +83,9 @@ pub(crate) fn read_manifest(store: &Store, d: &Digest) -> Result<(ImageManifest,
 }
 
 pub(crate) fn parse_manifest(bytes: &[u8], what: &str) -> Result<(ImageManifest, Digest)> {
-    let m: ImageManifest = serde_json::from_slice(bytes).map_err(|source| Error::Json {
+    let m: ImageManifest = serde_json::from_slice(bytes).map_err(|error| Error::Json {
         what: format!("manifest {what}"),
-        source,
+        error,
     })?;
     let cd = Digest::parse(m.config().digest().as_ref())?;
     for l in m.layers() {
@@ -100,9 +100,9 @@ pub(crate) fn read_config(store: &Store, d: &Digest) -> Result<ImageConfiguratio
 }
 
 pub(crate) fn parse_config(bytes: &[u8], what: &str) -> Result<ImageConfiguration> {
-    let c: ImageConfiguration = serde_json::from_slice(bytes).map_err(|source| Error::Json {
+    let c: ImageConfiguration = serde_json::from_slice(bytes).map_err(|error| Error::Json {
         what: format!("image config {what}"),
-        source,
+        error,
     })?;
     for d in c.rootfs().diff_ids() {
         Digest::parse(d)?;

@@ -106,9 +106,9 @@ fn load_layout_dir(
 ) -> Result<Vec<String>> {
     let ip = dir.join("index.json");
     let bytes = read_small(&ip)?;
-    let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+    let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|error| Error::Json {
         what: ip.display().to_string(),
-        source,
+        error,
     })?;
     let mut src = LayoutDir(dir);
     import_index(tx, &index, &mut src, tag, progress, dir)
@@ -225,9 +225,9 @@ fn load_archive(
     progress.end(&step);
 
     if let Some(b) = docs.get("index.json") {
-        let index: ImageIndex = serde_json::from_slice(b).map_err(|source| Error::Json {
+        let index: ImageIndex = serde_json::from_slice(b).map_err(|error| Error::Json {
             what: format!("index.json in {}", path.display()),
-            source,
+            error,
         })?;
         let names = import_index(tx, &index, &mut Staged, tag, progress, path)?;
         let keep = referenced_blobs(tx, &names)?;
@@ -240,9 +240,9 @@ fn load_archive(
         ));
     };
     let manifests: Vec<DockerManifest> =
-        serde_json::from_slice(b).map_err(|source| Error::Json {
+        serde_json::from_slice(b).map_err(|error| Error::Json {
             what: format!("manifest.json in {}", path.display()),
-            source,
+            error,
         })?;
     if tag.is_some() && manifests.len() != 1 {
         return Err(unsupported(format!(
@@ -339,10 +339,10 @@ fn import_index(
             MediaType::ImageIndex => {
                 src.fetch(tx, &d, Some(desc.size()), progress)?;
                 let nested: ImageIndex =
-                    serde_json::from_slice(&tx.read_json_blob(&d)?).map_err(|source| {
+                    serde_json::from_slice(&tx.read_json_blob(&d)?).map_err(|error| {
                         Error::Json {
                             what: format!("index {d}"),
-                            source,
+                            error,
                         }
                     })?;
                 let m = pick_platform(nested.manifests()).ok_or_else(|| {
@@ -362,10 +362,10 @@ fn import_index(
             {
                 src.fetch(tx, &d, Some(desc.size()), progress)?;
                 let nested: ImageIndex =
-                    serde_json::from_slice(&tx.read_json_blob(&d)?).map_err(|source| {
+                    serde_json::from_slice(&tx.read_json_blob(&d)?).map_err(|error| {
                         Error::Json {
                             what: format!("index {d}"),
-                            source,
+                            error,
                         }
                     })?;
                 let m = pick_platform(nested.manifests()).ok_or_else(|| {
@@ -510,9 +510,9 @@ pub(crate) fn synthesize_manifest(
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.as_str(), "size": config_size},
         "layers": ls,
     });
-    let bytes = serde_json::to_vec(&m).map_err(|source| Error::Json {
+    let bytes = serde_json::to_vec(&m).map_err(|error| Error::Json {
         what: "manifest".into(),
-        source,
+        error,
     })?;
     tx.put_bytes(&bytes)
 }
@@ -536,9 +536,9 @@ pub(crate) fn single_layer_image(
     let (diff_id, _) = h.finish();
     let mut config = config;
     config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": [diff_id.as_str()]});
-    let bytes = serde_json::to_vec(&config).map_err(|source| Error::Json {
+    let bytes = serde_json::to_vec(&config).map_err(|error| Error::Json {
         what: "image config".into(),
-        source,
+        error,
     })?;
     let cd = tx.put_bytes(&bytes)?;
     let md = synthesize_manifest(tx, &cd, &[(layer.clone(), size)])?;

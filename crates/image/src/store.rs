@@ -134,9 +134,9 @@ impl Store {
     fn read_index(&self) -> Result<Index> {
         let p = self.index_path();
         match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|source| Error::Json {
+            Ok(b) => serde_json::from_slice(&b).map_err(|error| Error::Json {
                 what: p.display().to_string(),
-                source,
+                error,
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Index::default()),
             Err(e) => Err(e).ctx("read image index", p),
@@ -146,9 +146,9 @@ impl Store {
     /// Writes the index atomically (temp file, fsync, rename, fsync dir).
     fn write_index(&self, index: &Index) -> Result<()> {
         let p = self.index_path();
-        let bytes = serde_json::to_vec_pretty(index).map_err(|source| Error::Json {
+        let bytes = serde_json::to_vec_pretty(index).map_err(|error| Error::Json {
             what: "image index".into(),
-            source,
+            error,
         })?;
         write_atomic(&p, &bytes)
     }
@@ -549,9 +549,9 @@ impl<'s> Transaction<'s> {
                         .map(|d| d.to_string())
                         .unwrap_or_else(|| "blob".into());
                     return Err(Error::Io {
-                        step: "read blob (truncated or unreadable source)",
+                        step: "read blob (truncated or unreadable error)",
                         path: what.into(),
-                        source: e,
+                        error: e,
                     });
                 }
             };

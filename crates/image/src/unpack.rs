@@ -58,10 +58,9 @@ pub fn unpack_tar<R: Read>(reader: R, root: BorrowedFd<'_>) -> Result<UnpackStat
         {
             continue;
         }
-        let meta = Meta::from_entry(&mut entry).map_err(corrupt)?;
-
         // The layer root itself ("./"): only its metadata applies.
         let Some((name, parents)) = comps.split_last() else {
+            let meta = Meta::from_entry(&mut entry).map_err(corrupt)?;
             if kind.is_dir() {
                 apply_meta(root, b".", &meta, false)
                     .map_err(|e| io_refuse(&display, "set metadata", e))?;
@@ -94,6 +93,7 @@ pub fn unpack_tar<R: Read>(reader: R, root: BorrowedFd<'_>) -> Result<UnpackStat
             continue;
         }
 
+        let meta = Meta::from_entry(&mut entry).map_err(corrupt)?;
         if kind.is_dir() {
             match sys::mkdirat(parent, name, 0o700) {
                 Ok(()) => {}
@@ -447,7 +447,7 @@ fn io_refuse(entry: &str, step: &'static str, e: io::Error) -> Error {
     Error::Io {
         step,
         path: format!("layer entry {entry}").into(),
-        source: e,
+        error: e,
     }
 }
 
