@@ -244,7 +244,16 @@ fn v1_full_lifecycle_with_resources() {
         read(cg.v1_path("freezer").unwrap(), "freezer.state"),
         "THAWED"
     );
-    assert_eq!(proc_state(pid), 'S');
+    // Thawed: back to an ordinary sleep (give the scheduler a moment to run it).
+    let mut state = proc_state(pid);
+    for _ in 0..100 {
+        if state == 'S' {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        state = proc_state(pid);
+    }
+    assert_eq!(state, 'S');
 
     // A later command reloads the cgroup from state.json and removes it.
     let saved = serde_json::to_string(&cg).unwrap();

@@ -140,7 +140,7 @@ pub(crate) fn parse_mountinfo(content: &str) -> Result<Mounts, CgroupError> {
             root: root.clone(),
         };
         if fstype == "cgroup2" {
-            if v2.as_ref().map_or(true, |(best, _)| r < *best) {
+            if !matches!(&v2, Some((best, _)) if *best <= r) {
                 v2 = Some((r, mount(Vec::new())));
             }
             continue;
