@@ -147,7 +147,8 @@ impl Agent {
 
     /// Runs until the workload is over or the host goes away.
     pub fn run(&mut self) -> Result<Outcome, AgentError> {
-        let mut chan_closed = false;
+        self.announce();
+        let mut chan_closed = self.flush();
         loop {
             if (self.finishing || chan_closed) && self.out.is_empty() {
                 break;
@@ -343,6 +344,7 @@ impl Agent {
 
     fn handle(&mut self, frame: Frame) {
         let sid = frame.session;
+        debug!(session = sid, "received {:?}", frame.message.frame_type());
         if !self.hello && !matches!(frame.message, Message::Hello(_)) {
             self.send_conn_error(sid, "handshake", "send Hello before anything else".into());
             return;
@@ -408,6 +410,19 @@ impl Agent {
         }
     }
 
+    /// The agent speaks first: input sent to a UML serial line before the guest opens it is
+    /// dropped, so the host waits for this announcement before sending anything.
+    fn announce(&mut self) {
+        self.send(
+            0,
+            Message::Hello(Hello {
+                min_version: PROTOCOL_VERSION,
+                max_version: PROTOCOL_VERSION,
+                software: format!("strata-agent {}", env!("CARGO_PKG_VERSION")),
+            }),
+        );
+    }
+
     fn on_hello(&mut self, h: Hello) {
         if h.min_version > PROTOCOL_VERSION || h.max_version < PROTOCOL_VERSION {
             self.send_error(
@@ -421,14 +436,6 @@ impl Agent {
             return;
         }
         self.hello = true;
-        self.send(
-            0,
-            Message::Hello(Hello {
-                min_version: PROTOCOL_VERSION,
-                max_version: PROTOCOL_VERSION,
-                software: format!("strata-agent {}", env!("CARGO_PKG_VERSION")),
-            }),
-        );
         for w in std::mem::take(&mut self.pending_warnings) {
             self.send_error(0, "warning", w);
         }

@@ -354,6 +354,22 @@ impl Client {
                 step: "starting the reader thread",
                 source,
             })?;
+        // The agent speaks first (input sent before the guest opens its end of a UML serial
+        // line is lost), then the host answers with the version it picked.
+        let agent = shared.wait_for(Some(timeout), "announce itself", |st| {
+            st.hello.clone().map(Ok)
+        })?;
+        if agent.min_version > PROTOCOL_VERSION || agent.max_version < PROTOCOL_VERSION {
+            return Err(ClientError::Agent {
+                step: "handshake",
+                session: 0,
+                kind: "version".into(),
+                message: format!(
+                    "agent speaks protocol versions {}..={}, this host speaks {PROTOCOL_VERSION}: use matching strata and agent builds",
+                    agent.min_version, agent.max_version
+                ),
+            });
+        }
         shared.send(
             0,
             Message::Hello(Hello {
@@ -363,20 +379,6 @@ impl Client {
             }),
             "sending hello",
         )?;
-        let agent = shared.wait_for(Some(timeout), "answer the handshake", |st| {
-            st.hello.clone().map(Ok)
-        })?;
-        if agent.max_version != PROTOCOL_VERSION {
-            return Err(ClientError::Agent {
-                step: "handshake",
-                session: 0,
-                kind: "version".into(),
-                message: format!(
-                    "agent chose protocol version {}, this host speaks {PROTOCOL_VERSION}: use matching strata and agent builds",
-                    agent.max_version
-                ),
-            });
-        }
         Ok(Client { shared, agent })
     }
 

@@ -9,7 +9,8 @@
 //!
 //! Conversation:
 //! ```text
-//! host  Hello ─────────────────▶ agent      agent Hello (chosen version) ◀──
+//!                                           agent Hello (its versions)   ◀──
+//! host  Hello (chosen version) ▶ agent
 //! host  Create{config} (s=1) ──▶            Created / Error (s=1)        ◀──
 //! host  Start (s=1) ───────────▶            Started{pid} (s=1)           ◀──
 //! host  Exec{process,tty} (s=N)▶            Started{pid} (s=N)           ◀──

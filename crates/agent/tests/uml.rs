@@ -1,0 +1,264 @@
+//! The agent as PID 1 of a real guest kernel: User-Mode Linux (Debian's `linux`, or the kernel in
+//! $STRATA_TEST_UML_KERNEL) boots a disk holding only the agent, the agent assembles the
+//! container rootfs from an image disk and runs workloads over the UML serial line.
+//!
+//! The test binary of the agent is dynamically linked, so its libraries are copied next to it on
+//! the agent disk; the release build from scripts/build-agent.sh is static and needs none.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use strata_proto::Client;
+
+fn uml_kernel() -> Option<PathBuf> {
+    if let Some(k) = std::env::var_os("STRATA_TEST_UML_KERNEL") {
+        return Some(k.into());
+    }
+    let k = PathBuf::from("/usr/bin/linux");
+    k.exists().then_some(k)
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Copies `bin` and the shared libraries it needs (per ldd) under `root`.
+fn install_with_libs(bin: &Path, root: &Path, dest: &str) {
+    std::fs::copy(bin, root.join(dest.trim_start_matches('/'))).unwrap();
+    let out = Command::new("ldd").arg(bin).output().unwrap();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let path = line.split_whitespace().find(|w| w.starts_with('/'));
+        if let Some(p) = path {
+            let target = root.join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(p, &target).unwrap();
+        }
+    }
+}
+
+/// A booted guest; the whole UML process group is killed on drop.
+struct Guest {
+    child: Child,
+    client: Option<Client>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.client = None;
+        // SAFETY: signals the process group we created for UML (process_group(0) below).
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Guest {
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+}
+
+fn boot(kernel: &Path, params: &[&str]) -> Guest {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The agent disk: just the agent, its libraries and the mount points it needs.
+    let agent_root = d.join("agent-root");
+    for sub in ["dev", "proc", "sys", "run", "tmp"] {
+        std::fs::create_dir_all(agent_root.join(sub)).unwrap();
+    }
+    install_with_libs(
+        Path::new(env!("CARGO_BIN_EXE_strata-agent")),
+        &agent_root,
+        "/strata-agent",
+    );
+    // The image disk: busybox.
+    let img_root = d.join("img-root");
+    std::fs::create_dir_all(img_root.join("bin")).unwrap();
+    for sub in ["dev", "proc", "sys", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(img_root.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", img_root.join("bin/busybox")).unwrap();
+    for c in [
+        "sh", "echo", "cat", "uname", "id", "stty", "sleep", "ls", "mount", "tr", "head",
+        "hostname", "grep", "test", "[",
+    ] {
+        std::os::unix::fs::symlink("busybox", img_root.join("bin").join(c)).unwrap();
+    }
+    std::fs::write(img_root.join("etc/marker"), "from the image disk\n").unwrap();
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-d"])
+        .arg(&agent_root)
+        .arg(d.join("agent.img"))
+        .arg("64M"));
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-d"])
+        .arg(&img_root)
+        .arg(d.join("img.img"))
+        .arg("32M"));
+
+    let (host, guest) = UnixStream::pair().unwrap();
+    let fd = guest.as_raw_fd();
+    let console = std::fs::File::create(d.join("console.log")).unwrap();
+    let mut cmd = Command::new(kernel);
+    cmd.arg(format!("ubd0r={}", d.join("agent.img").display()))
+        .arg(format!("ubd1={}", d.join("img.img").display()))
+        .args([
+            "root=/dev/ubda",
+            "ro",
+            "mem=128M",
+            "con=null",
+            "con0=null,fd:2",
+            "ssl=null",
+            "ssl1=fd:3",
+        ])
+        .arg(format!("uml_dir={}", d.display()))
+        .args([
+            "console=tty0",
+            "quiet",
+            "initcall_blacklist=raid6_select_algo",
+            "strata.channel=/dev/ttyS1",
+            "strata.debug=1",
+        ])
+        .args(params)
+        .arg("init=/strata-agent")
+        .stdin(Stdio::null())
+        .stdout(console.try_clone().unwrap())
+        .stderr(console)
+        .process_group(0);
+    // SAFETY: dup2 is async-signal-safe; it places the channel socket at fd 3 without CLOEXEC.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(guest);
+    let mut g = Guest {
+        child,
+        client: None,
+        dir,
+    };
+    match Client::with_timeout(host.try_clone().unwrap(), host, Duration::from_secs(60)) {
+        Ok(c) => g.client = Some(c),
+        Err(e) => panic!(
+            "no handshake from the guest agent: {e}\nconsole:\n{}",
+            g.console()
+        ),
+    }
+    g
+}
+
+fn process(args: &[&str]) -> serde_json::Value {
+    json!({"args": args, "env": ["PATH=/bin"], "cwd": "/"})
+}
+
+#[test]
+fn the_agent_runs_workloads_as_pid1_of_a_uml_guest() {
+    let Some(kernel) = uml_kernel() else {
+        eprintln!("skipped: no UML kernel (install user-mode-linux: scripts/deps.sh)");
+        return;
+    };
+    let mut g = boot(
+        &kernel,
+        &[
+            "strata.lower=/dev/ubdb",
+            "strata.lowerfs=ext4",
+            "strata.rootrw=1",
+        ],
+    );
+    let c = g.client.as_ref().unwrap();
+    let config = json!({
+        "process": process(&["sh", "-c", "cat /etc/marker; uname -r; hostname; cat; echo err >&2; exit 7"]),
+        "hostname": "strata-guest",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["newinstance"]},
+            {"destination": "/etc/resolv.conf", "type": "bind", "source": "/var/lib/docker/x/resolv.conf", "options": ["rbind", "ro"]}
+        ]
+    });
+    let main = c.create(&serde_json::to_vec(&config).unwrap()).unwrap();
+    let warnings = c.connection_errors();
+    assert!(
+        warnings.iter().any(|w| w.contains("resolv.conf")),
+        "{warnings:?}"
+    );
+
+    // An exec before start sees the assembled rootfs and its mounts.
+    let probe = c
+        .exec(
+            &serde_json::to_vec(&process(&[
+                "sh",
+                "-c",
+                "cat /proc/1/comm; ls /dev/null; test -c /dev/ttyS1 && echo has-ttyS1",
+            ]))
+            .unwrap(),
+            false,
+        )
+        .unwrap();
+    let (o, e, st) = probe.output().unwrap();
+    assert_eq!(st.code, 0, "{}", String::from_utf8_lossy(&e));
+    assert_eq!(
+        String::from_utf8_lossy(&o),
+        "strata-agent\n/dev/null\nhas-ttyS1\n"
+    );
+
+    // A pty exec with a resize.
+    let tty = c
+        .exec(
+            &serde_json::to_vec(&process(&["sh", "-c", "read x; stty size"])).unwrap(),
+            true,
+        )
+        .unwrap();
+    tty.resize(33, 77).unwrap();
+    let mut w = tty.take_stdin().unwrap();
+    w.write_all(b"go\n").unwrap();
+    let mut out = String::new();
+    tty.take_stdout().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.contains("33 77"), "{out:?}");
+    assert_eq!(tty.wait().unwrap().code, 0);
+
+    c.start().unwrap();
+    let mut stdin = main.take_stdin().unwrap();
+    stdin.write_all(b"through the serial line\n").unwrap();
+    drop(stdin);
+    let (o, e, st) = main.output().unwrap();
+    let o = String::from_utf8_lossy(&o).into_owned();
+    let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let lines: Vec<&str> = o.lines().collect();
+    assert_eq!(lines.len(), 4, "{o:?}\nconsole:\n{}", g.console());
+    assert_eq!(lines[0], "from the image disk");
+    assert_ne!(
+        lines[1],
+        host_release.trim(),
+        "the guest runs its own kernel"
+    );
+    assert_eq!(lines[2], "strata-guest");
+    assert_eq!(lines[3], "through the serial line");
+    assert_eq!(String::from_utf8_lossy(&e), "err\n");
+    assert_eq!(st.code, 7);
+
+    // After the acknowledged exit the agent powers the guest off: the UML process ends.
+    g.client = None;
+    let status = g.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        g.console().contains("started"),
+        "strata.debug=1 logs to the console:\n{}",
+        g.console()
+    );
+}
