@@ -33,6 +33,9 @@ pub struct Mode {
     pub pid1: bool,
     /// Guest parameters from /proc/cmdline (PID 1 mode).
     pub guest: GuestParams,
+    /// Assemble the rootfs from `guest` and chroot processes into it without being PID 1 (the
+    /// guest's rootfs logic tested on a host, inside a private mount namespace).
+    pub assemble_rootfs: bool,
 }
 
 /// Why the loop ended.
@@ -462,7 +465,7 @@ impl Agent {
             Ok(s) => s,
             Err(e) => return self.refuse(sid, "create", "config", e.to_string()),
         };
-        if self.mode.pid1 {
+        if self.mode.pid1 || self.mode.assemble_rootfs {
             let root = match crate::guest::assemble_rootfs(&self.mode.guest) {
                 Ok(r) => r,
                 Err(e) => return self.refuse(sid, "create", "rootfs", e.to_string()),
@@ -477,7 +480,7 @@ impl Agent {
                     Err(e) => return self.refuse(sid, "create", "mounts", e.to_string()),
                 }
             }
-            if let Some(h) = &spec.hostname {
+            if let Some(h) = spec.hostname.as_ref().filter(|_| self.mode.pid1) {
                 if let Err(e) = crate::guest::set_hostname(h) {
                     self.send_error(0, "warning", format!("cannot set hostname {h:?}: {e}"));
                 }
@@ -740,7 +743,7 @@ impl Agent {
             let Some(_) = s.exit else { continue };
             let quiet = s
                 .last_output
-                .is_none_or(|t| now.duration_since(t) >= ORPHAN_OUTPUT_GRACE);
+                .map_or(true, |t| now.duration_since(t) >= ORPHAN_OUTPUT_GRACE);
             for i in 0..2 {
                 // Only a pipe we could read from (credit left) counts as abandoned.
                 if s.outs[i].is_some() && s.credit[i] > 0 && quiet {

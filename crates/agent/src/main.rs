@@ -9,13 +9,16 @@ use strata_agent::{channel, guest, Agent, Mode, Outcome};
 use strata_proto::GuestParams;
 
 const USAGE: &str = "usage: strata-agent                      (as PID 1 in a strata guest; reads strata.* from /proc/cmdline)
-       strata-agent --no-pid1 --channel-fd N | --channel DEV   (on a host, for tests)
+       strata-agent --no-pid1 --channel-fd N | --channel DEV [--guest-cmdline 'strata.lower=...']
+                    (on a host, for tests; --guest-cmdline assembles the guest rootfs under /run/strata:
+                     run it in a private mount namespace)
 environment: STRATA_AGENT_DEBUG=1 logs to stderr";
 
 struct Args {
     no_pid1: bool,
     channel_fd: Option<i32>,
     channel: Option<String>,
+    guest_cmdline: Option<String>,
 }
 
 fn parse_args() -> Result<Option<Args>> {
@@ -23,6 +26,7 @@ fn parse_args() -> Result<Option<Args>> {
         no_pid1: false,
         channel_fd: None,
         channel: None,
+        guest_cmdline: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -38,6 +42,12 @@ fn parse_args() -> Result<Option<Args>> {
                 );
             }
             "--channel" => a.channel = Some(it.next().context("--channel needs a device path")?),
+            "--guest-cmdline" => {
+                a.guest_cmdline = Some(
+                    it.next()
+                        .context("--guest-cmdline needs strata.* parameters")?,
+                )
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(None);
@@ -67,13 +77,20 @@ fn init_logging(debug: bool) {
         .try_init();
 }
 
-/// Makes sure fds 0-2 exist so pipes and ptys never land on them.
-fn ensure_std_fds() {
+/// Makes sure fds 0-2 exist so pipes and ptys never land on them (an initramfs without
+/// /dev/console starts init with none).
+fn ensure_std_fds(pid1: bool) {
     for fd in 0..3 {
         // SAFETY: F_GETFD only checks the fd; open of a constant path with no memory handed over.
         unsafe {
             if libc::fcntl(fd, libc::F_GETFD) < 0 {
-                let n = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                let mut n = -1;
+                if pid1 {
+                    n = libc::open(c"/dev/console".as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+                }
+                if n < 0 {
+                    n = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                }
                 if n >= 0 && n != fd {
                     libc::dup2(n, fd);
                     libc::close(n);
@@ -90,13 +107,16 @@ fn run_host(args: &Args) -> Result<ExitCode> {
         (None, Some(dev)) => channel::open_device(Path::new(dev))?,
         _ => bail!("--no-pid1 needs exactly one of --channel-fd N or --channel DEV"),
     };
-    let mut agent = Agent::new(
-        chan,
-        Mode {
-            pid1: false,
-            guest: GuestParams::default(),
-        },
-    )?;
+    let (guest, assemble_rootfs) = match &args.guest_cmdline {
+        Some(c) => (GuestParams::parse(c)?, true),
+        None => (GuestParams::default(), false),
+    };
+    let mode = Mode {
+        pid1: false,
+        guest,
+        assemble_rootfs,
+    };
+    let mut agent = Agent::new(chan, mode)?;
     Ok(match agent.run()? {
         Outcome::Finished => ExitCode::SUCCESS,
         Outcome::ChannelClosed => ExitCode::from(2),
@@ -105,6 +125,7 @@ fn run_host(args: &Args) -> Result<ExitCode> {
 
 fn run_pid1() -> ! {
     let warnings = guest::mount_basics();
+    ensure_std_fds(true);
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let params = match GuestParams::parse(&cmdline) {
         Ok(p) => p,
@@ -128,13 +149,12 @@ fn run_pid1() -> ! {
             guest::power_off();
         }
     };
-    match Agent::new(
-        chan,
-        Mode {
-            pid1: true,
-            guest: params,
-        },
-    ) {
+    let mode = Mode {
+        pid1: true,
+        guest: params,
+        assemble_rootfs: true,
+    };
+    match Agent::new(chan, mode) {
         Ok(mut agent) => {
             agent.warn_after_hello(warnings);
             if let Err(e) = agent.run() {
@@ -147,7 +167,7 @@ fn run_pid1() -> ! {
 }
 
 fn main() -> ExitCode {
-    ensure_std_fds();
+    ensure_std_fds(false);
     let args = match parse_args() {
         Ok(Some(a)) => a,
         Ok(None) => return ExitCode::SUCCESS,

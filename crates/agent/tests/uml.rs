@@ -69,7 +69,20 @@ impl Guest {
     }
 }
 
+/// A kernel with overlayfs built in (strata's own UML build: Debian's has it as a module), named
+/// by $STRATA_TEST_UML_OVERLAY_KERNEL. The same rootfs code is tested on the host kernel in
+/// tests/rootfs.rs, so this guest variant is opt-in.
+fn overlay_kernel() -> Option<PathBuf> {
+    std::env::var_os("STRATA_TEST_UML_OVERLAY_KERNEL").map(PathBuf::from)
+}
+
+/// Boots `kernel` with the agent disk as ubd0, the busybox image as ubd1, and `extra_disks`
+/// (sizes in MiB, empty ext4) from ubd2 on.
 fn boot(kernel: &Path, params: &[&str]) -> Guest {
+    boot_with(kernel, params, &[])
+}
+
+fn boot_with(kernel: &Path, params: &[&str], extra_disks: &[u32]) -> Guest {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // The agent disk: just the agent, its libraries and the mount points it needs.
@@ -107,12 +120,23 @@ fn boot(kernel: &Path, params: &[&str]) -> Guest {
         .arg(d.join("img.img"))
         .arg("32M"));
 
+    let mut extra_args = Vec::new();
+    for (i, mib) in extra_disks.iter().enumerate() {
+        let path = d.join(format!("extra{i}.img"));
+        run(Command::new("mkfs.ext4")
+            .arg("-q")
+            .arg(&path)
+            .arg(format!("{mib}M")));
+        extra_args.push(format!("ubd{}={}", i + 2, path.display()));
+    }
+
     let (host, guest) = UnixStream::pair().unwrap();
     let fd = guest.as_raw_fd();
     let console = std::fs::File::create(d.join("console.log")).unwrap();
     let mut cmd = Command::new(kernel);
     cmd.arg(format!("ubd0r={}", d.join("agent.img").display()))
         .arg(format!("ubd1={}", d.join("img.img").display()))
+        .args(&extra_args)
         .args([
             "root=/dev/ubda",
             "ro",
@@ -260,5 +284,95 @@ fn the_agent_runs_workloads_as_pid1_of_a_uml_guest() {
         g.console().contains("started"),
         "strata.debug=1 logs to the console:\n{}",
         g.console()
+    );
+}
+
+/// Runs `script` as the main process of a fresh guest and returns its stdout.
+fn run_in_guest(g: &Guest, script: &str) -> String {
+    let c = g.client.as_ref().unwrap();
+    let config = json!({"process": process(&["sh", "-c", script])});
+    let main = c.create(&serde_json::to_vec(&config).unwrap()).unwrap();
+    c.start().unwrap();
+    let (o, e, st) = main.output().unwrap();
+    assert_eq!(
+        st.code,
+        0,
+        "{}\nconsole:\n{}",
+        String::from_utf8_lossy(&e),
+        g.console()
+    );
+    String::from_utf8_lossy(&o).into_owned()
+}
+
+#[test]
+fn the_rootfs_is_an_overlay_of_the_read_only_image_and_a_writable_layer() {
+    let Some(kernel) = overlay_kernel() else {
+        eprintln!(
+            "skipped: set STRATA_TEST_UML_OVERLAY_KERNEL to a UML kernel with overlayfs built in"
+        );
+        return;
+    };
+    // tmpfs upper.
+    let g = boot(
+        &kernel,
+        &[
+            "strata.lower=/dev/ubdb",
+            "strata.lowerfs=ext4",
+            "strata.uppersize=16m",
+        ],
+    );
+    let out = run_in_guest(
+        &g,
+        "echo changed > /etc/marker; cat /etc/marker; cat /proc/mounts",
+    );
+    assert!(out.starts_with("changed\n"), "{out}");
+    assert!(
+        out.contains("overlay / overlay") || out.contains(" overlay "),
+        "{out}"
+    );
+    let img = g.dir.path().join("img.img");
+    drop(g);
+    // The image disk is untouched: debugfs reads the file straight from it.
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /etc/marker"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&cat.stdout),
+        "from the image disk\n"
+    );
+
+    // ext4 upper disk: the write lands there.
+    let g = boot_with(
+        &kernel,
+        &[
+            "strata.lower=/dev/ubdb",
+            "strata.lowerfs=ext4",
+            "strata.upper=/dev/ubdc",
+        ],
+        &[32],
+    );
+    let out = run_in_guest(&g, "echo on-upper > /etc/marker; sync; cat /etc/marker");
+    assert_eq!(out, "on-upper\n");
+    let upper = g.dir.path().join("extra0.img");
+    let img = g.dir.path().join("img.img");
+    let mut g = g;
+    g.client = None;
+    g.child.wait().unwrap();
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /upper/etc/marker"])
+        .arg(&upper)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "on-upper\n");
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /etc/marker"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&cat.stdout),
+        "from the image disk\n"
     );
 }

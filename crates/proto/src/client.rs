@@ -520,7 +520,7 @@ fn take_error<T>(st: &mut State, sid: u32, step: &'static str) -> Option<Result<
     let s = st.sessions.get_mut(&sid)?;
     if s.error
         .as_ref()
-        .is_none_or(|(request, _, _)| request != step)
+        .map_or(true, |(request, _, _)| request != step)
     {
         return None;
     }

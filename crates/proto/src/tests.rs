@@ -250,7 +250,7 @@ fn fuzz_entry_point_survives_a_hostile_corpus() {
             let i = (rng.next() as usize) % v.len();
             v[i] = rng.next() as u8;
         }
-        if rng.next().is_multiple_of(3) {
+        if rng.next() % 3 == 0 {
             v.truncate((rng.next() as usize) % v.len());
         }
         fuzz_decode(&v);
@@ -258,7 +258,7 @@ fn fuzz_entry_point_survives_a_hostile_corpus() {
         let mut splice = vec![(rng.next() % 64) as u8];
         for _ in 0..(rng.next() % 6) {
             splice.extend(&valid[(rng.next() as usize) % valid.len()]);
-            if rng.next().is_multiple_of(2) {
+            if rng.next() % 2 == 0 {
                 splice.push(rng.next() as u8);
             }
         }
