@@ -24,3 +24,7 @@ pub use container::{
 };
 pub mod hooks;
 pub mod seccomp;
+pub mod console;
+pub mod fds;
+pub mod exe_clone;
+pub mod notify;

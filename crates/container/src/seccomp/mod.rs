@@ -85,7 +85,8 @@ const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
 const MAX_ERRNO: u32 = 4095;
 const ARG_INDEX_MAX: usize = 5;
 
-const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+/// BPF_LD | BPF_W | BPF_ABS.
+const BPF_LD_W_ABS: u16 = 0x20;
 const BPF_JMP_JA: u16 = 0x05;
 const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10;
 const BPF_JMP_JGE_K: u16 = 0x05 | 0x30;
@@ -399,19 +400,6 @@ impl CompiledFilter {
     /// Whether the program is empty (never true for a compiled profile).
     pub fn is_empty(&self) -> bool {
         self.program.is_empty()
-    }
-
-    /// The program as bytes in the kernel's `struct sock_filter` layout (for caching).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + self.program.len() * 8);
-        out.extend_from_slice(&(self.flags as u64).to_le_bytes());
-        for i in &self.program {
-            out.extend_from_slice(&i.code.to_le_bytes());
-            out.push(i.jt);
-            out.push(i.jf);
-            out.extend_from_slice(&i.k.to_le_bytes());
-        }
-        out
     }
 
     /// Installs the filter on the calling thread (the container init is single-threaded).

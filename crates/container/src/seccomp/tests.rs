@@ -203,7 +203,8 @@ fn probe() -> i32 {
 #[test]
 fn every_operator_compares_the_full_64_bit_argument() {
     let pivot = (1u64 << 32) | BAD_FD;
-    let cases: [(&str, u64, Option<u64>, fn(u64) -> bool); 7] = [
+    type Case = (&'static str, u64, Option<u64>, fn(u64) -> bool);
+    let cases: [Case; 7] = [
         ("SCMP_CMP_EQ", pivot, None, |v| v == (1 << 32) | BAD_FD),
         ("SCMP_CMP_NE", pivot, None, |v| v != (1 << 32) | BAD_FD),
         ("SCMP_CMP_LT", pivot, None, |v| v < (1 << 32) | BAD_FD),
