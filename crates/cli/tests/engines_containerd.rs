@@ -11,7 +11,7 @@ use engines::image::{self, IMAGE_REF};
 use engines::matrix::{Layer, Matrix, Op};
 use engines::runtime::{Runtime, VM_ANNOTATION};
 use engines::sandbox::Sandbox;
-use engines::{exercise, exercise_vm, sh, Engine, CMD_TIMEOUT};
+use engines::{cmd_timeout, exercise, exercise_vm, sh, Engine};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -208,10 +208,10 @@ impl Engine for Ctr {
         let _ = run(
             self.ctr()
                 .args(["tasks", "kill", "--signal", "SIGKILL", name]),
-            CMD_TIMEOUT,
+            cmd_timeout(),
         );
-        let _ = run(self.ctr().args(["tasks", "rm", "-f", name]), CMD_TIMEOUT);
-        let _ = run(self.ctr().args(["containers", "rm", name]), CMD_TIMEOUT);
+        let _ = run(self.ctr().args(["tasks", "rm", "-f", name]), cmd_timeout());
+        let _ = run(self.ctr().args(["containers", "rm", name]), cmd_timeout());
     }
 }
 
@@ -238,5 +238,7 @@ fn containerd_drives_runc_and_strata_oci() {
     let strata = Runtime::strata_oci(&sb);
     exercise(&ctr, &mut m, &strata, Layer::Container, STRATA_PASSING);
     exercise_vm(&ctr, &mut m, &strata, &sb, &img.rootfs, STRATA_VM_PASSING);
+    engines::print_calls("containerd", &runc);
+    engines::print_calls("containerd", &strata);
     m.finish();
 }

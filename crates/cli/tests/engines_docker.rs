@@ -75,5 +75,7 @@ fn docker_drives_runc_and_strata_oci() {
         &img.rootfs,
         STRATA_VM_PASSING,
     );
+    engines::print_calls("docker", &runc);
+    engines::print_calls("docker", &strata);
     m.finish();
 }

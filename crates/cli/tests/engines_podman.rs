@@ -83,5 +83,7 @@ fn podman_drives_runc_and_strata_oci() {
         &img.rootfs,
         STRATA_VM_PASSING,
     );
+    engines::print_calls("podman", &runc);
+    engines::print_calls("podman", &strata);
     m.finish();
 }

@@ -5,7 +5,7 @@ use super::command::{run, wait_for};
 use super::image::IMAGE_REF;
 use super::matrix::Layer;
 use super::runtime::{Runtime, VM_ANNOTATION};
-use super::{sh, Engine, CMD_TIMEOUT};
+use super::{cmd_timeout, sh, Engine};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -85,7 +85,7 @@ impl CliEngine {
     fn inspect(&self, name: &str, format: &str) -> Result<Option<String>, String> {
         let o = run(
             self.cmd(Some(name)).args(["inspect", "-f", format, name]),
-            CMD_TIMEOUT,
+            cmd_timeout(),
         );
         if o.code != 0 {
             let e = o.stderr.to_lowercase();
@@ -224,6 +224,6 @@ impl Engine for CliEngine {
     }
 
     fn force_remove(&self, name: &str) {
-        let _ = run(self.cmd(Some(name)).args(["rm", "-f", name]), CMD_TIMEOUT);
+        let _ = run(self.cmd(Some(name)).args(["rm", "-f", name]), cmd_timeout());
     }
 }

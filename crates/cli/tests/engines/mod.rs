@@ -21,8 +21,15 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-/// Default deadline of one engine client command.
-pub const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of one engine client command: 60 s, or STRATA_ENGINES_TIMEOUT seconds (handy with
+/// STRATA_ENGINES_TRY=1, where a hanging runtime would otherwise cost a minute per cell).
+pub fn cmd_timeout() -> Duration {
+    let secs = std::env::var("STRATA_ENGINES_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(secs)
+}
 
 /// Every operation of the matrix, in the order [`exercise`] performs them.
 pub const ALL_OPS: &[Op] = &[
@@ -78,7 +85,7 @@ pub trait Engine {
 
 /// Runs `cmd` with the default deadline.
 pub fn sh(cmd: &mut Command) -> Outcome {
-    run(cmd, CMD_TIMEOUT)
+    run(cmd, cmd_timeout())
 }
 
 /// Checks exit code and that stdout contains every one of `want` (after pty clean-up).
@@ -189,7 +196,7 @@ pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer,
                 true,
                 &["sh", "-c", TTY_SCRIPT],
             );
-            run_in_pty(&cmd, CMD_TIMEOUT)
+            run_in_pty(&cmd, cmd_timeout())
         };
         pty_cell(run_once, 4, &["/dev/pts/", "stdin-is-a-tty"])
     });
@@ -258,7 +265,7 @@ pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer,
         main_pid.clone()?;
         let run_once = || {
             let cmd = e.exec_cmd(&main, true, &["sh", "-c", "tty; sleep 0.3; exit 6"]);
-            run_in_pty(&cmd, CMD_TIMEOUT)
+            run_in_pty(&cmd, cmd_timeout())
         };
         pty_cell(run_once, 6, &["/dev/pts/"])
     });
@@ -388,6 +395,42 @@ pub fn exercise_vm(
                 ALL_OPS,
                 "VM isolation unavailable (strata-oci probe failed, reason printed above)",
             );
+        }
+    }
+}
+
+/// Prints the distinct shapes of the runtime command lines the engine issued (flags, subcommand,
+/// signals and `json`/`-` kept; paths and ids shown as `X`), so the exact calls each engine makes
+/// are visible in the test output (`--nocapture`).
+pub fn print_calls(engine: &str, rt: &Runtime) {
+    const SUBCOMMANDS: &[&str] = &[
+        "create", "start", "run", "delete", "exec", "ps", "pause", "resume", "update", "kill",
+        "state", "features", "events", "list",
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    println!("engines: {engine}: distinct {} call shapes:", rt.name);
+    for line in rt.calls_since(0).lines() {
+        let args = line.split_once("] ").map(|(_, r)| r).unwrap_or(line);
+        let mut sub_seen = false;
+        let shape: Vec<String> = args
+            .split_whitespace()
+            .map(|t| {
+                if t.starts_with('-') && t.len() > 1 {
+                    t.split('=').next().unwrap_or(t).to_string()
+                        + if t.contains('=') { "=X" } else { "" }
+                } else if !sub_seen && SUBCOMMANDS.contains(&t) {
+                    sub_seen = true;
+                    t.to_string()
+                } else if t == "json" || t == "-" || t.parse::<u32>().is_ok() {
+                    t.to_string()
+                } else {
+                    "X".to_string()
+                }
+            })
+            .collect();
+        let shape = shape.join(" ");
+        if seen.insert(shape.clone()) {
+            println!("  {shape}");
         }
     }
 }
