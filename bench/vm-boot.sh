@@ -111,7 +111,8 @@ for k in uml-strata uml-debian; do
   kernel=$strata_kernel; [ "$k" = uml-debian ] && kernel=$debian_kernel
   line=$("$example" "$kernel" "$work/root.ext4" "$runs" "$mem")
   get() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$line"; }
-  echo "| $k, jailed via strata-vmm (COW ext4 disk, channel) | start → marker on channel | $(get marker_min_ms) | $(get marker_median_ms) | $(get cgroup_peak_mib) (cgroup peak) |" >>"$body"
+  note=""; [ "$(get failed)" != 0 ] && note=" ($(get failed) of $runs runs hung)"
+  echo "| $k, jailed via strata-vmm (COW ext4 disk, channel)$note | start → marker on channel | $(get marker_min_ms) | $(get marker_median_ms) | $(get cgroup_peak_mib) (cgroup peak) |" >>"$body"
   echo "| $k, jailed via strata-vmm | start → VM reaped, cleaned up | $(get exit_min_ms) | $(get exit_median_ms) | |" >>"$body"
 done
 cat "$body"
