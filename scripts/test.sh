@@ -10,3 +10,13 @@ bash scripts/engines-deps.sh  # containerd, dockerd, podman for crates/cli/tests
 bash scripts/build-guest-kernel.sh >/dev/null
 cargo build --workspace --bins
 cargo test --workspace -- --test-threads=2
+# Fuzz smoke runs (seconds each) where nightly and cargo-fuzz exist; the stable #[test] corpora
+# above cover the same entry points everywhere. Long runs: docs/security.md.
+if cargo +nightly fuzz --version >/dev/null 2>&1; then
+  for t in seccomp_profile config_json; do
+    scratch=$(mktemp -d)
+    (cd crates/container && cargo +nightly fuzz run "$t" "$scratch" "fuzz/corpus/$t" -- -max_total_time=5 -rss_limit_mb=2048 >/dev/null 2>"$scratch.log") \
+      || { cat "$scratch.log" >&2; exit 1; }
+    rm -rf "$scratch" "$scratch.log"
+  done
+fi
