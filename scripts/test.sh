@@ -15,7 +15,7 @@ cargo test --workspace -- --test-threads=2
 if cargo +nightly fuzz --version >/dev/null 2>&1; then
   for t in seccomp_profile config_json; do
     scratch=$(mktemp -d)
-    (cd crates/container && cargo +nightly fuzz run "$t" "$scratch" "fuzz/corpus/$t" -- -max_total_time=5 -rss_limit_mb=2048 >/dev/null 2>"$scratch.log") \
+    (cd crates/container && cargo +nightly fuzz run "$t" "$scratch" "fuzz/seeds/$t" -- -max_total_time=5 -rss_limit_mb=2048 >/dev/null 2>"$scratch.log") \
       || { cat "$scratch.log" >&2; exit 1; }
     rm -rf "$scratch" "$scratch.log"
   done
