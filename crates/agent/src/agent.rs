@@ -214,7 +214,9 @@ impl Agent {
             slots.push(slot);
         };
         let mut chan_ev = 0;
-        if self.dec.wants_input() {
+        // A host that sends but does not read (e.g. floods malformed frames, each answered with
+        // an error) is not read from until it drains our answers: memory stays bounded.
+        if self.dec.wants_input() && self.out.len() < 2 * MAX_OUT_QUEUE {
             chan_ev |= libc::POLLIN;
         }
         if !self.out.is_empty() {
@@ -316,7 +318,7 @@ impl Agent {
     fn read_channel(&mut self) -> bool {
         let mut buf = [0u8; 64 * 1024];
         loop {
-            if !self.dec.wants_input() {
+            if !self.dec.wants_input() || self.out.len() >= 2 * MAX_OUT_QUEUE {
                 break;
             }
             match nix::unistd::read(self.chan.as_raw_fd(), &mut buf) {

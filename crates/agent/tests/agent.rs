@@ -35,8 +35,7 @@ impl Agent {
         }
         let child = cmd.spawn().unwrap();
         drop(guest);
-        let client =
-            Client::with_timeout(host.try_clone().unwrap(), host, Duration::from_secs(20)).unwrap();
+        let client = Client::from_unix_stream(host, Duration::from_secs(20)).unwrap();
         Agent {
             child,
             client: Some(client),

@@ -176,7 +176,7 @@ fn boot_with(kernel: &Path, params: &[&str], extra_disks: &[u32]) -> Guest {
         client: None,
         dir,
     };
-    match Client::with_timeout(host.try_clone().unwrap(), host, Duration::from_secs(60)) {
+    match Client::from_unix_stream(host, Duration::from_secs(60)) {
         Ok(c) => g.client = Some(c),
         Err(e) => panic!(
             "no handshake from the guest agent: {e}\nconsole:\n{}",

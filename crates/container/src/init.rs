@@ -76,7 +76,11 @@ pub fn run(cfg: &InitConfig, ch: &Channel) -> ! {
         Ok(never) => match never {},
         Err(e) => {
             let _ = ch.send(&Message::Failed(e.to_string()));
-            1
+            // After `Ready` nobody reads the channel: the exit code tells what failed.
+            match &e {
+                InitError::Process(p) => p.exit_code(),
+                _ => 1,
+            }
         }
     };
     // SAFETY: _exit in the forked child: no destructors or atexit handlers of the parent run.

@@ -316,7 +316,10 @@ fn exec_intermediate(cfg: &ExecConfig, ch: &Channel) -> ! {
                 Ok(never) => match never {},
                 Err(e) => {
                     let _ = ch.send(&Message::Failed(e.to_string()));
-                    1
+                    match &e {
+                        init::InitError::Process(p) => p.exit_code(),
+                        _ => 1,
+                    }
                 }
             };
             exit_child(code)

@@ -35,6 +35,18 @@ pub enum ProcessError {
     Nul(&'static str),
 }
 
+impl ProcessError {
+    /// The exit status of a process whose exec failed, as shells and Docker report it: 127 when
+    /// the program does not exist, 126 when it exists but cannot be executed, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ProcessError::NotFound(_) | ProcessError::Exec(_, nix::Error::ENOENT) => 127,
+            ProcessError::Exec(..) => 126,
+            _ => 1,
+        }
+    }
+}
+
 fn sys(step: &'static str) -> impl Fn(nix::Error) -> ProcessError {
     move |source| ProcessError::Sys { step, source }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,8 @@ struct State {
 
 struct Shared {
     writer: Mutex<Box<dyn Write + Send>>,
+    /// A socket to shut down when the last handle goes, which ends the reader thread.
+    closer: Option<std::os::unix::net::UnixStream>,
     state: Mutex<State>,
     cond: Condvar,
 }
@@ -120,10 +122,30 @@ impl Shared {
         let bytes = Frame::new(session, message)
             .encode()
             .map_err(|source| ClientError::Encode { step, source })?;
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        w.write_all(&bytes)
-            .and_then(|_| w.flush())
-            .map_err(|source| ClientError::Io { step, source })
+        self.write_raw(&bytes, step)
+    }
+
+    fn write_raw(&self, bytes: &[u8], step: &'static str) -> Result<(), ClientError> {
+        if let Some(reason) = self.lock().broken.clone() {
+            return Err(ClientError::ConnectionLost(reason));
+        }
+        let result = {
+            let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            w.write_all(bytes).and_then(|_| w.flush())
+        };
+        result.map_err(|source| {
+            // The reader usually knows better why the channel is gone (a malformed frame, the
+            // agent's EOF): give it a moment to say so.
+            let why = self.wait_for(
+                Some(Duration::from_millis(200)),
+                "report the channel state",
+                |st| st.broken.clone().map(Ok),
+            );
+            match why {
+                Ok(reason) => ClientError::ConnectionLost(reason),
+                Err(_) => ClientError::Io { step, source },
+            }
+        })
     }
 
     /// Waits until `ready` yields a value, the connection breaks, or `timeout` passes.
@@ -268,11 +290,23 @@ impl Shared {
     }
 }
 
-fn reader_loop(shared: Arc<Shared>, mut reader: Box<dyn Read + Send>) {
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(s) = &self.closer {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The reader holds only a weak reference, so dropping every handle drops `Shared` (and shuts
+/// a socket channel down, which wakes this thread with EOF).
+fn reader_loop(weak: Weak<Shared>, mut reader: Box<dyn Read + Send>) {
     let mut dec = Decoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = match reader.read(&mut buf) {
+        let result = reader.read(&mut buf);
+        let Some(shared) = weak.upgrade() else { return };
+        let n = match result {
             Ok(0) => {
                 let why = match dec.finish() {
                     Ok(()) => "the agent closed the channel".to_string(),
@@ -338,18 +372,28 @@ impl Client {
         R: Read + Send + 'static,
         W: Write + Send + 'static,
     {
+        Self::connect(Box::new(reader), Box::new(writer), None, timeout)
+    }
+
+    fn connect(
+        reader: Box<dyn Read + Send>,
+        writer: Box<dyn Write + Send>,
+        closer: Option<std::os::unix::net::UnixStream>,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
         let shared = Arc::new(Shared {
-            writer: Mutex::new(Box::new(writer)),
+            closer,
+            writer: Mutex::new(writer),
             state: Mutex::new(State {
                 next_session: MAIN_SESSION + 1,
                 ..Default::default()
             }),
             cond: Condvar::new(),
         });
-        let rs = Arc::clone(&shared);
+        let rs = Arc::downgrade(&shared);
         thread::Builder::new()
             .name("strata-proto-reader".into())
-            .spawn(move || reader_loop(rs, Box::new(reader)))
+            .spawn(move || reader_loop(rs, reader))
             .map_err(|source| ClientError::Io {
                 step: "starting the reader thread",
                 source,
@@ -382,13 +426,21 @@ impl Client {
         Ok(Client { shared, agent })
     }
 
-    /// Convenience for a Unix socket (e.g. one end of a socketpair).
-    pub fn from_unix_stream(stream: std::os::unix::net::UnixStream) -> Result<Client, ClientError> {
-        let reader = stream.try_clone().map_err(|source| ClientError::Io {
-            step: "cloning the socket",
-            source,
-        })?;
-        Self::new(reader, stream)
+    /// Connects over a Unix stream socket (the host end of a VM's channel, or a socketpair),
+    /// waiting up to `timeout` for the agent to announce itself. The socket is shut down when
+    /// the client and all its sessions are dropped.
+    pub fn from_unix_stream(
+        stream: std::os::unix::net::UnixStream,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let clone = |s: &std::os::unix::net::UnixStream| {
+            s.try_clone().map_err(|source| ClientError::Io {
+                step: "cloning the socket",
+                source,
+            })
+        };
+        let (reader, closer) = (clone(&stream)?, clone(&stream)?);
+        Self::connect(Box::new(reader), Box::new(stream), Some(closer), timeout)
     }
 
     /// The agent's handshake answer (its software version).
@@ -484,13 +536,7 @@ impl Client {
 
     /// Sends a raw frame (for tests of the agent's handling of odd but well-formed input).
     pub fn send_raw_bytes(&self, bytes: &[u8]) -> Result<(), ClientError> {
-        let mut w = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
-        w.write_all(bytes)
-            .and_then(|_| w.flush())
-            .map_err(|source| ClientError::Io {
-                step: "sending raw bytes",
-                source,
-            })
+        self.shared.write_raw(bytes, "sending raw bytes")
     }
 
     fn wait_started(&self, sid: u32, step: &'static str) -> Result<u32, ClientError> {

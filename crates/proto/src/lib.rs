@@ -76,4 +76,6 @@ pub fn fuzz_decode(data: &[u8]) {
 }
 
 #[cfg(test)]
+mod client_tests;
+#[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use strata::image;
+use strata::{exec, image, lifecycle, logs, ps, run};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +38,32 @@ enum Command {
     /// Manage images
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Run a command in a new container
+    Run(run::RunArgs),
+    /// Create a container without starting it
+    Create(run::CreateArgs),
+    /// Start created or stopped containers (detached)
+    Start(lifecycle::StartArgs),
+    /// Stop containers: SIGTERM, then SIGKILL after --time
+    Stop(lifecycle::StopArgs),
+    /// Send a signal to containers
+    Kill(lifecycle::KillArgs),
+    /// Stop and start containers
+    Restart(lifecycle::StopArgs),
+    /// Remove containers
+    Rm(lifecycle::RmArgs),
+    /// List containers
+    Ps(ps::PsArgs),
+    /// Run a command in a running container
+    Exec(exec::ExecArgs),
+    /// Show a detached container's output
+    Logs(logs::LogsArgs),
+    /// Wait for containers to exit and print their exit codes
+    Wait(lifecycle::WaitArgs),
+    /// Show the processes of a container
+    Top(ps::TopArgs),
+    /// Show resource usage of containers
+    Stats(ps::StatsArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,10 +72,26 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Images(a) => image::images(&cli.global, a),
         Command::Rmi(a) => image::rmi(&cli.global, a),
+        Command::Inspect(a) if a.images.iter().all(|k| ps::is_container(&cli.global, k)) => {
+            ps::inspect(&cli.global, &a.images)
+        }
         Command::Inspect(a) => image::inspect(&cli.global, a),
         Command::Load(a) => image::load(&cli.global, a),
         Command::Import(a) => image::import(&cli.global, a),
         Command::Image(c) => image::image_command(&cli.global, c),
+        Command::Run(a) => run::run(&cli.global, a),
+        Command::Create(a) => run::create(&cli.global, a),
+        Command::Start(a) => lifecycle::start(&cli.global, a),
+        Command::Stop(a) => lifecycle::stop(&cli.global, a),
+        Command::Kill(a) => lifecycle::kill(&cli.global, a),
+        Command::Restart(a) => lifecycle::restart(&cli.global, a),
+        Command::Rm(a) => lifecycle::rm(&cli.global, a),
+        Command::Ps(a) => ps::ps(&cli.global, a),
+        Command::Exec(a) => exec::exec(&cli.global, a),
+        Command::Logs(a) => logs::logs(&cli.global, a),
+        Command::Wait(a) => lifecycle::wait(&cli.global, a),
+        Command::Top(a) => ps::top(&cli.global, a),
+        Command::Stats(a) => ps::stats(&cli.global, a),
     };
     strata::exit(result)
 }

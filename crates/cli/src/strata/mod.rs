@@ -1,8 +1,17 @@
 //! The `strata` command modules; bin/strata.rs dispatches to them.
 
+pub mod containers;
+pub mod exec;
 pub mod image;
+pub mod instance;
+pub mod lifecycle;
+pub mod logs;
+pub mod monitor;
 pub mod output;
 pub mod progress;
+pub mod ps;
+pub mod run;
+pub mod tty;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +27,9 @@ pub struct Global {
     /// No progress output
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// Runtime state of running containers
+    #[arg(long, global = true, env = "STRATA_ROOT", default_value = strata_container::DEFAULT_ROOT)]
+    pub root: PathBuf,
 }
 
 impl Global {

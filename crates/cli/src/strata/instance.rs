@@ -1,0 +1,202 @@
+//! The isolation backend behind the container commands: one small trait, [`Backend`], with
+//! the container implementation here. The VM layer adds a second implementation; the commands
+//! (run, exec, stop, ps, ...) only talk to the trait.
+//!
+//! Contract: `start` runs the workload of an OCI bundle with the given stdio and returns the
+//! host pid of a process that is a child of the caller and exits with the workload's exit
+//! code (the container init; for a VM, the VM's leader process). `exec` does the same for an
+//! extra process. The caller reaps both.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::sys::signal::Signal;
+use oci_spec::runtime::Process;
+use strata_container::{ContainerError, CreateOptions, ExecOptions, Runtime};
+
+/// The three fds a workload gets as stdin, stdout and stderr.
+#[derive(Clone, Copy)]
+pub struct Stdio<'a> {
+    pub stdin: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+}
+
+/// Starting a workload failed. `code` is what `strata run` exits with: 127 when the command
+/// does not exist, 126 when it cannot be executed, 125 for any other set-up failure (Docker's
+/// convention).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StartError {
+    pub code: i32,
+    pub message: String,
+}
+
+/// An isolation backend: how a bundle becomes running processes.
+pub trait Backend {
+    /// What `ps` shows in the ISOLATION column.
+    fn isolation(&self) -> &'static str;
+    /// Runs the bundle's process; returns the host pid of our child that exits with it.
+    fn start(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<i32, StartError>;
+    /// Sends a signal to the workload.
+    fn kill(&self, id: &str, sig: Signal) -> anyhow::Result<()>;
+    /// Runs another process in the running workload's environment; returns the pid of our
+    /// child that exits with it.
+    fn exec(&self, id: &str, process: &Process, stdio: Stdio) -> Result<i32, StartError>;
+    /// Host pids of every process of the workload.
+    fn pids(&self, id: &str) -> anyhow::Result<Vec<i32>>;
+    /// Resource usage as JSON (cpu, memory, pids).
+    fn stats(&self, id: &str) -> anyhow::Result<serde_json::Value>;
+    /// Whether the workload is running.
+    fn running(&self, id: &str) -> bool;
+    /// Kills whatever is left and removes the runtime state (idempotent).
+    fn delete(&self, id: &str);
+}
+
+/// The backend for an isolation name ("container"; "vm" comes with the VM layer).
+pub fn backend(isolation: &str, runtime_root: &Path) -> anyhow::Result<Box<dyn Backend>> {
+    match isolation {
+        "container" => Ok(Box::new(ContainerBackend {
+            runtime: Runtime::new(runtime_root),
+            root: runtime_root.to_path_buf(),
+        })),
+        other => anyhow::bail!("isolation {other:?} is not supported by this strata build"),
+    }
+}
+
+/// Containers through strata-container's runtime, called in-process (no strata-oci exec).
+pub struct ContainerBackend {
+    runtime: Runtime,
+    root: std::path::PathBuf,
+}
+
+impl Backend for ContainerBackend {
+    fn isolation(&self) -> &'static str {
+        "container"
+    }
+
+    fn start(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<i32, StartError> {
+        let opts = CreateOptions {
+            bundle: bundle.to_path_buf(),
+            ..Default::default()
+        };
+        with_stdio(stdio, || self.runtime.run(id, &opts, true)).map_err(start_error)??;
+        // The state file, not `state()`: a workload that already exited reports pid 0 there.
+        let rec = strata_container::state::load(&self.root.join(id))
+            .map_err(|e| start_error(e.into()))?;
+        Ok(rec.pid)
+    }
+
+    fn kill(&self, id: &str, sig: Signal) -> anyhow::Result<()> {
+        match self.runtime.kill(id, sig, false) {
+            Err(ContainerError::NotRunning) | Err(ContainerError::NotExist(_)) => {
+                anyhow::bail!("the container is not running")
+            }
+            r => Ok(r?),
+        }
+    }
+
+    fn exec(&self, id: &str, process: &Process, stdio: Stdio) -> Result<i32, StartError> {
+        let opts = ExecOptions {
+            detach: true,
+            ..Default::default()
+        };
+        with_stdio(stdio, || self.runtime.exec(id, process, &opts))
+            .map_err(start_error)?
+            .map_err(|e| start_error(e.into()))
+    }
+
+    fn pids(&self, id: &str) -> anyhow::Result<Vec<i32>> {
+        Ok(self.runtime.pids(id)?)
+    }
+
+    fn stats(&self, id: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::to_value(self.runtime.stats(id)?)?)
+    }
+
+    fn running(&self, id: &str) -> bool {
+        self.runtime.state(id).is_ok_and(|s| {
+            matches!(
+                s.status,
+                strata_container::state::Status::Running | strata_container::state::Status::Paused
+            )
+        })
+    }
+
+    fn delete(&self, id: &str) {
+        let _ = self.runtime.delete(id, true);
+    }
+}
+
+impl From<ContainerError> for StartError {
+    fn from(e: ContainerError) -> StartError {
+        start_error(e.into())
+    }
+}
+
+/// Maps a start failure to Docker's exit codes by what the runtime reported.
+fn start_error(e: anyhow::Error) -> StartError {
+    let message = format!("{e:#}");
+    let code = if message.contains("executable file not found")
+        || message.contains("No such file or directory")
+    {
+        127
+    } else if message.contains("Permission denied") || message.contains("Exec format error") {
+        126
+    } else {
+        125
+    };
+    StartError { code, message }
+}
+
+/// Runs `f` with `stdio` on fds 0, 1 and 2 (what the cloned workload inherits), then puts the
+/// caller's own stdio back. The caller is single-threaded (the runtime requires it).
+fn with_stdio<T>(stdio: Stdio, f: impl FnOnce() -> T) -> Result<T, anyhow::Error> {
+    let mut saved = Vec::new();
+    for fd in 0..=2 {
+        // SAFETY: F_DUPFD_CLOEXEC on a stdio fd; the result is a new fd we own (or -1 when the
+        // fd is closed, which we restore as closed).
+        let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+        // SAFETY: d is a fresh fd from fcntl.
+        saved.push((d >= 0).then(|| unsafe { OwnedFd::from_raw_fd(d) }));
+    }
+    let targets = [stdio.stdin, stdio.stdout, stdio.stderr];
+    let mut result = Ok(());
+    for (i, src) in targets.iter().enumerate() {
+        // SAFETY: dup2 of a live fd onto a stdio number.
+        if unsafe { libc::dup2(src.as_raw_fd(), i as i32) } < 0 {
+            result = Err(std::io::Error::last_os_error());
+            break;
+        }
+    }
+    let out = result.map(|()| f());
+    for (i, s) in saved.iter().enumerate() {
+        match s {
+            // SAFETY: dup2 of our saved copy back onto its stdio number.
+            Some(s) => unsafe {
+                libc::dup2(s.as_raw_fd(), i as i32);
+            },
+            // SAFETY: closing a stdio number that was closed before.
+            None => unsafe {
+                libc::close(i as i32);
+            },
+        }
+    }
+    Ok(out?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_errors_map_to_docker_exit_codes() {
+        let c = |m: &str| start_error(anyhow::anyhow!("{m}")).code;
+        assert_eq!(
+            c("unable to start container process: exec: \"nope\": executable file not found in $PATH"),
+            127
+        );
+        assert_eq!(c("exec: \"/etc/passwd\": EACCES: Permission denied"), 126);
+        assert_eq!(c("mount overlay: invalid argument"), 125);
+    }
+}
