@@ -144,8 +144,7 @@ impl Containers {
     pub fn reserve(&self, id: &str, name: &str) -> anyhow::Result<PathBuf> {
         validate_name(name)?;
         let names = self.names();
-        std::fs::create_dir_all(&names)
-            .with_context(|| format!("create {}", names.display()))?;
+        std::fs::create_dir_all(&names).with_context(|| format!("create {}", names.display()))?;
         let link = names.join(name);
         match std::os::unix::fs::symlink(id, &link) {
             Ok(()) => {}

@@ -56,10 +56,17 @@ pub fn exec(g: &Global, a: ExecArgs) -> anyhow::Result<()> {
     p["terminal"] = serde_json::json!(false);
     let mut env: Vec<String> = p["env"]
         .as_array()
-        .map(|v| v.iter().filter_map(|e| e.as_str().map(String::from)).collect())
+        .map(|v| {
+            v.iter()
+                .filter_map(|e| e.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     for e in run::environment(&a.env, &[])? {
-        let k = e.split_once('=').map(|(k, _)| k.to_string()).unwrap_or_default();
+        let k = e
+            .split_once('=')
+            .map(|(k, _)| k.to_string())
+            .unwrap_or_default();
         env.retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(k.as_str()));
         env.push(e);
     }
@@ -78,7 +85,12 @@ pub fn exec(g: &Global, a: ExecArgs) -> anyhow::Result<()> {
         let image = store.resolve(&rec.image_digest)?;
         let user = strata_image::bundle::resolve_user(&image, u)?;
         let mut gids = vec![user.gid];
-        gids.extend(user.additional_gids.iter().copied().filter(|x| *x != user.gid));
+        gids.extend(
+            user.additional_gids
+                .iter()
+                .copied()
+                .filter(|x| *x != user.gid),
+        );
         p["user"] = serde_json::json!({"uid": user.uid, "gid": user.gid, "additionalGids": gids});
     }
     let process: oci_spec::runtime::Process =
@@ -101,7 +113,11 @@ pub fn exec(g: &Global, a: ExecArgs) -> anyhow::Result<()> {
             stderr: p.slave.as_fd(),
         },
         None => Stdio {
-            stdin: if a.interactive { stdin.as_fd() } else { null.as_fd() },
+            stdin: if a.interactive {
+                stdin.as_fd()
+            } else {
+                null.as_fd()
+            },
             stdout: stdout.as_fd(),
             stderr: stderr.as_fd(),
         },

@@ -51,10 +51,7 @@ pub struct WaitArgs {
 }
 
 /// Runs `f` on every container, reporting each failure and failing at the end if any did.
-fn each(
-    names: &[String],
-    mut f: impl FnMut(&str) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+fn each(names: &[String], mut f: impl FnMut(&str) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let mut failed = 0;
     for n in names {
         if let Err(e) = f(n) {
@@ -84,7 +81,11 @@ fn start_one(g: &Global, containers: &Containers, rec: Record) -> anyhow::Result
     }
     let backend = instance::backend(&rec.isolation, &g.root)?;
     if backend.running(&rec.id) {
-        bail!("container {} is still running without its monitor: remove it with `strata rm -f {}`", rec.name, rec.name);
+        bail!(
+            "container {} is still running without its monitor: remove it with `strata rm -f {}`",
+            rec.name,
+            rec.name
+        );
     }
     // A previous run's leftovers (a monitor killed hard) must not block the new one.
     backend.delete(&rec.id);
@@ -102,7 +103,12 @@ pub fn stop(g: &Global, a: StopArgs) -> anyhow::Result<()> {
 }
 
 /// SIGTERM, then SIGKILL after `grace`; returns once the exit is recorded.
-fn stop_one(g: &Global, containers: &Containers, rec: &Record, grace: Duration) -> anyhow::Result<()> {
+fn stop_one(
+    g: &Global,
+    containers: &Containers,
+    rec: &Record,
+    grace: Duration,
+) -> anyhow::Result<()> {
     if rec.live_state() != State::Running {
         return Ok(());
     }
@@ -138,7 +144,11 @@ pub fn kill(g: &Global, a: KillArgs) -> anyhow::Result<()> {
     each(&a.containers, |n| {
         let rec = containers.find(n)?;
         if rec.live_state() != State::Running {
-            bail!("container {} is not running (start it with `strata start {}`)", rec.name, rec.name);
+            bail!(
+                "container {} is not running (start it with `strata start {}`)",
+                rec.name,
+                rec.name
+            );
         }
         instance::backend(&rec.isolation, &g.root)?.kill(&rec.id, sig)?;
         println!("{n}");
@@ -152,7 +162,11 @@ pub fn parse_signal(s: &str) -> anyhow::Result<Signal> {
         return Signal::try_from(n).with_context(|| format!("unknown signal number {n}"));
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     name.parse::<Signal>()
         .map_err(|_| anyhow::anyhow!("unknown signal {s:?}: use a name like TERM or a number"))
 }

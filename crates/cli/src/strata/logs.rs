@@ -65,7 +65,8 @@ pub fn logs(g: &Global, a: LogsArgs) -> anyhow::Result<()> {
             .load(&rec.id)
             .map(|r| r.live_state() != State::Running)
             .unwrap_or(true);
-        let mut f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+        let mut f =
+            std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
         f.seek(std::io::SeekFrom::Start(offset))?;
         let mut r = std::io::BufReader::new(f);
         let mut l = String::new();

@@ -40,7 +40,9 @@ pub fn spawn(g: &Global, containers: &Containers, rec: Record) -> anyhow::Result
             let _ = std::fs::File::from(status_r).read_to_string(&mut msg);
             match msg.strip_prefix("ok") {
                 Some(_) => Ok(()),
-                None if msg.is_empty() => bail!("the container monitor died before starting the container"),
+                None if msg.is_empty() => {
+                    bail!("the container monitor died before starting the container")
+                }
                 None => bail!("{}", msg.trim_start_matches("err ")),
             }
         }
@@ -52,7 +54,11 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
     let mut status = std::fs::File::from(status);
     // Our stdio belonged to the `strata` that started us: let it go (the caller may be waiting
     // for EOF on a pipe), so nothing we or the workload print reaches it.
-    let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") else {
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
         let _ = write!(status, "err open /dev/null");
         return 1;
     };
@@ -83,7 +89,14 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
         .open(containers.log_path(&rec.id))
     {
         Ok(f) => f,
-        Err(e) => return fail(&mut rec, &mut status, 125, &format!("open the log file: {e}")),
+        Err(e) => {
+            return fail(
+                &mut rec,
+                &mut status,
+                125,
+                &format!("open the log file: {e}"),
+            )
+        }
     };
     // Stdout and stderr: two pipes (or one pty with -t) that we read.
     let mut sources: Vec<(OwnedFd, &'static str)> = Vec::new();
@@ -97,7 +110,15 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
             Err(e) => return fail(&mut rec, &mut status, 125, &format!("{e:#}")),
         };
         let s = pty.slave.as_fd();
-        started = backend.start(&rec.id, &dir, Stdio { stdin: s, stdout: s, stderr: s });
+        started = backend.start(
+            &rec.id,
+            &dir,
+            Stdio {
+                stdin: s,
+                stdout: s,
+                stderr: s,
+            },
+        );
         drop(pty.slave);
         sources.push((pty.master, "stdout"));
     } else {
@@ -110,7 +131,11 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
         started = backend.start(
             &rec.id,
             &dir,
-            Stdio { stdin: null.as_fd(), stdout: out_w.as_fd(), stderr: err_w.as_fd() },
+            Stdio {
+                stdin: null.as_fd(),
+                stdout: out_w.as_fd(),
+                stderr: err_w.as_fd(),
+            },
         );
         drop((out_w, err_w));
         sources.push((out_r, "stdout"));
@@ -163,8 +188,10 @@ fn wait(pid: i32) -> i32 {
 fn copy_to_log(sources: Vec<(OwnedFd, &'static str)>, log: std::fs::File) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut log = std::io::BufWriter::new(log);
-    let mut open: Vec<(OwnedFd, &'static str, Vec<u8>)> =
-        sources.into_iter().map(|(f, s)| (f, s, Vec::new())).collect();
+    let mut open: Vec<(OwnedFd, &'static str, Vec<u8>)> = sources
+        .into_iter()
+        .map(|(f, s)| (f, s, Vec::new()))
+        .collect();
     let mut buf = vec![0u8; 64 * 1024];
     while !open.is_empty() {
         let mut fds: Vec<PollFd> = open

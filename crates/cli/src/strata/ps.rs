@@ -43,7 +43,10 @@ fn status_text(r: &Record) -> String {
     match r.live_state() {
         State::Created => "Created".into(),
         State::Running => format!("Up since {}", r.started.as_deref().unwrap_or("?")),
-        State::Exited => format!("Exited ({})", r.exit_code.map(|c| c.to_string()).unwrap_or("?".into())),
+        State::Exited => format!(
+            "Exited ({})",
+            r.exit_code.map(|c| c.to_string()).unwrap_or("?".into())
+        ),
     }
 }
 
@@ -99,7 +102,15 @@ pub fn ps(g: &Global, a: PsArgs) -> anyhow::Result<()> {
         })
         .collect();
     print_table(
-        &["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES", "ISOLATION"],
+        &[
+            "CONTAINER ID",
+            "IMAGE",
+            "COMMAND",
+            "CREATED",
+            "STATUS",
+            "NAMES",
+            "ISOLATION",
+        ],
         &rows,
     );
     Ok(())
@@ -145,7 +156,11 @@ pub fn inspect(g: &Global, keys: &[String]) -> anyhow::Result<()> {
 fn running(g: &Global, key: &str) -> anyhow::Result<(Record, Box<dyn instance::Backend>)> {
     let r = Containers::new(&g.store).find(key)?;
     if r.live_state() != State::Running {
-        bail!("container {} is not running: start it with `strata start {}`", r.name, r.name);
+        bail!(
+            "container {} is not running: start it with `strata start {}`",
+            r.name,
+            r.name
+        );
     }
     let b = instance::backend(&r.isolation, &g.root)?;
     Ok((r, b))
@@ -177,7 +192,8 @@ fn proc_info(pid: i32) -> Option<serde_json::Value> {
 
 pub fn top(g: &Global, a: TopArgs) -> anyhow::Result<()> {
     let (_, b) = running(g, &a.container)?;
-    let mut procs: Vec<serde_json::Value> = b.pids(&rec_id(g, &a.container)?)?
+    let mut procs: Vec<serde_json::Value> = b
+        .pids(&rec_id(g, &a.container)?)?
         .into_iter()
         .filter_map(proc_info)
         .collect();
@@ -196,7 +212,12 @@ pub fn top(g: &Global, a: TopArgs) -> anyhow::Result<()> {
                 format!("{}s", p["CpuSeconds"]),
                 p["Command"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join(" "))
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
                     .unwrap_or_default(),
             ]
         })
@@ -218,7 +239,10 @@ pub fn stats(g: &Global, a: StatsArgs) -> anyhow::Result<()> {
             .filter(|r| r.live_state() == State::Running)
             .collect()
     } else {
-        a.containers.iter().map(|k| running(g, k).map(|(r, _)| r)).collect::<anyhow::Result<_>>()?
+        a.containers
+            .iter()
+            .map(|k| running(g, k).map(|(r, _)| r))
+            .collect::<anyhow::Result<_>>()?
     };
     let mut out = Vec::new();
     for r in &recs {
@@ -245,7 +269,10 @@ pub fn stats(g: &Global, a: StatsArgs) -> anyhow::Result<()> {
             vec![
                 short(s["Id"].as_str().unwrap_or_default()).to_string(),
                 s["Name"].as_str().unwrap_or_default().to_string(),
-                format!("{:.2}s", s["CpuNanoseconds"].as_u64().unwrap_or(0) as f64 / 1e9),
+                format!(
+                    "{:.2}s",
+                    s["CpuNanoseconds"].as_u64().unwrap_or(0) as f64 / 1e9
+                ),
                 format!(
                     "{} / {}",
                     super::output::human_size(s["MemoryUsage"].as_u64().unwrap_or(0)),
@@ -255,6 +282,15 @@ pub fn stats(g: &Global, a: StatsArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print_table(&["CONTAINER ID", "NAME", "CPU TIME", "MEM USAGE / LIMIT", "PIDS"], &rows);
+    print_table(
+        &[
+            "CONTAINER ID",
+            "NAME",
+            "CPU TIME",
+            "MEM USAGE / LIMIT",
+            "PIDS",
+        ],
+        &rows,
+    );
     Ok(())
 }

@@ -377,7 +377,10 @@ fn write_etc_files(dir: &Path, hostname: &str, network: Network) -> anyhow::Resu
 }
 
 /// `-v` and `--tmpfs` as OCI mounts.
-pub fn mounts(volumes: &[String], tmpfs: &[String]) -> anyhow::Result<Vec<oci_spec::runtime::Mount>> {
+pub fn mounts(
+    volumes: &[String],
+    tmpfs: &[String],
+) -> anyhow::Result<Vec<oci_spec::runtime::Mount>> {
     let mut out = Vec::new();
     for v in volumes {
         let parts: Vec<&str> = v.split(':').collect();
@@ -464,11 +467,9 @@ pub fn parse_size(s: &str) -> anyhow::Result<i64> {
         Some('g') => (&t[..t.len() - 1], 1 << 30),
         _ => (t, 1),
     };
-    let n: i64 = num
-        .parse()
-        .ok()
-        .filter(|n| *n > 0)
-        .with_context(|| format!("bad size {s:?}: expected a positive number with an optional k, m or g suffix"))?;
+    let n: i64 = num.parse().ok().filter(|n| *n > 0).with_context(|| {
+        format!("bad size {s:?}: expected a positive number with an optional k, m or g suffix")
+    })?;
     n.checked_mul(mul)
         .with_context(|| format!("bad size {s:?}: too large"))
 }
@@ -533,7 +534,11 @@ mod tests {
         }
         assert!(mounts(&[], &["tmp".into()]).is_err());
         let m = mounts(&[], &["/run:size=1m".into()]).unwrap();
-        assert!(m[0].options().as_ref().unwrap().contains(&"size=1m".to_string()));
+        assert!(m[0]
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&"size=1m".to_string()));
     }
 
     #[test]
@@ -544,7 +549,9 @@ mod tests {
         for bad in ["", "m", "-1m", "1x", "99999999999999g"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
-        let r = resources(Some("64m"), Some(0.5), Some(20)).unwrap().unwrap();
+        let r = resources(Some("64m"), Some(0.5), Some(20))
+            .unwrap()
+            .unwrap();
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["cpu"]["quota"], 50000);
         assert_eq!(v["pids"]["limit"], 20);

@@ -102,8 +102,7 @@ impl Drop for RawMode {
 pub fn relay(master: OwnedFd, pid: i32, forward_stdin: bool, signals: &SigSet) -> i32 {
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
-    let sfd = match SignalFd::with_flags(signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-    {
+    let sfd = match SignalFd::with_flags(signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
         Ok(s) => s,
         Err(_) => return wait_blocking(pid),
     };
@@ -136,7 +135,11 @@ pub fn relay(master: OwnedFd, pid: i32, forward_stdin: bool, signals: &SigSet) -
         }
         let rev = |i: usize| fds[i].revents().unwrap_or(PollFlags::empty());
         let (m, s) = (rev(0), rev(1));
-        let i = if stdin_open { rev(2) } else { PollFlags::empty() };
+        let i = if stdin_open {
+            rev(2)
+        } else {
+            PollFlags::empty()
+        };
         if m.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             match nix::unistd::read(master.as_raw_fd(), &mut buf) {
                 Ok(0) | Err(nix::Error::EIO) => master_open = false,
