@@ -481,6 +481,11 @@ impl Agent {
                     }
                     Err(e) => return self.refuse(sid, "create", "mounts", e.to_string()),
                 }
+                if spec.root.as_ref().is_some_and(|r| r.readonly) {
+                    if let Err(e) = crate::mounts::remount_readonly(&root) {
+                        return self.refuse(sid, "create", "rootfs", e.to_string());
+                    }
+                }
             }
             if let Some(h) = spec.hostname.as_ref().filter(|_| self.mode.pid1) {
                 if let Err(e) = crate::guest::set_hostname(h) {

@@ -117,18 +117,54 @@ pub fn set_hostname(name: &str) -> Result<(), nix::errno::Errno> {
     nix::unistd::sethostname(name)
 }
 
-/// Kills every process, flushes the disks and powers the guest off. On UML this ends the
-/// kernel process.
+/// Kills every process, unmounts the container rootfs stack (so an upper disk that is kept
+/// between runs has a clean journal), flushes the disks and powers the guest off. On UML this
+/// ends the kernel process.
 pub fn power_off() -> ! {
-    // SAFETY: kill(-1) from PID 1 signals every other process; sync has no arguments.
+    // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    reap_all(std::time::Duration::from_secs(2));
+    unmount_rootfs();
+    // SAFETY: sync and reboot take no pointers; reboot only returns on failure.
     unsafe {
-        libc::kill(-1, libc::SIGKILL);
         libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
     }
-    // SAFETY: reboot with a constant command; it only returns on failure.
-    unsafe { libc::reboot(libc::RB_POWER_OFF) };
-    // reboot only returns on failure; PID 1 must not exit (the kernel would panic), so halt here.
+    // PID 1 must not exit (the kernel would panic), so wait here if power-off failed.
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// Reaps children until none are left or `limit` passes (killed processes die asynchronously,
+/// and a busy filesystem cannot be unmounted).
+fn reap_all(limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        // SAFETY: waitpid with a null status pointer.
+        let pid = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if pid < 0 {
+            return; // ECHILD: nobody left
+        }
+        if pid == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// Unmounts everything under /run/strata, innermost first.
+fn unmount_rootfs() {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut targets: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|t| t.starts_with("/run/strata"))
+        .map(|t| t.replace("\\040", " "))
+        .collect();
+    targets.reverse();
+    for t in targets {
+        if nix::mount::umount2(t.as_str(), nix::mount::MntFlags::empty()).is_err() {
+            let _ = nix::mount::umount2(t.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 }

@@ -288,6 +288,26 @@ pub fn apply_mounts(root: &Path, mounts: &[Mount]) -> Result<Vec<String>, MountE
     Ok(warnings)
 }
 
+/// Makes the container rootfs read-only (OCI `root.readonly`) without touching the mounts on it.
+pub fn remount_readonly(root: &Path) -> Result<(), MountError> {
+    // A recursive bind of the root onto itself (keeping the mounts on it) gives a mount whose
+    // flags can change independently of the overlay underneath.
+    mount(
+        &root.to_string_lossy(),
+        root,
+        "",
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        "",
+    )?;
+    mount(
+        "",
+        root,
+        "",
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        "",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

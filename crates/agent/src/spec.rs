@@ -14,6 +14,16 @@ pub struct Spec {
     pub hostname: Option<String>,
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    /// Only `readonly` applies: the guest builds the rootfs from its disks, not from `path`.
+    #[serde(default)]
+    pub root: Option<Root>,
+}
+
+/// The OCI `root` object.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Root {
+    #[serde(default)]
+    pub readonly: bool,
 }
 
 /// An OCI `process` object (also the payload of an exec request).

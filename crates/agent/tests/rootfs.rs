@@ -115,7 +115,12 @@ fn debugfs_cat(img: &Path, path: &str) -> String {
 }
 
 fn config(script: &str) -> Vec<u8> {
+    config_ro(script, false)
+}
+
+fn config_ro(script: &str, readonly: bool) -> Vec<u8> {
     serde_json::to_vec(&json!({
+        "root": {"path": "rootfs", "readonly": readonly},
         "process": {"args": ["sh", "-c", script], "env": ["PATH=/bin"], "cwd": "/"},
         "hostname": "ignored-off-pid1",
         "mounts": [
@@ -215,4 +220,24 @@ fn a_missing_lower_disk_is_a_clear_create_error() {
         text.contains("rootfs") && text.contains("/dev/strata-no-such-disk"),
         "{text}"
     );
+}
+
+#[test]
+fn a_readonly_root_keeps_its_mounts_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let lower = Loop::attach(&img, true);
+    let agent = start_agent(&format!("strata.lower={} strata.lowerfs=ext4", lower.0));
+    let c = agent.client.as_ref().unwrap();
+    let script = "echo x > /etc/marker && echo wrote-root; echo y > /scratch/f && cat /scratch/f; ls /proc/self/fd >/dev/null && echo proc";
+    let main = c.create(&config_ro(script, true)).unwrap();
+    c.start().unwrap();
+    let (o, e, st) = main.output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o), "y\nproc\n");
+    assert!(
+        String::from_utf8_lossy(&e).contains("Read-only file system"),
+        "{}",
+        String::from_utf8_lossy(&e)
+    );
+    assert_eq!(st.code, 0);
 }

@@ -285,6 +285,17 @@ fn the_agent_runs_workloads_as_pid1_of_a_uml_guest() {
         "strata.debug=1 logs to the console:\n{}",
         g.console()
     );
+    // The writable root was unmounted before power-off: its journal is clean.
+    let fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(g.dir.path().join("img.img"))
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
 }
 
 /// Runs `script` as the main process of a fresh guest and returns its stdout.
