@@ -115,5 +115,14 @@ for k in uml-strata uml-debian; do
   echo "| $k, jailed via strata-vmm (COW ext4 disk, channel)$note | start → marker on channel | $(get marker_min_ms) | $(get marker_median_ms) | $(get cgroup_peak_mib) (cgroup peak) |" >>"$body"
   echo "| $k, jailed via strata-vmm | start → VM reaped, cleaned up | $(get exit_min_ms) | $(get exit_median_ms) | |" >>"$body"
 done
+{
+  echo
+  echo "Notes: QEMU's peak RSS is mostly TCG's translation cache (1 GiB by default in QEMU 7.2;"
+  echo "\`-accel tcg,tb-size=N\` shrinks it). The UML max RSS counts the guest memory pages the kernel"
+  echo "touched (its memory file is mapped into the kernel process). The cgroup peak is everything the"
+  echo "jailed VM's host processes charged (guest memory touched, page tables, page cache of its disks)."
+  echo "The bare UML runs boot an initramfs; the jailed runs boot a COW ext4 disk and add the jail (namespaces,"
+  echo "mounts, cgroup, uid drop) and the channel, i.e. the \`strata run --vm\` path minus the agent."
+} >>"$body"
 cat "$body"
 vm_section vm-boot "$body"

@@ -315,8 +315,9 @@ impl Platform for UmlPlatform {
             let spec = JailSpec {
                 root: jail_root,
                 files,
-                // Guest memory plus UML's small files (pid file).
-                tmp_bytes: memory + (1 << 20),
+                // Guest memory (UML's memory file is sparse; the static kernel's reserved
+                // address gap is never touched) plus slack for UML's pid file.
+                tmp_bytes: memory + (16 << 20),
                 uid,
                 gid: uid,
                 exe: "/linux".into(),
