@@ -18,6 +18,8 @@ pub mod image;
 pub mod import;
 pub mod passwd;
 pub mod progress;
+#[cfg(feature = "pull")]
+pub mod pull;
 pub mod reference;
 pub mod rootfs;
 mod store;

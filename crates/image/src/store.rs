@@ -535,9 +535,7 @@ impl<'s> Transaction<'s> {
         mut reader: impl Read,
         expected: Option<&Digest>,
     ) -> Result<(Digest, u64)> {
-        let bdir = self.dir.path().join("blobs");
-        let tmp = tempfile::NamedTempFile::new_in(&bdir).ctx("create blob temp file", &bdir)?;
-        let mut w = HashingWriter::new(io::BufWriter::with_capacity(256 * 1024, tmp));
+        let mut w = self.blob_writer()?;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = match reader.read(&mut buf) {
@@ -549,21 +547,44 @@ impl<'s> Transaction<'s> {
                         .map(|d| d.to_string())
                         .unwrap_or_else(|| "blob".into());
                     return Err(Error::Io {
-                        step: "read blob (truncated or unreadable error)",
+                        step: "read blob (truncated or unreadable source)",
                         path: what.into(),
                         error: e,
                     });
                 }
             };
-            w.write_all(&buf[..n]).ctx("write blob", &bdir)?;
+            w.write(&buf[..n])?;
         }
+        self.finish_blob(w, expected)
+    }
+
+    /// A writer for a blob that arrives in pieces (a registry download); finish it with
+    /// [`Transaction::finish_blob`]. Dropping it discards the data.
+    pub fn blob_writer(&self) -> Result<BlobWriter> {
+        let bdir = self.dir.path().join("blobs");
+        let tmp = tempfile::NamedTempFile::new_in(&bdir).ctx("create blob temp file", &bdir)?;
+        Ok(BlobWriter {
+            w: HashingWriter::new(io::BufWriter::with_capacity(256 * 1024, tmp)),
+            dir: bdir,
+        })
+    }
+
+    /// Verifies (when `expected` is given), fsyncs and stages a blob written with a
+    /// [`BlobWriter`]. Returns its digest and size; on a digest mismatch nothing is staged and
+    /// the computed digest is returned for the caller's error.
+    pub fn finish_blob(
+        &mut self,
+        w: BlobWriter,
+        expected: Option<&Digest>,
+    ) -> Result<(Digest, u64)> {
+        let BlobWriter { w, dir } = w;
         let (bw, d, n) = w.finish();
         let tmp = bw
             .into_inner()
             .map_err(|e| e.into_error())
-            .ctx("write blob", &bdir)?;
+            .ctx("write blob", &dir)?;
         if expected.is_some_and(|e| *e != d) {
-            return Ok((d, n)); // dropped temp file is removed
+            return Ok((d, n)); // the dropped temp file is removed
         }
         tmp.as_file().sync_all().ctx("fsync blob", tmp.path())?;
         let dest = self.staged_blob(&d);
@@ -655,7 +676,10 @@ impl<'s> Transaction<'s> {
         for d in &self.blobs {
             let from = self.staged_blob(d);
             let to = bdir.join(d.hex());
-            fs::rename(&from, &to).ctx("move blob into store", &to)?;
+            // Content-addressed: an existing blob is the same bytes; keep it untouched.
+            if !to.exists() {
+                fs::rename(&from, &to).ctx("move blob into store", &to)?;
+            }
         }
         sys::fsync_dir(&bdir).ctx("fsync", &bdir)?;
         let ldir = self.store.root.join("layers/sha256");
@@ -692,6 +716,19 @@ impl<'s> Transaction<'s> {
             })?;
         }
         Ok(())
+    }
+}
+
+/// A blob being written into an import's staging area.
+pub struct BlobWriter {
+    w: HashingWriter<io::BufWriter<tempfile::NamedTempFile>>,
+    dir: PathBuf,
+}
+
+impl BlobWriter {
+    /// Appends bytes (a full disk is reported with the staging path).
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.w.write_all(bytes).ctx("write blob", &self.dir)
     }
 }
 

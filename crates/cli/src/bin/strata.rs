@@ -35,6 +35,8 @@ enum Command {
     Load(image::LoadArgs),
     /// Import a plain rootfs tarball as a one-layer image
     Import(image::ImportArgs),
+    /// Pull an image from a registry
+    Pull(image::PullArgs),
     /// Manage images
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => image::inspect(&cli.global, a),
         Command::Load(a) => image::load(&cli.global, a),
         Command::Import(a) => image::import(&cli.global, a),
+        Command::Pull(a) => image::pull(&cli.global, a),
         Command::Image(c) => image::image_command(&cli.global, c),
         Command::Run(a) => run::run(&cli.global, a),
         Command::Create(a) => run::create(&cli.global, a),

@@ -51,6 +51,15 @@ pub struct ImportArgs {
     pub name: String,
 }
 
+#[derive(Args)]
+pub struct PullArgs {
+    /// Image reference: [registry/]repo[:tag|@digest]
+    pub reference: String,
+    /// Allow plain HTTP to a registry that is not on the loopback interface
+    #[arg(long)]
+    pub insecure: bool,
+}
+
 #[derive(Subcommand)]
 pub enum ImageCommand {
     /// List images
@@ -68,6 +77,8 @@ pub enum ImageCommand {
     Load(LoadArgs),
     /// Import a rootfs tarball
     Import(ImportArgs),
+    /// Pull an image from a registry
+    Pull(PullArgs),
 }
 
 #[derive(Args)]
@@ -85,6 +96,7 @@ pub fn image_command(g: &Global, c: ImageCommand) -> anyhow::Result<()> {
         ImageCommand::BuildDefault => build_default(g),
         ImageCommand::Load(a) => load(g, a),
         ImageCommand::Import(a) => import(g, a),
+        ImageCommand::Pull(a) => pull(g, a),
     }
 }
 
@@ -213,5 +225,14 @@ pub fn build_default(g: &Global) -> anyhow::Result<()> {
     let progress = reporter(g.quiet);
     let d = strata_image::default_image::build(&store, progress.as_ref())?;
     println!("Built image: {} ({d})", strata_image::default_image::NAME);
+    Ok(())
+}
+
+pub fn pull(g: &Global, a: PullArgs) -> anyhow::Result<()> {
+    let store = g.image_store()?;
+    let progress = reporter(g.quiet);
+    let opts = strata_image::pull::PullOptions { insecure: a.insecure, ..Default::default() };
+    let (name, digest) = strata_image::pull::pull(&store, &a.reference, &opts, progress.as_ref())?;
+    println!("Pulled {name} ({digest})");
     Ok(())
 }

@@ -1,0 +1,239 @@
+//! End-to-end: `strata pull` from a registry served on this machine by Debian's docker-registry,
+//! filled by skopeo with an image made from the default image (as root, no outside network).
+
+mod image_common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use image_common::{run, TestStore};
+
+/// A docker-registry process with its own config, port and storage; killed on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start(ip: &str) -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("strata-registry-")
+            .tempdir()
+            .unwrap();
+        let port = TcpListener::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("{ip}:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry (scripts/deps.sh installs it)");
+        let r = Registry {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !r.answers() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer on {}",
+                r.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(&self.addr) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).as_bytes())
+            .is_err()
+        {
+            return false;
+        }
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An OCI layout with the busybox image under tag `t` and a multi-platform index under `multi`.
+fn layout(dir: &Path) -> String {
+    let source = TestStore::new();
+    source.ok(&["image", "build-default"]);
+    let layer = source.layer_dirs("busybox")[0].clone();
+    let lay = dir.join("layout").display().to_string();
+    run("umoci", &["init", "--layout", &lay]);
+    run("umoci", &["new", "--image", &format!("{lay}:t")]);
+    run(
+        "umoci",
+        &[
+            "insert",
+            "--image",
+            &format!("{lay}:t"),
+            &format!("{}/", layer.display()),
+            "/",
+        ],
+    );
+    run(
+        "umoci",
+        &[
+            "config",
+            "--image",
+            &format!("{lay}:t"),
+            "--config.cmd",
+            "sh",
+            "--config.label",
+            "pulled=yes",
+        ],
+    );
+    // Wrap the manifest in an index listing an arm64 decoy first and linux/amd64 second.
+    let index_path = dir.join("layout/index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let m = index["manifests"][0].clone();
+    let mut decoy = m.clone();
+    decoy["platform"] = serde_json::json!({"architecture": "arm64", "os": "linux"});
+    decoy.as_object_mut().unwrap().remove("annotations");
+    let mut amd = m.clone();
+    amd["platform"] = serde_json::json!({"architecture": "amd64", "os": "linux"});
+    amd.as_object_mut().unwrap().remove("annotations");
+    let inner = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [decoy, amd]})).unwrap();
+    let inner_digest = image_common::sha256(&inner);
+    std::fs::write(
+        dir.join("layout/blobs/sha256")
+            .join(inner_digest.trim_start_matches("sha256:")),
+        &inner,
+    )
+    .unwrap();
+    index["manifests"].as_array_mut().unwrap().push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": inner_digest, "size": inner.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "multi"}}));
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    lay
+}
+
+#[test]
+fn pulls_from_a_loopback_registry() {
+    let fixtures = tempfile::tempdir().unwrap();
+    let lay = layout(fixtures.path());
+    let reg = Registry::start("127.0.0.1");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            &format!("oci:{lay}:t"),
+            &format!("docker://{}/test/pull:v1", reg.addr),
+        ],
+    );
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "-q",
+            "--all",
+            "--dest-tls-verify=false",
+            &format!("oci:{lay}:multi"),
+            &format!("docker://{}/test/multi:v1", reg.addr),
+        ],
+    );
+
+    let s = TestStore::new();
+    let name = format!("{}/test/pull:v1", reg.addr);
+    let out = s.ok(&["pull", &name]);
+    assert!(out.starts_with(&format!("Pulled {name} (sha256:")), "{out}");
+    let inspect = s.inspect(&name);
+    assert_eq!(inspect["Config"]["Labels"]["pulled"], "yes");
+    let layers = s.layer_dirs(&name);
+    assert_eq!(
+        std::fs::read(layers[0].join("bin/busybox")).unwrap(),
+        std::fs::read("/bin/busybox").unwrap()
+    );
+
+    // A manifest list resolves to the linux/amd64 image: the same manifest as above.
+    let multi = format!("{}/test/multi:v1", reg.addr);
+    s.ok(&["pull", &multi]);
+    assert_eq!(s.inspect(&multi)["Digest"], inspect["Digest"]);
+    // Pulling again is a no-op on disk (blobs and layers already there).
+    let before = s.listing();
+    s.ok(&["pull", &name]);
+    let after = s.listing();
+    assert!(after
+        .iter()
+        .all(|(k, v)| k.ends_with("images.json") || before.get(k) == Some(v)));
+
+    let err = s.fails(&["pull", &format!("{}/test/nosuch:v1", reg.addr)]);
+    assert!(err.contains("pull ") && err.contains("nosuch"), "{err}");
+    assert_eq!(std::fs::read_dir(s.path().join("tmp")).unwrap().count(), 0);
+}
+
+/// Plain HTTP is refused for a registry that is not on loopback unless --insecure is given.
+#[test]
+fn plain_http_needs_loopback_or_insecure() {
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("no non-loopback IPv4 address on this host: skipping");
+        return;
+    };
+    let fixtures = tempfile::tempdir().unwrap();
+    let lay = layout(fixtures.path());
+    let reg = Registry::start(&ip);
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            &format!("oci:{lay}:t"),
+            &format!("docker://{}/test/remote:v1", reg.addr),
+        ],
+    );
+    let s = TestStore::new();
+    s.ok(&["images"]);
+    let name = format!("{}/test/remote:v1", reg.addr);
+    let before = s.listing();
+    s.fails(&["pull", &name]);
+    assert_eq!(before, s.listing(), "a refused pull changed the store");
+    s.ok(&["pull", "--insecure", &name]);
+    s.inspect(&name);
+}
+
+fn non_loopback_ip() -> Option<String> {
+    let out = Command::new("hostname").arg("-I").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| !ip.is_loopback())
+        })
+        .map(str::to_string)
+}
