@@ -26,17 +26,22 @@ pub struct ExecArgs {
     /// User (name, uid, name:group or uid:gid)
     #[arg(short = 'u', long)]
     pub user: Option<String>,
-    /// Container (name, id or id prefix)
-    pub container: String,
-    /// Command and arguments
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-    pub cmd: Vec<String>,
+    /// Container (name, id or id prefix), then the command and its arguments. Options end at
+    /// the container name.
+    #[arg(
+        value_name = "CONTAINER COMMAND [ARG...]",
+        required = true,
+        num_args = 2..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub container_and_cmd: Vec<String>,
 }
 
 /// Exits with the process's exit code (126/127 when it cannot be started).
 pub fn exec(g: &Global, a: ExecArgs) -> anyhow::Result<()> {
     let containers = Containers::new(&g.store);
-    let rec = containers.find(&a.container)?;
+    let rec = containers.find(&a.container_and_cmd[0])?;
     if rec.live_state() != State::Running {
         bail!(
             "container {} is not running: start it with `strata start {}`",
@@ -52,7 +57,7 @@ pub fn exec(g: &Global, a: ExecArgs) -> anyhow::Result<()> {
     )
     .with_context(|| format!("parse {}", cfg.display()))?;
     let mut p = spec["process"].clone();
-    p["args"] = serde_json::json!(a.cmd);
+    p["args"] = serde_json::json!(a.container_and_cmd[1..]);
     p["terminal"] = serde_json::json!(false);
     let mut env: Vec<String> = p["env"]
         .as_array()

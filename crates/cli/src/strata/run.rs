@@ -69,11 +69,27 @@ pub struct CreateArgs {
     /// Replace the image's entrypoint ("" clears it)
     #[arg(long)]
     pub entrypoint: Option<String>,
-    /// Image (name, ID or digest prefix)
-    pub image: String,
-    /// Command and arguments (default: the image's)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub cmd: Vec<String>,
+    /// Image (name, ID or digest prefix), then the command and its arguments (default: the
+    /// image's). Options end at the image name, as with docker.
+    #[arg(
+        value_name = "IMAGE [COMMAND [ARG...]]",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub image_and_cmd: Vec<String>,
+}
+
+impl CreateArgs {
+    /// The image name.
+    pub fn image(&self) -> &str {
+        &self.image_and_cmd[0]
+    }
+
+    /// The command after the image name.
+    pub fn cmd(&self) -> &[String] {
+        &self.image_and_cmd[1..]
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -242,7 +258,7 @@ fn prepare(g: &Global, c: &CreateArgs) -> anyhow::Result<(Containers, Record)> {
     let env = environment(&c.env, &c.env_file)?;
     let resources = resources(c.memory.as_deref(), c.cpus, c.pids_limit)?;
     let store = g.image_store()?;
-    let image = store.resolve(&c.image)?;
+    let image = store.resolve(c.image())?;
     let containers = Containers::new(&g.store);
     let id = containers::new_id()?;
     let name = match &c.name {
@@ -254,7 +270,7 @@ fn prepare(g: &Global, c: &CreateArgs) -> anyhow::Result<(Containers, Record)> {
     let mut rec = Record {
         id: id.clone(),
         name,
-        image: c.image.clone(),
+        image: c.image().to_string(),
         image_digest: image.digest().to_string(),
         command: Vec::new(),
         created: containers::now(),
@@ -291,7 +307,7 @@ fn prepare(g: &Global, c: &CreateArgs) -> anyhow::Result<(Containers, Record)> {
     let opts = RunOptions {
         rootfs: rootfs.path(),
         entrypoint,
-        cmd: c.cmd.clone(),
+        cmd: c.cmd().to_vec(),
         env,
         workdir: c.workdir.clone(),
         user: c.user.clone(),

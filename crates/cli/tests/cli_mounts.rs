@@ -1,0 +1,120 @@
+//! Volumes, tmpfs, read-only root and resource limits, checked from inside.
+
+mod cli_common;
+
+use cli_common::Sandbox;
+
+fn volumes(iso: &str) {
+    let s = Sandbox::new(iso);
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("from-host"), "hello\n").unwrap();
+    let h = host.path().to_str().unwrap();
+    let rw = format!("{h}:/data");
+    let out = s.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &rw,
+        "busybox",
+        "sh",
+        "-c",
+        "cat /data/from-host; echo written > /data/from-ctr",
+    ]);
+    assert_eq!(out, "hello\n");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("from-ctr")).unwrap(),
+        "written\n"
+    );
+    let ro = format!("{h}:/data:ro");
+    let o = s.strata(&[
+        "run",
+        "--rm",
+        "-v",
+        &ro,
+        "busybox",
+        "sh",
+        "-c",
+        "cat /data/from-host; echo x > /data/new",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hello\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Read-only file system"));
+    assert!(!host.path().join("new").exists());
+    s.assert_nothing_left(&[]);
+}
+
+fn tmpfs_and_read_only(iso: &str) {
+    let s = Sandbox::new(iso);
+    let out = s.ok(&[
+        "run",
+        "--rm",
+        "--tmpfs",
+        "/scratch:size=1m",
+        "busybox",
+        "sh",
+        "-c",
+        "grep ' /scratch ' /proc/mounts | cut -d' ' -f3; echo x > /scratch/f && cat /scratch/f",
+    ]);
+    assert_eq!(out, "tmpfs\nx\n");
+    let o = s.strata(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "busybox",
+        "sh",
+        "-c",
+        "echo ok > /tmp/f && cat /tmp/f; touch /etc/nope",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ok\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Read-only file system"));
+    // Without --read-only, writes land in the container's own layer, not the image.
+    s.ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo x > /etc/new-file",
+    ]);
+    assert_eq!(
+        s.ok(&[
+            "run",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "ls /etc/new-file 2>/dev/null; true"
+        ]),
+        ""
+    );
+}
+
+fn resource_limits(iso: &str) {
+    let s = Sandbox::new(iso);
+    let out = s.ok(&[
+        "run", "--rm", "--memory", "64m", "--pids-limit", "20", "--cpus", "0.5", "busybox", "sh", "-c",
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us",
+    ]);
+    assert_eq!(out, format!("{}\n20\n50000\n100000\n", 64 << 20));
+    // The pids limit is enforced.
+    let o = s.strata(&[
+        "run",
+        "--rm",
+        "--pids-limit",
+        "5",
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("fork"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+isolation_tests!(volumes, tmpfs_and_read_only, resource_limits);

@@ -1,0 +1,226 @@
+//! `strata run` in the foreground: exit codes, stdio, process settings, errors, cleanup.
+
+mod cli_common;
+
+use cli_common::{host_cgroups, text, Sandbox};
+
+fn exit_codes(iso: &str) {
+    let s = Sandbox::new(iso);
+    assert_eq!(
+        s.ok(&["run", "--rm", "busybox", "echo", "hello"]),
+        "hello\n"
+    );
+    let code = |args: &[&str]| s.strata(args).status.code();
+    assert_eq!(
+        code(&["run", "--rm", "busybox", "sh", "-c", "exit 3"]),
+        Some(3)
+    );
+    // Not executable (a regular file) → 126; missing (by PATH lookup or by path) → 127.
+    let o = s.strata(&["run", "--rm", "busybox", "/etc/passwd"]);
+    assert_eq!(o.status.code(), Some(126), "{}", text(&o.stderr));
+    let o = s.strata(&["run", "--rm", "busybox", "no-such-command"]);
+    assert_eq!(o.status.code(), Some(127));
+    assert!(
+        text(&o.stderr).contains("executable file not found"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        code(&["run", "--rm", "busybox", "/no/such/file"]),
+        Some(127)
+    );
+    s.assert_nothing_left(&[]);
+}
+
+fn stdio(iso: &str) {
+    let s = Sandbox::new(iso);
+    let o = s.strata_in(
+        &[
+            "run",
+            "--rm",
+            "-i",
+            "busybox",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo done >&2",
+        ],
+        Some(b"piped input\n"),
+    );
+    assert!(o.status.success());
+    assert_eq!(text(&o.stdout), "PIPED INPUT\n");
+    assert_eq!(text(&o.stderr), "done\n");
+    // Without -i the workload's stdin is empty, not ours.
+    let o = s.strata_in(&["run", "--rm", "busybox", "cat"], Some(b"not forwarded"));
+    assert_eq!(text(&o.stdout), "");
+    let o = s.strata(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2",
+    ]);
+    assert_eq!(text(&o.stdout), "to-out\n");
+    assert_eq!(text(&o.stderr), "to-err\n");
+}
+
+fn process_settings(iso: &str) {
+    let s = Sandbox::new(iso);
+    let env_file = s.store.path().join("envfile");
+    std::fs::write(&env_file, "# comment\nFROM_FILE=yes\nBOTH=file\n").unwrap();
+    let out = s.ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "A=1",
+        "-e",
+        "BOTH=flag",
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "-w",
+        "/tmp",
+        "--hostname",
+        "box1",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $A $FROM_FILE $BOTH; pwd; hostname; cat /etc/hostname",
+    ]);
+    assert_eq!(out, "1 yes flag\n/tmp\nbox1\nbox1\n");
+    // Users by name (from the image's /etc/passwd) and by uid:gid.
+    assert_eq!(
+        s.ok(&["run", "--rm", "-u", "user", "busybox", "id"]),
+        "uid=1000(user) gid=1000(user) groups=1000(user)\n"
+    );
+    assert_eq!(
+        s.ok(&[
+            "run",
+            "--rm",
+            "-u",
+            "1234:4321",
+            "busybox",
+            "sh",
+            "-c",
+            "id -u; id -g"
+        ]),
+        "1234\n4321\n"
+    );
+    let (code, err) = s.fails(&["run", "--rm", "-u", "nosuchuser", "busybox", "true"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nosuchuser"), "{err}");
+    // --entrypoint replaces the image's and the command becomes its arguments.
+    assert_eq!(
+        s.ok(&["run", "--rm", "--entrypoint", "echo", "busybox", "a", "b"]),
+        "a b\n"
+    );
+    // The default hostname is the short id.
+    let id_host = s.ok(&["run", "--name", "named", "busybox", "hostname"]);
+    let v = s.inspect("named");
+    assert_eq!(id_host.trim(), &v["Id"].as_str().unwrap()[..12]);
+    assert_eq!(v["State"]["ExitCode"], 0);
+    s.ok(&["rm", "named"]);
+    s.assert_nothing_left(&[]);
+}
+
+fn network(iso: &str) {
+    let s = Sandbox::new(iso);
+    assert_eq!(
+        s.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "busybox",
+            "ls",
+            "/sys/class/net"
+        ]),
+        "lo\n"
+    );
+    let host: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let inside = s.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "busybox",
+        "ls",
+        "/sys/class/net",
+    ]);
+    assert_eq!(inside.lines().count(), host.len(), "{inside}");
+    let (_, err) = s.fails(&["run", "--rm", "--network", "bridge", "busybox", "true"]);
+    assert!(err.contains("none or host"), "{err}");
+}
+
+fn errors_leave_nothing(iso: &str) {
+    let s = Sandbox::new(iso);
+    let (_, err) = s.fails(&["run", "--rm", "no-such-image", "true"]);
+    assert!(
+        err.contains("strata load") && err.contains("strata pull"),
+        "{err}"
+    );
+    let (_, err) = s.fails(&["run", "--rm", "-v", "relative:/x", "busybox", "true"]);
+    assert!(err.contains("bad -v"), "{err}");
+    let (_, err) = s.fails(&["run", "--rm", "-v", "/no/such/dir:/x", "busybox", "true"]);
+    assert!(err.contains("does not exist"), "{err}");
+    let (_, err) = s.fails(&["run", "--rm", "--memory", "lots", "busybox", "true"]);
+    assert!(err.contains("bad size"), "{err}");
+    // A failure after the rootfs was mounted (unknown user) must also leave nothing.
+    s.fails(&["run", "--rm", "-u", "ghost", "busybox", "true"]);
+    s.fails(&["run", "-u", "ghost", "busybox", "true"]);
+    s.fails(&["run", "-d", "-u", "ghost", "busybox", "true"]);
+    s.assert_nothing_left(&[]);
+}
+
+fn names(iso: &str) {
+    let s = Sandbox::new(iso);
+    s.ok(&["create", "--name", "taken", "busybox", "true"]);
+    let (_, err) = s.fails(&["run", "--rm", "--name", "taken", "busybox", "true"]);
+    assert!(
+        err.contains("already in use") && err.contains("strata rm taken"),
+        "{err}"
+    );
+    let (_, err) = s.fails(&["run", "--rm", "--name", "bad/name", "busybox", "true"]);
+    assert!(err.contains("invalid container name"), "{err}");
+    s.ok(&["rm", "taken"]);
+    // The name is free again.
+    s.ok(&["run", "--rm", "--name", "taken", "busybox", "true"]);
+    s.assert_nothing_left(&[]);
+}
+
+fn rm_leaves_nothing(iso: &str) {
+    let s = Sandbox::new(iso);
+    let cg = s.ok(&[
+        "run",
+        "--rm",
+        "--memory",
+        "32m",
+        "busybox",
+        "cat",
+        "/proc/self/cgroup",
+    ]);
+    let dirs = host_cgroups(&cg);
+    assert!(!dirs.is_empty(), "{cg}");
+    s.assert_nothing_left(&dirs);
+    // Without --rm the container stays (exited) until `rm`.
+    s.ok(&["run", "--name", "kept", "busybox", "true"]);
+    let ps = s.ps();
+    assert_eq!(ps.len(), 1);
+    assert_eq!(ps[0]["State"], "exited");
+    assert_eq!(ps[0]["Isolation"], iso);
+    s.ok(&["rm", "kept"]);
+    s.assert_nothing_left(&[]);
+}
+
+isolation_tests!(
+    exit_codes,
+    stdio,
+    process_settings,
+    network,
+    errors_leave_nothing,
+    names,
+    rm_leaves_nothing
+);

@@ -1,0 +1,147 @@
+//! `-t` under a real terminal: the test is the user's terminal (a pty it allocated), strata
+//! runs with that pty as its controlling terminal.
+
+mod cli_common;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cli_common::Sandbox;
+
+struct Terminal {
+    master: std::fs::File,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+fn set_size(fd: i32, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize on a pty fd.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }, 0);
+}
+
+/// Spawns strata on a new pty of `rows`×`cols`, as the session leader owning it.
+fn spawn(s: &Sandbox, args: &[&str], rows: u16, cols: u16) -> (std::process::Child, Terminal) {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    set_size(pty.master.as_raw_fd(), rows, cols);
+    let slave: OwnedFd = pty.slave;
+    let mut c = s.cmd();
+    c.args(args)
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave));
+    // SAFETY: setsid and TIOCSCTTY are async-signal-safe; fd 0 is the pty slave here.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = c.spawn().unwrap();
+    drop(c);
+    let master = std::fs::File::from(pty.master);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (mut r, buf) = (master.try_clone().unwrap(), seen.clone());
+    std::thread::spawn(move || {
+        let mut b = [0u8; 4096];
+        while let Ok(n) = r.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            buf.lock().unwrap().extend_from_slice(&b[..n]);
+        }
+    });
+    (child, Terminal { master, seen })
+}
+
+impl Terminal {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+
+    fn wait_for(&self, what: &str) {
+        let t = Instant::now();
+        while !self.text().contains(what) {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no {what:?} on the terminal: {:?}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child) -> i32 {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code().unwrap_or(-1);
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("strata -t did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tty_and_resize(iso: &str) {
+    let s = Sandbox::new(iso);
+    let script = "tty; stty size; while [ \"$(stty size)\" = '30 100' ]; do sleep 0.05; done; echo resized; stty size";
+    let (mut child, term) = spawn(
+        &s,
+        &["run", "--rm", "-t", "busybox", "sh", "-c", script],
+        30,
+        100,
+    );
+    term.wait_for("30 100");
+    set_size(term.master.as_raw_fd(), 40, 120);
+    term.wait_for("40 120");
+    assert_eq!(wait_exit(&mut child), 0);
+    let out = term.text();
+    assert!(out.contains("/dev/"), "tty names no device: {out:?}");
+    assert!(!out.contains("not a tty"), "{out:?}");
+    s.assert_nothing_left(&[]);
+}
+
+fn interactive_tty(iso: &str) {
+    let s = Sandbox::new(iso);
+    let (mut child, mut term) = spawn(&s, &["run", "--rm", "-it", "busybox", "sh"], 24, 80);
+    std::thread::sleep(Duration::from_millis(300));
+    term.master.write_all(b"echo $((6*7))\n").unwrap();
+    term.wait_for("42");
+    term.master.write_all(b"exit 5\n").unwrap();
+    assert_eq!(wait_exit(&mut child), 5);
+    // strata restored the terminal's mode: ECHO is back on.
+    let t = nix::sys::termios::tcgetattr(&term.master).unwrap();
+    assert!(t.local_flags.contains(nix::sys::termios::LocalFlags::ECHO));
+    s.assert_nothing_left(&[]);
+}
+
+fn exec_tty(iso: &str) {
+    let s = Sandbox::new(iso);
+    s.ok(&["run", "-d", "--name", "x", "busybox", "sleep", "1000"]);
+    s.eventually(10, "running", || s.inspect("x")["State"]["Running"] == true);
+    let (mut child, term) = spawn(
+        &s,
+        &["exec", "-t", "x", "sh", "-c", "stty size; exit 4"],
+        33,
+        99,
+    );
+    assert_eq!(wait_exit(&mut child), 4);
+    term.wait_for("33 99");
+    s.ok(&["rm", "-f", "x"]);
+}
+
+isolation_tests!(tty_and_resize, interactive_tty, exec_tty);
