@@ -193,7 +193,7 @@ fn prepare(req: &SpawnRequest<'_>) -> Prepared {
     if req.tty && p.env_var("TERM").is_none() {
         env.push("TERM=xterm".to_string());
     }
-    let program = &p.args[0];
+    let program = p.args.first().map(String::as_str).unwrap_or_default();
     let candidates = if program.contains('/') {
         vec![cstring(program)]
     } else {
@@ -339,7 +339,7 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, SpawnError> {
             pid,
             step,
             errno,
-            program: req.process.args[0].clone(),
+            program: req.process.args.first().cloned().unwrap_or_default(),
             cwd: req.process.cwd.clone(),
         });
     }

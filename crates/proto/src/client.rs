@@ -782,9 +782,11 @@ impl Read for OutputReader {
                     return b.eof.then_some(Ok((0, 0)));
                 }
                 let n = buf.len().min(b.data.len());
-                for (dst, src) in buf.iter_mut().zip(b.data.drain(..n)) {
-                    *dst = src;
-                }
+                let (front, back) = b.data.as_slices();
+                let k = n.min(front.len());
+                buf[..k].copy_from_slice(&front[..k]);
+                buf[k..n].copy_from_slice(&back[..n - k]);
+                b.data.drain(..n);
                 b.unacked += n as u32;
                 let credit = if b.unacked >= CREDIT_BATCH && !b.eof {
                     std::mem::take(&mut b.unacked)

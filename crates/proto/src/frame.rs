@@ -7,8 +7,6 @@
 //! All integers are little-endian. `flags` is reserved and must be zero. The magic lets a reader
 //! that lost sync (line noise on a serial line, a hostile peer) find the next frame boundary.
 
-use std::collections::VecDeque;
-
 use crate::message::{Message, PayloadError};
 
 /// First four bytes of every frame ("\xF7STR"): 0xF7 is not valid UTF-8 on its own, so it is rare in text.
@@ -167,7 +165,9 @@ pub enum DecodeError {
 /// is buffered, so at most one maximal frame is ever held.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    buf: VecDeque<u8>,
+    buf: Vec<u8>,
+    /// Start of the undecoded bytes in `buf` (consumed bytes are compacted away lazily).
+    pos: usize,
 }
 
 impl Decoder {
@@ -178,34 +178,53 @@ impl Decoder {
 
     /// Number of bytes buffered and not yet decoded.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.pos
     }
 
     /// Whether the decoder wants more input before it could produce a frame. Readers should stop
     /// reading while this is false to keep memory bounded.
     pub fn wants_input(&self) -> bool {
-        self.buf.len() < MAX_BUFFERED
+        self.buffered() < MAX_BUFFERED
     }
 
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend(bytes);
+        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos >= self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
     }
 
     /// Returns the next complete frame, `Ok(None)` when more bytes are needed, or an error for a
     /// malformed frame (the bad bytes are dropped so the next call resumes after them).
     pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
-        if self.buf.len() < HEADER_LEN {
+        let p = self.pending();
+        if p.len() < HEADER_LEN {
             // A partial header is only worth waiting for if it could still be a magic.
-            if let Some(err) = self.check_partial_magic() {
-                return Err(err);
+            let n = p.len().min(4);
+            if p[..n] == MAGIC[..n] {
+                return Ok(None);
             }
-            return Ok(None);
+            let mut found = [0u8; 4];
+            found[..n].copy_from_slice(&p[..n]);
+            self.resync();
+            return Err(DecodeError::BadMagic { found });
         }
         let mut h = [0u8; HEADER_LEN];
-        for (i, b) in h.iter_mut().enumerate() {
-            *b = self.buf[i];
-        }
+        h.copy_from_slice(&p[..HEADER_LEN]);
         if h[0..4] != MAGIC {
             let found = [h[0], h[1], h[2], h[3]];
             self.resync();
@@ -227,67 +246,58 @@ impl Decoder {
             return Err(DecodeError::Oversize { len });
         }
         let total = HEADER_LEN + len as usize;
-        if self.buf.len() < total {
+        if p.len() < total {
             return Ok(None);
         }
-        self.buf.drain(..HEADER_LEN);
-        let payload: Vec<u8> = self.buf.drain(..len as usize).collect();
-        let Some(ty) = FrameType::from_u8(h[5]) else {
-            return Err(DecodeError::UnknownType { ty: h[5], session });
+        let result = match FrameType::from_u8(h[5]) {
+            None => Err(DecodeError::UnknownType { ty: h[5], session }),
+            Some(ty) => match Message::decode_payload(ty, &p[HEADER_LEN..total]) {
+                Ok(message) => Ok(Some(Frame { session, message })),
+                Err(source) => Err(DecodeError::Payload {
+                    ty,
+                    session,
+                    source,
+                }),
+            },
         };
-        match Message::decode_payload(ty, &payload) {
-            Ok(message) => Ok(Some(Frame { session, message })),
-            Err(source) => Err(DecodeError::Payload {
-                ty,
-                session,
-                source,
-            }),
-        }
+        self.consume(total);
+        result
     }
 
     /// Call at end of stream: reports a frame cut short, if any bytes are left over.
     pub fn finish(&self) -> Result<(), DecodeError> {
-        if self.buf.is_empty() {
+        let p = self.pending();
+        if p.is_empty() {
             return Ok(());
         }
-        let need = if self.buf.len() >= HEADER_LEN {
-            let l = [self.buf[12], self.buf[13], self.buf[14], self.buf[15]];
-            HEADER_LEN + u32::from_le_bytes(l) as usize
+        let need = if p.len() >= HEADER_LEN {
+            HEADER_LEN + u32::from_le_bytes([p[12], p[13], p[14], p[15]]) as usize
         } else {
             HEADER_LEN
         };
         Err(DecodeError::Truncated {
-            have: self.buf.len(),
+            have: p.len(),
             need,
         })
     }
 
-    /// With fewer than a header's bytes buffered: if they cannot be the start of a magic, drop
-    /// them up to the next candidate and report the garbage.
-    fn check_partial_magic(&mut self) -> Option<DecodeError> {
-        let n = self.buf.len().min(4);
-        if (0..n).all(|i| self.buf[i] == MAGIC[i]) {
-            return None;
-        }
-        let mut found = [0u8; 4];
-        for (i, f) in found.iter_mut().enumerate().take(n) {
-            *f = self.buf[i];
-        }
-        self.resync();
-        Some(DecodeError::BadMagic { found })
-    }
-
     /// Drops at least one byte, then everything up to the next possible magic.
     fn resync(&mut self) {
-        self.buf.pop_front();
-        while let Some(&b) = self.buf.front() {
-            if b == MAGIC[0] {
-                let n = self.buf.len().min(4);
-                if (1..n).all(|i| self.buf[i] == MAGIC[i]) {
-                    break;
+        let p = self.pending();
+        let skip = p
+            .iter()
+            .enumerate()
+            .skip(1)
+            .find(|&(i, &b)| {
+                if b != MAGIC[0] {
+                    return false;
                 }
-            }
-            self.buf.pop_front();
-        }
+                let rest = &p[i..];
+                let n = rest.len().min(4);
+                rest[..n] == MAGIC[..n]
+            })
+            .map(|(i, _)| i)
+            .unwrap_or(p.len());
+        self.consume(skip.max(1).min(p.len().max(1)));
     }
 }
