@@ -139,3 +139,28 @@ fn second_layer_fails_after_first_unpacked() {
     let bad = plain(RawTar::new().file("../bad", b"1").finish());
     refused(&[good, bad], |_| {}, "`..`");
 }
+
+/// A full disk in the middle of an import leaves the store as it was.
+#[test]
+fn full_disk_leaves_the_store_unchanged() {
+    struct Tmpfs(std::path::PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let s = TestStore::new();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(s.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    let _guard = Tmpfs(s.path().to_path_buf());
+    s.ok(&["images"]);
+    let before = s.listing();
+    // The busybox layer (2 MiB) fits once as a blob but not again unpacked.
+    let err = s.fails(&["image", "build-default"]);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(before, s.listing(), "a failed import changed the store");
+}

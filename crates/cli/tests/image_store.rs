@@ -174,3 +174,26 @@ fn concurrent_builds_share_one_layer() {
     );
     assert_eq!(s.layer_dirs("busybox").len(), 1);
 }
+
+/// Unpacked layers hold images' setuid binaries: host users must not reach them.
+#[test]
+fn store_is_root_only() {
+    let s = TestStore::new();
+    std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    s.ok(&["image", "build-default"]);
+    assert_eq!(
+        std::fs::metadata(s.path()).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let busybox = s.layer_dirs("busybox")[0].join("bin/busybox");
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "cat"])
+        .arg(&busybox)
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "uid 1000 could read {}",
+        busybox.display()
+    );
+}

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{Read, Seek};
+use std::io::Read;
 use std::path::Path;
 
 use oci_spec::image::{Descriptor, ImageIndex, MediaType};
@@ -143,11 +143,8 @@ fn load_archive(
     tag: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<Vec<String>> {
-    let mut file = File::open(path).ctx("open archive", path)?;
+    let file = File::open(path).ctx("open archive", path)?;
     let total = file.metadata().map(|m| m.len()).ok();
-    let mut head = [0u8; 4];
-    let n = file.read(&mut head).ctx("read archive", path)?;
-    file.rewind().ctx("read archive", path)?;
     let step = format!(
         "read {}",
         path.file_name()
@@ -160,7 +157,6 @@ fn load_archive(
         progress,
     })
     .ctx("read archive", path)?;
-    let _ = Compression::detect(&head[..n]);
     let unsupported = |reason: String| Error::UnsupportedArchive {
         path: path.to_path_buf(),
         reason,
@@ -230,7 +226,7 @@ fn load_archive(
             error,
         })?;
         let names = import_index(tx, &index, &mut Staged, tag, progress, path)?;
-        let keep = referenced_blobs(tx, &names)?;
+        let keep = referenced_blobs(tx)?;
         tx.discard_blobs_except(&keep);
         return Ok(names);
     }
@@ -302,8 +298,8 @@ fn load_archive(
     Ok(names)
 }
 
-/// Blobs referenced by the manifests just imported (by name or untagged digest).
-fn referenced_blobs(tx: &Transaction<'_>, _names: &[String]) -> Result<BTreeSet<Digest>> {
+/// Blobs referenced by the manifests imported so far in this transaction.
+fn referenced_blobs(tx: &Transaction<'_>) -> Result<BTreeSet<Digest>> {
     let mut keep = BTreeSet::new();
     for m in tx.imported_manifests() {
         let (manifest, cd) = parse_manifest(&tx.read_json_blob(&m)?, m.as_str())?;

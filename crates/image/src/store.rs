@@ -96,13 +96,11 @@ impl Store {
                 .create(&p)
                 .ctx("create store directory", &p)?;
         }
-        // Layers are overlay lowerdirs seen by unprivileged container users: their path must be
-        // traversable.
-        for d in ["", "layers", "layers/sha256"] {
-            let p = root.join(d);
-            fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o711))
-                .ctx("chmod store directory", &p)?;
-        }
+        // Only root may enter the store: unpacked layers hold the images' setuid binaries, which
+        // host users must not reach (CVE-2021-41091 in Docker). Overlay resolves lowerdirs with
+        // the mounter's credentials, so containers do not need the path to be traversable.
+        fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .ctx("chmod store directory", &root)?;
         // Lock files exist from the start so a failed import leaves no new file behind.
         for f in ["lock", "locks/index.lock", "locks/layers.lock"] {
             let p = root.join(f);
