@@ -164,3 +164,76 @@ fn full_disk_leaves_the_store_unchanged() {
     assert!(err.contains("No space left on device"), "{err}");
     assert_eq!(before, s.listing(), "a failed import changed the store");
 }
+
+/// Writes an oci-archive whose single manifest is `manifest` (any JSON) next to `extra` blobs.
+fn archive_with_manifest(path: &Path, manifest: &serde_json::Value, extra: &[Vec<u8>]) {
+    let m = serde_json::to_vec(manifest).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": sha256(&m), "size": m.len(), "annotations": {"org.opencontainers.image.ref.name": "hostile:v1"}}]});
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut add = |name: String, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add("index.json".into(), &serde_json::to_vec(&index).unwrap());
+    add(format!("blobs/sha256/{}", &sha256(&m)[7..]), &m);
+    for e in extra {
+        add(format!("blobs/sha256/{}", &sha256(e)[7..]), e);
+    }
+    b.finish().unwrap();
+}
+
+#[test]
+fn hostile_manifests() {
+    let s = TestStore::new();
+    s.ok(&["image", "build-default"]);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("m.tar");
+    let config = serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [sha256(b"a"), sha256(b"b")]}}))
+    .unwrap();
+    let cdesc = serde_json::json!({"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()});
+    let layer = RawTar::new().file("a", b"1").finish();
+    let ldesc = serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()});
+    let cases = [
+        // A digest that would be a path outside the blob directory.
+        (
+            serde_json::json!({"schemaVersion": 2, "config": cdesc, "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": "sha256:../../../../../../etc/passwd", "size": 1}]}),
+            "Invalid encoded value",
+        ),
+        // Layer count and diff_ids disagree.
+        (
+            serde_json::json!({"schemaVersion": 2, "config": cdesc, "layers": [ldesc]}),
+            "lists 1 layers but the config 2 diff_ids",
+        ),
+        // A layer that is not a layer.
+        (
+            serde_json::json!({"schemaVersion": 2, "config": cdesc, "layers": [{"mediaType": "application/x-evil", "digest": sha256(&layer), "size": layer.len()},
+            {"mediaType": "application/x-evil", "digest": sha256(&layer), "size": layer.len()}]}),
+            "unsupported media type",
+        ),
+        // A size that lies.
+        (
+            serde_json::json!({"schemaVersion": 2, "config": cdesc, "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": 7}, ldesc]}),
+            "size mismatch",
+        ),
+        // Not a manifest at all.
+        (
+            serde_json::json!({"schemaVersion": 2, "config": 5}),
+            "invalid JSON",
+        ),
+    ];
+    for (manifest, needle) in cases {
+        archive_with_manifest(&archive, &manifest, &[config.clone(), layer.clone()]);
+        let before = s.listing();
+        let err = s.fails(&["load", "-i", archive.to_str().unwrap()]);
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+        assert_eq!(before, s.listing(), "store changed after {needle}");
+    }
+}
