@@ -77,15 +77,17 @@ impl Sandbox {
             .unwrap_or(true)
     }
 
-    /// Pids of processes that belong to this sandbox: their command line mentions the directory, or
-    /// one of their cgroups is under the sandbox's cgroup parent.
+    /// Pids of processes that belong to this sandbox: their command line mentions the directory,
+    /// or one of their cgroups is under the sandbox's cgroup parent, or they descend from such a
+    /// process (containers under a shim or conmon, even if a runtime ignored the cgroup parent).
     pub fn processes(&self) -> Vec<i32> {
         let dir = self.dir.to_string_lossy().into_owned();
         let cg = format!(":{}", self.cgroup_parent());
         let me = std::process::id() as i32;
-        let mut pids = Vec::new();
+        let mut roots = BTreeSet::new();
+        let mut parent_of = Vec::new();
         let Ok(entries) = fs::read_dir("/proc") else {
-            return pids;
+            return Vec::new();
         };
         for e in entries.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -94,6 +96,14 @@ impl Sandbox {
             if pid == me {
                 continue;
             }
+            // The ppid is the 2nd field after the parenthesised command name.
+            let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok())
+                .unwrap_or(0);
+            parent_of.push((pid, ppid));
             let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             let cgroups = fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
@@ -103,10 +113,22 @@ impl Sandbox {
                     .unwrap_or(false)
             });
             if cmdline.contains(&dir) || in_cgroup {
-                pids.push(pid);
+                roots.insert(pid);
             }
         }
-        pids
+        // Close over descendants (a few passes suffice for these shallow trees).
+        loop {
+            let before = roots.len();
+            for &(pid, ppid) in &parent_of {
+                if pid != me && roots.contains(&ppid) {
+                    roots.insert(pid);
+                }
+            }
+            if roots.len() == before {
+                break;
+            }
+        }
+        roots.into_iter().collect()
     }
 
     /// Every cgroup directory under `/<name>` in every hierarchy, deepest first.
