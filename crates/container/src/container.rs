@@ -302,7 +302,7 @@ impl Runtime {
             cg: None,
             armed: true,
         };
-        let _lock = state::lock(&dir)?;
+        let lock = state::lock(&dir)?;
         let linux = spec.linux().as_ref();
         let mut cg = Cgroup::resolve(linux.and_then(|l| l.cgroups_path().as_deref()), id)?;
         cg.create(Some(&effective_resources(&spec)))?;
@@ -324,6 +324,7 @@ impl Runtime {
             cgroup_dirs: cgroup_dirs(&cg),
             preserve_fds: opts.preserve_fds,
             console_socket: opts.console_socket.as_deref(),
+            lock_fd: Some(lock.raw_fd()),
         };
         let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let hooks = |pid: i32| hooks_create_runtime(&spec, id, pid, &bundle);

@@ -30,6 +30,9 @@ pub struct InitConfig<'a> {
     pub preserve_fds: i32,
     /// `--console-socket`: where the pty master goes when process.terminal is set.
     pub console_socket: Option<&'a Path>,
+    /// The runtime's fd holding the container lock: closed first thing in init, or the flock
+    /// (shared by the forked fd) would stay held and block `start`.
+    pub lock_fd: Option<std::os::fd::RawFd>,
 }
 
 /// A step of init failed.
@@ -71,6 +74,10 @@ pub fn reset_signals() {
 
 /// Entry of the cloned child: never returns.
 pub fn run(cfg: &InitConfig, ch: &Channel) -> ! {
+    if let Some(fd) = cfg.lock_fd {
+        // SAFETY: closing our copy of the runtime's lock fd; nothing in init uses it.
+        unsafe { libc::close(fd) };
+    }
     reset_signals();
     let code = match init(cfg, ch) {
         Ok(never) => match never {},

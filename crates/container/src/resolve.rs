@@ -86,7 +86,20 @@ pub fn open_path(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd, Errno> {
 }
 
 /// Creates every missing directory of `path` inside the root and returns an O_PATH fd of it.
+/// A dangling symlink on the way is followed inside the root (its target is created there).
 pub fn mkdir_all(root: BorrowedFd<'_>, path: &Path, mode: libc::mode_t) -> Result<OwnedFd, Errno> {
+    mkdir_all_depth(root, path, mode, 0)
+}
+
+fn mkdir_all_depth(
+    root: BorrowedFd<'_>,
+    path: &Path,
+    mode: libc::mode_t,
+    depth: u32,
+) -> Result<OwnedFd, Errno> {
+    if depth > 40 {
+        return Err(Errno::ELOOP);
+    }
     match open_in_root(root, path, libc::O_PATH | libc::O_DIRECTORY, 0) {
         Ok(fd) => return Ok(fd),
         Err(Errno::ENOENT) => {}
@@ -96,12 +109,26 @@ pub fn mkdir_all(root: BorrowedFd<'_>, path: &Path, mode: libc::mode_t) -> Resul
     let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
         return Err(Errno::ENOENT);
     };
-    let pfd = mkdir_all(root, parent, mode)?;
+    let pfd = mkdir_all_depth(root, parent, mode, depth + 1)?;
     let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
     // SAFETY: pfd is a valid directory fd, cname a valid C string.
     let r = unsafe { libc::mkdirat(pfd.as_raw_fd(), cname.as_ptr(), mode) };
-    if r != 0 && Errno::last() != Errno::EEXIST {
-        return Err(Errno::last());
+    if r != 0 {
+        let e = Errno::last();
+        if e != Errno::EEXIST {
+            return Err(e);
+        }
+        // EEXIST but not openable as a directory: a dangling symlink. Create its target,
+        // interpreted inside the root like RESOLVE_IN_ROOT does.
+        if let Ok(target) = nix::fcntl::readlinkat(Some(pfd.as_raw_fd()), name) {
+            let target = Path::new(&target);
+            let full = if target.is_absolute() {
+                target.to_path_buf()
+            } else {
+                parent.join(target)
+            };
+            mkdir_all_depth(root, &full, mode, depth + 1)?;
+        }
     }
     open_in_root(root, path, libc::O_PATH | libc::O_DIRECTORY, 0)
 }
@@ -151,5 +178,17 @@ mod tests {
             root.join("etc/passwd")
         );
         assert!(open_path(rootfd.as_fd(), Path::new("/../../nonexistent")).is_err());
+        // A dangling absolute symlink: its target is created inside the root.
+        std::os::unix::fs::symlink("/strata-dangling/x", root.join("dangle")).unwrap();
+        let fd = mkdir_all(rootfd.as_fd(), Path::new("/dangle/sub"), 0o755).unwrap();
+        assert_eq!(
+            std::fs::read_link(fd_path(&fd)).unwrap(),
+            root.join("strata-dangling/x/sub")
+        );
+        assert!(!Path::new("/strata-dangling").exists());
+        // Symlink loops end with an error, not a hang.
+        std::os::unix::fs::symlink("loop2", root.join("loop1")).unwrap();
+        std::os::unix::fs::symlink("loop1", root.join("loop2")).unwrap();
+        assert!(mkdir_all(rootfd.as_fd(), Path::new("/loop1/x"), 0o755).is_err());
     }
 }

@@ -109,7 +109,14 @@ pub fn load(dir: &Path) -> Result<Record, StateError> {
 /// An exclusive flock on `<dir>/lock`, held while a command changes the container.
 #[derive(Debug)]
 pub struct Lock {
-    _file: File,
+    file: File,
+}
+
+impl Lock {
+    /// The fd of the lock file (children must close it, see `InitConfig::lock_fd`).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
 }
 
 /// Takes the container's lock (blocking while another command holds it).
@@ -125,7 +132,7 @@ pub fn lock(dir: &Path) -> Result<Lock, StateError> {
         // SAFETY: flock on an fd we own.
         let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
         if r == 0 {
-            return Ok(Lock { _file: file });
+            return Ok(Lock { file });
         }
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::Interrupted {

@@ -142,7 +142,7 @@ fn list(rt: &Runtime, a: args::ListArgs) -> Result<i32> {
                     "{:<12} {:<8} {:<10} {:<40} {:<32} {}",
                     s.id,
                     s.pid,
-                    s.status,
+                    s.status.to_string(),
                     s.bundle.display(),
                     s.created,
                     s.owner
