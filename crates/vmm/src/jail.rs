@@ -29,6 +29,8 @@ pub(crate) struct JailFile {
     pub name: String,
     pub writable: bool,
     pub executable: bool,
+    /// A device node (allowed to act as one: no `nodev` on its bind mount).
+    pub device: bool,
 }
 
 /// Everything the jailed child needs.
@@ -197,7 +199,10 @@ pub(crate) fn spawn(spec: &JailSpec) -> Result<i32> {
                 dirs.push(d);
             }
         }
-        let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
+        let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID;
+        if !f.device {
+            flags |= libc::MS_NODEV;
+        }
         if !f.writable {
             flags |= libc::MS_RDONLY;
         }

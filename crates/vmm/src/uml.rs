@@ -167,12 +167,31 @@ impl Platform for UmlPlatform {
 
         // The jail's files: kernel, initrd, disks (bases read-only, COW files and writable disks
         // owned by the VM's uid).
-        let mut files = vec![JailFile {
+        // UML's `null` channel opens the host's /dev/null (without it the guest has no console
+        // and its init no stdio); its hardware RNG reads /dev/random. Both are harmless to share.
+        let mut files = vec![
+            JailFile {
+                host: "/dev/null".into(),
+                name: "dev/null".into(),
+                writable: true,
+                executable: false,
+                device: true,
+            },
+            JailFile {
+                host: "/dev/urandom".into(),
+                name: "dev/random".into(),
+                writable: false,
+                executable: false,
+                device: true,
+            },
+        ];
+        files.push(JailFile {
             host: config.kernel.clone(),
             name: "linux".into(),
             writable: false,
             executable: true,
-        }];
+            device: false,
+        });
         for lib in &libs {
             let name = lib.to_string_lossy().trim_start_matches('/').to_string();
             files.push(JailFile {
@@ -180,6 +199,7 @@ impl Platform for UmlPlatform {
                 name,
                 writable: false,
                 executable: true,
+                device: false,
             });
         }
         if let Some(initrd) = &config.initrd {
@@ -188,6 +208,7 @@ impl Platform for UmlPlatform {
                 name: "initrd".into(),
                 writable: false,
                 executable: false,
+                device: false,
             });
         }
         let mut created_cows = Vec::new();
@@ -212,12 +233,14 @@ impl Platform for UmlPlatform {
                             name: format!("disk{i}"),
                             writable: false,
                             executable: false,
+                            device: false,
                         });
                         files.push(JailFile {
                             host: cow.clone(),
                             name: format!("disk{i}.cow"),
                             writable: true,
                             executable: false,
+                            device: false,
                         });
                     }
                     None if disk.read_only => {
@@ -227,6 +250,7 @@ impl Platform for UmlPlatform {
                             name: format!("disk{i}"),
                             writable: false,
                             executable: false,
+                            device: false,
                         });
                     }
                     None => {
@@ -253,6 +277,7 @@ impl Platform for UmlPlatform {
                             name: format!("disk{i}"),
                             writable: true,
                             executable: false,
+                            device: false,
                         });
                     }
                 }

@@ -148,7 +148,7 @@ for src in / {dir} ; do
   if mount -t hostfs -o \"$src\" none /mnt 2>/dev/null; then
     echo \"HOSTFS-MOUNTED $src: $(ls /mnt | tr '\\n' ' ')\" >&3
     cat /mnt/etc/shadow >/dev/null 2>&1 && echo SHADOW-READABLE >&3
-    grep -rl \"$token\" /mnt 2>/dev/null | head -3 | sed 's/^/FOUND /' >&3
+    grep -rl --exclude-dir=dev \"$token\" /mnt 2>/dev/null | head -3 | sed 's/^/FOUND /' >&3
     umount /mnt
   else
     echo \"HOSTFS-REFUSED $src\" >&3
@@ -205,15 +205,25 @@ poweroff -f
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         root.sort();
-        // Debian's kernel is dynamically linked: its loader and libc are bound in as well.
+        // /dev holds only null and random (UML's null channel and RNG open them). Debian's
+        // kernel is dynamically linked: its loader and libc are bound in as well.
         let (expected, n_mounts): (&[&str], usize) = if name == "debian" {
-            (&["disk0", "disk0.cow", "lib", "lib64", "linux", "tmp"], 7)
+            (
+                &["dev", "disk0", "disk0.cow", "lib", "lib64", "linux", "tmp"],
+                9,
+            )
         } else {
-            (&["disk0", "disk0.cow", "linux", "tmp"], 5)
+            (&["dev", "disk0", "disk0.cow", "linux", "tmp"], 7)
         };
         assert_eq!(root, expected, "{name}");
         let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap();
         assert_eq!(mounts.lines().count(), n_mounts, "{name}: {mounts}");
+        let mut dev: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root/dev"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        dev.sort();
+        assert_eq!(dev, ["null", "random"], "{name}");
         assert!(
             !mounts.contains(" /etc") && !mounts.contains("/proc "),
             "{name}: {mounts}"
