@@ -35,16 +35,25 @@ fn write(path: &Path, value: &str, step: &'static str) -> Result<()> {
 }
 
 impl VmCgroup {
-    /// Creates `strata-vm/<id>` with a memory limit and a pids limit. On failure removes what
-    /// it made.
-    pub(crate) fn create(id: &str, memory_bytes: u64, pids_max: u64) -> Result<VmCgroup> {
+    /// Creates `strata-vm/<id>` with a memory limit, a pids limit and, with `cpus`, a CPU time
+    /// quota (in CPUs, e.g. 0.5). On failure removes what it made.
+    pub(crate) fn create(
+        id: &str,
+        memory_bytes: u64,
+        pids_max: u64,
+        cpus: Option<f64>,
+    ) -> Result<VmCgroup> {
         let root = Path::new(ROOT);
         let v2 = root.join("cgroup.controllers").exists();
         let cg = if v2 {
             let parent = root.join(PARENT);
             mkdir_parent(&parent)?;
             // Controllers must be enabled for the children of every level down to ours.
-            let wanted = "+memory +pids";
+            let wanted = if cpus.is_some() {
+                "+memory +pids +cpu"
+            } else {
+                "+memory +pids"
+            };
             write(
                 &root.join("cgroup.subtree_control"),
                 wanted,
@@ -64,11 +73,11 @@ impl VmCgroup {
         } else {
             let memory = root.join("memory").join(PARENT).join(id);
             let pids = root.join("pids").join(PARENT).join(id);
-            VmCgroup {
-                memory: memory.clone(),
-                dirs: vec![memory, pids],
-                v2,
+            let mut dirs = vec![memory.clone(), pids];
+            if cpus.is_some() {
+                dirs.push(root.join("cpu").join(PARENT).join(id));
             }
+            VmCgroup { memory, dirs, v2 }
         };
         let mut made = Vec::new();
         let result = (|| {
@@ -189,6 +198,13 @@ impl VmCgroup {
     }
 }
 
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// The CFS quota for `cpus` CPUs per period (at least 1 ms, the kernel's minimum).
+fn cpu_quota_us(cpus: f64) -> u64 {
+    ((cpus * CPU_PERIOD_US as f64) as u64).max(1000)
+}
+
 fn mkdir_parent(dir: &Path) -> Result<()> {
     match fs::create_dir(dir) {
         Ok(()) => Ok(()),
@@ -199,4 +215,16 @@ fn mkdir_parent(dir: &Path) -> Result<()> {
 
 fn read_u64(path: &Path) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota() {
+        assert_eq!(cpu_quota_us(0.5), 50_000);
+        assert_eq!(cpu_quota_us(2.0), 200_000);
+        assert_eq!(cpu_quota_us(0.0001), 1000);
+    }
 }

@@ -47,6 +47,8 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// Virtual CPUs (UML 6.1 is uniprocessor: only 1).
     pub vcpus: u32,
+    /// A CPU time limit for the VM's host processes, in CPUs (`--cpus 0.5`), as a cgroup quota.
+    pub cpu_limit: Option<f64>,
     /// Block devices, in guest order.
     pub disks: Vec<Disk>,
     /// Extra kernel parameters (e.g. the guest contract from [`crate::GuestContract`]), placed
@@ -73,6 +75,7 @@ impl VmConfig {
             init: None,
             memory_mib: 128,
             vcpus: 1,
+            cpu_limit: None,
             disks: Vec::new(),
             kernel_params: Vec::new(),
             console: Console::Null,
@@ -100,6 +103,13 @@ impl VmConfig {
                 "memory {} MiB is too small: a guest needs at least 16 MiB",
                 self.memory_mib
             )));
+        }
+        if let Some(c) = self.cpu_limit {
+            if !(c.is_finite() && c >= 0.01 && c <= 1024.0) {
+                return Err(VmmError::InvalidConfig(format!(
+                    "CPU limit {c} must be between 0.01 and 1024 CPUs"
+                )));
+            }
         }
         if self.vcpus == 0 {
             return Err(VmmError::InvalidConfig(
@@ -224,6 +234,11 @@ mod tests {
         let mut c = config();
         c.vcpus = 0;
         assert!(c.validate().is_err());
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 5000.0] {
+            let mut c = config();
+            c.cpu_limit = Some(bad);
+            assert!(c.validate().is_err(), "{bad}");
+        }
         let mut c = config();
         c.init = Some("relative".into());
         assert!(c.validate().is_err());

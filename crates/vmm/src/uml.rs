@@ -146,7 +146,7 @@ impl Platform for UmlPlatform {
         if config.vcpus != 1 {
             return Err(VmmError::InvalidConfig(format!(
                 "{} vCPUs requested: the UML guest kernel is uniprocessor; use 1 vCPU (limit CPU time \
-                 with the cgroup instead) or the kvm platform",
+                 with cpu_limit instead) or the kvm platform",
                 config.vcpus
             )));
         }
@@ -321,8 +321,12 @@ impl Platform for UmlPlatform {
                 .unwrap_or(null.as_raw_fd());
 
             let memory = u64::from(config.memory_mib) << 20;
-            let cgroup = match VmCgroup::create(&config.id, memory + HOST_OVERHEAD_BYTES, PIDS_MAX)
-            {
+            let cgroup = match VmCgroup::create(
+                &config.id,
+                memory + HOST_OVERHEAD_BYTES,
+                PIDS_MAX,
+                config.cpu_limit,
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     remove_dirs();

@@ -272,7 +272,8 @@ exec sleep 1000
 "
     );
     let disk = busybox_disk(dir.path(), &init);
-    let cfg = config("kill", &strata_kernel(), dir.path(), &disk);
+    let mut cfg = config("kill", &strata_kernel(), dir.path(), &disk);
+    cfg.cpu_limit = Some(0.5);
     let mut vm = UmlPlatform::new().boot(&cfg).unwrap();
     let mut ch = vm.take_channel().unwrap();
     let got = read_until(&mut ch, "READY", TIMEOUT);
