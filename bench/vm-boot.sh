@@ -4,7 +4,9 @@
 #    host process booting a busybox initramfs;
 #  - QEMU TCG (-accel tcg -M microvm) booting Debian's cloud kernel with the same initramfs;
 #  - the product path: a jailed UML VM through strata-vmm (crates/vmm/examples/vm-boot.rs) on a
-#    copy-on-write busybox ext4 disk, marker read from the strata channel.
+#    copy-on-write busybox ext4 disk, marker read from the strata channel;
+#  - the whole VM path minus the CLI: strata-agent as PID 1 (initramfs), the busybox disk as the
+#    overlay's lower, `true` run over strata-proto (crates/vmm/examples/vm-agent.rs).
 # Time: repeated runs (start → VM process exit; init prints the marker and powers off at once),
 # each under a 60 s timeout: a run that hangs (QEMU TCG occasionally does here) or misses the
 # marker is counted as failed, not timed.
@@ -75,8 +77,9 @@ peak_rss() { # max over 3 runs of the largest process's max RSS, MiB
   echo "scale=1; $m/1024" | bc
 }
 
-cargo build -q --release -p strata-vmm --example vm-boot
+cargo build -q --release -p strata-vmm --example vm-boot --example vm-agent
 example="$CARGO_TARGET_DIR/release/examples/vm-boot"
+agent=$(bash scripts/build-agent.sh 2>/dev/null)
 
 body=$work/section.md
 load=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -115,6 +118,10 @@ for k in uml-strata uml-debian; do
   echo "| $k, jailed via strata-vmm (COW ext4 disk, channel)$note | start → marker on channel | $(get marker_min_ms) | $(get marker_median_ms) | $(get cgroup_peak_mib) (cgroup peak) |" >>"$body"
   echo "| $k, jailed via strata-vmm | start → VM reaped, cleaned up | $(get exit_min_ms) | $(get exit_median_ms) | |" >>"$body"
 done
+line=$("$CARGO_TARGET_DIR/release/examples/vm-agent" "$strata_kernel" "$agent" "$work/root.ext4" "$runs" "$mem")
+get() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$line"; }
+echo "| uml-strata, jailed, strata-agent PID 1 runs \`true\` over strata-proto | start → exit status on host | $(get status_min_ms) | $(get status_median_ms) | $(get cgroup_peak_mib) (cgroup peak) |" >>"$body"
+echo "| uml-strata, jailed, strata-agent | start → VM reaped, cleaned up | $(get exit_min_ms) | $(get exit_median_ms) | |" >>"$body"
 {
   echo
   echo "Notes: QEMU's peak RSS is mostly TCG's translation cache (1 GiB by default in QEMU 7.2;"
