@@ -49,7 +49,7 @@ pub fn unpack_tar<R: Read>(reader: R, root: BorrowedFd<'_>) -> Result<UnpackStat
             entry: display.clone(),
             reason: reason.to_string(),
         };
-        let comps = clean_path(&raw_path).map_err(|r| refuse(r))?;
+        let comps = clean_path(&raw_path).map_err(&refuse)?;
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions()
             || kind.is_pax_local_extensions()
