@@ -105,6 +105,13 @@ impl VmCgroup {
                     &pids_max.to_string(),
                     "set pids.max",
                 )?;
+                if let Some(quota) = cpus.map(cpu_quota_us) {
+                    write(
+                        &cg.dirs[0].join("cpu.max"),
+                        &format!("{quota} {CPU_PERIOD_US}"),
+                        "set cpu.max",
+                    )?;
+                }
             } else {
                 write(
                     &cg.dirs[0].join("memory.limit_in_bytes"),
@@ -116,6 +123,18 @@ impl VmCgroup {
                     &pids_max.to_string(),
                     "set pids.max",
                 )?;
+                if let Some(quota) = cpus.map(cpu_quota_us) {
+                    write(
+                        &cg.dirs[2].join("cpu.cfs_period_us"),
+                        &CPU_PERIOD_US.to_string(),
+                        "set cpu.cfs_period_us",
+                    )?;
+                    write(
+                        &cg.dirs[2].join("cpu.cfs_quota_us"),
+                        &quota.to_string(),
+                        "set cpu.cfs_quota_us",
+                    )?;
+                }
             }
             Ok(())
         })();

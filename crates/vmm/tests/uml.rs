@@ -293,6 +293,19 @@ exec sleep 1000
         procs.len() >= 4,
         "UML runs a host process per guest process: {procs:?}"
     );
+    // The CPU limit is a CFS quota of half a CPU on the VM's cgroup.
+    let quota = cgroups.iter().find_map(|d| {
+        std::fs::read_to_string(d.join("cpu.cfs_quota_us"))
+            .or_else(|_| std::fs::read_to_string(d.join("cpu.max")))
+            .ok()
+    });
+    assert!(
+        matches!(
+            quota.as_deref().map(str::trim),
+            Some("50000") | Some("50000 100000")
+        ),
+        "{quota:?}"
+    );
     let mem = vm.memory().unwrap();
     assert!(
         mem.current_bytes > 0 && mem.limit_bytes >= 96 << 20,
