@@ -245,6 +245,14 @@ mod tests {
     }
 
     #[test]
+    fn info_explains_every_platform() {
+        let text = info();
+        assert!(text.contains("  kvm: unavailable: "), "{text}");
+        assert!(text.contains("  uml: "), "{text}");
+        assert!(text.contains("Guest kernels:"), "{text}");
+    }
+
+    #[test]
     fn unknown_platform_is_an_error() {
         assert!(platform("xen").is_err());
         assert_eq!(platform("uml").unwrap().name(), "uml");
