@@ -36,6 +36,8 @@ cleanup() {
   for f in $(find "$work" -name address -not -path '*/rootfs/*' 2>/dev/null); do
     s=$(sed 's|^unix://||' "$f"); case $s in /run/containerd/s/*) rm -f "$s" ;; esac
   done
+  # podman passes no --root: its containers' runtime state lives in the runtimes' default roots.
+  for f in $(grep -l "$work" /run/strata/*/state.json /run/runc/*/state.json 2>/dev/null); do rm -rf "$(dirname "$f")"; done
   grep " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l
   for d in /sys/fs/cgroup/*/"$name"; do [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; ; done
   [ "$hugetlb_mounted" = 1 ] && umount /sys/fs/cgroup/hugetlb

@@ -33,13 +33,10 @@ impl Runtime {
         Runtime::wrap(sb, "runc", Path::new(RUNC))
     }
 
-    /// strata-oci (built by cargo for this test) behind a logging wrapper.
+    /// strata-oci behind a logging wrapper: the one cargo built for this test, or the binary named
+    /// by STRATA_ENGINES_STRATA_OCI (to try another build without rebuilding the tests).
     pub fn strata_oci(sb: &Sandbox) -> Runtime {
-        Runtime::wrap(
-            sb,
-            "strata-oci",
-            Path::new(env!("CARGO_BIN_EXE_strata-oci")),
-        )
+        Runtime::wrap(sb, "strata-oci", &strata_oci_path())
     }
 
     fn wrap(sb: &Sandbox, name: &'static str, real: &Path) -> Runtime {
@@ -81,13 +78,20 @@ impl Runtime {
     }
 }
 
+/// The strata-oci binary under test (see [`Runtime::strata_oci`]).
+pub fn strata_oci_path() -> PathBuf {
+    std::env::var_os("STRATA_ENGINES_STRATA_OCI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_strata-oci")))
+}
+
 /// Whether strata-oci can run a bundle in a VM here. Err carries the reason to print when it cannot:
 /// `strata-oci features` does not advertise the isolation annotation, or a probe bundle annotated
 /// `dev.strata.isolation=vm` fails or does not see a guest kernel (its `uname -r` equals the host's).
 pub fn probe_vm_isolation(sb: &Sandbox, rootfs: &Path) -> Result<(), String> {
-    let strata = env!("CARGO_BIN_EXE_strata-oci");
+    let strata = strata_oci_path();
     let features = run(
-        Command::new(strata).arg("features"),
+        Command::new(&strata).arg("features"),
         Duration::from_secs(10),
     );
     if features.code != 0 {
@@ -131,7 +135,7 @@ pub fn probe_vm_isolation(sb: &Sandbox, rootfs: &Path) -> Result<(), String> {
 
     let root = sb.path("vm-probe-root");
     let probe = run(
-        Command::new(strata)
+        Command::new(&strata)
             .arg("--root")
             .arg(&root)
             .args(["run", "--bundle"])

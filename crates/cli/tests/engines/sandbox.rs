@@ -216,6 +216,23 @@ impl Sandbox {
         }
     }
 
+    /// Podman passes no `--root`, so runtimes keep its containers' state in their default roots;
+    /// remove the state directories whose state.json points into the sandbox (bundle, rootfs).
+    fn remove_default_root_state(&self) {
+        let dir = self.dir.to_string_lossy().into_owned();
+        for root in ["/run/strata", "/run/runc"] {
+            let Ok(entries) = fs::read_dir(root) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let state = fs::read_to_string(e.path().join("state.json")).unwrap_or_default();
+                if state.contains(&dir) {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+
     /// containerd shims listen on `/run/containerd/s/<hash>`, outside the sandbox; each shim records
     /// that address in an `address` file in its bundle, which is inside the sandbox.
     fn remove_shim_sockets(&self) {
@@ -238,6 +255,7 @@ impl Drop for Sandbox {
         self.stop_daemons();
         self.kill_everything();
         self.remove_shim_sockets();
+        self.remove_default_root_state();
         self.unmount_everything();
         for d in self.cgroup_dirs() {
             let _ = fs::remove_dir(&d);
