@@ -25,6 +25,8 @@ const STDIN_CREDIT_BATCH: u32 = 16 * 1024;
 /// After a process exits, output pipes still held open by its orphans are closed once they
 /// have been silent this long, so the exit status is not held back forever.
 const ORPHAN_OUTPUT_GRACE: Duration = Duration::from_secs(2);
+/// Bytes the host may have in flight toward a tty channel (see `Hello::link_window`).
+const TTY_LINK_WINDOW: u32 = 2048;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -101,6 +103,8 @@ pub struct Agent {
     finishing: bool,
     /// Problems found before the handshake, reported right after it.
     pending_warnings: Vec<String>,
+    /// Link window announced to the host (tty channels, see `Hello::link_window`).
+    link_window: Option<u32>,
 }
 
 #[derive(Clone, Copy)]
@@ -121,6 +125,8 @@ impl Agent {
             .map_err(AgentError::Signals)?;
         // SAFETY: ignoring SIGPIPE turns writes to closed pipes into EPIPE errors.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        // SAFETY: isatty only inspects the fd.
+        let tty = unsafe { libc::isatty(chan.as_raw_fd()) } == 1;
         if !mode.pid1 {
             // Orphans of our sessions are reparented to us, so we reap them like PID 1 would.
             // SAFETY: prctl with integer arguments.
@@ -140,6 +146,9 @@ impl Agent {
             started: false,
             finishing: false,
             pending_warnings: Vec::new(),
+            // Half of n_tty's 4 KiB input buffer: the tty never throttles (which would end UML
+            // 6.1 serial input for good) while the host keeps to this window.
+            link_window: tty.then_some(TTY_LINK_WINDOW),
         })
     }
 
@@ -323,7 +332,12 @@ impl Agent {
             }
             match nix::unistd::read(self.chan.as_raw_fd(), &mut buf) {
                 Ok(0) => return true,
-                Ok(n) => self.dec.push(&buf[..n]),
+                Ok(n) => {
+                    self.dec.push(&buf[..n]);
+                    if self.link_window.is_some() {
+                        self.send(0, Message::LinkAck(n as u32));
+                    }
+                }
                 Err(Errno::EAGAIN) => break,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -424,6 +438,7 @@ impl Agent {
                 min_version: PROTOCOL_VERSION,
                 max_version: PROTOCOL_VERSION,
                 software: format!("strata-agent {}", env!("CARGO_PKG_VERSION")),
+                link_window: self.link_window,
             }),
         );
     }

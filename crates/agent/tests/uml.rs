@@ -241,6 +241,26 @@ fn the_agent_runs_workloads_as_pid1_of_a_uml_guest() {
         "strata-agent\n/dev/null\nhas-ttyS1\n"
     );
 
+    // Every byte value survives the serial line both ways (raw mode: no echo, no CR/LF
+    // translation, no XON/XOFF, no ^C), with the credit windows cycling many times.
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let echo = c
+        .exec(&serde_json::to_vec(&process(&["cat"])).unwrap(), false)
+        .unwrap();
+    let mut stdin = echo.take_stdin().unwrap();
+    let (o, _, st) = std::thread::scope(|s| {
+        s.spawn(|| {
+            stdin.write_all(&data).unwrap();
+            drop(stdin);
+        });
+        echo.output().unwrap()
+    });
+    assert_eq!(st.code, 0);
+    assert_eq!(o.len(), data.len());
+    assert!(o == data, "bytes changed on the way through the guest");
+
     // A pty exec with a resize.
     let tty = c
         .exec(

@@ -105,8 +105,18 @@ struct State {
     next_session: u32,
 }
 
+/// Link-level flow control toward the agent (only when the agent asked for it).
+#[derive(Default)]
+struct Link {
+    window: Option<u32>,
+    /// Bytes written and not yet acknowledged by the agent.
+    outstanding: u32,
+}
+
 struct Shared {
     writer: Mutex<Box<dyn Write + Send>>,
+    link: Mutex<Link>,
+    link_cond: Condvar,
     /// A socket to shut down when the last handle goes, which ends the reader thread.
     closer: Option<std::os::unix::net::UnixStream>,
     state: Mutex<State>,
@@ -131,7 +141,8 @@ impl Shared {
         }
         let result = {
             let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-            w.write_all(bytes).and_then(|_| w.flush())
+            self.write_within_window(&mut **w, bytes)
+                .and_then(|_| w.flush())
         };
         result.map_err(|source| {
             // The reader usually knows better why the channel is gone (a malformed frame, the
@@ -146,6 +157,37 @@ impl Shared {
                 Err(_) => ClientError::Io { step, source },
             }
         })
+    }
+
+    /// Writes `bytes`, never letting more than the agent's link window be unacknowledged.
+    /// Lock order: `state` may be held while taking `link`, never the other way round.
+    fn write_within_window(&self, w: &mut dyn Write, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            if let Some(reason) = self.lock().broken.clone() {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, reason));
+            }
+            let n = {
+                let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(window) = link.window else {
+                    drop(link);
+                    return w.write_all(bytes);
+                };
+                if link.outstanding >= window {
+                    // Re-check the connection state at least every 100 ms while waiting.
+                    let _ = self
+                        .link_cond
+                        .wait_timeout(link, Duration::from_millis(100))
+                        .unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
+                let n = bytes.len().min((window - link.outstanding) as usize);
+                link.outstanding += n as u32;
+                n
+            };
+            w.write_all(&bytes[..n])?;
+            bytes = &bytes[n..];
+        }
+        Ok(())
     }
 
     /// Waits until `ready` yields a value, the connection breaks, or `timeout` passes.
@@ -186,6 +228,7 @@ impl Shared {
             st.broken = Some(reason);
         }
         self.cond.notify_all();
+        self.link_cond.notify_all();
     }
 
     /// Applies one frame from the agent. An Err means the agent violated the protocol.
@@ -194,7 +237,15 @@ impl Shared {
         let sid = frame.session;
         let result = match frame.message {
             Message::Hello(h) => {
+                self.link.lock().unwrap_or_else(|p| p.into_inner()).window =
+                    h.link_window.map(|w| w.max(64));
                 st.hello = Some(h);
+                Ok(())
+            }
+            Message::LinkAck(n) => {
+                let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+                link.outstanding = link.outstanding.saturating_sub(n);
+                self.link_cond.notify_all();
                 Ok(())
             }
             Message::Error(e) if sid == 0 => {
@@ -382,6 +433,8 @@ impl Client {
         timeout: Duration,
     ) -> Result<Client, ClientError> {
         let shared = Arc::new(Shared {
+            link: Mutex::new(Link::default()),
+            link_cond: Condvar::new(),
             closer,
             writer: Mutex::new(writer),
             state: Mutex::new(State {
@@ -420,6 +473,7 @@ impl Client {
                 min_version: PROTOCOL_VERSION,
                 max_version: PROTOCOL_VERSION,
                 software: format!("strata-proto {}", env!("CARGO_PKG_VERSION")),
+                link_window: None,
             }),
             "sending hello",
         )?;

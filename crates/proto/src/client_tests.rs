@@ -15,6 +15,7 @@ fn agent_hello() -> Vec<u8> {
             min_version: 1,
             max_version: 1,
             software: "fake".into(),
+            link_window: None,
         }),
     )
     .encode()
@@ -144,6 +145,7 @@ fn an_agent_with_another_version_is_refused() {
             min_version: 7,
             max_version: 9,
             software: "future".into(),
+            link_window: None,
         }),
     );
     agent.write_all(&hello.encode().unwrap()).unwrap();

@@ -35,6 +35,12 @@ pub struct Hello {
     /// Free-form software identification, e.g. "strata-agent 0.1.0".
     #[serde(default)]
     pub software: String,
+    /// Agent only: the most bytes the host may have sent that the agent has not yet
+    /// acknowledged with [`Message::LinkAck`]. Set when the channel is a tty: UML 6.1's serial
+    /// driver stops delivering input for good once the tty's 4 KiB input buffer throttles, so
+    /// the host must never get that far ahead. None: no limit (sockets, vsock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_window: Option<u32>,
 }
 
 /// An error report. `session` in the frame header says which session it concerns (0: the
@@ -92,6 +98,9 @@ pub enum Message {
     Error(ErrorMsg),
     /// Host → agent: kill everything, sync and power the guest off.
     Shutdown,
+    /// Agent → host: the agent has read this many more bytes of the channel (see
+    /// [`Hello::link_window`]).
+    LinkAck(u32),
     Create(CreateRequest),
     /// Agent → host: the rootfs is ready and the main process is held until `Start`.
     Created,
@@ -166,6 +175,7 @@ impl Message {
             Message::Hello(_) => FrameType::Hello,
             Message::Error(_) => FrameType::Error,
             Message::Shutdown => FrameType::Shutdown,
+            Message::LinkAck(_) => FrameType::LinkAck,
             Message::Create(_) => FrameType::Create,
             Message::Created => FrameType::Created,
             Message::Start => FrameType::Start,
@@ -215,6 +225,10 @@ impl Message {
                 out.extend_from_slice(&s.to_le_bytes());
                 Ok(())
             }
+            Message::LinkAck(n) => {
+                out.extend_from_slice(&n.to_le_bytes());
+                Ok(())
+            }
         }
     }
 
@@ -241,6 +255,7 @@ impl Message {
             }
             FrameType::Exit => Message::Exit(json(payload)?),
             FrameType::Shutdown => empty(payload).map(|_| Message::Shutdown)?,
+            FrameType::LinkAck => Message::LinkAck(u32::from_le_bytes(fixed::<4>(payload)?)),
             FrameType::Created => empty(payload).map(|_| Message::Created)?,
             FrameType::Start => empty(payload).map(|_| Message::Start)?,
             FrameType::ExitAck => empty(payload).map(|_| Message::ExitAck)?,

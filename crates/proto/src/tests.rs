@@ -36,6 +36,7 @@ fn all_messages() -> Vec<Message> {
             min_version: 1,
             max_version: 1,
             software: "x".into(),
+            link_window: Some(2048),
         }),
         Message::Error(ErrorMsg {
             kind: "k".into(),
@@ -68,6 +69,7 @@ fn all_messages() -> Vec<Message> {
             signal: Some(9),
         }),
         Message::ExitAck,
+        Message::LinkAck(4096),
     ]
 }
 
@@ -187,6 +189,7 @@ fn bad_control_payloads_are_typed_errors() {
         (FrameType::Close, vec![]),
         (FrameType::Credit, vec![1, 0, 0]),
         (FrameType::Resize, vec![1, 2, 3]),
+        (FrameType::LinkAck, vec![1, 2, 3, 4, 5]),
         (FrameType::Signal, 0i32.to_le_bytes().to_vec()),
         (FrameType::Signal, 65i32.to_le_bytes().to_vec()),
         (FrameType::Signal, (-9i32).to_le_bytes().to_vec()),

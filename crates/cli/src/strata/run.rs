@@ -103,7 +103,7 @@ pub struct RunArgs {
 
 /// `strata create`: prints the new container's id.
 pub fn create(g: &Global, a: CreateArgs) -> anyhow::Result<()> {
-    let (_, rec) = prepare(g, &a)?;
+    let (_, rec) = prepare(g, &a, false)?;
     println!("{}", rec.id);
     Ok(())
 }
@@ -112,7 +112,7 @@ pub fn create(g: &Global, a: CreateArgs) -> anyhow::Result<()> {
 pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<()> {
     let c = a.create;
     if a.detach {
-        let (containers, rec) = prepare(g, &c)?;
+        let (containers, rec) = prepare(g, &c, false)?;
         let id = rec.id.clone();
         if let Err(e) = monitor::spawn(g, &containers, rec) {
             // The monitor removed an --rm container; otherwise the record says it failed.
@@ -124,7 +124,7 @@ pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<()> {
     // Signals are blocked before the workload exists, so none is lost between its start and
     // the forwarding loop (the workload unblocks them before exec).
     let signals = strata_container::launch::block_forwarded_signals();
-    let (containers, rec) = prepare(g, &c)?;
+    let (containers, rec) = prepare(g, &c, true)?;
     let code = foreground(g, &containers, rec, &c, &signals);
     std::process::exit(code)
 }
@@ -183,11 +183,12 @@ fn foreground(
         Ok(pid) => pid,
         Err(e) => return fail(g, containers, &rec, e.code, &e.message),
     };
-    rec.state = State::Running;
-    rec.pid = Some(pid);
-    rec.monitor_pid = Some(std::process::id() as i32);
-    rec.started = Some(containers::now());
-    let _ = containers.save(&rec);
+    // prepare() already recorded us as the running container's monitor; the pid is worth
+    // another record write only for a container that outlives this run (not for --rm).
+    if !rec.auto_remove {
+        rec.pid = Some(pid);
+        let _ = containers.save(&rec);
+    }
     let code = match pty {
         Some(p) => {
             drop(p.slave);
@@ -247,7 +248,13 @@ impl Drop for PrepareGuard<'_> {
 }
 
 /// Makes the container directory: name, overlay rootfs, /etc files, config.json, record.
-fn prepare(g: &Global, c: &CreateArgs) -> anyhow::Result<(Containers, Record)> {
+/// `foreground`: this process runs it, so the record says "running" from the start (one record
+/// write less on the `run --rm` path).
+fn prepare(
+    g: &Global,
+    c: &CreateArgs,
+    foreground: bool,
+) -> anyhow::Result<(Containers, Record)> {
     let network = match c.network.as_str() {
         "none" => Network::None,
         "host" => Network::Host,
@@ -274,11 +281,15 @@ fn prepare(g: &Global, c: &CreateArgs) -> anyhow::Result<(Containers, Record)> {
         image_digest: image.digest().to_string(),
         command: Vec::new(),
         created: containers::now(),
-        state: State::Created,
-        started: None,
+        state: if foreground {
+            State::Running
+        } else {
+            State::Created
+        },
+        started: foreground.then(containers::now),
         finished: None,
         exit_code: None,
-        monitor_pid: None,
+        monitor_pid: foreground.then(|| std::process::id() as i32),
         pid: None,
         isolation: isolation.into(),
         auto_remove: c.rm,

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# `strata run --rm busybox true` against `podman run --rm` and `docker run --rm` of the same image
+# (one busybox layer made by umoci, loaded into all three from one docker-archive), with hyperfine.
+# podman and dockerd use private temp roots; dockerd is started here and stopped at the end.
+# Writes the "strata-run" section of docs/benchmarks.md.
+#
+# usage: bench/strata-run.sh            (RUNS=30 WARMUP=3 by default; STRATA_BIN to skip the build; root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "bench/strata-run.sh: needs root (namespaces, cgroups, mounts)" >&2; exit 1; }
+bash scripts/engines-deps.sh
+runs=${RUNS:-30}
+warmup=${WARMUP:-3}
+# STRATA_BIN=path measures a given build instead of building the release binary here.
+if [ -z "${STRATA_BIN:-}" ]; then
+  cargo build -q --release -p strata-cli --bin strata
+  STRATA_BIN=${CARGO_TARGET_DIR:-target}/release/strata
+fi
+strata_bin=$(realpath "$STRATA_BIN")
+
+work=$(mktemp -d /tmp/strata-run-bench-XXXXXX)
+name=$(basename "$work")
+dockerd_pid=
+
+cleanup() {
+  set +e
+  "$strata_bin" --store "$work/store" --root "$work/run" ps -a -q 2>/dev/null |
+    xargs -r "$strata_bin" --store "$work/store" --root "$work/run" rm -f >/dev/null 2>&1
+  if [ -n "$dockerd_pid" ]; then kill "$dockerd_pid"; for _ in $(seq 50); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.2; done; fi
+  for p in $(grep -l "$work" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do kill -9 "$p" 2>/dev/null; done
+  sleep 0.3
+  grep " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l
+  for d in /sys/fs/cgroup/*/"$name"; do [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; ; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The image: busybox-static as one layer, the same tar for every engine.
+img=localhost/strata-busybox:bench
+mkdir -p "$work/rootfs"/{bin,etc,tmp,root,proc,sys,dev}
+cp /bin/busybox "$work/rootfs/bin/"
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$work/rootfs/bin/$a"; done
+echo 'root:x:0:0:root:/root:/bin/sh' >"$work/rootfs/etc/passwd"
+echo 'root:x:0:' >"$work/rootfs/etc/group"
+umoci init --layout "$work/layout" >/dev/null
+umoci new --image "$work/layout:b" >/dev/null
+umoci insert --image "$work/layout:b" "$work/rootfs" / >/dev/null
+umoci config --image "$work/layout:b" --config.cmd sh --config.env PATH=/bin >/dev/null
+skopeo copy -q "oci:$work/layout:b" "docker-archive:$work/busybox.tar:$img"
+
+strata="$strata_bin --store $work/store --root $work/run"
+$strata --quiet load -i "$work/busybox.tar" >/dev/null
+
+pm=$work/podman
+podman="podman --root $pm/root --runroot $pm/runroot --tmpdir $pm/tmp --volumepath $pm/volumes \
+  --network-config-dir $pm/networks --storage-driver vfs --cgroup-manager cgroupfs --events-backend file"
+$podman load -i "$work/busybox.tar" >/dev/null 2>&1
+
+dk=$work/docker
+mkdir -p "$dk"
+dockerd --iptables=false --ip6tables=false --ip-forward=false --bridge=none --storage-driver=vfs \
+  --data-root "$dk/data" --exec-root "$dk/exec" -H "unix://$dk/d.sock" --pidfile "$dk/pid" \
+  --cgroup-parent "/$name" >"$dk/log" 2>&1 &
+dockerd_pid=$!
+docker="/usr/bin/docker -H unix://$dk/d.sock"
+for _ in $(seq 300); do $docker version >/dev/null 2>&1 && break; sleep 0.2; done
+$docker load -i "$work/busybox.tar" >/dev/null
+
+declare -A cmds=(
+  [strata]="$strata run --rm $img true"
+  [podman]="$podman --runtime /usr/sbin/runc run --rm --network none --ulimit nofile=20000:20000 --ulimit nproc=30000:30000 --cgroup-parent /$name $img true"
+  [docker]="$docker run --rm --network none $img true"
+)
+order=(strata podman docker)
+
+results=$work/results.md
+{
+  echo "## strata run vs podman run vs docker run (bench/strata-run.sh)"
+  echo
+  echo "Host: $(nproc) cores (shared with other work), $(uname -r); load average at start:"
+  echo "$(cut -d' ' -f1-3 /proc/loadavg). Each row: hyperfine (shell: none) wall time of \`run --rm IMAGE true\`"
+  echo "for one busybox-static layer loaded from the same docker-archive, $runs runs after $warmup warm-ups."
+  echo "strata is the release build; podman $(podman --version | awk '{print $3}') with runc (Debian's crun refuses this hybrid cgroup host),"
+  echo "vfs storage, cgroupfs); docker $($docker version -f '{{.Server.Version}}' 2>/dev/null) (dockerd started by the script, vfs)."
+  echo "Target (issue 4): strata ≤ 0.1 × podman."
+  echo
+  echo "| command | mean (ms) | σ (ms) | min (ms) | × strata |"
+  echo "|---|---|---|---|---|"
+} >"$results"
+
+declare -A mean
+for k in "${order[@]}"; do
+  cmd=${cmds[$k]}
+  if ! out=$(timeout 60 bash -c "$cmd" 2>&1); then
+    echo "| $k | not measured: probe run failed: $(echo "$out" | tail -n 2 | tr '\n|' ' /' | cut -c1-160) | | | |" >>"$results"
+    continue
+  fi
+  hyperfine -N --warmup "$warmup" --runs "$runs" --export-json "$work/$k.json" "$cmd" >/dev/null
+  mean[$k]=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['results'][0]['mean'])" "$work/$k.json")
+done
+for k in "${order[@]}"; do
+  [ -f "$work/$k.json" ] || continue
+  python3 - "$work/$k.json" "$k" "${mean[strata]:-0}" >>"$results" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"][0]
+base = float(sys.argv[3])
+ratio = f"{r['mean'] / base:.1f}" if base > 0 else "-"
+print(f"| {sys.argv[2]} | {r['mean']*1e3:.1f} | {r['stddev']*1e3:.1f} | {r['min']*1e3:.1f} | {ratio} |")
+PY
+done
+{
+  echo
+  echo "Commands (\`\$T\` is the script's temp dir):"
+  echo
+  echo '```'
+  for k in "${order[@]}"; do echo "${cmds[$k]}" | sed "s|$work|\$T|g"; done
+  echo '```'
+} >>"$results"
+
+cat "$results"
+source bench/vm-section.sh
+vm_section strata-run "$results"
