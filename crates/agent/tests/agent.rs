@@ -397,3 +397,42 @@ fn user_cwd_env_and_rlimits_are_applied() {
         "65534\n65534\n65534 4\n/tmp\nbar baz\n123\n"
     );
 }
+
+/// A tty channel (as on a UML serial line): the agent announces a link window and the host
+/// keeps within it while streaming stdin and reading stdout.
+#[test]
+fn a_tty_channel_gets_a_link_window_and_still_streams() {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    // The slave's path, through /proc.
+    let slave_path =
+        std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd())).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata-agent"))
+        .args(["--no-pid1", "--channel"])
+        .arg(&slave_path)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let master = std::fs::File::from(pty.master);
+    let client =
+        Client::with_timeout(master.try_clone().unwrap(), master, Duration::from_secs(20)).unwrap();
+    assert_eq!(client.agent_hello().link_window, Some(2048));
+    let main = client.create(&config(&["cat"])).unwrap();
+    client.start().unwrap();
+    let data: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let mut stdin = main.take_stdin().unwrap();
+    let (o, _, st) = std::thread::scope(|s| {
+        s.spawn(|| {
+            stdin.write_all(&data).unwrap();
+            drop(stdin);
+        });
+        main.output().unwrap()
+    });
+    assert_eq!(st.code, 0);
+    assert!(o == data, "{} bytes came back, changed", o.len());
+    drop(client);
+    drop(pty.slave);
+    let _ = child.kill();
+    child.wait().unwrap();
+}

@@ -19,7 +19,11 @@
 //! host  ExitAck (s) ──────────▶ (after the main session's: sync, power off)
 //! ```
 //! The host must never rely on EOF (a UML serial line turns it into a hangup that drops input):
-//! everything, including stdin close, is a frame.
+//! everything, including stdin close, is a frame. The agent speaks first, because input sent
+//! before the guest opens its end of a serial line is lost. On a tty channel the agent's Hello
+//! carries a link window: the host keeps at most that many bytes unacknowledged (the agent
+//! answers every read with `LinkAck`), because UML 6.1's serial driver never resumes input after
+//! the guest tty's 4 KiB buffer throttles.
 
 pub mod client;
 pub mod frame;
