@@ -215,8 +215,43 @@ fn rm_leaves_nothing(iso: &str) {
     s.assert_nothing_left(&[]);
 }
 
+fn signals_are_forwarded(iso: &str) {
+    use std::io::BufRead;
+    let s = Sandbox::new(iso);
+    let mut c = s.cmd();
+    c.args(s.iso_flags().iter().fold(vec!["run"], |mut v, f| {
+        v.push(f);
+        v
+    }))
+    .args([
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo got TERM; exit 9' TERM; echo ready; while true; do sleep 0.1; done",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "got TERM\n");
+    assert_eq!(child.wait().unwrap().code(), Some(9));
+    s.assert_nothing_left(&[]);
+}
+
 isolation_tests!(
     exit_codes,
+    signals_are_forwarded,
     stdio,
     process_settings,
     network,

@@ -276,7 +276,11 @@ pub fn stats(g: &Global, a: StatsArgs) -> anyhow::Result<()> {
                 format!(
                     "{} / {}",
                     super::output::human_size(s["MemoryUsage"].as_u64().unwrap_or(0)),
-                    super::output::human_size(s["MemoryLimit"].as_u64().unwrap_or(0))
+                    match s["MemoryLimit"].as_u64().unwrap_or(0) {
+                        // cgroup v1 reports "no limit" as a page-rounded i64::MAX.
+                        l if l == 0 || l >= 1 << 62 => "unlimited".to_string(),
+                        l => super::output::human_size(l),
+                    }
                 ),
                 s["Pids"].to_string(),
             ]
