@@ -102,7 +102,7 @@ pub fn generated_name(id: &str) -> String {
         "{}_{}_{}",
         ADJ[(b >> 4) as usize],
         NOUN[(b & 15) as usize],
-        &id[2..6]
+        &id[2..10]
     )
 }
 

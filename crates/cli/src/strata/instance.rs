@@ -137,11 +137,16 @@ impl From<ContainerError> for StartError {
 /// Maps a start failure to Docker's exit codes by what the runtime reported.
 fn start_error(e: anyhow::Error) -> StartError {
     let message = format!("{e:#}");
+    // Only failures of the exec step itself ("exec: ...") are the command's fault; a missing
+    // working directory or mount source is a set-up failure (125).
+    let exec_step = message.contains("exec: ");
     let code = if message.contains("executable file not found")
-        || message.contains("No such file or directory")
+        || (exec_step && message.contains("No such file or directory"))
     {
         127
-    } else if message.contains("Permission denied") || message.contains("Exec format error") {
+    } else if exec_step
+        && (message.contains("Permission denied") || message.contains("Exec format error"))
+    {
         126
     } else {
         125
@@ -198,5 +203,9 @@ mod tests {
         );
         assert_eq!(c("exec: \"/etc/passwd\": EACCES: Permission denied"), 126);
         assert_eq!(c("mount overlay: invalid argument"), 125);
+        assert_eq!(
+            c("chdir to cwd (\"/x\") set in config.json failed: ENOENT: No such file or directory"),
+            125
+        );
     }
 }
