@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use strata::{exec, image, lifecycle, logs, ps, run};
+use strata::{exec, image, lifecycle, logs, ps, run, vm_info};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +66,11 @@ enum Command {
     Top(ps::TopArgs),
     /// Show resource usage of containers
     Stats(ps::StatsArgs),
+    /// Guest kernels of the VM platforms
+    #[command(subcommand)]
+    Kernel(vm_info::KernelCommand),
+    /// What this host supports: containers (cgroup layout) and VM platforms, and why not
+    Info(vm_info::JsonArg),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +100,8 @@ fn main() -> ExitCode {
         Command::Wait(a) => lifecycle::wait(&cli.global, a),
         Command::Top(a) => ps::top(&cli.global, a),
         Command::Stats(a) => ps::stats(&cli.global, a),
+        Command::Kernel(c) => vm_info::kernel(c),
+        Command::Info(a) => vm_info::info(a),
     };
     strata::exit(result)
 }

@@ -60,6 +60,7 @@ pub fn backend(isolation: &str, runtime_root: &Path) -> anyhow::Result<Box<dyn B
             runtime: Runtime::new(runtime_root),
             root: runtime_root.to_path_buf(),
         })),
+        "vm" => Ok(Box::new(super::vm::VmBackend::new(runtime_root))),
         other => anyhow::bail!("isolation {other:?} is not supported by this strata build"),
     }
 }

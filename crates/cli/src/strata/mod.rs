@@ -12,6 +12,9 @@ pub mod progress;
 pub mod ps;
 pub mod run;
 pub mod tty;
+pub mod vm;
+pub mod vm_info;
+pub mod vm_keeper;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -66,6 +66,13 @@ pub struct CreateArgs {
     /// Network: none (own empty network namespace) or host
     #[arg(long, default_value = "none")]
     pub network: String,
+    /// Run in a VM with its own guest kernel instead of a container
+    #[arg(long)]
+    pub vm: bool,
+    /// VM platform: auto (kvm where hardware virtualization and the KVM monitor exist, else
+    /// uml), uml or kvm; implies --vm
+    #[arg(long)]
+    pub platform: Option<String>,
     /// Replace the image's entrypoint ("" clears it)
     #[arg(long)]
     pub entrypoint: Option<String>,
@@ -250,11 +257,7 @@ impl Drop for PrepareGuard<'_> {
 /// Makes the container directory: name, overlay rootfs, /etc files, config.json, record.
 /// `foreground`: this process runs it, so the record says "running" from the start (one record
 /// write less on the `run --rm` path).
-fn prepare(
-    g: &Global,
-    c: &CreateArgs,
-    foreground: bool,
-) -> anyhow::Result<(Containers, Record)> {
+fn prepare(g: &Global, c: &CreateArgs, foreground: bool) -> anyhow::Result<(Containers, Record)> {
     let network = match c.network.as_str() {
         "none" => Network::None,
         "host" => Network::Host,
@@ -272,7 +275,8 @@ fn prepare(
         Some(n) => n.clone(),
         None => containers::generated_name(&id),
     };
-    let isolation = instance::backend("container", &g.root)?.isolation();
+    let vm = c.vm || c.platform.is_some();
+    let isolation = instance::backend(if vm { "vm" } else { "container" }, &g.root)?.isolation();
     let dir = containers.reserve(&id, &name)?;
     let mut rec = Record {
         id: id.clone(),
@@ -302,7 +306,24 @@ fn prepare(
         armed: true,
     };
     store.hold(&id, &image)?;
-    let rootfs = ContainerRootfs::create(&image, &dir)?;
+    let rootfs_path = if vm {
+        // A VM boots the image's root disk: no host overlay mount.
+        super::vm::prepare(
+            &g.store,
+            &image,
+            &dir,
+            &mounts,
+            &super::vm::VmOptions {
+                platform: c.platform.as_deref().unwrap_or("auto"),
+                memory: c.memory.as_deref(),
+                cpus: c.cpus,
+                tty: c.tty,
+            },
+        )?;
+        dir.join("rootfs")
+    } else {
+        ContainerRootfs::create(&image, &dir)?.path()
+    };
     let hostname = c
         .hostname
         .clone()
@@ -316,7 +337,7 @@ fn prepare(
         }
     });
     let opts = RunOptions {
-        rootfs: rootfs.path(),
+        rootfs: rootfs_path,
         entrypoint,
         cmd: c.cmd().to_vec(),
         env,
@@ -328,7 +349,7 @@ fn prepare(
         network,
         etc_files: Some(etc),
         mounts,
-        annotations: BTreeMap::from([("dev.strata.isolation".into(), "container".into())]),
+        annotations: BTreeMap::from([("dev.strata.isolation".into(), isolation.into())]),
         cgroups_path: Some(format!("/strata/{id}")),
         resources,
     };

@@ -1,0 +1,952 @@
+//! The per-VM keeper: one small host process per VM (what the container monitor is to a
+//! container, and what runc's init pid is to an engine). It boots the VM through strata-vmm with
+//! strata-agent as PID 1, owns the strata-proto client, sends config.json, relays the workload's
+//! stdio (pty and resize included) and signals, and exits with the workload's exit code. Later
+//! commands (`strata exec/kill`, `strata-oci start/kill/exec/state`) reach it over a Unix socket
+//! in the VM's state directory.
+//!
+//! Shared by `strata` (crates/cli/src/strata/vm.rs) and `strata-oci` (crates/cli/src/oci/vm.rs).
+//!
+//! State directory `<root>/vm/<id>/`: `state.json` (keeper and VM pids, cgroups, status, exit
+//! code), `keeper.sock`, `run/` (the jail's mount point), `root.cow` (the VM's writes over the
+//! shared image disk), `console.log` (guest kernel messages).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, Signal};
+use serde::{Deserialize, Serialize};
+use strata_proto::{Client, Session};
+use strata_vmm::{Console, Disk, DiskFormat, GuestContract, Platform, VmConfig};
+
+/// How a VM is made: `<bundle>/vm.json` for `strata run --vm`, derived from the bundle by
+/// strata-oci.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// `auto`, `uml` or `kvm`.
+    pub platform: String,
+    /// The image's root disk (ext4, shared read-only; the VM writes to its own COW file).
+    pub disk: PathBuf,
+    /// Extra block devices for `-v` volumes, in guest order after the root disk.
+    #[serde(default)]
+    pub volumes: Vec<VolumeDisk>,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    /// Where the agent's initramfs is cached.
+    pub cache_dir: PathBuf,
+    /// The workload gets a terminal (a guest pty relayed to the caller's stdio).
+    #[serde(default)]
+    pub tty: bool,
+}
+
+/// A volume as a block device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeDisk {
+    /// The host file holding the filesystem image.
+    pub path: PathBuf,
+    /// The mount point in the guest (the config.json mount's destination).
+    pub destination: String,
+    pub read_only: bool,
+    /// A snapshot strata built from a directory: removed with the VM's state.
+    #[serde(default)]
+    pub snapshot: bool,
+}
+
+/// `<state_dir>/state.json`, written by the keeper.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct KeeperState {
+    pub keeper_pid: i32,
+    pub vm_pid: i32,
+    pub platform: String,
+    pub cgroup_dirs: Vec<PathBuf>,
+    /// `creating`, `created` (workload held), `running`, `stopped`.
+    pub status: String,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub bundle: PathBuf,
+    #[serde(default)]
+    pub created: String,
+}
+
+/// Starting a workload failed; `code` follows Docker (125 set-up, 126 cannot execute, 127 not
+/// found).
+#[derive(Debug)]
+pub struct LaunchError {
+    pub code: i32,
+    pub message: String,
+}
+
+/// What to launch.
+pub struct Launch<'a> {
+    pub id: &'a str,
+    pub state_dir: &'a Path,
+    pub bundle: &'a Path,
+    pub spec: &'a VmSpec,
+    /// The config.json as the container path generated it.
+    pub config: serde_json::Value,
+    /// Boot and create, then hold the workload until a `start` request (strata-oci create).
+    pub hold: bool,
+    /// End the VM when the caller dies (foreground `strata run`); strata-oci's keeper outlives
+    /// `strata-oci create`.
+    pub die_with_parent: bool,
+    pub stdin: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+}
+
+/// The state file of a VM.
+pub fn state_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("state.json")
+}
+
+/// Reads a VM's state (None when there is none).
+pub fn load_state(state_dir: &Path) -> Option<KeeperState> {
+    serde_json::from_slice(&std::fs::read(state_path(state_dir)).ok()?).ok()
+}
+
+fn save_state(state_dir: &Path, st: &KeeperState) {
+    let tmp = state_dir.join(".state.json.tmp");
+    if let Ok(b) = serde_json::to_vec(st) {
+        if std::fs::write(&tmp, b).is_ok() {
+            let _ = std::fs::rename(&tmp, state_path(state_dir));
+        }
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence.
+    if unsafe { libc::kill(pid, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    {
+        return false;
+    }
+    !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|i| s[i + 1..].trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// Picks the VM platform: `auto` takes kvm where hardware virtualization and strata's KVM
+/// monitor exist, uml otherwise; a named platform must be available here.
+pub fn select_platform(name: &str) -> Result<Box<dyn Platform>, String> {
+    match name {
+        "" | "auto" => strata_vmm::detect().map_err(|why| {
+            let reasons: Vec<String> = why
+                .iter()
+                .map(|u| format!("{}: {}", u.platform, u.reason))
+                .collect();
+            format!(
+                "no VM platform is usable on this host ({}); see `strata info`",
+                reasons.join("; ")
+            )
+        }),
+        n => {
+            let p = strata_vmm::platform(n).map_err(|e| e.to_string())?;
+            p.check().map_err(|u| {
+                format!(
+                    "--platform {n} is unavailable on this host: {}; see `strata info`",
+                    u.reason
+                )
+            })?;
+            Ok(p)
+        }
+    }
+}
+
+/// The static strata-agent binary that becomes the guest's PID 1: `$STRATA_AGENT`, else next
+/// to this executable, else the release build of scripts/build-agent.sh in the same target
+/// directory, else /usr/local/lib/strata or /usr/lib/strata.
+pub fn agent_path() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("STRATA_AGENT") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "STRATA_AGENT={} does not exist: build the agent with scripts/build-agent.sh",
+                p.display()
+            ))
+        };
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("strata-agent"));
+            if let Some(target) = dir.parent() {
+                candidates.push(target.join("x86_64-unknown-linux-gnu/release/strata-agent"));
+            }
+        }
+    }
+    candidates.push("/usr/local/lib/strata/strata-agent".into());
+    candidates.push("/usr/lib/strata/strata-agent".into());
+    for c in &candidates {
+        if is_static_elf(c) {
+            return Ok(c.clone());
+        }
+    }
+    Err(format!(
+        "no static strata-agent found (looked at {}): build it with scripts/build-agent.sh or set STRATA_AGENT",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+fn is_static_elf(p: &Path) -> bool {
+    // The program headers sit at the start of the file: 64 KiB is plenty.
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = std::fs::File::open(p)
+        .and_then(|mut f| f.read(&mut buf))
+        .unwrap_or(0);
+    n > 0 && strata_vmm::kernel::elf_is_dynamic(&buf[..n]) == Some(false)
+}
+
+/// Forks the keeper for `l` and returns its pid (our child, which exits with the workload's exit
+/// code) once the workload runs (or, with `hold`, is created and held).
+pub fn launch(l: Launch) -> Result<i32, LaunchError> {
+    let err = |message: String| LaunchError { code: 125, message };
+    std::fs::create_dir_all(l.state_dir)
+        .map_err(|e| err(format!("create {}: {e}", l.state_dir.display())))?;
+    let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| err(format!("create status pipe: {e}")))?;
+    let parent = std::process::id() as i32;
+    // SAFETY: callers are single-threaded (strata and strata-oci are); the child runs the keeper
+    // and leaves with _exit.
+    match unsafe { nix::unistd::fork() }.map_err(|e| err(format!("fork the VM keeper: {e}")))? {
+        nix::unistd::ForkResult::Child => {
+            drop(status_r);
+            let code = keeper(&l, status_w, parent);
+            // SAFETY: _exit in the forked child: nothing of the parent's must run at exit.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(status_w);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(status_r).read_to_string(&mut msg);
+            if msg.starts_with("ok") {
+                return Ok(child.as_raw());
+            }
+            // The keeper failed and is exiting: reap it.
+            let _ = nix::sys::wait::waitpid(child, None);
+            if let Some(rest) = msg.strip_prefix("err ") {
+                let (code, m) = rest.split_once(' ').unwrap_or((rest, ""));
+                return Err(LaunchError {
+                    code: code.parse().unwrap_or(125),
+                    message: m.to_string(),
+                });
+            }
+            Err(err("the VM keeper died before the VM started".into()))
+        }
+    }
+}
+
+/// Signals the keeper handles itself (blocked in every thread, read by one).
+fn keeper_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGPWR,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
+    // The keeper can live long (detached VMs, strata-oci): it must not hold other ends of its
+    // caller's pipes (e.g. the monitor's status pipe, whose reader waits for EOF).
+    close_other_fds(&[
+        0,
+        1,
+        2,
+        status.as_raw_fd(),
+        l.stdin.as_raw_fd(),
+        l.stdout.as_raw_fd(),
+        l.stderr.as_raw_fd(),
+    ]);
+    let mut status = Some(std::fs::File::from(status));
+    let report = |status: &mut Option<std::fs::File>, msg: &str| {
+        if let Some(mut s) = status.take() {
+            let _ = s.write_all(msg.as_bytes());
+        }
+    };
+    let signals = keeper_signals();
+    let _ = signals.thread_block();
+    if l.die_with_parent {
+        // SAFETY: prctl with a signal number; SIGPWR is handled below as "end the VM now".
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGPWR) };
+        // SAFETY: getppid cannot fail.
+        if unsafe { libc::getppid() } != parent {
+            return 1;
+        }
+    } else {
+        // Outlive the invoking command and its session (strata-oci create).
+        let _ = nix::unistd::setsid();
+    }
+    let mut st = KeeperState {
+        keeper_pid: std::process::id() as i32,
+        status: "creating".into(),
+        bundle: l.bundle.to_path_buf(),
+        created: chrono::Utc::now().to_rfc3339(),
+        ..Default::default()
+    };
+    let fail = |status: &mut Option<std::fs::File>, st: &mut KeeperState, code: i32, m: String| {
+        report(status, &format!("err {code} {m}"));
+        st.status = "stopped".into();
+        st.exit_code = Some(code);
+        save_state(l.state_dir, st);
+        code
+    };
+    let platform = match select_platform(&l.spec.platform) {
+        Ok(p) => p,
+        Err(m) => return fail(&mut status, &mut st, 125, m),
+    };
+    st.platform = platform.name().into();
+    let config = match guest_config(l.config.clone(), l.spec, platform.as_ref()) {
+        Ok(c) => c,
+        Err(m) => return fail(&mut status, &mut st, 125, m),
+    };
+    let sock_path = l.state_dir.join("keeper.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let listener = match UnixListener::bind(&sock_path) {
+        Ok(x) => x,
+        Err(e) => {
+            return fail(
+                &mut status,
+                &mut st,
+                125,
+                format!("listen on {}: {e}", sock_path.display()),
+            )
+        }
+    };
+    let mut vm = match boot(l, platform.as_ref()) {
+        Ok(v) => v,
+        Err(m) => {
+            let _ = std::fs::remove_file(&sock_path);
+            return fail(&mut status, &mut st, 125, m);
+        }
+    };
+    st.vm_pid = vm.pid();
+    st.cgroup_dirs = vm.cgroup_dirs();
+    save_state(l.state_dir, &st);
+    let vm_pid = vm.pid();
+    let Some(channel) = vm.take_channel() else {
+        let _ = vm.kill();
+        return fail(&mut status, &mut st, 125, "the VM has no channel".into());
+    };
+    let console = l.state_dir.join("console.log");
+    let client = match Client::from_unix_stream(channel, Duration::from_secs(60)) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            let _ = vm.kill();
+            let m = format!(
+                "the guest agent did not answer: {e}{}",
+                console_tail(&console)
+            );
+            let _ = std::fs::remove_file(&sock_path);
+            return fail(&mut status, &mut st, 125, m);
+        }
+    };
+    let bytes = serde_json::to_vec(&config).unwrap_or_default();
+    let session = match client.create(&bytes) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            let _ = vm.kill();
+            let _ = std::fs::remove_file(&sock_path);
+            return fail(&mut status, &mut st, 125, format!("create in the VM: {e}"));
+        }
+    };
+    // Requests from other commands; `start` comes back to this thread.
+    let (start_tx, start_rx) = mpsc::channel::<UnixStream>();
+    {
+        let client = Arc::clone(&client);
+        let session = Arc::clone(&session);
+        std::thread::spawn(move || serve(listener, client, session, start_tx));
+    }
+    // Signals: forwarded to the workload; SIGPWR (our parent died) ends the VM.
+    {
+        let session = Arc::clone(&session);
+        std::thread::spawn(move || loop {
+            match signals.wait() {
+                Ok(Signal::SIGPWR) => {
+                    // SAFETY: killing the VM's leader, our child.
+                    unsafe { libc::kill(vm_pid, libc::SIGKILL) };
+                }
+                Ok(sig) => {
+                    let _ = session.signal(sig as i32);
+                }
+                Err(_) => {}
+            }
+        });
+    }
+    let mut start_reply = None;
+    if l.hold {
+        st.status = "created".into();
+        save_state(l.state_dir, &st);
+        report(&mut status, "ok");
+        match start_rx.recv() {
+            Ok(conn) => start_reply = Some(conn),
+            Err(_) => return 1,
+        }
+    }
+    let stdio = [l.stdin, l.stdout, l.stderr].map(|fd| fd.try_clone_to_owned().ok());
+    match client.start() {
+        Ok(_) => {}
+        Err(e) => {
+            if let Some(mut c) = start_reply.take() {
+                let _ = writeln!(
+                    c,
+                    "{}",
+                    serde_json::json!({"ok": false, "message": e.to_string()})
+                );
+            }
+            let _ = vm.kill();
+            let _ = std::fs::remove_file(&sock_path);
+            return fail(&mut status, &mut st, 125, format!("start in the VM: {e}"));
+        }
+    }
+    st.status = "running".into();
+    save_state(l.state_dir, &st);
+    if let Some(mut c) = start_reply.take() {
+        let _ = writeln!(c, "{}", serde_json::json!({"ok": true}));
+    }
+    report(&mut status, "ok");
+    let [i, o, e] = stdio;
+    let code = relay(&session, i, o, e, l.spec.tty);
+    st.status = "stopped".into();
+    st.exit_code = Some(code.unwrap_or(137));
+    save_state(l.state_dir, &st);
+    // The agent powers the guest off after our acknowledgement; give it a moment.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(_)) = vm.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = vm.kill();
+    let _ = std::fs::remove_file(&sock_path);
+    let _ = std::fs::remove_file(l.state_dir.join("root.cow"));
+    // A VM killed from outside (rm -f, OOM): like a container killed by SIGKILL.
+    code.unwrap_or(137)
+}
+
+fn close_other_fds(keep: &[RawFd]) {
+    let Ok(rd) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    for fd in fds {
+        if !keep.contains(&fd) {
+            // SAFETY: closing an fd inherited from the caller that the keeper does not use (the
+            // directory fd of the listing above is already closed; EBADF is harmless).
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// The last lines of the console log, to explain a VM that did not come up.
+fn console_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let tail = &lines[lines.len().saturating_sub(10)..];
+    format!("; guest console ({}):\n{}", path.display(), tail.join("\n"))
+}
+
+/// Boots the VM: kernel, agent initramfs, image disk with a fresh COW file, volume disks.
+fn boot(l: &Launch, platform: &dyn Platform) -> Result<strata_vmm::Vm, String> {
+    let kernel = strata_vmm::default_kernel(platform.name()).ok_or_else(|| {
+        format!(
+            "no guest kernel for {}: run scripts/build-guest-kernel.sh",
+            platform.name()
+        )
+    })?;
+    let agent = agent_path()?;
+    let initrd = strata_vmm::initramfs::agent_initramfs(&agent, &l.spec.cache_dir)
+        .map_err(|e| format!("agent initramfs: {e}"))?;
+    let mut cfg = VmConfig::new(l.id, kernel.path, l.state_dir.join("run"));
+    cfg.memory_mib = l.spec.memory_mib;
+    cfg.vcpus = l.spec.vcpus;
+    cfg.initrd = Some(initrd);
+    cfg.init = Some(strata_vmm::initramfs::AGENT_GUEST_PATH.into());
+    cfg.disks.push(Disk {
+        path: l.spec.disk.clone(),
+        cow: Some(l.state_dir.join("root.cow")),
+        read_only: false,
+    });
+    for v in &l.spec.volumes {
+        cfg.disks.push(Disk {
+            path: v.path.clone(),
+            cow: None,
+            read_only: v.read_only,
+        });
+    }
+    cfg.kernel_params = GuestContract {
+        lower: Some((platform.disk_device(0), DiskFormat::Ext4)),
+        upper: None,
+        rootrw: true,
+    }
+    .kernel_params();
+    if std::env::var_os("STRATA_VM_DEBUG").is_some() {
+        // The agent logs to the console (console.log in the state directory).
+        cfg.kernel_params.push("strata.debug=1".into());
+    }
+    cfg.console = Console::File(l.state_dir.join("console.log"));
+    platform
+        .boot(&cfg)
+        .map_err(|e| format!("boot the {} VM: {e}", platform.name()))
+}
+
+/// config.json as the guest sees it: the same document, with the host-only parts replaced —
+/// the volume bind mounts become mounts of their block devices, the host pty at /dev/console
+/// goes (the agent allocates the guest's own pty), and `terminal` says whether there is one.
+pub fn guest_config(
+    mut config: serde_json::Value,
+    spec: &VmSpec,
+    platform: &dyn Platform,
+) -> Result<serde_json::Value, String> {
+    config["process"]["terminal"] = serde_json::json!(spec.tty);
+    if let Some(mounts) = config["mounts"].as_array_mut() {
+        mounts.retain(|m| m["destination"] != "/dev/console");
+        for (i, v) in spec.volumes.iter().enumerate() {
+            let m = mounts
+                .iter_mut()
+                .find(|m| m["destination"] == v.destination.as_str())
+                .ok_or_else(|| format!("config.json has no mount at {}", v.destination))?;
+            let mut options = vec!["nosuid", "nodev"];
+            if v.read_only {
+                options.push("ro");
+            }
+            *m = serde_json::json!({
+                "destination": v.destination,
+                "type": "ext4",
+                "source": platform.disk_device(i + 1),
+                "options": options,
+            });
+        }
+    }
+    Ok(config)
+}
+
+/// Relays between host fds and a guest session until the process exits; its exit code (None
+/// when the connection to the VM was lost).
+fn relay(
+    session: &Arc<Session>,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    tty: bool,
+) -> Option<i32> {
+    let done = Arc::new(AtomicBool::new(false));
+    if let (Some(fd), Some(mut w)) = (stdin, session.take_stdin()) {
+        let done = Arc::clone(&done);
+        let session = Arc::clone(session);
+        std::thread::spawn(move || {
+            let _raw = if tty { raw_mode(fd.as_fd()) } else { None };
+            let mut last = None;
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                if tty {
+                    let ws = winsize(fd.as_fd());
+                    if ws.is_some() && ws != last {
+                        last = ws;
+                        if let Some((r, c)) = ws {
+                            let _ = session.resize(r, c);
+                        }
+                    }
+                }
+                if done.load(Ordering::Relaxed) {
+                    return;
+                }
+                let mut p = [nix::poll::PollFd::new(
+                    fd.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                match nix::poll::poll(&mut p, nix::poll::PollTimeout::from(200u16)) {
+                    Ok(0) | Err(nix::Error::EINTR) => continue,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+                match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if w.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                    Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = w.close();
+        });
+    }
+    let mut outs = Vec::new();
+    for (fd, reader) in [
+        (stdout, session.take_stdout()),
+        (stderr, session.take_stderr()),
+    ] {
+        let Some(mut r) = reader else { continue };
+        outs.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 32 * 1024];
+            let mut sink_ok = fd.is_some();
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if sink_ok {
+                            if let Some(fd) = &fd {
+                                sink_ok = write_all(fd.as_fd(), &buf[..n]);
+                            }
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let code = session.wait().ok().map(|s| s.code);
+    for t in outs {
+        let _ = t.join();
+    }
+    done.store(true, Ordering::Relaxed);
+    code
+}
+
+fn write_all(fd: BorrowedFd, mut b: &[u8]) -> bool {
+    while !b.is_empty() {
+        match nix::unistd::write(fd, b) {
+            Ok(n) => b = &b[n..],
+            Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn winsize(fd: BorrowedFd) -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ fills the winsize we pass; failure (not a tty) is checked.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Raw mode on the host side of a relayed terminal: the guest's pty does the line discipline
+/// (echo, ^C), so the host pty must pass bytes through untouched.
+fn raw_mode(fd: BorrowedFd) -> Option<RawGuard> {
+    use nix::sys::termios;
+    let saved = termios::tcgetattr(fd).ok()?;
+    let mut raw = saved.clone();
+    termios::cfmakeraw(&mut raw);
+    termios::tcsetattr(fd, termios::SetArg::TCSANOW, &raw).ok()?;
+    Some(RawGuard {
+        fd: fd.as_raw_fd(),
+        saved,
+    })
+}
+
+struct RawGuard {
+    fd: RawFd,
+    saved: nix::sys::termios::Termios,
+}
+
+impl Drop for RawGuard {
+    fn drop(&mut self) {
+        // SAFETY: the fd outlives the guard (it is owned by the same relay thread).
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let _ = nix::sys::termios::tcsetattr(fd, nix::sys::termios::SetArg::TCSANOW, &self.saved);
+    }
+}
+
+/// A request to the keeper: one JSON line, with up to three fds (stdin, stdout, stderr of an
+/// exec) attached to it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    /// Release the held workload (strata-oci start).
+    Start,
+    /// Signal the workload.
+    Kill { signal: i32 },
+    /// Run another process in the guest; the fds passed are its stdio.
+    Exec {
+        process: serde_json::Value,
+        tty: bool,
+    },
+}
+
+/// Largest request accepted (a process JSON is small; the limit keeps a hostile local client
+/// from making the keeper buffer without bound).
+const MAX_REQUEST: usize = 256 * 1024;
+
+fn serve(
+    listener: UnixListener,
+    client: Arc<Client>,
+    session: Arc<Session>,
+    start: mpsc::Sender<UnixStream>,
+) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let client = Arc::clone(&client);
+        let session = Arc::clone(&session);
+        let start = start.clone();
+        std::thread::spawn(move || {
+            let _ = handle(conn, &client, &session, &start);
+        });
+    }
+}
+
+fn handle(
+    mut conn: UnixStream,
+    client: &Client,
+    session: &Session,
+    start: &mpsc::Sender<UnixStream>,
+) -> std::io::Result<()> {
+    let (line, fds) = recv_request(&conn)?;
+    let reply = |conn: &mut UnixStream, v: serde_json::Value| writeln!(conn, "{v}");
+    let req: Request = match serde_json::from_slice(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            return reply(
+                &mut conn,
+                serde_json::json!({"ok": false, "message": format!("bad request: {e}")}),
+            )
+        }
+    };
+    match req {
+        Request::Start => {
+            let _ = start.send(conn);
+            Ok(())
+        }
+        Request::Kill { signal } => {
+            let v = match session.signal(signal) {
+                Ok(()) => serde_json::json!({"ok": true}),
+                Err(e) => serde_json::json!({"ok": false, "message": e.to_string()}),
+            };
+            reply(&mut conn, v)
+        }
+        Request::Exec { process, tty } => {
+            let bytes = serde_json::to_vec(&process).unwrap_or_default();
+            let h = match client.exec(&bytes, tty) {
+                Ok(h) => Arc::new(h),
+                Err(e) => {
+                    return reply(
+                        &mut conn,
+                        serde_json::json!({"ok": false, "message": e.to_string()}),
+                    )
+                }
+            };
+            reply(&mut conn, serde_json::json!({"ok": true, "pid": h.pid()}))?;
+            let mut it = fds.into_iter();
+            let code = relay(&h, it.next(), it.next(), it.next(), tty);
+            reply(&mut conn, serde_json::json!({"exit": code.unwrap_or(137)}))
+        }
+    }
+}
+
+fn recv_request(conn: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(v) = c {
+            for fd in v {
+                // SAFETY: the kernel just installed these fds for us.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    let n = msg.bytes;
+    buf.truncate(n);
+    while buf.last() == Some(&b'\n') {
+        buf.pop();
+    }
+    Ok((buf, fds))
+}
+
+/// Sends a request (with `fds` attached) to the keeper of the VM in `state_dir` and returns the
+/// connection for reading its answers.
+pub fn request(
+    state_dir: &Path,
+    req: &Request,
+    fds: &[RawFd],
+) -> Result<BufReader<UnixStream>, String> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let sock = state_dir.join("keeper.sock");
+    let conn = UnixStream::connect(&sock)
+        .map_err(|e| format!("the VM is not running (connect {}: {e})", sock.display()))?;
+    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    let iov = [std::io::IoSlice::new(&line)];
+    let cmsgs = [ControlMessage::ScmRights(fds)];
+    let cm: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsgs };
+    sendmsg::<()>(conn.as_raw_fd(), &iov, cm, MsgFlags::empty(), None)
+        .map_err(|e| format!("send to the VM keeper: {e}"))?;
+    Ok(BufReader::new(conn))
+}
+
+/// Reads one JSON answer line from the keeper.
+pub fn answer(r: &mut BufReader<UnixStream>) -> Result<serde_json::Value, String> {
+    let mut line = String::new();
+    match r.read_line(&mut line) {
+        Ok(0) | Err(_) => Err("the VM keeper closed the connection".into()),
+        Ok(_) => serde_json::from_str(&line).map_err(|e| format!("bad keeper answer: {e}")),
+    }
+}
+
+/// A request that expects `{"ok": true}`.
+pub fn simple_request(state_dir: &Path, req: &Request) -> Result<(), String> {
+    let mut r = request(state_dir, req, &[])?;
+    let v = answer(&mut r)?;
+    if v["ok"] == true {
+        Ok(())
+    } else {
+        Err(v["message"].as_str().unwrap_or("refused").to_string())
+    }
+}
+
+/// Ends a VM and removes its state: the VM's leader is killed (which ends its whole pid
+/// namespace), the keeper is given a moment to finish, cgroups left by a dead keeper are
+/// removed, then the state directory. Idempotent.
+pub fn destroy(state_dir: &Path) {
+    if let Some(st) = load_state(state_dir) {
+        if st.vm_pid > 0 && alive(st.vm_pid) {
+            // SAFETY: SIGKILL to the VM leader recorded by its keeper.
+            unsafe { libc::kill(st.vm_pid, libc::SIGKILL) };
+        }
+        let t = Instant::now();
+        while (alive(st.keeper_pid) || alive(st.vm_pid)) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if alive(st.keeper_pid) {
+            // SAFETY: the keeper did not finish: it goes too.
+            unsafe { libc::kill(st.keeper_pid, libc::SIGKILL) };
+        }
+        for d in &st.cgroup_dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+    let _ = std::fs::remove_dir_all(state_dir);
+    if let Some(parent) = state_dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+}
+
+/// Host pids of the VM (every process in its cgroup).
+pub fn pids(state_dir: &Path) -> Vec<i32> {
+    let Some(st) = load_state(state_dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for d in &st.cgroup_dirs {
+        if let Ok(t) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            for p in t.lines().filter_map(|l| l.trim().parse().ok()) {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            platform: "uml".into(),
+            disk: "/d".into(),
+            volumes: vec![VolumeDisk {
+                path: "/v.img".into(),
+                destination: "/data".into(),
+                read_only: true,
+                snapshot: true,
+            }],
+            memory_mib: 128,
+            vcpus: 1,
+            cache_dir: "/c".into(),
+            tty: true,
+        }
+    }
+
+    #[test]
+    fn guest_config_maps_volumes_to_disks_and_drops_the_host_console() {
+        let cfg = serde_json::json!({
+            "process": {"terminal": false, "args": ["sh"]},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/data", "type": "bind", "source": "/host/dir", "options": ["rbind", "ro"]},
+                {"destination": "/dev/console", "type": "bind", "source": "/dev/pts/3"},
+            ]
+        });
+        let p = strata_vmm::UmlPlatform::new();
+        let g = guest_config(cfg.clone(), &spec(), &p).unwrap();
+        assert_eq!(g["process"]["terminal"], true);
+        let mounts = g["mounts"].as_array().unwrap();
+        assert_eq!(mounts.len(), 2);
+        assert_eq!(mounts[1]["source"], "/dev/ubdb");
+        assert_eq!(mounts[1]["type"], "ext4");
+        assert!(mounts[1]["options"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("ro")));
+        let mut s = spec();
+        s.volumes[0].destination = "/elsewhere".into();
+        assert!(guest_config(cfg, &s, &p).is_err());
+    }
+
+    #[test]
+    fn requests_round_trip_and_bad_ones_are_refused() {
+        let r: Request = serde_json::from_str(r#"{"op":"kill","signal":15}"#).unwrap();
+        assert!(matches!(r, Request::Kill { signal: 15 }));
+        for bad in [
+            "",
+            "{}",
+            r#"{"op":"format-disk"}"#,
+            r#"{"op":"kill","signal":"x"}"#,
+            "\u{0}\u{ff}",
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad:?}");
+        }
+    }
+}
