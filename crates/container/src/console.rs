@@ -17,6 +17,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use oci_spec::runtime::Process;
 
 /// What failed while setting up a terminal.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,9 @@ pub enum ConsoleError {
         /// The error.
         source: io::Error,
     },
+    /// process.terminal and --console-socket do not fit together.
+    #[error("{0}")]
+    Usage(&'static str),
     /// The peer sent something other than one fd.
     #[error("console socket: expected one file descriptor with SCM_RIGHTS, got {0}")]
     Protocol(String),
@@ -234,6 +238,50 @@ pub fn setup_console(
     send_master(socket, pty.master.as_fd())?;
     drop(pty.master);
     set_controlling_terminal(pty.slave, owner)
+}
+
+/// First half, before the container's mounts (the socket path is a host path): checks that
+/// `process.terminal` and `--console-socket` fit together, as runc does, and connects.
+/// `detached` is true for `create` (nobody is attached to the runtime's own stdio).
+pub fn connect_for(
+    process: &Process,
+    socket: Option<&Path>,
+    detached: bool,
+) -> Result<Option<UnixStream>, ConsoleError> {
+    let terminal = process.terminal().unwrap_or(false);
+    match (terminal, socket) {
+        (true, Some(path)) => connect_socket(path).map(Some),
+        (true, None) if detached => Err(ConsoleError::Usage(
+            "process.terminal is true but no --console-socket was given: cannot allocate a terminal for a detached container",
+        )),
+        // Foreground without a socket: the process keeps the runtime's stdio.
+        (true, None) => Ok(None),
+        (false, Some(_)) => Err(ConsoleError::Usage(
+            "--console-socket was given but process.terminal is false; set terminal or drop the socket",
+        )),
+        (false, None) => Ok(None),
+    }
+}
+
+/// Second half, inside the container (after pivot_root, so /dev/ptmx is the container's
+/// devpts): allocate the pty, hand the master to the engine, take the slave as the controlling
+/// terminal and stdio, owned by the process user.
+pub fn attach(socket: Option<UnixStream>, process: &Process) -> Result<(), ConsoleError> {
+    match socket {
+        Some(socket) => attach_fd(socket.as_fd(), process),
+        None => Ok(()),
+    }
+}
+
+/// [`attach`] over an already connected socket fd (`exec -t`: the runtime connected it before
+/// the process joined the container's mount namespace).
+pub fn attach_fd(socket: BorrowedFd<'_>, process: &Process) -> Result<(), ConsoleError> {
+    let size = process
+        .console_size()
+        .as_ref()
+        .map(|b| (b.height() as u16, b.width() as u16));
+    let owner = Some((process.user().uid(), process.user().gid()));
+    setup_console(socket, Path::new("/dev/ptmx"), size, owner)
 }
 
 /// Receives a master fd the way containerd and conmon do: one message, a name, one fd.

@@ -264,7 +264,7 @@ impl Runtime {
         _forwarding: Option<&nix::sys::signal::SigSet>,
     ) -> Result<(i32, PathBuf), ContainerError> {
         let dir = self.dir(id)?;
-        let spec = spec::load(&opts.bundle)?;
+        let mut spec = spec::load(&opts.bundle)?;
         let bundle =
             std::path::absolute(&opts.bundle).map_err(io("resolve bundle", &opts.bundle))?;
         let root_path = spec
@@ -307,6 +307,17 @@ impl Runtime {
         let mut cg = Cgroup::resolve(linux.and_then(|l| l.cgroups_path().as_deref()), id)?;
         cg.create(Some(&effective_resources(&spec)))?;
         guard.cg = Some(cg.clone());
+        // sd_notify, runc's scheme: the relay directory is bind-mounted into the container.
+        if let Some(n) = crate::notify::NotifySocket::from_env(&dir) {
+            n.setup_spec(&mut spec)
+                .and_then(|()| n.create_dir())
+                .map_err(|e| ContainerError::Launch(LaunchError::Child(e.to_string())))?;
+        }
+        // Socket activation: LISTEN_FDS handed to the runtime go on to the container (fds 3..).
+        let listen_fds = crate::fds::listen_fds_from_env();
+        if let Some(p) = spec.process_mut().as_mut().filter(|_| listen_fds > 0) {
+            crate::fds::apply_listen_env(p.env_mut().get_or_insert_with(Vec::new), listen_fds);
+        }
         let fifo = dir.join(EXEC_FIFO);
         if mode == Mode::Create {
             nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
@@ -322,7 +333,7 @@ impl Runtime {
             no_new_keyring: opts.no_new_keyring,
             exec_fifo: (mode == Mode::Create).then_some(fifo.as_path()),
             cgroup_dirs: cgroup_dirs(&cg),
-            preserve_fds: opts.preserve_fds,
+            preserve_fds: opts.preserve_fds + listen_fds as i32,
             console_socket: opts.console_socket.as_deref(),
             lock_fd: Some(lock.raw_fd()),
         };
@@ -376,6 +387,16 @@ impl Runtime {
             Status::Running => return Err(ContainerError::StartRunning),
             s => return Err(ContainerError::StartState(s)),
         }
+        // sd_notify: bind the relay socket before the workload can send to it.
+        let notify = match crate::notify::NotifySocket::from_env(&l.dir) {
+            Some(n) => {
+                let sock = n
+                    .bind()
+                    .map_err(|e| ContainerError::Launch(LaunchError::Child(e.to_string())))?;
+                Some((n, sock))
+            }
+            None => None,
+        };
         let fifo = l.dir.join(EXEC_FIFO);
         let mut f = std::fs::File::open(&fifo).map_err(io("open exec fifo", &fifo))?;
         let mut b = [0u8; 1];
@@ -383,6 +404,11 @@ impl Runtime {
         let _ = std::fs::remove_file(&fifo);
         if n == 0 {
             return Err(ContainerError::StartStopped);
+        }
+        if let Some((n, sock)) = notify {
+            // Like runc, `start` returns once the container reported READY (or exited).
+            n.relay_ready(&sock, l.rec.pid)
+                .map_err(|e| ContainerError::Launch(LaunchError::Child(e.to_string())))?;
         }
         if let Ok(spec) = spec::load(&l.rec.bundle) {
             hooks_poststart(&spec, id, l.rec.pid, &l.rec.bundle);
@@ -535,11 +561,22 @@ impl Runtime {
         }
         let caps = CapSets::from_spec(process.capabilities().as_ref())
             .map_err(|e| ContainerError::Launch(LaunchError::Child(e.to_string())))?;
+        let child_err = |e: String| ContainerError::Launch(LaunchError::Child(e));
+        let spec = spec::load(&l.rec.bundle)?;
+        let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            Some(p) => Some(crate::seccomp::compile(p).map_err(|e| child_err(e.to_string()))?),
+            None => None,
+        };
+        let console =
+            crate::console::connect_for(process, opts.console_socket.as_deref(), opts.detach)
+                .map_err(|e| child_err(e.to_string()))?;
         let cfg = ExecConfig {
             init_pid: l.rec.pid,
             process,
             caps: &caps,
             preserve_fds: opts.preserve_fds,
+            seccomp: seccomp.as_ref(),
+            console: console.as_ref().map(std::os::fd::AsFd::as_fd),
         };
         let set = (!opts.detach).then(launch::block_forwarded_signals);
         let pid = launch::spawn_exec(&cfg, &l.cg)?;
@@ -617,12 +654,18 @@ fn cgroup_dirs(cg: &Cgroup) -> Vec<(String, PathBuf)> {
 
 /// prestart + createRuntime hooks: in the runtime's namespaces, after the container's
 /// namespaces exist and its mounts are done, before pivot_root. An error fails `create`.
-fn hooks_create_runtime(_spec: &Spec, _id: &str, _pid: i32, _bundle: &Path) -> Result<(), String> {
-    Ok(())
+fn hooks_create_runtime(spec: &Spec, id: &str, pid: i32, bundle: &Path) -> Result<(), String> {
+    crate::hooks::run_runtime_hooks(spec, id, pid, bundle).map_err(|e| e.to_string())
 }
 
 /// poststart hooks: after the workload was started; failures are logged, not fatal.
-fn hooks_poststart(_spec: &Spec, _id: &str, _pid: i32, _bundle: &Path) {}
+fn hooks_poststart(spec: &Spec, id: &str, pid: i32, bundle: &Path) {
+    use crate::hooks::{run_warning_hooks, HookKind};
+    run_warning_hooks(HookKind::Poststart, spec, id, Some(pid), bundle);
+}
 
 /// poststop hooks: after `delete` removed the container; failures are logged, not fatal.
-fn hooks_poststop(_spec: &Spec, _id: &str, _bundle: &Path) {}
+fn hooks_poststop(spec: &Spec, id: &str, bundle: &Path) {
+    use crate::hooks::{run_warning_hooks, HookKind};
+    run_warning_hooks(HookKind::Poststop, spec, id, None, bundle);
+}

@@ -14,11 +14,11 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::Hook;
+use oci_spec::runtime::{Hook, Spec};
 
 /// The lifecycle point a hook belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +133,85 @@ pub enum HookError {
         /// The error.
         source: io::Error,
     },
+}
+
+/// The state JSON hooks receive on stdin: the runtime spec's state object.
+pub fn state_json(spec: &Spec, id: &str, status: &str, pid: Option<i32>, bundle: &Path) -> Vec<u8> {
+    let mut state = serde_json::json!({
+        "ociVersion": spec.version(),
+        "id": id,
+        "status": status,
+        "bundle": bundle,
+    });
+    if let Some(pid) = pid {
+        state["pid"] = pid.into();
+    }
+    if let Some(a) = spec.annotations().as_ref().filter(|a| !a.is_empty()) {
+        state["annotations"] = serde_json::json!(a);
+    }
+    serde_json::to_vec(&state).unwrap_or_default()
+}
+
+/// prestart then createRuntime, from the runtime while init waits (status "creating").
+pub fn run_runtime_hooks(spec: &Spec, id: &str, pid: i32, bundle: &Path) -> Result<(), HookError> {
+    let Some(hooks) = spec.hooks().as_ref() else {
+        return Ok(());
+    };
+    let state = state_json(spec, id, "creating", Some(pid), bundle);
+    for kind in [HookKind::Prestart, HookKind::CreateRuntime] {
+        run_hooks(kind, kind.select(hooks), &state)?;
+    }
+    Ok(())
+}
+
+/// poststart (status "running") or poststop (status "stopped"): failures are logged warnings.
+pub fn run_warning_hooks(kind: HookKind, spec: &Spec, id: &str, pid: Option<i32>, bundle: &Path) {
+    let Some(hooks) = spec.hooks().as_ref() else {
+        return;
+    };
+    let list = kind.select(hooks);
+    if list.is_empty() {
+        return;
+    }
+    let status = if kind == HookKind::Poststart {
+        "running"
+    } else {
+        "stopped"
+    };
+    let state = state_json(spec, id, status, pid, bundle);
+    // Errors are impossible for warning kinds: run_hooks only returns warnings for them.
+    let _ = run_hooks(kind, list, &state);
+}
+
+/// The init's pid as the host sees it, read while the host's /proc is still mounted (before
+/// pivot_root), for the state of the startContainer hooks.
+static HOST_PID: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+
+/// createContainer (before pivot_root) or startContainer (after), from the container init
+/// (status "created").
+pub fn run_container_hooks(
+    kind: HookKind,
+    spec: &Spec,
+    id: &str,
+    bundle: &Path,
+) -> Result<(), HookError> {
+    if kind == HookKind::CreateContainer {
+        if let Some(pid) = std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
+        {
+            let _ = HOST_PID.set(pid);
+        }
+    }
+    let Some(hooks) = spec.hooks().as_ref() else {
+        return Ok(());
+    };
+    let list = kind.select(hooks);
+    if list.is_empty() {
+        return Ok(());
+    }
+    let state = state_json(spec, id, "created", HOST_PID.get().copied(), bundle);
+    run_hooks(kind, list, &state).map(|_| ())
 }
 
 /// Output kept from a hook for the error message.

@@ -54,6 +54,14 @@ pub enum InitError {
     },
     #[error("unexpected message from the runtime: {0:?}")]
     Protocol(Message),
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
+    #[error(transparent)]
+    Fds(#[from] crate::fds::FdError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 fn sys(step: &'static str) -> impl Fn(nix::Error) -> InitError {
@@ -126,7 +134,7 @@ fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, Init
             .map_err(sys("unshare cgroup namespace"))?;
     }
     nix::unistd::setsid().map_err(sys("setsid"))?;
-    setup_console(cfg)?;
+    let console = setup_console(cfg)?;
     if !cfg.no_new_keyring {
         join_session_keyring(cfg.id);
     }
@@ -170,6 +178,8 @@ fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, Init
     hooks_create_container(cfg)?;
     drop(root);
     rootfs::enter(cfg.rootfs, cfg.no_pivot)?;
+    // The pty comes from the container's own devpts, so it is allocated after pivot_root.
+    crate::console::attach(console, process)?;
     if cfg
         .spec
         .root()
@@ -183,7 +193,10 @@ fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, Init
     process::set_rlimits(process)?;
     process::set_oom_score_adj(process)?;
     process::set_cwd(process)?;
+    // CVE-2024-21626: a cwd reached through a still-open host fd is outside the root.
+    crate::fds::verify_cwd_inside_root(process.cwd())?;
     let caps = CapSets::from_spec(process.capabilities().as_ref())?;
+    apply_seccomp_before_identity(cfg)?;
     process::set_identity(process, &caps, false)?;
     let program = process::resolve_program(process)?;
     // 6. Ready; for `create`, block on exec.fifo until `start` opens it.
@@ -256,27 +269,67 @@ pub fn needs_runtime_hooks(spec: &Spec) -> bool {
 
 /// Console: after setsid, before the mounts are finished. With process.terminal, allocate the
 /// pty, make it the controlling terminal and send the master over --console-socket.
-fn setup_console(_cfg: &InitConfig) -> Result<(), InitError> {
-    Ok(())
+/// Here only the socket is connected (its path is a host path); the pty is allocated after
+/// pivot_root by `console::attach`.
+fn setup_console(cfg: &InitConfig) -> Result<Option<std::os::unix::net::UnixStream>, InitError> {
+    let process = cfg
+        .spec
+        .process()
+        .as_ref()
+        .expect("validated: process present");
+    Ok(crate::console::connect_for(
+        process,
+        cfg.console_socket,
+        cfg.exec_fifo.is_some(),
+    )?)
 }
 
 /// createContainer hooks: in the container's namespaces, after the mounts, before pivot_root.
-fn hooks_create_container(_cfg: &InitConfig) -> Result<(), InitError> {
-    Ok(())
+fn hooks_create_container(cfg: &InitConfig) -> Result<(), InitError> {
+    use crate::hooks::{run_container_hooks, HookKind};
+    Ok(run_container_hooks(
+        HookKind::CreateContainer,
+        cfg.spec,
+        cfg.id,
+        cfg.bundle,
+    )?)
 }
 
 /// startContainer hooks: after `start` released us, right before exec.
-fn hooks_start_container(_cfg: &InitConfig) -> Result<(), InitError> {
-    Ok(())
+fn hooks_start_container(cfg: &InitConfig) -> Result<(), InitError> {
+    use crate::hooks::{run_container_hooks, HookKind};
+    Ok(run_container_hooks(
+        HookKind::StartContainer,
+        cfg.spec,
+        cfg.id,
+        cfg.bundle,
+    )?)
 }
 
-/// Close every fd but stdio and the `preserve_fds` after it (CVE-2024-21626 class).
+/// Close every fd but stdio and the `preserve_fds` after it (CVE-2024-21626 class): marked
+/// close-on-exec, so the init's own fds stay usable until the exec itself.
 fn close_fds(cfg: &InitConfig) -> Result<(), InitError> {
-    let _ = cfg.preserve_fds;
-    Ok(())
+    Ok(crate::fds::prepare_exec_fds(cfg.preserve_fds.max(0) as u32)?)
 }
 
-/// seccomp: last, after no_new_privs, right before exec.
-fn apply_seccomp(_cfg: &InitConfig) -> Result<(), InitError> {
-    Ok(())
+fn seccomp_stage(cfg: &InitConfig, stage: crate::seccomp::Stage) -> Result<(), InitError> {
+    let process = cfg
+        .spec
+        .process()
+        .as_ref()
+        .expect("validated: process present");
+    let profile = cfg.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    Ok(crate::seccomp::apply_for_stage(profile, nnp, stage)?)
+}
+
+/// seccomp without noNewPrivileges needs CAP_SYS_ADMIN: installed before the capabilities are
+/// dropped (runc's order).
+fn apply_seccomp_before_identity(cfg: &InitConfig) -> Result<(), InitError> {
+    seccomp_stage(cfg, crate::seccomp::Stage::BeforeIdentity)
+}
+
+/// seccomp with noNewPrivileges: last, after no_new_privs, right before exec.
+fn apply_seccomp(cfg: &InitConfig) -> Result<(), InitError> {
+    seccomp_stage(cfg, crate::seccomp::Stage::BeforeExec)
 }

@@ -228,6 +228,11 @@ pub struct ExecConfig<'a> {
     pub process: &'a Process,
     pub caps: &'a crate::capabilities::CapSets,
     pub preserve_fds: i32,
+    /// The container's compiled seccomp filter: exec'd processes get it too (as with runc).
+    pub seccomp: Option<&'a crate::seccomp::CompiledFilter>,
+    /// `exec -t`: the console socket, connected by the runtime before joining the mount
+    /// namespace; the pty itself is allocated inside the container.
+    pub console: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// Namespaces an exec'd process joins, user first, mount last (as nsexec orders them).
@@ -299,6 +304,10 @@ fn exec_intermediate(cfg: &ExecConfig, ch: &Channel) -> ! {
             Message::Proceed => {}
             m => return Err(LaunchError::Child(format!("unexpected message {m:?}"))),
         }
+        // Non-dumpable while we hold the runtime's fds inside the container's namespaces:
+        // container processes can neither ptrace us nor open our /proc/<pid>/{fd,exe,mem}.
+        // execve of the workload makes it dumpable again.
+        crate::exe_clone::set_dumpable(false).map_err(|e| LaunchError::Child(e.to_string()))?;
         let mut join = Vec::new();
         for (name, t) in EXEC_NAMESPACES {
             let theirs = format!("/proc/{}/ns/{name}", cfg.init_pid);
@@ -341,12 +350,24 @@ fn exec_process(
 ) -> Result<std::convert::Infallible, init::InitError> {
     use crate::process;
     init::reset_signals();
+    if let Some(socket) = cfg.console {
+        crate::console::attach_fd(socket, cfg.process)?;
+    }
     process::set_rlimits(cfg.process)?;
     process::set_cwd(cfg.process)?;
+    crate::fds::verify_cwd_inside_root(cfg.process.cwd())?;
+    // seccomp as in init: before the capabilities are dropped unless no_new_privs is set.
+    let nnp = cfg.process.no_new_privileges().unwrap_or(false);
+    if let (Some(filter), false) = (cfg.seccomp, nnp) {
+        filter.apply()?;
+    }
     process::set_identity(cfg.process, cfg.caps, false)?;
     let program = process::resolve_program(cfg.process)?;
     ch.send(&Message::Ready)?;
-    let _ = cfg.preserve_fds;
+    crate::fds::prepare_exec_fds(cfg.preserve_fds.max(0) as u32)?;
+    if let (Some(filter), true) = (cfg.seccomp, nnp) {
+        filter.apply()?;
+    }
     Err(program.exec().into())
 }
 

@@ -39,6 +39,14 @@ fn dispatch(cli: Cli, logger: &log::Logger) -> Result<i32> {
     if cli.systemd_cgroup {
         bail!("--systemd-cgroup is not supported by strata-oci: it manages cgroupfs directly; drop the flag (or set SystemdCgroup=false in containerd's runc options)");
     }
+    // CVE-2019-5736: whatever enters a container runs from a sealed memfd copy of this binary,
+    // so /proc/<pid>/exe never leads a container back to the host's strata-oci.
+    if matches!(
+        cli.command,
+        Command::Create(_) | Command::Run(_) | Command::Exec(_)
+    ) {
+        strata_container::exe_clone::ensure_cloned_binary()?;
+    }
     let rt = Runtime::new(&cli.root);
     logger.debug(&format!("command {:?}", cli.command));
     match cli.command {

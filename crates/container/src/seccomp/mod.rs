@@ -113,6 +113,38 @@ pub fn compile_json(data: &[u8]) -> Result<CompiledFilter, SeccompError> {
     compile(&profile)
 }
 
+/// Compiles the profile of `spec` (if any) and installs it when `stage` is the right one for
+/// the process's noNewPrivileges: without no_new_privs the filter needs CAP_SYS_ADMIN, so it is
+/// installed before the capabilities are dropped ([`Stage::BeforeIdentity`]); with it, as the
+/// very last step before exec ([`Stage::BeforeExec`]). This is runc's order.
+pub fn apply_for_stage(
+    seccomp: Option<&LinuxSeccomp>,
+    no_new_privileges: bool,
+    stage: Stage,
+) -> Result<(), SeccompError> {
+    let Some(profile) = seccomp else {
+        return Ok(());
+    };
+    let wanted = if no_new_privileges {
+        Stage::BeforeExec
+    } else {
+        Stage::BeforeIdentity
+    };
+    if stage != wanted {
+        return Ok(());
+    }
+    compile(profile)?.apply()
+}
+
+/// Where in the init sequence [`apply_for_stage`] is called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Before setuid/capabilities are applied.
+    BeforeIdentity,
+    /// After everything else, right before execve.
+    BeforeExec,
+}
+
 /// Compiles an OCI seccomp profile for x86_64.
 pub fn compile(profile: &LinuxSeccomp) -> Result<CompiledFilter, SeccompError> {
     if profile.listener_path().is_some() {

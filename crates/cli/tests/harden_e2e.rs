@@ -1,0 +1,876 @@
+//! End-to-end regression tests of the container hardening (issue 3), as root on real bundles:
+//! each test runs `strata-oci` on a busybox bundle and checks from inside (and from the host)
+//! that the defence holds, and where it can, also shows that the same bundle without the
+//! defence would have let the escape through (so the test can fail).
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const DOCKER_CONFIG: &str = include_str!("../../container/src/seccomp/testdata/docker-config.json");
+
+fn oci_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_strata-oci")
+}
+
+/// Skips (returns false) when not root or without busybox-static.
+fn root_or_skip() -> bool {
+    if nix::unistd::geteuid().is_root() && Path::new("/bin/busybox").exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("STRATA_REQUIRE_E2E").is_none(),
+        "end-to-end tests need root and /bin/busybox"
+    );
+    eprintln!("skipping: needs root and /bin/busybox");
+    false
+}
+
+fn unique_id(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "hd-{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A busybox bundle with `strata-oci spec`'s config running `sh -c script`.
+struct Bundle {
+    dir: tempfile::TempDir,
+    config: Value,
+}
+
+impl Bundle {
+    fn sh(id: &str, script: &str) -> Bundle {
+        let dir = tempfile::Builder::new()
+            .prefix("strata-harden-")
+            .tempdir()
+            .unwrap();
+        let rootfs = dir.path().join("rootfs");
+        for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for applet in text(&list.stdout).lines() {
+            if applet != "busybox" {
+                let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+            }
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        let out = Command::new(oci_bin())
+            .args(["spec", "--bundle"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "spec: {}", text(&out.stderr));
+        let mut config: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        config["process"]["terminal"] = json!(false);
+        config["process"]["args"] = json!(["sh", "-c", script]);
+        config["linux"]["cgroupsPath"] = json!(format!("/strata-test-{id}"));
+        let b = Bundle { dir, config };
+        b.save();
+        b
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("rootfs")
+    }
+
+    fn save(&self) {
+        std::fs::write(
+            self.dir.path().join("config.json"),
+            serde_json::to_vec_pretty(&self.config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn edit(&mut self, f: impl FnOnce(&mut Value)) {
+        f(&mut self.config);
+        self.save();
+    }
+}
+
+/// A state root; on drop force-deletes every container it ran.
+struct Oci {
+    root: tempfile::TempDir,
+    ids: std::sync::Mutex<Vec<String>>,
+}
+
+impl Oci {
+    fn new() -> Oci {
+        Oci {
+            root: tempfile::Builder::new()
+                .prefix("strata-harden-root-")
+                .tempdir()
+                .unwrap(),
+            ids: Default::default(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(oci_bin());
+        c.arg("--root").arg(self.root.path()).args(args);
+        if let Some(id) = args.last() {
+            self.ids.lock().unwrap().push(id.to_string());
+        }
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "strata-oci {args:?} failed ({:?}): {}{}",
+            out.status.code(),
+            text(&out.stderr),
+            text(&out.stdout)
+        );
+        text(&out.stdout)
+    }
+
+    /// `create` with stdout/stderr in files: the container inherits them and outlives the
+    /// command, so pipes would never reach EOF. Returns (success, stderr, stdout file).
+    fn create(
+        &self,
+        b: &Bundle,
+        id: &str,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> (bool, String, PathBuf) {
+        let out = b.path().join(format!("{id}.stdout"));
+        let err = b.path().join(format!("{id}.stderr"));
+        let mut args = vec!["create", "--bundle", b.path().to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(id);
+        let mut cmd = self.cmd(&args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let status = cmd
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        (
+            status.success(),
+            std::fs::read_to_string(&err).unwrap_or_default(),
+            out,
+        )
+    }
+
+    fn create_ok(&self, b: &Bundle, id: &str, extra: &[&str]) -> PathBuf {
+        let (ok, err, out) = self.create(b, id, extra, &[]);
+        assert!(ok, "create {id}: {err}");
+        out
+    }
+
+    /// `run` in the foreground: (exit code, stdout, stderr).
+    fn run_bundle(&self, b: &Bundle, id: &str) -> (i32, String, String) {
+        let out = self.run(&["run", "--bundle", b.path().to_str().unwrap(), id]);
+        (
+            out.status.code().unwrap_or(-1),
+            text(&out.stdout),
+            text(&out.stderr),
+        )
+    }
+
+    fn state_dir(&self, id: &str) -> PathBuf {
+        self.root.path().join(id)
+    }
+
+    fn pid(&self, id: &str) -> i32 {
+        let v: Value = serde_json::from_str(&self.ok(&["state", id])).unwrap();
+        v["pid"].as_i64().unwrap() as i32
+    }
+}
+
+impl Drop for Oci {
+    fn drop(&mut self) {
+        for id in std::mem::take(&mut *self.ids.lock().unwrap()) {
+            if self.root.path().join(&id).exists() {
+                let _ = Command::new(oci_bin())
+                    .arg("--root")
+                    .arg(self.root.path())
+                    .args(["delete", "--force", &id])
+                    .output();
+            }
+        }
+    }
+}
+
+/// Nothing of container `id` is left: no state dir, no cgroup, no process in the rootfs.
+fn assert_clean(oci: &Oci, b: &Bundle, id: &str) {
+    assert!(!oci.state_dir(id).exists(), "state dir of {id} left behind");
+    for ctrl in ["memory", "pids", "devices", "cpu", "freezer", "unified"] {
+        let p = Path::new("/sys/fs/cgroup")
+            .join(ctrl)
+            .join(format!("strata-test-{id}"));
+        assert!(!p.exists(), "cgroup {} left behind", p.display());
+    }
+    let rootfs = b.rootfs();
+    for _ in 0..100 {
+        let leftover = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .any(|e| std::fs::read_link(e.path().join("root")).is_ok_and(|r| r == rootfs));
+        if !leftover {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("a process rooted in {} is still alive", rootfs.display());
+}
+
+fn docker_seccomp() -> Value {
+    let config: Value = serde_json::from_str(DOCKER_CONFIG).unwrap();
+    config["linux"]["seccomp"].clone()
+}
+
+fn all_caps_with_sys_admin(config: &mut Value) {
+    let caps = json!([
+        "CAP_SYS_ADMIN",
+        "CAP_AUDIT_WRITE",
+        "CAP_KILL",
+        "CAP_NET_BIND_SERVICE"
+    ]);
+    for set in ["bounding", "effective", "permitted"] {
+        config["process"]["capabilities"][set] = caps.clone();
+    }
+}
+
+const SECCOMP_PROBE: &str =
+    "unshare -u true 2>/dev/null && echo unshare=allowed || echo unshare=refused; \
+     mount -t tmpfs none /tmp 2>/dev/null && echo mount=allowed || echo mount=refused; \
+     echo hello | cat; id -u";
+
+/// Runs `b` with runc (for a behavioural comparison); None when runc is unusable here.
+fn runc_output(b: &Bundle, id: &str) -> Option<String> {
+    let root = tempfile::tempdir().unwrap();
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(root.path())
+        .args(["run", "--bundle", b.path().to_str().unwrap(), id])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let _ = Command::new("runc")
+        .arg("--root")
+        .arg(root.path())
+        .args(["delete", "--force", id])
+        .output();
+    if !out.status.success() {
+        eprintln!("runc comparison skipped: {}", text(&out.stderr));
+        return None;
+    }
+    Some(text(&out.stdout))
+}
+
+#[test]
+fn docker_seccomp_profile_refuses_namespace_and_mount_syscalls_like_runc() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    // CAP_SYS_ADMIN is granted, so only seccomp stands between the workload and unshare/mount.
+    let id = unique_id("nosec");
+    let mut open = Bundle::sh(&id, SECCOMP_PROBE);
+    open.edit(all_caps_with_sys_admin);
+    let (code, out, err) = oci.run_bundle(&open, &id);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("unshare=allowed") && out.contains("mount=allowed"),
+        "control run: {out}"
+    );
+
+    let id = unique_id("docker");
+    let mut b = Bundle::sh(&id, SECCOMP_PROBE);
+    b.edit(|c| {
+        all_caps_with_sys_admin(c);
+        c["linux"]["seccomp"] = docker_seccomp();
+    });
+    let (code, out, err) = oci.run_bundle(&b, &id);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("unshare=refused") && out.contains("mount=refused"),
+        "{out}"
+    );
+    assert!(
+        out.contains("hello\n0\n"),
+        "ordinary syscalls must work: {out}"
+    );
+    assert_clean(&oci, &b, &id);
+
+    // The same bundle under runc answers the same.
+    let runc_id = unique_id("runc");
+    b.edit(|c| c["linux"]["cgroupsPath"] = json!(format!("/strata-test-{runc_id}")));
+    if let Some(runc) = runc_output(&b, &runc_id) {
+        assert_eq!(
+            runc, out,
+            "strata-oci and runc disagree on the docker profile"
+        );
+    }
+}
+
+#[test]
+fn docker_fixture_config_runs_with_its_seccomp_profile() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    let id = unique_id("fixture");
+    let b = Bundle::sh(&id, "");
+    let files = tempfile::tempdir().unwrap();
+    let mut config: Value = serde_json::from_str(DOCKER_CONFIG).unwrap();
+    config["root"]["path"] = json!(b.rootfs());
+    config["process"]["args"] = json!(["sh", "-c", SECCOMP_PROBE]);
+    config["linux"]["cgroupsPath"] = json!(format!("/strata-test-{id}"));
+    // dockerd's libnetwork hook and its per-container files do not exist on this host.
+    config.as_object_mut().unwrap().remove("hooks");
+    for m in config["mounts"].as_array_mut().unwrap() {
+        if m["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("/var/lib/docker"))
+        {
+            let name = Path::new(m["destination"].as_str().unwrap())
+                .file_name()
+                .unwrap()
+                .to_owned();
+            let f = files.path().join(name);
+            std::fs::write(&f, "# test\n").unwrap();
+            m["source"] = json!(f);
+        }
+    }
+    std::fs::write(
+        b.path().join("config.json"),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    let (code, out, err) = oci.run_bundle(&b, &id);
+    assert_eq!(code, 0, "docker's config.json failed: {err}");
+    // Docker's capabilities lack CAP_SYS_ADMIN; its profile refuses these with EPERM too.
+    assert!(
+        out.contains("unshare=refused") && out.contains("mount=refused"),
+        "{out}"
+    );
+    assert!(out.contains("hello\n0\n"), "{out}");
+    assert_clean(&oci, &b, &id);
+}
+
+fn hook(out: &Path, name: &str) -> Value {
+    json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}/{name}.json", out.display())]})
+}
+
+#[test]
+fn hooks_get_the_state_on_stdin_at_each_lifecycle_point() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    let id = unique_id("hooks");
+    let out = tempfile::tempdir().unwrap();
+    let mut b = Bundle::sh(&id, "echo done");
+    b.edit(|c| {
+        // The startContainer hook writes its state into the container's /root.
+        c["root"]["readonly"] = json!(false);
+        c["hooks"] = json!({
+            "prestart": [hook(out.path(), "prestart")],
+            "createRuntime": [hook(out.path(), "createRuntime")],
+            "createContainer": [hook(out.path(), "createContainer")],
+            // Runs inside the container (after pivot_root): paths are the container's.
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /root/startContainer.json"]}],
+            "poststart": [hook(out.path(), "poststart"),
+                          {"path": "/bin/false"}],
+            "poststop": [hook(out.path(), "poststop")],
+        });
+    });
+    oci.create_ok(&b, &id, &[]);
+    let pid = oci.pid(&id);
+    let read = |p: PathBuf| -> Value {
+        serde_json::from_slice(
+            &std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+        )
+        .unwrap()
+    };
+    for kind in ["prestart", "createRuntime", "createContainer"] {
+        let s = read(out.path().join(format!("{kind}.json")));
+        assert_eq!(s["id"], json!(id), "{kind}");
+        assert_eq!(s["pid"], json!(pid), "{kind}: the init's host pid");
+        assert_eq!(s["bundle"], json!(b.path()), "{kind}");
+        let want = if kind == "createContainer" {
+            "created"
+        } else {
+            "creating"
+        };
+        assert_eq!(s["status"], json!(want), "{kind}");
+    }
+    assert!(!out.path().join("poststart.json").exists());
+    // A failing poststart hook is only a warning: start succeeds.
+    oci.ok(&["start", &id]);
+    let s = read(b.rootfs().join("root/startContainer.json"));
+    assert_eq!(s["id"], json!(id));
+    assert_eq!(
+        read(out.path().join("poststart.json"))["status"],
+        json!("running")
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    oci.ok(&["delete", &id]);
+    assert_eq!(
+        read(out.path().join("poststop.json"))["status"],
+        json!("stopped")
+    );
+    assert_clean(&oci, &b, &id);
+}
+
+#[test]
+fn a_failing_or_hanging_hook_fails_create_and_leaves_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    let cases = [
+        (
+            "prestart",
+            json!({"path": "/bin/sh", "args": ["sh", "-c", "echo broken >&2; exit 3"]}),
+            "prestart hook",
+        ),
+        (
+            "createRuntime",
+            json!({"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}),
+            "timeout",
+        ),
+        (
+            "createContainer",
+            json!({"path": "/nonexistent/hook"}),
+            "createContainer hook",
+        ),
+    ];
+    for (kind, h, expect) in cases {
+        let id = unique_id("badhook");
+        let mut b = Bundle::sh(&id, "echo never");
+        b.edit(|c| c["hooks"] = json!({ kind: [h] }));
+        let started = Instant::now();
+        let (ok, err, _) = oci.create(&b, &id, &[], &[]);
+        assert!(!ok, "{kind}: create should fail");
+        assert!(err.contains(expect), "{kind}: {err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{kind}: hook not killed in time"
+        );
+        assert_clean(&oci, &b, &id);
+    }
+}
+
+/// Accepts one console-socket connection, takes the pty master and reads it until the
+/// container side closes; returns what the container printed.
+fn console_reader(listener: UnixListener) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let (master, name) = strata_container::console::accept_master(&listener).unwrap();
+        assert_eq!(name, "/dev/ptmx");
+        let mut f = std::fs::File::from(master);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        // EIO once every slave fd is closed.
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        text(&out)
+    })
+}
+
+#[test]
+fn terminal_master_goes_over_the_console_socket_for_create_and_exec() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    let id = unique_id("tty");
+    let sockdir = tempfile::tempdir().unwrap();
+    let sock = sockdir.path().join("console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let reader = console_reader(listener);
+    let mut b = Bundle::sh(
+        &id,
+        "tty; [ -t 0 ] && [ -t 1 ] && echo stdio-is-tty; sleep 2",
+    );
+    b.edit(|c| {
+        c["process"]["terminal"] = json!(true);
+        c["process"]["consoleSize"] = json!({"height": 30, "width": 111});
+    });
+    oci.create_ok(&b, &id, &["--console-socket", sock.to_str().unwrap()]);
+    oci.ok(&["start", &id]);
+
+    // exec -t into the running container, with its own socket.
+    let sock2 = sockdir.path().join("exec.sock");
+    let reader2 = console_reader(UnixListener::bind(&sock2).unwrap());
+    oci.ok(&[
+        "exec",
+        "-t",
+        "--console-socket",
+        sock2.to_str().unwrap(),
+        &id,
+        "sh",
+        "-c",
+        "tty; stty size",
+    ]);
+    let exec_out = reader2.join().unwrap();
+    assert!(exec_out.contains("/dev/pts/"), "exec -t: {exec_out}");
+
+    let out = reader.join().unwrap();
+    assert!(
+        out.contains("/dev/pts/0\n"),
+        "the pty is the container devpts' first: {out:?}"
+    );
+    assert!(out.contains("stdio-is-tty"), "{out:?}");
+    oci.ok(&["delete", "--force", &id]);
+    assert_clean(&oci, &b, &id);
+
+    // terminal without a console socket cannot work for a detached container.
+    let id = unique_id("tty-nosock");
+    let mut b = Bundle::sh(&id, "true");
+    b.edit(|c| c["process"]["terminal"] = json!(true));
+    let (ok, err, _) = oci.create(&b, &id, &[], &[]);
+    assert!(!ok);
+    assert!(err.contains("console-socket"), "{err}");
+    assert_clean(&oci, &b, &id);
+}
+
+/// Runs strata-oci with extra fds placed at fixed numbers (not close-on-exec), as an engine
+/// or a careless parent would leave them.
+fn run_with_fds(
+    oci: &Oci,
+    args: &[&str],
+    fds: &[(i32, &std::fs::File)],
+    env: &[(&str, &str)],
+) -> Output {
+    let mut cmd = oci.cmd(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let pairs: Vec<(i32, i32)> = fds.iter().map(|(n, f)| (*n, f.as_raw_fd())).collect();
+    // SAFETY: dup2/fcntl between fork and exec only.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (target, src) in &pairs {
+                if libc::dup2(*src, *target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::fcntl(*target, libc::F_SETFD, 0);
+            }
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn only_stdio_and_preserved_fds_reach_the_workload() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |n: &str| std::fs::File::create(dir.path().join(n)).unwrap();
+    let (keep, leak_a, leak_b) = (file("preserved-fd"), file("leaked-a"), file("leaked-b"));
+    let id = unique_id("fds");
+    let b = Bundle::sh(
+        &id,
+        "ls -l /proc/self/fd; echo LISTEN=$LISTEN_FDS/$LISTEN_PID",
+    );
+    let out = run_with_fds(
+        &oci,
+        &[
+            "run",
+            "--preserve-fds",
+            "1",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &id,
+        ],
+        &[(3, &keep), (4, &leak_a), (9, &leak_b)],
+        &[],
+    );
+    let listing = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        listing.contains("preserved-fd"),
+        "--preserve-fds 1 keeps fd 3: {listing}"
+    );
+    assert!(
+        !listing.contains("leaked-"),
+        "an fd beyond the preserved ones leaked: {listing}"
+    );
+    assert!(listing.contains("LISTEN=/"), "{listing}");
+    assert_clean(&oci, &b, &id);
+
+    // Without --preserve-fds (and no LISTEN_FDS for the runtime) even fd 3 stays out.
+    let id = unique_id("fds0");
+    let b = Bundle::sh(&id, "ls -l /proc/self/fd");
+    let out = run_with_fds(
+        &oci,
+        &["run", "--bundle", b.path().to_str().unwrap(), &id],
+        &[(3, &keep), (4, &leak_a)],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("preserved-fd"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_clean(&oci, &b, &id);
+}
+
+#[test]
+fn socket_activation_fds_are_passed_with_listen_env() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    let dir = tempfile::tempdir().unwrap();
+    let sockfile = std::fs::File::create(dir.path().join("activation-socket")).unwrap();
+    let id = unique_id("listen");
+    let b = Bundle::sh(
+        &id,
+        "ls -l /proc/self/fd; echo LISTEN=$LISTEN_FDS/$LISTEN_PID",
+    );
+    // LISTEN_PID must be the runtime's own pid: exec from a shell that sets it to $$.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args([
+        "-c",
+        "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$@\"",
+        "sh",
+        oci_bin(),
+        "--root",
+    ])
+    .arg(oci.root.path())
+    .args(["run", "--bundle", b.path().to_str().unwrap(), &id])
+    .stdin(Stdio::null());
+    oci.ids.lock().unwrap().push(id.clone());
+    let src = sockfile.as_raw_fd();
+    // SAFETY: dup2/fcntl between fork and exec only.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::dup2(src, 3);
+            libc::fcntl(3, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let listing = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(listing.contains("activation-socket"), "{listing}");
+    assert!(listing.contains("LISTEN=1/1"), "{listing}");
+    assert_clean(&oci, &b, &id);
+}
+
+#[test]
+fn a_cwd_through_a_leaked_host_fd_is_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    // CVE-2024-21626: an fd to a host directory is open in the runtime and process.cwd points
+    // at it through /proc/self/fd. The workload would start in the host directory.
+    let oci = Oci::new();
+    let host = tempfile::tempdir().unwrap();
+    let hostdir = std::fs::File::open(host.path()).unwrap();
+    let id = unique_id("cwd");
+    let mut b = Bundle::sh(&id, "touch escaped; pwd");
+    b.edit(|c| c["process"]["cwd"] = json!("/proc/self/fd/7"));
+    let out = run_with_fds(
+        &oci,
+        &["run", "--bundle", b.path().to_str().unwrap(), &id],
+        &[(7, &hostdir)],
+        &[],
+    );
+    assert!(!out.status.success(), "must refuse: {}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("outside the container"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !host.path().join("escaped").exists(),
+        "the workload wrote into the host directory"
+    );
+    assert_clean(&oci, &b, &id);
+}
+
+#[test]
+fn symlinks_in_the_rootfs_cannot_redirect_mounts_or_devices_to_the_host() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    let host = tempfile::tempdir().unwrap();
+    let host_dir = host.path().join("mount-target");
+    std::fs::create_dir(&host_dir).unwrap();
+    let host_file = host.path().join("host-file");
+    std::fs::write(&host_file, "host-secret").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&host_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let id = unique_id("symlinks");
+    let mut b = Bundle::sh(
+        &id,
+        "[ -r /proc/self/status ] && echo proc-ok; wc -c < /proc/kcore; echo x > /data/sub/probe && echo data-ok",
+    );
+    let rootfs = b.rootfs();
+    // /proc -> a host directory (the CVE-2019-16884 class), /data -> a host directory with a
+    // mount point below it to create (CVE-2021-30465 class), /dev/null -> a host file
+    // (CVE-2025-31133), with no /dev tmpfs hiding it.
+    std::fs::remove_dir(rootfs.join("proc")).unwrap();
+    std::os::unix::fs::symlink(&host_dir, rootfs.join("proc")).unwrap();
+    std::os::unix::fs::symlink(&host_dir, rootfs.join("data")).unwrap();
+    std::os::unix::fs::symlink(&host_file, rootfs.join("dev/null")).unwrap();
+    b.edit(|c| {
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.retain(|m| m["destination"] != json!("/dev") && !m["destination"].as_str().unwrap().starts_with("/dev/"));
+        mounts.push(json!({"destination": "/data/sub", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]}));
+        c["linux"]["maskedPaths"] = json!(["/proc/kcore"]);
+    });
+    let (code, out, err) = oci.run_bundle(&b, &id);
+    // Either refused with a clear error, or contained inside the rootfs.
+    if code == 0 {
+        assert!(out.contains("proc-ok") && out.contains("data-ok"), "{out}");
+        assert!(
+            out.contains("\n0\n") || out.starts_with("proc-ok\n0\n"),
+            "/proc/kcore is masked: {out}"
+        );
+    } else {
+        assert!(!err.is_empty(), "a refusal must say why");
+    }
+    // The host paths are untouched.
+    assert_eq!(
+        std::fs::read_dir(&host_dir).unwrap().count(),
+        0,
+        "something was created in the host dir"
+    );
+    assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "host-secret");
+    let meta = std::fs::symlink_metadata(&host_file).unwrap();
+    assert!(meta.file_type().is_file() && meta.permissions().mode() & 0o777 == 0o600);
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mi.contains(host.path().to_str().unwrap()),
+        "a mount landed on the host path"
+    );
+    assert_clean(&oci, &b, &id);
+}
+
+#[test]
+fn proc_exe_of_the_runtime_in_the_container_is_a_sealed_copy() {
+    if !root_or_skip() {
+        return;
+    }
+    // CVE-2019-5736: while `create` leaves the init blocked inside the container, it is still
+    // the runtime's image; a process in the container must not reach the host binary through
+    // /proc/1/exe.
+    let oci = Oci::new();
+    let id = unique_id("exe");
+    let b = Bundle::sh(&id, "true");
+    oci.create_ok(&b, &id, &[]);
+    let out = oci.ok(&[
+        "exec", &id, "sh", "-c",
+        "readlink /proc/1/exe; (echo x >> /proc/1/exe) 2>/dev/null && echo WRITABLE || echo write-refused",
+    ]);
+    assert!(
+        out.contains("/memfd:strata-oci"),
+        "/proc/1/exe is not the sealed copy: {out}"
+    );
+    assert!(out.contains("write-refused"), "{out}");
+    let host_bin = std::fs::canonicalize(oci_bin()).unwrap();
+    assert!(!out.contains(host_bin.to_str().unwrap()), "{out}");
+    oci.ok(&["delete", "--force", &id]);
+    assert_clean(&oci, &b, &id);
+}
+
+#[test]
+fn ready_from_the_container_reaches_the_notify_socket() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    let dir = tempfile::tempdir().unwrap();
+    let host_sock = dir.path().join("notify.sock");
+    let host = std::os::unix::net::UnixDatagram::bind(&host_sock).unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let id = unique_id("notify");
+    // busybox has no sd_notify client: inside, the env and the socket are checked; READY is
+    // sent to the relay socket by the test (the same socket, seen from the host).
+    let b = Bundle::sh(
+        &id,
+        "echo $NOTIFY_SOCKET; [ -S $NOTIFY_SOCKET ] && echo socket-ok; sleep 5",
+    );
+    let (ok, err, stdout) = oci.create(&b, &id, &[], &[("NOTIFY_SOCKET", &host_sock)]);
+    assert!(ok, "{err}");
+    let relay = oci.state_dir(&id).join("notify/notify.sock");
+    let root = oci.root.path().to_path_buf();
+    let sock_for_start = host_sock.clone();
+    let id2 = id.clone();
+    let start = std::thread::spawn(move || {
+        Command::new(oci_bin())
+            .arg("--root")
+            .arg(&root)
+            .args(["start", &id2])
+            .env("NOTIFY_SOCKET", &sock_for_start)
+            .output()
+            .unwrap()
+    });
+    // The container's side: send READY to the relay socket once `start` bound it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let c = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    while c.send_to(b"STATUS=up\nREADY=1", &relay).is_err() {
+        assert!(Instant::now() < deadline, "the relay socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = start.join().unwrap();
+    assert!(started.status.success(), "{}", text(&started.stderr));
+    let mut buf = [0u8; 128];
+    let n = host.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1\n");
+    let n = host.recv(&mut buf).unwrap();
+    let pid = oci.pid(&id);
+    assert_eq!(text(&buf[..n]), format!("MAINPID={pid}\n"));
+    // The container prints concurrently with the READY the test sent for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut inside = String::new();
+    while !inside.contains("socket-ok") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        inside = std::fs::read_to_string(&stdout).unwrap();
+    }
+    assert!(
+        inside.contains("/run/notify/notify.sock\nsocket-ok"),
+        "{inside}"
+    );
+    oci.ok(&["delete", "--force", &id]);
+    assert_clean(&oci, &b, &id);
+}
