@@ -101,7 +101,9 @@ fn child_message(step: &Step, errno: &Errno, program: &str, cwd: &str) -> String
 }
 
 impl SpawnError {
-    /// The shell-style exit status the session reports (126: cannot execute, 127: not found).
+    /// The exit status the session reports, as for containers: 127 when the program is not
+    /// found, 126 when it cannot be executed, 125 when a set-up step (cwd, user, rlimits...)
+    /// failed before exec.
     pub fn exit_code(&self) -> i32 {
         match self {
             SpawnError::Child {
@@ -109,7 +111,10 @@ impl SpawnError {
                 errno: Errno::ENOENT | Errno::ENOTDIR,
                 ..
             } => 127,
-            _ => 126,
+            SpawnError::Child {
+                step: Step::Exec, ..
+            } => 126,
+            _ => 125,
         }
     }
 }

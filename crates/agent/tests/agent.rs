@@ -125,7 +125,7 @@ fn stdout_and_stderr_stay_separate_and_stdin_is_piped() {
 }
 
 #[test]
-fn missing_and_non_executable_programs_give_127_and_126() {
+fn missing_and_non_executable_programs_give_127_and_126_and_set_up_failures_125() {
     let agent = Agent::start();
     let (_, e, st) = run_main(&agent, &["no-such-program-strata"], b"");
     assert_eq!(st.code, 127);
@@ -167,7 +167,7 @@ fn missing_and_non_executable_programs_give_127_and_126() {
         .exec(&serde_json::to_vec(&bad_cwd).unwrap(), false)
         .unwrap();
     let (_, e, st) = h.output().unwrap();
-    assert_eq!(st.code, 126);
+    assert_eq!(st.code, 125);
     assert!(
         String::from_utf8_lossy(&e).contains("chdir"),
         "{}",

@@ -84,7 +84,8 @@ pub struct Started {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitStatus {
     /// Shell-style exit code: the exit status, or 128+n for death by signal n, or 126/127 when
-    /// the program could not be executed / was not found.
+    /// the program could not be executed / was not found, 125 when a set-up step before exec
+    /// failed (as for containers).
     pub code: i32,
     /// The signal that killed the process, if any.
     #[serde(default)]
