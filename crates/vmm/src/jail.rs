@@ -5,7 +5,8 @@
 //! and uts namespaces; its root is a small tmpfs holding only bind mounts of the files the VM
 //! needs (kernel, disks, initrd) plus a private /tmp for the guest memory file; it joins its
 //! cgroup, sets rlimits, drops every capability and switches to an unprivileged uid with
-//! no_new_privs before it executes the kernel. Nothing of the host's file tree is reachable.
+//! no_new_privs and a seccomp deny list (crate::seccomp) before it executes the kernel.
+//! Nothing of the host's file tree is reachable.
 //!
 //! The child is created with a raw `clone` (fork semantics plus new namespaces) so that the
 //! kernel process itself is PID 1: when it exits, the kernel kills every helper it forked. The
@@ -83,6 +84,7 @@ const STEPS: &[&str] = &[
     "execve",
     "sethostname",
     "create directory",
+    "install seccomp filter",
 ];
 
 const S_PRIVATE: u32 = 0;
@@ -111,6 +113,7 @@ const S_NNP: u32 = 22;
 const S_EXEC: u32 = 23;
 const S_HOSTNAME: u32 = 24;
 const S_MKDIR: u32 = 25;
+const S_SECCOMP: u32 = 26;
 
 /// Data of one bind mount, as C strings prepared before the clone.
 struct PreparedFile {
@@ -144,6 +147,7 @@ struct Prepared {
     dot: CString,
     tmpfs: CString,
     hostname: CString,
+    seccomp: Vec<crate::seccomp::SockFilter>,
 }
 
 fn cstring(what: &str, bytes: &[u8]) -> Result<CString> {
@@ -273,6 +277,7 @@ pub(crate) fn spawn(spec: &JailSpec) -> Result<i32> {
         dot: cstring(".", b".")?,
         tmpfs: cstring("tmpfs", b"tmpfs")?,
         hostname: cstring("hostname", b"strata-vm")?,
+        seccomp: crate::seccomp::filter(),
     };
 
     let mut pipe = [0 as RawFd; 2];
@@ -543,6 +548,22 @@ unsafe fn child(p: &Prepared, err: RawFd) -> ! {
         S_CAPSET
     );
     check!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), S_NNP);
+    // Last, so that none of the steps above needs a denied call.
+    let prog = crate::seccomp::SockFprog {
+        len: p.seccomp.len() as u16,
+        filter: p.seccomp.as_ptr(),
+    };
+    const SECCOMP_MODE_FILTER: libc::c_ulong = 2;
+    check!(
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            SECCOMP_MODE_FILTER,
+            &prog as *const crate::seccomp::SockFprog,
+            0,
+            0
+        ),
+        S_SECCOMP
+    );
     libc::execve(p.exe.as_ptr(), p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr());
     fail(err, S_EXEC)
 }
@@ -592,7 +613,8 @@ mod tests {
         assert_eq!(STEPS[S_HOSTNAME as usize], "sethostname");
         assert_eq!(STEPS[S_PIVOT as usize], "pivot_root");
         assert_eq!(STEPS[S_MKDIR as usize], "create directory");
-        assert_eq!(STEPS.len(), S_MKDIR as usize + 1);
+        assert_eq!(STEPS[S_SECCOMP as usize], "install seccomp filter");
+        assert_eq!(STEPS.len(), S_SECCOMP as usize + 1);
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod jail;
 pub mod kernel;
 mod kvm;
 mod platform;
+mod seccomp;
 mod uml;
 mod vm;
 

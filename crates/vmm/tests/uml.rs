@@ -186,6 +186,9 @@ poweroff -f
         assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
         assert_eq!(status_field(pid, "CapBnd"), "0000000000000000");
         assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+        // Seccomp filter mode: namespaces, mounts, bpf, keyrings... are refused to the kernel
+        // process and every helper it forks.
+        assert_eq!(status_field(pid, "Seccomp"), "2");
         // ...PID 1 of its own namespaces...
         assert_eq!(
             status_field(pid, "NSpid")
