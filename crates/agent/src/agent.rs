@@ -204,6 +204,10 @@ impl Agent {
             chan_closed |= self.flush();
         }
         self.kill_all();
+        if !self.mode.pid1 {
+            // Leave no zombie or straggler behind (PID 1 reaps in power_off instead).
+            crate::guest::reap_all(Duration::from_secs(2));
+        }
         Ok(if chan_closed && !self.finishing {
             Outcome::ChannelClosed
         } else {

@@ -138,7 +138,7 @@ pub fn power_off() -> ! {
 
 /// Reaps children until none are left or `limit` passes (killed processes die asynchronously,
 /// and a busy filesystem cannot be unmounted).
-fn reap_all(limit: std::time::Duration) {
+pub fn reap_all(limit: std::time::Duration) {
     let deadline = std::time::Instant::now() + limit;
     while std::time::Instant::now() < deadline {
         // SAFETY: waitpid with a null status pointer.

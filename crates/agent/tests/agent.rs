@@ -436,3 +436,33 @@ fn a_tty_channel_gets_a_link_window_and_still_streams() {
     let _ = child.kill();
     child.wait().unwrap();
 }
+
+#[test]
+fn shutdown_kills_the_workload_and_ends_the_agent() {
+    let mut agent = Agent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let script = format!("echo $$ > {}; exec sleep 1000", pidfile.display());
+    let _main = agent
+        .client()
+        .create(&config(&["sh", "-c", &script]))
+        .unwrap();
+    agent.client().start().unwrap();
+    while std::fs::read_to_string(&pidfile).map_or(true, |s| !s.ends_with('\n')) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    agent.client().shutdown().unwrap();
+    assert_eq!(agent.wait_exit(), Some(0));
+    // The workload is gone (killed, and reaped by the agent as its subreaper/parent).
+    // SAFETY: signal 0 only checks for existence.
+    assert_eq!(
+        unsafe { libc::kill(pid, 0) },
+        -1,
+        "workload {pid} survived the shutdown"
+    );
+}
