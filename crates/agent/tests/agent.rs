@@ -24,12 +24,15 @@ impl Agent {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata-agent"));
         cmd.args(["--no-pid1", "--channel-fd", "3"])
             .stdin(Stdio::null());
-        // SAFETY: dup2 is async-signal-safe; it moves the socket to fd 3 without CLOEXEC.
+        // SAFETY: dup2 and prctl are async-signal-safe; dup2 moves the socket to fd 3 without
+        // CLOEXEC.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::dup2(fd, 3) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // Die with the test process even if it is killed before the Drop guard runs.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }

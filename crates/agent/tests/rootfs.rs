@@ -67,12 +67,15 @@ fn start_agent(guest_cmdline: &str) -> Agent {
         .arg(env!("CARGO_BIN_EXE_strata-agent"))
         .arg(guest_cmdline)
         .stdin(Stdio::null());
-    // SAFETY: dup2 is async-signal-safe; it places the channel socket at fd 3 without CLOEXEC.
+    // SAFETY: dup2 and prctl are async-signal-safe; dup2 places the channel socket at fd 3
+    // without CLOEXEC.
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(fd, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Die with the test process even if it is killed before the Drop guard runs.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }

@@ -160,12 +160,15 @@ fn boot_with(kernel: &Path, params: &[&str], extra_disks: &[u32]) -> Guest {
         .stdout(console.try_clone().unwrap())
         .stderr(console)
         .process_group(0);
-    // SAFETY: dup2 is async-signal-safe; it places the channel socket at fd 3 without CLOEXEC.
+    // SAFETY: dup2 and prctl are async-signal-safe; dup2 places the channel socket at fd 3
+    // without CLOEXEC.
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(fd, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Die with the test process even if it is killed before the Drop guard runs.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }
