@@ -149,6 +149,11 @@ fn run_pid1() -> ! {
             guest::power_off();
         }
     };
+    // The open fd stays valid; removing the node keeps workloads (which see the same devtmpfs)
+    // from opening the host channel by name.
+    if let Err(e) = std::fs::remove_file(&dev) {
+        tracing::warn!("cannot hide the channel device {dev}: {e}");
+    }
     let mode = Mode {
         pid1: true,
         guest: params,
