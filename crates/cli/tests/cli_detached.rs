@@ -184,3 +184,26 @@ fn listings(iso: &str) {
 }
 
 isolation_tests!(logs_and_wait, follow, stop_kill_restart, rm_force, listings);
+
+/// Container-only: a reboot unmounts the overlay; `start` mounts it again over the kept upper.
+#[test]
+fn start_remounts_a_lost_rootfs() {
+    let s = Sandbox::new("container");
+    s.ok(&[
+        "run",
+        "--name",
+        "rb",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /kept 2>/dev/null || echo first > /kept",
+    ]);
+    let id = s.inspect("rb")["Id"].as_str().unwrap().to_string();
+    let rootfs = s.store.path().join("containers").join(&id).join("rootfs");
+    nix::mount::umount(&rootfs).unwrap();
+    s.ok(&["start", "rb"]);
+    assert_eq!(s.ok(&["wait", "rb"]), "0\n");
+    assert_eq!(s.ok(&["logs", "rb"]), "first\n");
+    s.ok(&["rm", "rb"]);
+    s.assert_nothing_left(&[]);
+}

@@ -89,7 +89,39 @@ fn start_one(g: &Global, containers: &Containers, rec: Record) -> anyhow::Result
     }
     // A previous run's leftovers (a monitor killed hard) must not block the new one.
     backend.delete(&rec.id);
+    if rec.isolation == "container" {
+        remount_rootfs(g, containers, &rec)?;
+    }
     monitor::spawn(g, containers, rec)
+}
+
+/// Mounts the overlay again if it is gone (a reboot unmounts it; upper/ keeps the writes).
+fn remount_rootfs(g: &Global, containers: &Containers, rec: &Record) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = containers.dir(&rec.id);
+    let rootfs = dir.join("rootfs");
+    let (Ok(d), Ok(r)) = (std::fs::metadata(&dir), std::fs::metadata(&rootfs)) else {
+        bail!(
+            "container {}: {} is missing; remove the container with `strata rm {}`",
+            rec.name,
+            rootfs.display(),
+            rec.name
+        );
+    };
+    if d.dev() != r.dev() {
+        return Ok(());
+    }
+    let image = g
+        .image_store()?
+        .resolve(&rec.image_digest)
+        .with_context(|| format!("container {}: remount its root filesystem", rec.name))?;
+    strata_image::rootfs::mount_overlay(
+        image.layers(),
+        &dir.join("upper"),
+        &dir.join("work"),
+        &rootfs,
+    )?;
+    Ok(())
 }
 
 pub fn stop(g: &Global, a: StopArgs) -> anyhow::Result<()> {
