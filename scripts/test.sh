@@ -9,7 +9,7 @@ bash scripts/engines-deps.sh  # containerd, dockerd, podman for crates/cli/tests
 # takes ~7 min on 2 cores, see docs/benchmarks.md).
 bash scripts/build-guest-kernel.sh >/dev/null
 cargo build --workspace --bins
-cargo test --workspace -- --test-threads=2
+cargo test --workspace --no-fail-fast -- --test-threads=2
 # Fuzz smoke runs (seconds each) where nightly and cargo-fuzz exist; the stable #[test] corpora
 # above cover the same entry points everywhere. Long runs: docs/security.md.
 if cargo +nightly fuzz --version >/dev/null 2>&1; then
