@@ -75,7 +75,8 @@ pub struct Containers {
 
 /// Short form of an id (12 hex characters, like docker).
 pub fn short(id: &str) -> &str {
-    &id[..12.min(id.len())]
+    // `get`: an id read back from disk (a name link's target) is not trusted to be ASCII.
+    id.get(..12).unwrap_or(id)
 }
 
 /// A new random 64-hex id.
@@ -295,6 +296,14 @@ pub fn now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_ids_of_odd_strings_do_not_panic() {
+        assert_eq!(short(&"a".repeat(64)), "aaaaaaaaaaaa");
+        assert_eq!(short("abc"), "abc");
+        assert_eq!(short("ééééééééé"), "éééééé");
+        assert_eq!(short("aaaaaaaaaaaé"), "aaaaaaaaaaaé");
+    }
 
     #[test]
     fn names_are_validated() {

@@ -268,6 +268,57 @@ fn write_line(log: &mut impl Write, stream: &str, bytes: &[u8], time: &str) {
 mod tests {
     use super::*;
 
+    /// The workload's output is hostile input: random bytes (invalid UTF-8, NULs, escapes,
+    /// lines far past the split size) in random chunks must give valid JSON lines whose text,
+    /// joined, is the lossy decoding of what was written.
+    #[test]
+    fn hostile_output_gives_valid_log_lines() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..100 {
+            let len = (next() % 70_000) as usize;
+            let newline_rate = 1 + next() % 200;
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    let r = next();
+                    if r % newline_rate == 0 {
+                        b'\n'
+                    } else {
+                        (r >> 8) as u8
+                    }
+                })
+                .collect();
+            let mut out = Vec::new();
+            let mut pending = Vec::new();
+            let mut i = 0;
+            while i < data.len() {
+                let n = 1 + (next() % 9000) as usize;
+                let end = (i + n).min(data.len());
+                pending.extend_from_slice(&data[i..end]);
+                emit_lines(&mut out, "stdout", &mut pending, false);
+                assert!(pending.len() < 16 * 1024);
+                i = end;
+            }
+            emit_lines(&mut out, "stdout", &mut pending, true);
+            assert!(pending.is_empty());
+            let text = String::from_utf8(out).expect("log is UTF-8");
+            let mut bytes = 0;
+            for l in text.lines() {
+                let line: LogLine = serde_json::from_str(l).expect("every line is JSON");
+                assert_eq!(line.stream, "stdout");
+                assert!(!line.log.is_empty());
+                bytes += line.log.len();
+            }
+            // Lossy decoding turns each invalid sequence into U+FFFD (3 bytes): never shorter.
+            assert!(bytes >= data.len(), "{bytes} of {}", data.len());
+        }
+    }
+
     #[test]
     fn lines_are_split_and_partial_lines_wait() {
         let mut out = Vec::new();
