@@ -295,6 +295,21 @@ impl Store {
         write_atomic(&p, image.digest().as_str().as_bytes())
     }
 
+    /// Resolves `name` and holds it for `holder` in one step, under the store lock, so an
+    /// `image prune` running at the same time cannot remove its layers in between.
+    pub fn resolve_and_hold(&self, name: &str, holder: &str) -> Result<Image> {
+        let found = self.resolve(name)?;
+        let _lock = self.store_lock(false)?;
+        // Reload under the lock: a prune may have run since `resolve` returned.
+        let image = Image::load(
+            self,
+            found.name().map(str::to_string),
+            found.digest().clone(),
+        )?;
+        self.hold(holder, &image)?;
+        Ok(image)
+    }
+
     /// Drops a hold taken with [`Store::hold`].
     pub fn release(&self, holder: &str) -> Result<()> {
         let p = self.hold_path(holder)?;
@@ -806,4 +821,26 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_images_survive_rmi_and_prune() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let img = s.resolve_and_hold("busybox", "ctr-1").unwrap();
+        s.remove("busybox").unwrap();
+        let st = s.prune().unwrap();
+        assert_eq!((st.blobs, st.layers), (0, 0));
+        assert!(img.layers()[0].join("bin/busybox").exists());
+        assert!(s.hold("../evil", &img).is_err());
+        s.release("ctr-1").unwrap();
+        s.release("ctr-1").unwrap();
+        let st = s.prune().unwrap();
+        assert_eq!((st.blobs, st.layers), (3, 1));
+        assert!(!img.layers()[0].exists());
+    }
 }
