@@ -9,6 +9,8 @@ bash scripts/engines-deps.sh  # containerd, dockerd, podman for crates/cli/tests
 # takes ~7 min on 2 cores, see docs/benchmarks.md).
 bash scripts/build-guest-kernel.sh >/dev/null
 cargo build --workspace --bins
+# The static guest agent (PID 1 of every VM) for the `strata run --vm` / strata-oci VM tests.
+bash scripts/build-agent.sh >/dev/null
 cargo test --workspace --no-fail-fast -- --test-threads=2
 # Fuzz smoke runs (seconds each) where nightly and cargo-fuzz exist; the stable #[test] corpora
 # above cover the same entry points everywhere. Long runs: docs/security.md.

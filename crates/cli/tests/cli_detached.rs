@@ -207,3 +207,38 @@ fn start_remounts_a_lost_rootfs() {
     s.ok(&["rm", "rb"]);
     s.assert_nothing_left(&[]);
 }
+
+/// `run -di`: stdin stays open, so a workload reading it keeps running until stopped.
+#[test]
+fn detached_interactive_keeps_stdin_open() {
+    let s = Sandbox::new("container");
+    s.ok(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "di",
+        "busybox",
+        "sh",
+        "-c",
+        "cat; echo eof",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.inspect("di")["State"]["Running"], true);
+    s.ok(&["rm", "-f", "di"]);
+    // Without -i the same workload sees EOF at once.
+    s.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "dn",
+        "busybox",
+        "sh",
+        "-c",
+        "cat; echo eof",
+    ]);
+    assert_eq!(s.ok(&["wait", "dn"]), "0\n");
+    assert_eq!(s.ok(&["logs", "dn"]), "eof\n");
+    s.ok(&["rm", "dn"]);
+    s.assert_nothing_left(&[]);
+}

@@ -5,6 +5,9 @@ mod cli_common;
 use cli_common::Sandbox;
 
 fn volumes(iso: &str) {
+    if iso == "vm" {
+        return vm_volumes();
+    }
     let s = Sandbox::new(iso);
     let host = tempfile::tempdir().unwrap();
     std::fs::write(host.path().join("from-host"), "hello\n").unwrap();
@@ -40,6 +43,75 @@ fn volumes(iso: &str) {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "hello\n");
     assert!(String::from_utf8_lossy(&o.stderr).contains("Read-only file system"));
     assert!(!host.path().join("new").exists());
+    s.assert_nothing_left(&[]);
+}
+
+/// VM volumes are block devices (docs/security.md): a host directory is copied into a read-only
+/// disk (:ro only), a filesystem image file is attached as a writable disk whose writes the host
+/// sees after the run.
+fn vm_volumes() {
+    let s = Sandbox::new("vm");
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("from-host"), "hello\n").unwrap();
+    let h = host.path().to_str().unwrap();
+    // A writable directory share is refused with what to do instead, leaving nothing behind.
+    let (code, err) = s.fails(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{h}:/data"),
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("block devices") && err.contains(":ro"),
+        "{err}"
+    );
+    s.assert_nothing_left(&[]);
+    let ro = format!("{h}:/data:ro");
+    let o = s.strata(&[
+        "run",
+        "--rm",
+        "-v",
+        &ro,
+        "busybox",
+        "sh",
+        "-c",
+        "cat /data/from-host; echo x > /data/new",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hello\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Read-only file system"));
+    assert!(!host.path().join("new").exists());
+    // A writable volume: an ext4 image file.
+    let img = host.path().join("vol.img");
+    let st = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&img)
+        .arg("8M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let rw = format!("{}:/vol", img.display());
+    s.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &rw,
+        "busybox",
+        "sh",
+        "-c",
+        "echo written > /vol/from-vm",
+    ]);
+    let out = s.ok(&["run", "--rm", "-v", &rw, "busybox", "cat", "/vol/from-vm"]);
+    assert_eq!(out, "written\n");
+    let dump = std::process::Command::new("debugfs")
+        .args(["-R", "cat /from-vm"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dump.stdout), "written\n");
     s.assert_nothing_left(&[]);
 }
 
@@ -94,6 +166,28 @@ fn tmpfs_and_read_only(iso: &str) {
 
 fn resource_limits(iso: &str) {
     let s = Sandbox::new(iso);
+    if iso == "vm" {
+        // --memory sizes the VM: the guest kernel sees that much RAM (less its own reserve).
+        let out = s.ok(&[
+            "run",
+            "--rm",
+            "--memory",
+            "64m",
+            "busybox",
+            "grep",
+            "MemTotal",
+            "/proc/meminfo",
+        ]);
+        let kib: u64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(kib > 32 << 10 && kib <= 64 << 10, "{out}");
+        // --cpus above what the platform offers is refused (UML guests are uniprocessor).
+        let (_, err) = s.fails(&["run", "--rm", "--cpus", "2", "busybox", "true"]);
+        assert!(err.contains("uniprocessor"), "{err}");
+        // --pids-limit: the guest kernel has no strata cgroup for the workload; the host caps
+        // the whole VM (crates/vmm: pids.max of strata-vm/<id>).
+        s.assert_nothing_left(&[]);
+        return;
+    }
     let out = s.ok(&[
         "run", "--rm", "--memory", "64m", "--pids-limit", "20", "--cpus", "0.5", "busybox", "sh", "-c",
         "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us",

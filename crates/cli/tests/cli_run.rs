@@ -68,6 +68,13 @@ fn process_settings(iso: &str) {
     let s = Sandbox::new(iso);
     let env_file = s.store.path().join("envfile");
     std::fs::write(&env_file, "# comment\nFROM_FILE=yes\nBOTH=file\n").unwrap();
+    // A container gets /etc/hostname as a bind mount of a host file, which a VM cannot see: the
+    // guest's hostname is set in its own kernel (the agent skips host-file binds).
+    let script = if iso == "vm" {
+        "echo $A $FROM_FILE $BOTH; pwd; hostname; hostname"
+    } else {
+        "echo $A $FROM_FILE $BOTH; pwd; hostname; cat /etc/hostname"
+    };
     let out = s.ok(&[
         "run",
         "--rm",
@@ -84,7 +91,7 @@ fn process_settings(iso: &str) {
         "busybox",
         "sh",
         "-c",
-        "echo $A $FROM_FILE $BOTH; pwd; hostname; cat /etc/hostname",
+        script,
     ]);
     assert_eq!(out, "1 yes flag\n/tmp\nbox1\nbox1\n");
     // Users by name (from the image's /etc/passwd) and by uid:gid.
@@ -136,6 +143,13 @@ fn network(iso: &str) {
         ]),
         "lo\n"
     );
+    if iso == "vm" {
+        // A VM has its own kernel and network stack: sharing the host's is refused.
+        let (_, err) = s.fails(&["run", "--rm", "--network", "host", "busybox", "true"]);
+        assert!(err.contains("own kernel"), "{err}");
+        s.assert_nothing_left(&[]);
+        return;
+    }
     let host: Vec<String> = std::fs::read_dir("/sys/class/net")
         .unwrap()
         .flatten()
@@ -193,18 +207,40 @@ fn names(iso: &str) {
 
 fn rm_leaves_nothing(iso: &str) {
     let s = Sandbox::new(iso);
-    let cg = s.ok(&[
-        "run",
-        "--rm",
-        "--memory",
-        "32m",
-        "busybox",
-        "cat",
-        "/proc/self/cgroup",
-    ]);
-    let dirs = host_cgroups(&cg);
-    assert!(!dirs.is_empty(), "{cg}");
-    s.assert_nothing_left(&dirs);
+    if iso == "vm" {
+        // The guest has its own cgroup tree; the VM's host cgroups are strata-vm/<id>, and the
+        // id starts with the default hostname.
+        let host = s.ok(&["run", "--rm", "busybox", "hostname"]);
+        let short = host.trim();
+        assert_eq!(short.len(), 12, "{host}");
+        for ctrl in ["memory", "pids"] {
+            let d = std::path::Path::new("/sys/fs/cgroup")
+                .join(ctrl)
+                .join("strata-vm");
+            let left: Vec<_> = std::fs::read_dir(&d)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().starts_with(short))
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert!(left.is_empty(), "VM cgroup left in {}", d.display());
+        }
+        s.assert_nothing_left(&[]);
+    } else {
+        let cg = s.ok(&[
+            "run",
+            "--rm",
+            "--memory",
+            "32m",
+            "busybox",
+            "cat",
+            "/proc/self/cgroup",
+        ]);
+        let dirs = host_cgroups(&cg);
+        assert!(!dirs.is_empty(), "{cg}");
+        s.assert_nothing_left(&dirs);
+    }
     // Without --rm the container stays (exited) until `rm`.
     s.ok(&["run", "--name", "kept", "busybox", "true"]);
     let ps = s.ps();
@@ -249,7 +285,25 @@ fn signals_are_forwarded(iso: &str) {
     s.assert_nothing_left(&[]);
 }
 
+/// A container shares the host's kernel; a VM runs its own.
+fn kernel(iso: &str) {
+    let s = Sandbox::new(iso);
+    let host = std::process::Command::new("uname")
+        .arg("-r")
+        .output()
+        .unwrap()
+        .stdout;
+    let inside = s.ok(&["run", "--rm", "busybox", "uname", "-r"]);
+    assert!(!inside.trim().is_empty());
+    if iso == "vm" {
+        assert_ne!(inside.as_bytes(), host.as_slice(), "{inside}");
+    } else {
+        assert_eq!(inside.as_bytes(), host.as_slice(), "{inside}");
+    }
+}
+
 isolation_tests!(
+    kernel,
     exit_codes,
     signals_are_forwarded,
     stdio,

@@ -4,6 +4,7 @@
 mod args;
 mod default_spec;
 mod log;
+mod vm;
 
 use std::io::Read;
 use std::path::Path;
@@ -38,6 +39,10 @@ pub fn main() -> i32 {
 fn dispatch(cli: Cli, logger: &log::Logger) -> Result<i32> {
     if cli.systemd_cgroup {
         bail!("--systemd-cgroup is not supported by strata-oci: it manages cgroupfs directly; drop the flag (or set SystemdCgroup=false in containerd's runc options)");
+    }
+    // Bundles annotated dev.strata.isolation=vm (or STRATA_ISOLATION=vm) run in a VM.
+    if let Some(code) = vm::dispatch(&cli)? {
+        return Ok(code);
     }
     // CVE-2019-5736: whatever enters a container runs from a sealed memfd copy of this binary,
     // so /proc/<pid>/exe never leads a container back to the host's strata-oci.
@@ -86,10 +91,9 @@ fn dispatch(cli: Cli, logger: &log::Logger) -> Result<i32> {
         Command::Update(a) => update(&rt, a),
         Command::Events(a) => events(&rt, a),
         Command::Features => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&default_spec::features())?
-            );
+            let mut f = default_spec::features();
+            vm::advertise(&mut f);
+            println!("{}", serde_json::to_string_pretty(&f)?);
             Ok(0)
         }
         Command::Spec(a) => {

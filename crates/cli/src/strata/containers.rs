@@ -65,6 +65,10 @@ pub struct Record {
     /// `-t`
     #[serde(default)]
     pub tty: bool,
+    /// `-i`: a detached container's stdin stays open (never written, never closed) while it
+    /// runs, as with `docker run -di`.
+    #[serde(default)]
+    pub interactive: bool,
 }
 
 /// The container area of a store.
@@ -336,6 +340,7 @@ mod tests {
             isolation: "container".into(),
             auto_remove: false,
             tty: false,
+            interactive: false,
         };
         c.save(&rec(&a, "one")).unwrap();
         let e = c.reserve(&b, "one").unwrap_err().to_string();

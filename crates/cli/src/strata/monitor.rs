@@ -100,6 +100,7 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
     };
     // Stdout and stderr: two pipes (or one pty with -t) that we read.
     let mut sources: Vec<(OwnedFd, &'static str)> = Vec::new();
+    let mut held_stdin: Option<OwnedFd> = None;
     let started;
     if rec.tty {
         let pty = match tty::open(null.as_fd()).and_then(|p| {
@@ -122,9 +123,16 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
         drop(pty.slave);
         sources.push((pty.master, "stdout"));
     } else {
-        let pipes = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .and_then(|o| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map(|e| (o, e)));
-        let ((out_r, out_w), (err_r, err_w)) = match pipes {
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+        let pipes = pipe()
+            .and_then(|o| pipe().map(|e| (o, e)))
+            .and_then(|(o, e)| {
+                // -i: the read end is the workload's stdin, the write end stays with us until it
+                // exits, so `cat` or `sh` wait for input instead of seeing EOF.
+                let i = if rec.interactive { Some(pipe()?) } else { None };
+                Ok((o, e, i))
+            });
+        let ((out_r, out_w), (err_r, err_w), stdin_pipe) = match pipes {
             Ok(p) => p,
             Err(e) => return fail(&mut rec, &mut status, 125, &format!("create pipes: {e}")),
         };
@@ -132,12 +140,16 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
             &rec.id,
             &dir,
             Stdio {
-                stdin: null.as_fd(),
+                stdin: stdin_pipe
+                    .as_ref()
+                    .map(|(r, _)| r.as_fd())
+                    .unwrap_or(null.as_fd()),
                 stdout: out_w.as_fd(),
                 stderr: err_w.as_fd(),
             },
         );
         drop((out_w, err_w));
+        held_stdin = stdin_pipe.map(|(_, w)| w);
         sources.push((out_r, "stdout"));
         sources.push((err_r, "stderr"));
     }
@@ -157,6 +169,7 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
 
     copy_to_log(sources, log);
     let code = wait(pid);
+    drop(held_stdin);
     backend.delete(&rec.id);
     if rec.auto_remove {
         lifecycle::remove_all(g, containers, &rec);

@@ -298,6 +298,7 @@ fn prepare(g: &Global, c: &CreateArgs, foreground: bool) -> anyhow::Result<(Cont
         isolation: isolation.into(),
         auto_remove: c.rm,
         tty: c.tty,
+        interactive: c.interactive,
     };
     let mut guard = PrepareGuard {
         g,

@@ -58,8 +58,9 @@ pub fn prepare(
         Some(m) => {
             let bytes = super::run::parse_size(m).context("--memory")?;
             let mib = (bytes >> 20).max(1);
-            if mib < 32 {
-                bail!("--memory {m}: a VM needs at least 32m (the guest kernel and agent live in it too)");
+            // Measured: a 32 MiB UML guest sometimes dies in early boot (devtmpfs allocation).
+            if mib < 64 {
+                bail!("--memory {m}: a VM needs at least 64m (the guest kernel and agent live in it too)");
             }
             u32::try_from(mib).context("--memory is too large")?
         }
@@ -260,12 +261,14 @@ impl Backend for VmBackend {
                     .and_then(|s| s.trim().parse().ok())
             })
         };
+        // The same shape as the container stats; the limit is the guest's memory (what
+        // --memory sized), the usage is what the VM's host processes are charged.
         Ok(serde_json::json!({
             "platform": st.platform,
-            "memory": {
+            "memory": {"usage": {
                 "usage": read("memory.usage_in_bytes").or_else(|| read("memory.current")),
-                "limit": read("memory.limit_in_bytes").or_else(|| read("memory.max")),
-            },
+                "limit": u64::from(st.memory_mib) << 20,
+            }},
             "pids": {"current": vm_keeper::pids(&self.state_dir(id)).len()},
         }))
     }

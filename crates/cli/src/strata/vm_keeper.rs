@@ -72,6 +72,9 @@ pub struct KeeperState {
     pub bundle: PathBuf,
     #[serde(default)]
     pub created: String,
+    /// Guest memory.
+    #[serde(default)]
+    pub memory_mib: u32,
 }
 
 /// Starting a workload failed; `code` follows Docker (125 set-up, 126 cannot execute, 127 not
@@ -308,6 +311,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         status: "creating".into(),
         bundle: l.bundle.to_path_buf(),
         created: chrono::Utc::now().to_rfc3339(),
+        memory_mib: l.spec.memory_mib,
         ..Default::default()
     };
     let fail = |status: &mut Option<std::fs::File>, st: &mut KeeperState, code: i32, m: String| {
@@ -323,7 +327,10 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     };
     st.platform = platform.name().into();
     let config = match guest_config(l.config.clone(), l.spec, platform.as_ref()) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            set_console_size(&mut c["process"], l.stdin, l.spec.tty);
+            c
+        }
         Err(m) => return fail(&mut status, &mut st, 125, m),
     };
     let sock_path = l.state_dir.join("keeper.sock");
@@ -513,6 +520,8 @@ fn boot(l: &Launch, platform: &dyn Platform) -> Result<strata_vmm::Vm, String> {
         rootrw: true,
     }
     .kernel_params();
+    // --network none: the guest has only its loopback (no dummy0 from the guest kernel).
+    cfg.kernel_params.push("dummy.numdummies=0".into());
     if std::env::var_os("STRATA_VM_DEBUG").is_some() {
         // The agent logs to the console (console.log in the state directory).
         cfg.kernel_params.push("strata.debug=1".into());
@@ -638,6 +647,14 @@ fn relay(
     code
 }
 
+/// The pty the agent allocates starts at the caller's terminal size (a resize sent after the
+/// start would race with a program that asks for the size at once).
+fn set_console_size(process: &mut serde_json::Value, fd: BorrowedFd, tty: bool) {
+    if let (true, Some((rows, cols))) = (tty, winsize(fd)) {
+        process["consoleSize"] = serde_json::json!({"height": rows, "width": cols});
+    }
+}
+
 fn write_all(fd: BorrowedFd, mut b: &[u8]) -> bool {
     while !b.is_empty() {
         match nix::unistd::write(fd, b) {
@@ -754,7 +771,10 @@ fn handle(
             };
             reply(&mut conn, v)
         }
-        Request::Exec { process, tty } => {
+        Request::Exec { mut process, tty } => {
+            if let Some(fd) = fds.first() {
+                set_console_size(&mut process, fd.as_fd(), tty);
+            }
             let bytes = serde_json::to_vec(&process).unwrap_or_default();
             let h = match client.exec(&bytes, tty) {
                 Ok(h) => Arc::new(h),
@@ -867,6 +887,28 @@ pub fn destroy(state_dir: &Path) {
     let _ = std::fs::remove_dir_all(state_dir);
     if let Some(parent) = state_dir.parent() {
         let _ = std::fs::remove_dir(parent);
+    }
+}
+
+/// Kills a VM and its keeper but keeps the state (strata-oci `kill` of a created VM: `state`
+/// then says stopped, `delete` removes it).
+#[allow(dead_code)] // used by strata-oci only
+pub fn destroy_vm_only(state_dir: &Path) {
+    let Some(st) = load_state(state_dir) else {
+        return;
+    };
+    for pid in [st.vm_pid, st.keeper_pid] {
+        if alive(pid) {
+            // SAFETY: SIGKILL to the pids recorded in the VM's state.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    let t = Instant::now();
+    while alive(st.vm_pid) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for d in &st.cgroup_dirs {
+        let _ = std::fs::remove_dir(d);
     }
 }
 

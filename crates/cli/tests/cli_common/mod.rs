@@ -20,6 +20,9 @@ macro_rules! isolation_tests {
         mod container {
             $(#[test] fn $case() { super::$case("container") })*
         }
+        mod vm {
+            $(#[test] fn $case() { super::$case("vm") })*
+        }
     };
 }
 
@@ -206,9 +209,12 @@ pub fn cgroup_dirs_of(id: &str) -> Vec<PathBuf> {
     let mut v = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
         for e in rd.flatten() {
-            let d = e.path().join("strata").join(id);
-            if d.exists() {
-                v.push(d);
+            // Containers use strata/<id>; VMs strata-vm/<id> (crates/vmm cgroup.rs).
+            for parent in ["strata", "strata-vm"] {
+                let d = e.path().join(parent).join(id);
+                if d.exists() {
+                    v.push(d);
+                }
             }
         }
     }

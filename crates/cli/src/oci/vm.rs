@@ -1,0 +1,352 @@
+//! strata-oci's VM path: a bundle whose config.json carries `dev.strata.isolation=vm` (or any
+//! bundle when `STRATA_ISOLATION=vm`) runs in a VM instead of a container.
+//!
+//! `create` builds a disk of the bundle's rootfs, forks the per-VM keeper (vm_keeper.rs), which
+//! boots the VM, sends config.json and holds the workload; the keeper's pid goes to --pid-file and
+//! exits with the workload's exit code, so engines reap it as they reap runc's init. `start`,
+//! `kill` and `exec` are requests to the keeper over `<root>/vm/<id>/keeper.sock`; `state` reads
+//! the keeper's state file; `delete` kills what is left and removes the state.
+
+#[path = "../strata/vm_keeper.rs"]
+#[allow(dead_code)]
+mod vm_keeper;
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use vm_keeper::{Request, VmSpec};
+
+use super::args::{Cli, Command, OutputFormat};
+
+/// The annotation that selects the isolation of a bundle.
+pub const ISOLATION_ANNOTATION: &str = "dev.strata.isolation";
+
+fn state_dir(root: &Path, id: &str) -> PathBuf {
+    root.join("vm").join(id)
+}
+
+fn wants_vm(bundle: &Path) -> bool {
+    if std::env::var("STRATA_ISOLATION").is_ok_and(|v| v == "vm") {
+        return true;
+    }
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["annotations"][ISOLATION_ANNOTATION] == "vm")
+}
+
+/// Handles the command if it concerns a VM; None when it is the container path's.
+pub fn dispatch(cli: &Cli) -> Result<Option<i32>> {
+    let root = &cli.root;
+    let is_vm = |id: &str| state_dir(root, id).join("state.json").exists();
+    Ok(Some(match &cli.command {
+        Command::Create(a) if wants_vm(&a.bundle) => {
+            create(root, a, true)?;
+            0
+        }
+        Command::Run(a) if wants_vm(&a.create.bundle) => {
+            let pid = create(root, &a.create, false)?;
+            if a.detach {
+                0
+            } else {
+                wait_child(pid)
+            }
+        }
+        Command::Start(a) if is_vm(&a.id) => {
+            vm_keeper::simple_request(&state_dir(root, &a.id), &Request::Start)
+                .map_err(|e| anyhow::anyhow!("start VM {}: {e}", a.id))?;
+            0
+        }
+        Command::State(a) if is_vm(&a.id) => {
+            println!("{}", serde_json::to_string_pretty(&state(root, &a.id)?)?);
+            0
+        }
+        Command::Kill(a) if is_vm(&a.id) => {
+            let sig = super::parse_signal(&a.signal)?;
+            let dir = state_dir(root, &a.id);
+            let st = vm_keeper::load_state(&dir).context("read VM state")?;
+            if !vm_keeper::alive(st.keeper_pid) || st.status == "stopped" {
+                bail!("container not running");
+            }
+            if st.status == "created" && matches!(sig, nix::sys::signal::Signal::SIGKILL) {
+                // Nothing runs yet: end the VM itself.
+                vm_keeper::destroy_vm_only(&dir);
+            } else {
+                vm_keeper::simple_request(&dir, &Request::Kill { signal: sig as i32 })
+                    .map_err(|e| anyhow::anyhow!("kill VM {}: {e}", a.id))?;
+            }
+            0
+        }
+        Command::Delete(a) if is_vm(&a.id) => {
+            let dir = state_dir(root, &a.id);
+            let st = vm_keeper::load_state(&dir).unwrap_or_default();
+            if vm_keeper::alive(st.keeper_pid) && st.status == "running" && !a.force {
+                bail!(
+                    "cannot delete container {} that is not stopped: running (use --force)",
+                    a.id
+                );
+            }
+            vm_keeper::destroy(&dir);
+            0
+        }
+        Command::Ps(a) if is_vm(&a.id) => {
+            let pids = vm_keeper::pids(&state_dir(root, &a.id));
+            if a.format == OutputFormat::Json {
+                println!("{}", serde_json::to_string(&pids)?);
+            } else {
+                println!("PID");
+                for p in pids {
+                    println!("{p}");
+                }
+            }
+            0
+        }
+        Command::Exec(a) if is_vm(&a.id) => exec(root, a)?,
+        _ => return Ok(None),
+    }))
+}
+
+/// Adds what the VM path offers to `strata-oci features`.
+pub fn advertise(features: &mut serde_json::Value) {
+    let platforms: Vec<&str> = strata_vmm::platforms()
+        .iter()
+        .filter(|p| p.check().is_ok())
+        .map(|p| p.name())
+        .collect();
+    features["annotations"][ISOLATION_ANNOTATION] = serde_json::json!("container|vm");
+    features["annotations"]["dev.strata.vm.platforms"] = serde_json::json!(platforms.join(","));
+}
+
+fn wait_child(pid: i32) -> i32 {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, c)) => return c,
+            Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
+            Ok(_) | Err(nix::Error::EINTR) => continue,
+            Err(_) => return 255,
+        }
+    }
+}
+
+/// The OCI state of a VM container; `pid` is the keeper's (it exits with the workload).
+fn state(root: &Path, id: &str) -> Result<serde_json::Value> {
+    let st = vm_keeper::load_state(&state_dir(root, id)).context("read VM state")?;
+    let status = if !vm_keeper::alive(st.keeper_pid) {
+        "stopped"
+    } else {
+        match st.status.as_str() {
+            "creating" => "creating",
+            "created" => "created",
+            "running" => "running",
+            _ => "stopped",
+        }
+    };
+    let annotations = std::fs::read(st.bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .map(|v| v["annotations"].clone())
+        .unwrap_or(serde_json::Value::Null);
+    Ok(serde_json::json!({
+        "ociVersion": "1.0.2",
+        "id": id,
+        "status": status,
+        "pid": if status == "stopped" { 0 } else { st.keeper_pid },
+        "bundle": st.bundle,
+        "rootfs": st.bundle.join("rootfs"),
+        "created": st.created,
+        "annotations": annotations,
+        "owner": "root",
+    }))
+}
+
+fn create(root: &Path, a: &super::args::CreateArgs, hold: bool) -> Result<i32> {
+    let dir = state_dir(root, &a.id);
+    if dir.exists() || root.join(&a.id).exists() {
+        bail!("container with id {} already exists", a.id);
+    }
+    let bundle = std::fs::canonicalize(&a.bundle)
+        .with_context(|| format!("bundle {}", a.bundle.display()))?;
+    let cfg_path = bundle.join("config.json");
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&cfg_path).with_context(|| format!("read {}", cfg_path.display()))?,
+    )
+    .with_context(|| format!("parse {}", cfg_path.display()))?;
+    let rootfs = match config["root"]["path"].as_str() {
+        Some(p) if p.starts_with('/') => PathBuf::from(p),
+        Some(p) => bundle.join(p),
+        None => bail!("{}: root.path is missing", cfg_path.display()),
+    };
+    let result = (|| -> Result<i32> {
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        // The bundle's rootfs becomes this VM's disk (engines give every container its own
+        // rootfs, so there is nothing to share; it lives and dies with the state).
+        let key = format!(
+            "rootfs-{}",
+            &a.id
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(64)
+                .collect::<String>()
+        );
+        let disk =
+            strata_vmm::build_disk(&[rootfs.clone()], strata_vmm::DiskFormat::Ext4, &dir, &key)
+                .context("build the VM disk from the bundle's rootfs")?;
+        let memory_mib = config["linux"]["resources"]["memory"]["limit"]
+            .as_i64()
+            .filter(|l| *l > 0)
+            .map(|l| ((l >> 20) as u32).max(32))
+            .unwrap_or(128);
+        let tty = config["process"]["terminal"] == true;
+        let spec = VmSpec {
+            platform: std::env::var("STRATA_VM_PLATFORM").unwrap_or_else(|_| "auto".into()),
+            disk,
+            volumes: Vec::new(),
+            memory_mib,
+            vcpus: 1,
+            cache_dir: root.join("vm").join(".cache"),
+            tty,
+        };
+        // With a terminal, the engine gets the master of a host pty whose slave the keeper
+        // relays to the guest's own pty.
+        let pty = if tty {
+            let sock = a
+                .console_socket
+                .as_ref()
+                .context("process.terminal is true: --console-socket is required")?;
+            let p = nix::pty::openpty(None, None).context("allocate a pty")?;
+            let s = strata_container::console::connect_socket(sock)?;
+            strata_container::console::send_master(s.as_fd(), p.master.as_fd())?;
+            Some(p.slave)
+        } else {
+            None
+        };
+        let stdin = std::io::stdin();
+        let stdout = std::io::stdout();
+        let stderr = std::io::stderr();
+        let (i, o, e) = match &pty {
+            Some(s) => (s.as_fd(), s.as_fd(), s.as_fd()),
+            None => (stdin.as_fd(), stdout.as_fd(), stderr.as_fd()),
+        };
+        let pid = vm_keeper::launch(vm_keeper::Launch {
+            id: &a.id,
+            state_dir: &dir,
+            bundle: &bundle,
+            spec: &spec,
+            config,
+            hold,
+            die_with_parent: false,
+            stdin: i,
+            stdout: o,
+            stderr: e,
+        })
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        if let Some(p) = &a.pid_file {
+            write_pid_file(p, pid)?;
+        }
+        Ok(pid)
+    })();
+    if result.is_err() {
+        vm_keeper::destroy(&dir);
+    }
+    result
+}
+
+fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
+    let tmp = p.with_extension("strata-tmp");
+    std::fs::write(&tmp, pid.to_string()).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, p).with_context(|| format!("write {}", p.display()))
+}
+
+fn exec(root: &Path, a: &super::args::ExecArgs) -> Result<i32> {
+    let dir = state_dir(root, &a.id);
+    let st = vm_keeper::load_state(&dir).context("read VM state")?;
+    if st.status != "running" || !vm_keeper::alive(st.keeper_pid) {
+        bail!("cannot exec in a stopped container");
+    }
+    let mut process: serde_json::Value = match &a.process {
+        Some(p) => serde_json::from_slice(
+            &std::fs::read(p).with_context(|| format!("read process file {}", p.display()))?,
+        )
+        .with_context(|| format!("parse process file {}", p.display()))?,
+        None => {
+            if a.command.is_empty() {
+                bail!("exec: give a command to run or --process FILE");
+            }
+            let cfg: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(st.bundle.join("config.json"))?)?;
+            let mut p = cfg["process"].clone();
+            p["args"] = serde_json::json!(a.command);
+            p
+        }
+    };
+    if !a.env.is_empty() {
+        let mut env: Vec<serde_json::Value> =
+            process["env"].as_array().cloned().unwrap_or_default();
+        env.extend(a.env.iter().map(|e| serde_json::json!(e)));
+        process["env"] = serde_json::json!(env);
+    }
+    if let Some(c) = &a.cwd {
+        process["cwd"] = serde_json::json!(c);
+    }
+    if let Some(u) = &a.user {
+        let (uid, gid) = match u.split_once(':') {
+            Some((u, g)) => (u.parse::<u32>()?, g.parse::<u32>()?),
+            None => (u.parse::<u32>().context("--user takes uid[:gid]")?, 0),
+        };
+        process["user"]["uid"] = serde_json::json!(uid);
+        process["user"]["gid"] = serde_json::json!(gid);
+    }
+    let tty = a.tty || process["terminal"] == true;
+    process["terminal"] = serde_json::json!(tty);
+    let pty = if tty {
+        let sock = a
+            .console_socket
+            .as_ref()
+            .context("a terminal needs --console-socket")?;
+        let p = nix::pty::openpty(None, None).context("allocate a pty")?;
+        let s = strata_container::console::connect_socket(sock)?;
+        strata_container::console::send_master(s.as_fd(), p.master.as_fd())?;
+        Some(p.slave)
+    } else {
+        None
+    };
+    let fds = match &pty {
+        Some(s) => [s.as_raw_fd(); 3],
+        None => [0, 1, 2],
+    };
+    let pid = crate_exec(&dir, process, tty, fds)?;
+    if let Some(p) = &a.pid_file {
+        write_pid_file(p, pid)?;
+    }
+    if a.detach {
+        return Ok(0);
+    }
+    Ok(wait_child(pid))
+}
+
+/// Passes the exec to the keeper; returns the pid of our child that exits with its code.
+fn crate_exec(dir: &Path, process: serde_json::Value, tty: bool, fds: [i32; 3]) -> Result<i32> {
+    let mut conn = vm_keeper::request(dir, &Request::Exec { process, tty }, &fds)
+        .map_err(anyhow::Error::msg)?;
+    let first = vm_keeper::answer(&mut conn).map_err(anyhow::Error::msg)?;
+    if first["ok"] != true {
+        bail!(
+            "exec failed: {}",
+            first["message"].as_str().unwrap_or("refused")
+        );
+    }
+    // SAFETY: strata-oci is single-threaded; the child reads one line and _exits.
+    match unsafe { nix::unistd::fork() }.context("fork")? {
+        nix::unistd::ForkResult::Child => {
+            let code = vm_keeper::answer(&mut conn)
+                .ok()
+                .and_then(|v| v["exit"].as_i64())
+                .unwrap_or(255) as i32;
+            // SAFETY: _exit in the forked child.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
+    }
+}
