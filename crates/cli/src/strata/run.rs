@@ -306,7 +306,9 @@ fn prepare(g: &Global, c: &CreateArgs, foreground: bool) -> anyhow::Result<(Cont
         rec: rec.clone(),
         armed: true,
     };
-    store.hold(&id, &image)?;
+    // Held under the store lock, by digest (the image just resolved): a concurrent
+    // `image prune` either ran before (and this fails cleanly) or keeps the layers.
+    store.resolve_and_hold(image.digest().as_str(), &id)?;
     let rootfs_path = if vm {
         // A VM boots the image's root disk: no host overlay mount.
         super::vm::prepare(
