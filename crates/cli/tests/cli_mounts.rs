@@ -112,6 +112,9 @@ fn vm_volumes() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&dump.stdout), "written\n");
+    // The image file is the user's again (the VM's uid owned it while it ran).
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&img).unwrap().uid(), 0);
     s.assert_nothing_left(&[]);
 }
 

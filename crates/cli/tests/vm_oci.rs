@@ -86,6 +86,24 @@ fn an_annotated_bundle_runs_in_a_vm_like_runc_runs_a_container() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(marker, "started\n");
+    // Hostile requests on the keeper's socket are refused; the VM keeps working.
+    let sock = oci.root.path().join("vm").join(&id).join("keeper.sock");
+    for bad in [
+        b"\x00\xff\xfe garbage\n".to_vec(),
+        b"{\"op\":\"format-disk\"}\n".to_vec(),
+        vec![b'{'; 1 << 20],
+    ] {
+        use std::io::{Read, Write};
+        let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let _ = c.write_all(&bad);
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        assert!(
+            answer.is_empty() || answer.contains("\"ok\":false"),
+            "{answer}"
+        );
+    }
     let out = oci.run(&["exec", &id, "sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(3));
     let pids: Vec<i32> = serde_json::from_str(&oci.ok(&["ps", "--format", "json", &id])).unwrap();
@@ -95,7 +113,11 @@ fn an_annotated_bundle_runs_in_a_vm_like_runc_runs_a_container() {
     assert!(err.contains("not stopped"), "{err}");
 
     oci.ok(&["kill", &id, "TERM"]);
-    assert_eq!(wait_exit_code(pid), 7, "the pid-file process exits with the workload's code");
+    assert_eq!(
+        wait_exit_code(pid),
+        7,
+        "the pid-file process exits with the workload's code"
+    );
     assert_eq!(oci.status(&id), "stopped");
     oci.ok(&["delete", &id]);
     assert!(!oci.root.path().join("vm").join(&id).exists());

@@ -346,9 +346,28 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             )
         }
     };
+    // The platform hands writable disks to the VM's unprivileged uid; the user's volume files get
+    // their owners back when the VM is gone.
+    let owners: Vec<(PathBuf, u32, u32)> = l
+        .spec
+        .volumes
+        .iter()
+        .filter(|v| !v.read_only && !v.snapshot)
+        .filter_map(|v| {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(&v.path).ok()?;
+            Some((v.path.clone(), m.uid(), m.gid()))
+        })
+        .collect();
+    let restore_owners = || {
+        for (p, uid, gid) in &owners {
+            let _ = std::os::unix::fs::chown(p, Some(*uid), Some(*gid));
+        }
+    };
     let mut vm = match boot(l, platform.as_ref()) {
         Ok(v) => v,
         Err(m) => {
+            restore_owners();
             let _ = std::fs::remove_file(&sock_path);
             return fail(&mut status, &mut st, 125, m);
         }
@@ -379,6 +398,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         Ok(s) => Arc::new(s),
         Err(e) => {
             let _ = vm.kill();
+            restore_owners();
             let _ = std::fs::remove_file(&sock_path);
             return fail(&mut status, &mut st, 125, format!("create in the VM: {e}"));
         }
@@ -428,6 +448,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
                 );
             }
             let _ = vm.kill();
+            restore_owners();
             let _ = std::fs::remove_file(&sock_path);
             return fail(&mut status, &mut st, 125, format!("start in the VM: {e}"));
         }
@@ -452,6 +473,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         std::thread::sleep(Duration::from_millis(5));
     }
     let _ = vm.kill();
+    restore_owners();
     let _ = std::fs::remove_file(&sock_path);
     let _ = std::fs::remove_file(l.state_dir.join("root.cow"));
     // A VM killed from outside (rm -f, OOM): like a container killed by SIGKILL.
