@@ -138,22 +138,26 @@ pub fn images(g: &Global, a: ImagesArgs) -> anyhow::Result<()> {
 
 pub fn rmi(g: &Global, a: RmiArgs) -> anyhow::Result<()> {
     let store = g.image_store()?;
-    let mut failed = None;
+    if let [name] = a.images.as_slice() {
+        let d = store.remove(name)?;
+        println!("Untagged: {name} ({d})");
+        return Ok(());
+    }
+    // Several images: remove what can be removed, report each failure, fail at the end.
+    let mut failed = 0;
     for name in &a.images {
         match store.remove(name) {
             Ok(d) => println!("Untagged: {name} ({d})"),
             Err(e) => {
                 eprintln!("strata: error: {e}");
-                failed = Some(e);
+                failed += 1;
             }
         }
     }
-    match failed {
-        Some(e) => Err(anyhow::anyhow!(
-            "could not remove every image (last error: {e})"
-        )),
-        None => Ok(()),
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} images could not be removed", a.images.len());
     }
+    Ok(())
 }
 
 pub fn inspect(g: &Global, a: InspectArgs) -> anyhow::Result<()> {
@@ -231,7 +235,10 @@ pub fn build_default(g: &Global) -> anyhow::Result<()> {
 pub fn pull(g: &Global, a: PullArgs) -> anyhow::Result<()> {
     let store = g.image_store()?;
     let progress = reporter(g.quiet);
-    let opts = strata_image::pull::PullOptions { insecure: a.insecure, ..Default::default() };
+    let opts = strata_image::pull::PullOptions {
+        insecure: a.insecure,
+        ..Default::default()
+    };
     let (name, digest) = strata_image::pull::pull(&store, &a.reference, &opts, progress.as_ref())?;
     println!("Pulled {name} ({digest})");
     Ok(())
