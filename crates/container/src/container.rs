@@ -359,7 +359,7 @@ impl Runtime {
                     .any(|(t, _)| *t == LinuxNamespaceType::User),
             owner: nix::unistd::geteuid().as_raw(),
         };
-        let saved = state::save(&dir, &rec)
+        let saved = state::save_with(&dir, &rec, _forwarding.is_none())
             .map_err(ContainerError::from)
             .and_then(|()| match &opts.pid_file {
                 Some(p) => write_pid_file(p, pid),

@@ -27,4 +27,5 @@ pub mod seccomp;
 pub mod console;
 pub mod fds;
 pub mod exe_clone;
+pub mod exe_guard;
 pub mod notify;

@@ -83,6 +83,12 @@ fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateEr
 
 /// Writes `dir/state.json` atomically (temp file, fsync, rename).
 pub fn save(dir: &Path, rec: &Record) -> Result<(), StateError> {
+    save_with(dir, rec, true)
+}
+
+/// Writes `dir/state.json` atomically; `durable` adds the fsync (skipped by a foreground `run`,
+/// whose state lives only as long as the command: an fsync there costs milliseconds on disk).
+pub fn save_with(dir: &Path, rec: &Record, durable: bool) -> Result<(), StateError> {
     let tmp = dir.join(".state.json.tmp");
     let path = dir.join(STATE_FILE);
     let data = serde_json::to_vec(rec).map_err(|e| StateError::Corrupt {
@@ -91,7 +97,9 @@ pub fn save(dir: &Path, rec: &Record) -> Result<(), StateError> {
     })?;
     let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
     f.write_all(&data).map_err(io("write", &tmp))?;
-    f.sync_all().map_err(io("fsync", &tmp))?;
+    if durable {
+        f.sync_all().map_err(io("fsync", &tmp))?;
+    }
     std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
     Ok(())
 }
