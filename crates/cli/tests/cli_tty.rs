@@ -111,6 +111,10 @@ fn tty_and_resize(iso: &str) {
     assert_eq!(wait_exit(&mut child), 0);
     let out = term.text();
     assert!(out.contains("/dev/"), "tty names no device: {out:?}");
+    if iso == "container" {
+        // The runtime allocated the pty inside the container: its own devpts, first pty.
+        assert!(out.contains("/dev/pts/0"), "{out:?}");
+    }
     assert!(!out.contains("not a tty"), "{out:?}");
     s.assert_nothing_left(&[]);
 }
@@ -121,6 +125,14 @@ fn interactive_tty(iso: &str) {
     std::thread::sleep(Duration::from_millis(300));
     term.master.write_all(b"echo $((6*7))\n").unwrap();
     term.wait_for("42");
+    if iso == "container" {
+        // ^C interrupts the shell's foreground job: the pty is the controlling terminal.
+        term.master.write_all(b"sleep 100\n").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        term.master.write_all(b"\x03").unwrap();
+        term.master.write_all(b"echo after-$((1+1))\n").unwrap();
+        term.wait_for("after-2");
+    }
     term.master.write_all(b"exit 5\n").unwrap();
     assert_eq!(wait_exit(&mut child), 5);
     // strata restored the terminal's mode: ECHO is back on.

@@ -106,7 +106,19 @@ pub fn exec(g: &Global, a: ExecArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let null = OwnedFd::from(std::fs::File::open("/dev/null").context("open /dev/null")?);
-    let pty = if a.tty {
+    let fail = |e: super::instance::StartError| -> ! {
+        eprintln!("strata: error: {}", e.message);
+        std::process::exit(e.code);
+    };
+    // -t: a terminal inside the container when the backend allocates one, else a host pty.
+    let inner = if a.tty {
+        backend
+            .exec_with_terminal(&rec.id, &process)
+            .unwrap_or_else(|e| fail(e))
+    } else {
+        None
+    };
+    let pty = if a.tty && inner.is_none() {
         Some(tty::open(stdin.as_fd())?)
     } else {
         None
@@ -127,23 +139,22 @@ pub fn exec(g: &Global, a: ExecArgs) -> anyhow::Result<()> {
             stderr: stderr.as_fd(),
         },
     };
-    let pid = match backend.exec(&rec.id, &process, stdio) {
-        Ok(pid) => pid,
-        Err(e) => {
-            eprintln!("strata: error: {}", e.message);
-            std::process::exit(e.code);
-        }
+    let (pid, master) = match inner {
+        Some((pid, master)) => (pid, Some(master)),
+        None => match backend.exec(&rec.id, &process, stdio) {
+            Ok(pid) => (pid, pty.map(|p| p.master)),
+            Err(e) => fail(e),
+        },
     };
     drop(null);
-    let code = match pty {
-        Some(p) => {
-            drop(p.slave);
+    let code = match master {
+        Some(master) => {
             let raw = if a.interactive {
                 tty::RawMode::enable(stdin.as_fd())
             } else {
                 None
             };
-            let c = tty::relay(p.master, pid, a.interactive, &signals);
+            let c = tty::relay(master, pid, a.interactive, &signals);
             drop(raw);
             c
         }

@@ -7,7 +7,7 @@
 //! code (the container init; for a VM, the VM's leader process). `exec` does the same for an
 //! extra process. The caller reaps both.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::sys::signal::Signal;
@@ -43,6 +43,24 @@ pub trait Backend {
     /// Runs another process in the running workload's environment; returns the pid of our
     /// child that exits with it.
     fn exec(&self, id: &str, process: &Process, stdio: Stdio) -> Result<i32, StartError>;
+    /// `start` on a terminal the backend allocates in the workload's own environment (so it is
+    /// the workload's controlling terminal); returns the pid and the pty master. `Ok(None)`:
+    /// no such terminal here, the caller passes a host pty slave as stdio to `start` instead.
+    fn start_with_terminal(
+        &self,
+        _id: &str,
+        _bundle: &Path,
+    ) -> Result<Option<(i32, OwnedFd)>, StartError> {
+        Ok(None)
+    }
+    /// `exec` on a terminal, as [`Backend::start_with_terminal`].
+    fn exec_with_terminal(
+        &self,
+        _id: &str,
+        _process: &Process,
+    ) -> Result<Option<(i32, OwnedFd)>, StartError> {
+        Ok(None)
+    }
     /// Host pids of every process of the workload.
     fn pids(&self, id: &str) -> anyhow::Result<Vec<i32>>;
     /// Resource usage as JSON (cpu, memory, pids).
@@ -107,6 +125,64 @@ impl Backend for ContainerBackend {
             .map_err(|e| start_error(e.into()))
     }
 
+    fn start_with_terminal(
+        &self,
+        id: &str,
+        bundle: &Path,
+    ) -> Result<Option<(i32, OwnedFd)>, StartError> {
+        // The runtime allocates the pty inside the container (runc's console-socket protocol)
+        // when process.terminal is set; a host pty bound at /dev/console is not needed then.
+        // The pty starts at our terminal's size (process.consoleSize): the workload may ask
+        // for it before we could resize.
+        let size = super::tty::size(std::io::stdin().as_fd());
+        set_terminal(bundle, size).map_err(start_error)?;
+        let (listener, sock) = self.console_listener(id)?;
+        let opts = CreateOptions {
+            bundle: bundle.to_path_buf(),
+            console_socket: Some(sock.clone()),
+            ..Default::default()
+        };
+        let run = self.runtime.run(id, &opts, true);
+        let _ = std::fs::remove_file(&sock);
+        run?;
+        // init connected and sent the master before reporting ready: this does not block.
+        let (master, _) = strata_container::console::accept_master(&listener)
+            .map_err(|e| start_error(e.into()))?;
+        let rec = strata_container::state::load(&self.root.join(id))
+            .map_err(|e| start_error(e.into()))?;
+        Ok(Some((rec.pid, master)))
+    }
+
+    fn exec_with_terminal(
+        &self,
+        id: &str,
+        process: &Process,
+    ) -> Result<Option<(i32, OwnedFd)>, StartError> {
+        let mut process = process.clone();
+        process.set_terminal(Some(true));
+        if let Some((rows, cols)) = super::tty::size(std::io::stdin().as_fd()) {
+            process.set_console_size(Some(
+                oci_spec::runtime::BoxBuilder::default()
+                    .height(rows as u64)
+                    .width(cols as u64)
+                    .build()
+                    .map_err(|e| start_error(e.into()))?,
+            ));
+        }
+        let (listener, sock) = self.console_listener(id)?;
+        let opts = ExecOptions {
+            detach: true,
+            console_socket: Some(sock.clone()),
+            ..Default::default()
+        };
+        let pid = self.runtime.exec(id, &process, &opts);
+        let _ = std::fs::remove_file(&sock);
+        let pid = pid?;
+        let (master, _) = strata_container::console::accept_master(&listener)
+            .map_err(|e| start_error(e.into()))?;
+        Ok(Some((pid, master)))
+    }
+
     fn pids(&self, id: &str) -> anyhow::Result<Vec<i32>> {
         Ok(self.runtime.pids(id)?)
     }
@@ -127,6 +203,50 @@ impl Backend for ContainerBackend {
     fn delete(&self, id: &str) {
         let _ = self.runtime.delete(id, true);
     }
+}
+
+impl ContainerBackend {
+    /// A listening console socket under the runtime root (short path: sun_path holds 108
+    /// bytes), unique per process.
+    fn console_listener(
+        &self,
+        id: &str,
+    ) -> Result<(std::os::unix::net::UnixListener, std::path::PathBuf), StartError> {
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| start_error(anyhow::anyhow!("create {}: {e}", self.root.display())))?;
+        let sock = self.root.join(format!(
+            ".console-{}-{}",
+            id.get(..12).unwrap_or(id),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&sock);
+        let l = std::os::unix::net::UnixListener::bind(&sock)
+            .map_err(|e| start_error(anyhow::anyhow!("console socket {}: {e}", sock.display())))?;
+        Ok((l, sock))
+    }
+}
+
+/// Sets process.terminal and consoleSize in the bundle's config.json (and drops the host-pty
+/// /dev/console bind a previous start may have added).
+fn set_terminal(bundle: &Path, size: Option<(u16, u16)>) -> anyhow::Result<()> {
+    let p = bundle.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p)?)?;
+    v["process"]["terminal"] = serde_json::json!(true);
+    match size {
+        Some((rows, cols)) => {
+            v["process"]["consoleSize"] = serde_json::json!({"height": rows, "width": cols})
+        }
+        None => {
+            if let Some(p) = v["process"].as_object_mut() {
+                p.remove("consoleSize");
+            }
+        }
+    }
+    if let Some(m) = v["mounts"].as_array_mut() {
+        m.retain(|m| m["destination"] != "/dev/console");
+    }
+    std::fs::write(&p, serde_json::to_vec(&v)?)?;
+    Ok(())
 }
 
 impl From<ContainerError> for StartError {

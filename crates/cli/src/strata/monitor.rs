@@ -102,7 +102,18 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
     let mut sources: Vec<(OwnedFd, &'static str)> = Vec::new();
     let mut held_stdin: Option<OwnedFd> = None;
     let started;
-    if rec.tty {
+    let inner = if rec.tty {
+        match backend.start_with_terminal(&rec.id, &dir) {
+            Ok(t) => t,
+            Err(e) => return fail(&mut rec, &mut status, e.code, &e.message),
+        }
+    } else {
+        None
+    };
+    if let Some((pid, master)) = inner {
+        started = Ok(pid);
+        sources.push((master, "stdout"));
+    } else if rec.tty {
         let pty = match tty::open(null.as_fd()).and_then(|p| {
             run::set_console(&dir, Some(&p.slave_path))?;
             Ok(p)

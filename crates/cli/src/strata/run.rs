@@ -157,7 +157,17 @@ fn foreground(
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    let pty = if c.tty {
+    // -t: a terminal inside the workload's environment when the backend allocates one
+    // (its controlling terminal), else a host pty as its stdio.
+    let inner = if c.tty {
+        match backend.start_with_terminal(&rec.id, &dir) {
+            Ok(t) => t,
+            Err(e) => return fail(g, containers, &rec, e.code, &e.message),
+        }
+    } else {
+        None
+    };
+    let pty = if c.tty && inner.is_none() {
         match tty::open(stdin.as_fd()).and_then(|p| {
             set_console(&dir, Some(&p.slave_path))?;
             Ok(p)
@@ -184,10 +194,18 @@ fn foreground(
             stderr: stderr.as_fd(),
         },
     };
-    let started = backend.start(&rec.id, &dir, stdio);
+    let started = match inner {
+        Some((pid, master)) => {
+            tty::copy_size(stdin.as_fd(), master.as_fd());
+            Ok((pid, Some(master)))
+        }
+        None => backend
+            .start(&rec.id, &dir, stdio)
+            .map(|pid| (pid, pty.map(|p| p.master))),
+    };
     drop(null);
-    let pid = match started {
-        Ok(pid) => pid,
+    let (pid, master) = match started {
+        Ok(s) => s,
         Err(e) => return fail(g, containers, &rec, e.code, &e.message),
     };
     // prepare() already recorded us as the running container's monitor; the pid is worth
@@ -196,15 +214,14 @@ fn foreground(
         rec.pid = Some(pid);
         let _ = containers.save(&rec);
     }
-    let code = match pty {
-        Some(p) => {
-            drop(p.slave);
+    let code = match master {
+        Some(master) => {
             let raw = if c.interactive {
                 tty::RawMode::enable(stdin.as_fd())
             } else {
                 None
             };
-            let code = tty::relay(p.master, pid, c.interactive, signals);
+            let code = tty::relay(master, pid, c.interactive, signals);
             drop(raw);
             code
         }

@@ -1,12 +1,12 @@
-//! `-t`: a pseudo-terminal for the workload, raw mode on the host terminal (restored on exit,
-//! even on error), and the relay between them with window-size changes.
+//! `-t`: raw mode on the host terminal (restored on exit, even on error), the relay between it
+//! and the workload's pty with window-size changes, and a host pty for backends that cannot
+//! allocate one themselves.
 //!
-//! The pty is allocated on the host and its slave is the workload's stdin/stdout/stderr. The
-//! slave is also bind-mounted at /dev/console in the container (see `run`), so `tty` inside
-//! finds a name for it (the container's own /dev/pts is a new devpts instance).
-//! TODO(console): once strata-container's console-socket support lands, allocate the pty
-//! inside the container instead, which also gives the workload a controlling terminal (^C as
-//! SIGINT through the line discipline).
+//! Containers get their pty from the runtime, inside the container (runc's console-socket
+//! protocol, `Backend::start_with_terminal`), so it is the workload's controlling terminal and
+//! /dev/pts/0 there. The host-pty fallback passes a slave allocated here as the workload's
+//! stdio and bind-mounts it at /dev/console so `tty` finds a name for it; the workload then has
+//! no controlling terminal (^C arrives as a byte, not as SIGINT).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
@@ -59,6 +59,11 @@ fn unsafe_zeroed_winsize() -> libc::winsize {
         ws_xpixel: 0,
         ws_ypixel: 0,
     }
+}
+
+/// The size (rows, columns) of the terminal on `fd`, if it is one with a size.
+pub fn size(fd: BorrowedFd) -> Option<(u16, u16)> {
+    window_size(fd).map(|w| (w.ws_row, w.ws_col))
 }
 
 /// Copies the host terminal's size to the pty (SIGWINCH).
