@@ -58,8 +58,7 @@ cat >> "$body" <<'EOF2'
 
 Every import verifies each blob's sha256 while writing it, fsyncs it, unpacks layers through the
 fd-relative unpacker (one openat walk per entry, no symlink followed) into a staging directory,
-and renames into place; the GNU tar row is the same extraction without any of that. `strata import`
-of a rootfs tarball also reads the tarball twice (once to compute its diffID, once to unpack).
+and renames into place; the GNU tar row is the same extraction without any of that.
 EOF2
 
 doc=docs/benchmarks.md

@@ -13,7 +13,7 @@ use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 use serde::Deserialize;
 
 use crate::compression::Compression;
-use crate::digest::{Digest, HashingReader};
+use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::image::{parse_config, parse_manifest};
 use crate::progress::{Progress, ProgressReader};
@@ -521,15 +521,11 @@ pub(crate) fn single_layer_image(
     progress: &dyn Progress,
 ) -> Result<Digest> {
     let path = tx.blob_path(layer)?;
-    let f = File::open(&path).ctx("open layer blob", &path)?;
-    let size = f.metadata().ctx("stat layer blob", &path)?.len();
-    let (_, tar) = crate::compression::decompress(f).ctx("read layer blob", &path)?;
-    let mut h = HashingReader::new(tar);
-    std::io::copy(&mut h, &mut std::io::sink()).map_err(|e| Error::BadLayer {
-        layer: path.display().to_string(),
-        reason: format!("truncated or corrupt: {e}"),
-    })?;
-    let (diff_id, _) = h.finish();
+    let size = std::fs::metadata(&path)
+        .ctx("stat layer blob", &path)?
+        .len();
+    // Unpacking computes the diffID; import_manifest then finds the layer already staged.
+    let diff_id = tx.unpack_layer_unknown(layer, progress)?;
     let mut config = config;
     config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": [diff_id.as_str()]});
     let bytes = serde_json::to_vec(&config).map_err(|error| Error::Json {

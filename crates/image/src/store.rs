@@ -626,20 +626,72 @@ impl<'s> Transaction<'s> {
         if self.store.layer_path(diff_id).exists() {
             return Ok(());
         }
+        let dest = self.dir.path().join("layers").join(diff_id.hex());
+        let actual = self.unpack_into(
+            blob,
+            &dest,
+            &format!("unpack {}", diff_id.short()),
+            progress,
+        )?;
+        if actual != *diff_id {
+            return Err(Error::DigestMismatch {
+                what: format!("uncompressed layer {blob}"),
+                expected: diff_id.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        self.layers.push(diff_id.clone());
+        Ok(())
+    }
+
+    /// Unpacks a layer blob whose diffID is not known yet (a rootfs tarball) in one pass:
+    /// into a temporary directory, renamed after the diffID computed on the way.
+    pub fn unpack_layer_unknown(
+        &mut self,
+        blob: &Digest,
+        progress: &dyn Progress,
+    ) -> Result<Digest> {
+        if self.layers_lock.is_none() {
+            let lp = self.store.root.join("locks/layers.lock");
+            self.layers_lock = Some(FileLock::acquire(&lp, true).ctx("lock layers", &lp)?);
+        }
+        let tmp = self
+            .dir
+            .path()
+            .join("layers")
+            .join(format!("unknown-{}", blob.hex()));
+        let diff_id =
+            self.unpack_into(blob, &tmp, &format!("unpack {}", blob.short()), progress)?;
+        if self.layers.contains(&diff_id) || self.store.layer_path(&diff_id).exists() {
+            remove_tree(&tmp)?;
+        } else {
+            let dest = self.dir.path().join("layers").join(diff_id.hex());
+            fs::rename(&tmp, &dest).ctx("rename unpacked layer", &dest)?;
+            self.layers.push(diff_id.clone());
+        }
+        Ok(diff_id)
+    }
+
+    /// Unpacks blob `blob` into the new directory `dest`; returns the uncompressed digest.
+    fn unpack_into(
+        &self,
+        blob: &Digest,
+        dest: &Path,
+        step: &str,
+        progress: &dyn Progress,
+    ) -> Result<Digest> {
         let path = self.blob_path(blob)?;
         let file = File::open(&path).ctx("open layer blob", &path)?;
         let total = file.metadata().map(|m| m.len()).ok();
-        let step = format!("unpack {}", diff_id.short());
-        progress.begin(&step, total);
-        let dest = self.dir.path().join("layers").join(diff_id.hex());
+        progress.begin(step, total);
         fs::DirBuilder::new()
             .mode(0o755)
-            .create(&dest)
-            .ctx("create layer directory", &dest)?;
+            .create(dest)
+            .ctx("create layer directory", dest)?;
         // mode() is filtered by umask: set it explicitly, the layer root must be traversable.
-        fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .ctx("chmod layer directory", &dest)?;
-        let root = sys::open_dir(&dest).ctx("open layer directory", &dest)?;
+        fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .ctx("chmod layer directory", dest)?;
+        let root = sys::open_dir(dest).ctx("open layer directory", dest)?;
         let (_, tar) = crate::compression::decompress(ProgressReader {
             inner: file,
             progress,
@@ -658,17 +710,8 @@ impl<'s> Transaction<'s> {
             layer: blob.to_string(),
             reason: format!("truncated or corrupt: {e}"),
         })?;
-        let (actual, _) = hashed.finish();
-        if actual != *diff_id {
-            return Err(Error::DigestMismatch {
-                what: format!("uncompressed layer {blob}"),
-                expected: diff_id.to_string(),
-                actual: actual.to_string(),
-            });
-        }
-        progress.end(&step);
-        self.layers.push(diff_id.clone());
-        Ok(())
+        progress.end(step);
+        Ok(hashed.finish().0)
     }
 
     /// Names `manifest` as `name` when the transaction commits.
