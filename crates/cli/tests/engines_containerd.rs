@@ -20,8 +20,10 @@ use std::time::Duration;
 /// strata-oci cells proven to pass under containerd (container layer). Grow as strata-oci matures.
 const STRATA_PASSING: &[Op] = &[
     Op::Run,
+    Op::Tty,
     Op::Logs,
     Op::Exec,
+    Op::ExecTty,
     Op::Ps,
     Op::Pause,
     Op::Stop,

@@ -15,8 +15,10 @@ use std::ffi::OsString;
 /// strata-oci cells proven to pass under podman (container layer). Grow as strata-oci matures.
 const STRATA_PASSING: &[Op] = &[
     Op::Run,
+    Op::Tty,
     Op::Logs,
     Op::Exec,
+    Op::ExecTty,
     Op::Ps,
     Op::Pause,
     Op::Update,
