@@ -264,22 +264,28 @@ pub fn spawn_exec(cfg: &ExecConfig, cg: &Cgroup) -> Result<i32, LaunchError> {
         cg.add_process(mid)?;
         parent.send(&Message::Proceed)?;
         let _ = waitpid(Pid::from_raw(mid), None);
-        let pid = match parent.recv()? {
-            Some(Message::ChildPid(p)) => p,
-            Some(Message::Failed(m)) => return Err(LaunchError::Child(m)),
-            _ => return Err(LaunchError::ChildDied),
-        };
-        match parent.recv()? {
-            Some(Message::Ready) => Ok(pid),
-            Some(Message::Failed(m)) => {
-                kill_and_reap(pid);
-                Err(LaunchError::Child(m))
-            }
-            _ => {
-                kill_and_reap(pid);
-                Err(LaunchError::ChildDied)
+        // The intermediate (ChildPid) and the exec'd process (Ready) share the channel, and the
+        // process may report Ready before the intermediate reports its pid: accept either order.
+        let (mut pid, mut ready) = (None, false);
+        while pid.is_none() || !ready {
+            match parent.recv()? {
+                Some(Message::ChildPid(p)) if pid.is_none() => pid = Some(p),
+                Some(Message::Ready) if !ready => ready = true,
+                Some(Message::Failed(m)) => {
+                    if let Some(p) = pid {
+                        kill_and_reap(p);
+                    }
+                    return Err(LaunchError::Child(m));
+                }
+                _ => {
+                    if let Some(p) = pid {
+                        kill_and_reap(p);
+                    }
+                    return Err(LaunchError::ChildDied);
+                }
             }
         }
+        pid.ok_or(LaunchError::ChildDied)
     })();
     if r.is_err() {
         let _ = nix::sys::signal::kill(Pid::from_raw(mid), Signal::SIGKILL);
