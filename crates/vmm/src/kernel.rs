@@ -44,7 +44,12 @@ pub fn list_kernels() -> Vec<KernelInfo> {
 /// The kernel a platform uses by default: strata's own build (faster to boot, statically
 /// linked, no hostfs, see docs/benchmarks.md) when present, else the distribution's.
 pub fn default_kernel(platform: &str) -> Option<KernelInfo> {
-    list_kernels().into_iter().find(|k| k.platform == platform)
+    // On every VM start: strata's own build is found without executing the distribution's
+    // kernel for its version (`linux --version`, tens of ms under load).
+    list_built(&kernel_dir())
+        .into_iter()
+        .find(|k| k.platform == platform)
+        .or_else(|| list_kernels().into_iter().find(|k| k.platform == platform))
 }
 
 /// Kernels built by scripts/build-guest-kernel.sh in `dir`: `<platform>-<version>-<hash>/linux`

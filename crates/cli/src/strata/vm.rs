@@ -122,7 +122,8 @@ pub fn prepare(
         }
     }
     let spec = VmSpec {
-        platform: o.platform.to_string(),
+        // Resolved now: the keeper does not probe every platform again.
+        platform: platform.name().to_string(),
         disk,
         volumes,
         memory_mib,

@@ -508,6 +508,34 @@ fn console_tail(path: &Path) -> String {
     format!("; guest console ({}):\n{}", path.display(), tail.join("\n"))
 }
 
+/// The agent's initramfs, found by the agent file's identity (device, inode, size, mtime) so a
+/// VM start does not read and hash the agent again (strata-vmm caches the archive by content).
+fn agent_initrd(agent: &Path, cache: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(agent).map_err(|e| format!("agent {}: {e}", agent.display()))?;
+    let index = cache.join(format!(
+        "agent-{}-{}-{}-{}.{}.path",
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec()
+    ));
+    if let Ok(p) = std::fs::read_to_string(&index) {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let p = strata_vmm::initramfs::agent_initramfs(agent, cache)
+        .map_err(|e| format!("agent initramfs: {e}"))?;
+    let tmp = index.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, p.as_os_str().as_encoded_bytes()).is_ok() {
+        let _ = std::fs::rename(&tmp, &index);
+    }
+    Ok(p)
+}
+
 /// Boots the VM: kernel, agent initramfs, image disk with a fresh COW file, volume disks.
 fn boot(l: &Launch, platform: &dyn Platform) -> Result<strata_vmm::Vm, String> {
     let kernel = strata_vmm::default_kernel(platform.name()).ok_or_else(|| {
@@ -517,8 +545,7 @@ fn boot(l: &Launch, platform: &dyn Platform) -> Result<strata_vmm::Vm, String> {
         )
     })?;
     let agent = agent_path()?;
-    let initrd = strata_vmm::initramfs::agent_initramfs(&agent, &l.spec.cache_dir)
-        .map_err(|e| format!("agent initramfs: {e}"))?;
+    let initrd = agent_initrd(&agent, &l.spec.cache_dir)?;
     let mut cfg = VmConfig::new(l.id, kernel.path, l.state_dir.join("run"));
     cfg.memory_mib = l.spec.memory_mib;
     cfg.vcpus = l.spec.vcpus;
