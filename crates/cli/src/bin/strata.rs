@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use strata::{exec, image, lifecycle, logs, ps, run, vm_info};
+use strata::{compare, exec, image, lifecycle, logs, ps, run, vm_info};
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +71,9 @@ enum Command {
     Kernel(vm_info::KernelCommand),
     /// What this host supports: containers (cgroup layout) and VM platforms, and why not
     Info(vm_info::JsonArg),
+    /// Run a workload as a container and as a VM and compare size, start time, memory, kernel
+    /// and compatibility
+    Compare(compare::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::Stats(a) => ps::stats(&cli.global, a),
         Command::Kernel(c) => vm_info::kernel(c),
         Command::Info(a) => vm_info::info(a),
+        Command::Compare(a) => compare::compare(&cli.global, a),
     };
     strata::exit(result)
 }

@@ -1,5 +1,8 @@
 //! The `strata` command modules; bin/strata.rs dispatches to them.
 
+pub mod compare;
+pub mod compare_chart;
+pub mod compare_probes;
 pub mod containers;
 pub mod exec;
 pub mod image;
