@@ -285,3 +285,40 @@ fn no_pivot_and_join_network_namespace() {
     oci.ok(&["delete", "--force", &holder]);
     assert_clean(&oci, &hb, &holder);
 }
+
+#[test]
+fn time_namespace_with_offsets() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    let id = unique_id("timens");
+    let mut b = Bundle::sh(
+        &id,
+        "cut -d' ' -f1 /proc/uptime; readlink /proc/self/ns/time",
+    );
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "time"}));
+        c["linux"]["timeOffsets"] = json!({"boottime": {"secs": 1000000, "nanosecs": 0}});
+    });
+    let out = oci.output_of(&b, &id);
+    let mut lines = out.lines();
+    let uptime: f64 = lines.next().unwrap().parse().unwrap();
+    let host: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        uptime - host > 999_000.0,
+        "boottime offset not applied: {out}"
+    );
+    let host_ns = std::fs::read_link("/proc/self/ns/time").unwrap();
+    assert_ne!(lines.next().unwrap(), host_ns.to_str().unwrap());
+    assert_clean(&oci, &b, &id);
+}
