@@ -103,10 +103,16 @@ pub fn run(cfg: &InitConfig, ch: &Channel) -> ! {
 }
 
 fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, InitError> {
-    // 1. Wait until the runtime wrote our uid/gid maps and put us in our cgroup.
-    match ch.expect()? {
-        Message::Proceed => {}
-        m => return Err(InitError::Protocol(m)),
+    // 1. The runtime's go-ahead (`Proceed`) means: uid/gid maps written, we are in our cgroup.
+    // Only a new user namespace (the maps) or a cgroup2 mount in a new cgroup namespace need it
+    // before set-up; otherwise the runtime moves us into our cgroups while we build the rootfs
+    // (in parallel on another core) and we wait for it only before unsharing the cgroup
+    // namespace and before anything of the workload's runs.
+    let pure_v2_cgroupns =
+        cfg.plan.new_cgroup && cfg.cgroup_dirs.len() == 1 && cfg.cgroup_dirs[0].0.is_empty();
+    let early = cfg.plan.new_user || pure_v2_cgroupns;
+    if early {
+        wait_proceed(ch)?;
     }
     let process = cfg
         .spec
@@ -128,10 +134,9 @@ fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, Init
         nix::unistd::setresuid(root_u, root_u, root_u)
             .map_err(sys("setresuid(0) in user namespace"))?;
     }
-    // 2. The cgroup namespace only now: its root becomes the cgroup we were just put in.
-    if cfg.plan.new_cgroup {
-        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
-            .map_err(sys("unshare cgroup namespace"))?;
+    // 2. The cgroup namespace only once we are in our cgroup: its root becomes that cgroup.
+    if early && cfg.plan.new_cgroup {
+        unshare_cgroup_ns()?;
     }
     nix::unistd::setsid().map_err(sys("setsid"))?;
     let console = setup_console(cfg)?;
@@ -168,6 +173,12 @@ fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, Init
     rootfs::readonly_paths(root.as_fd(), cfg.spec)?;
     rootfs::masked_paths(root.as_fd(), cfg.spec, host_null.as_fd())?;
     drop(host_null);
+    if !early {
+        wait_proceed(ch)?;
+        if cfg.plan.new_cgroup {
+            unshare_cgroup_ns()?;
+        }
+    }
     if needs_runtime_hooks(cfg.spec) {
         ch.send(&Message::HooksRequest)?;
         match ch.expect()? {
@@ -208,6 +219,17 @@ fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, Init
     close_fds(cfg)?;
     apply_seccomp(cfg)?;
     Err(program.exec().into())
+}
+
+fn wait_proceed(ch: &Channel) -> Result<(), InitError> {
+    match ch.expect()? {
+        Message::Proceed => Ok(()),
+        m => Err(InitError::Protocol(m)),
+    }
+}
+
+fn unshare_cgroup_ns() -> Result<(), InitError> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(sys("unshare cgroup namespace"))
 }
 
 fn open_opath(p: &Path) -> Result<OwnedFd, nix::Error> {

@@ -205,8 +205,17 @@ fn finish_init(
         write_file(format!("/proc/{pid}/gid_map"), &map_lines(gid))?;
         write_file(format!("/proc/{pid}/uid_map"), &map_lines(uid))?;
     }
-    cg.add_process(pid)?;
-    parent.send(&Message::Proceed)?;
+    if let Err(e) = cg.add_process(pid) {
+        // A child that already failed (it builds its rootfs while we work) explains better.
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        if let Ok(Some(Message::Failed(m))) = parent.recv() {
+            return Err(LaunchError::Child(m));
+        }
+        return Err(e.into());
+    }
+    // The child may already have failed (it builds its rootfs while we work): its message
+    // is still queued, so a failed send is not the error to report.
+    let _ = parent.send(&Message::Proceed);
     loop {
         match parent.recv()? {
             Some(Message::Ready) => return Ok(()),
