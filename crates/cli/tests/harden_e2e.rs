@@ -430,7 +430,15 @@ fn hooks_get_the_state_on_stdin_at_each_lifecycle_point() {
     assert!(!out.path().join("poststart.json").exists());
     // A failing poststart hook is only a warning: start succeeds.
     oci.ok(&["start", &id]);
-    let s = read(b.rootfs().join("root/startContainer.json"));
+    // startContainer runs in the init after `start` released it: wait for it.
+    let start_state = b.rootfs().join("root/startContainer.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&start_state).map_or(true, |m| m.len() == 0)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = read(start_state);
     assert_eq!(s["id"], json!(id));
     assert_eq!(
         read(out.path().join("poststart.json"))["status"],
