@@ -293,6 +293,8 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             let _ = s.write_all(msg.as_bytes());
         }
     };
+    let t0 = Instant::now();
+    let phase = |what: &str| tracing::debug!(ms = t0.elapsed().as_millis() as u64, "vm keeper: {what}");
     let signals = keeper_signals();
     let _ = signals.thread_block();
     if l.die_with_parent {
@@ -372,6 +374,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             return fail(&mut status, &mut st, 125, m);
         }
     };
+    phase("guest kernel started");
     st.vm_pid = vm.pid();
     st.cgroup_dirs = vm.cgroup_dirs();
     save_state(l.state_dir, &st);
@@ -393,6 +396,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             return fail(&mut status, &mut st, 125, m);
         }
     };
+    phase("agent answered");
     let bytes = serde_json::to_vec(&config).unwrap_or_default();
     let session = match client.create(&bytes) {
         Ok(s) => Arc::new(s),
@@ -453,6 +457,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             return fail(&mut status, &mut st, 125, format!("start in the VM: {e}"));
         }
     }
+    phase("workload started");
     st.status = "running".into();
     save_state(l.state_dir, &st);
     if let Some(mut c) = start_reply.take() {
@@ -461,18 +466,23 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     report(&mut status, "ok");
     let [i, o, e] = stdio;
     let code = relay(&session, i, o, e, l.spec.tty);
+    phase("workload exited");
     st.status = "stopped".into();
     st.exit_code = Some(code.unwrap_or(137));
     save_state(l.state_dir, &st);
-    // The agent powers the guest off after our acknowledgement; give it a moment.
+    // The agent syncs and powers the guest off after our acknowledgement. Only a writable volume
+    // needs that (its file outlives the VM); the root COW file is discarded, so without one the
+    // VM is ended at once (saves the guest's shutdown on every run).
+    let wait_for_poweroff = l.spec.volumes.iter().any(|v| !v.read_only);
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(5) {
+    while wait_for_poweroff && t.elapsed() < Duration::from_secs(5) {
         if let Ok(Some(_)) = vm.try_wait() {
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     let _ = vm.kill();
+    phase("VM reaped");
     restore_owners();
     let _ = std::fs::remove_file(&sock_path);
     let _ = std::fs::remove_file(l.state_dir.join("root.cow"));
