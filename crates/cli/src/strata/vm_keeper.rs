@@ -337,7 +337,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     };
     let sock_path = l.state_dir.join("keeper.sock");
     let _ = std::fs::remove_file(&sock_path);
-    let listener = match UnixListener::bind(&sock_path) {
+    let listener = match SocketPath::new(l.state_dir).and_then(|p| UnixListener::bind(p.path())) {
         Ok(x) => x,
         Err(e) => {
             return fail(
@@ -890,7 +890,8 @@ pub fn request(
 ) -> Result<BufReader<UnixStream>, String> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let sock = state_dir.join("keeper.sock");
-    let conn = UnixStream::connect(&sock)
+    let conn = SocketPath::new(state_dir)
+        .and_then(|p| UnixStream::connect(p.path()))
         .map_err(|e| format!("the VM is not running (connect {}: {e})", sock.display()))?;
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     line.push(b'\n');
@@ -900,6 +901,29 @@ pub fn request(
     sendmsg::<()>(conn.as_raw_fd(), &iov, cm, MsgFlags::empty(), None)
         .map_err(|e| format!("send to the VM keeper: {e}"))?;
     Ok(BufReader::new(conn))
+}
+
+/// The keeper's socket named through an fd of its directory (`/proc/self/fd/N/keeper.sock`):
+/// state directories can be deeper than a socket address allows (108 bytes).
+struct SocketPath {
+    _dir: std::fs::File,
+    path: PathBuf,
+}
+
+impl SocketPath {
+    fn new(state_dir: &Path) -> std::io::Result<SocketPath> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(state_dir)?;
+        let path = PathBuf::from(format!("/proc/self/fd/{}/keeper.sock", dir.as_raw_fd()));
+        Ok(SocketPath { _dir: dir, path })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Reads one JSON answer line from the keeper.
