@@ -447,10 +447,15 @@ fn run_instance(
     let st = wait_timeout(&mut child, Duration::from_secs(60));
     let err = err_thread.join().unwrap_or_default();
     if rc != "0" {
+        let said = format!("{}\n{}", output.trim(), err.trim());
+        let said = said.trim();
         bail!(
-            "the workload failed with exit code {rc} (it must succeed to be compared); its output: {}{}",
-            output.trim(),
-            err.trim()
+            "the workload failed with exit code {rc}; compare needs a CMD that succeeds in every layer{}",
+            if said.is_empty() {
+                String::new()
+            } else {
+                format!("; its output:\n{said}")
+            }
         );
     }
     match st {

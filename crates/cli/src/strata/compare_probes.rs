@@ -39,8 +39,11 @@ impl ProbeResult {
         if self.works() || self.detail.is_empty() {
             self.result.clone()
         } else {
-            let d: String = self.detail.chars().take(40).collect();
-            format!("{} ({d})", self.result)
+            // The reason is at the end of an error message ("...: Operation not permitted").
+            let n = self.detail.chars().count();
+            let d: String = self.detail.chars().skip(n.saturating_sub(40)).collect();
+            let more = if n > 40 { "..." } else { "" };
+            format!("{} ({more}{d})", self.result)
         }
     }
 }
