@@ -25,10 +25,9 @@ echo 'root:x:0:' > "$dir/rootfs/etc/group"
 rm -f "$dir/config.json"
 "$oci" spec --bundle "$dir"
 if [ $# -eq 0 ]; then set -- sh -c 'echo hello'; fi
-args=$(printf '%s\n' "$@" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().split("\n")[:-1]))')
-python3 - "$dir/config.json" "$args" <<'PY'
+python3 - "$dir/config.json" "$@" <<'PY'
 import json, sys
-path, args = sys.argv[1], json.loads(sys.argv[2])
+path, args = sys.argv[1], sys.argv[2:]
 c = json.load(open(path))
 c["process"]["terminal"] = False
 c["process"]["args"] = args
