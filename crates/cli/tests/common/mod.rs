@@ -239,7 +239,17 @@ impl Oci {
 
 impl Drop for Oci {
     fn drop(&mut self) {
-        let ids = std::mem::take(&mut *self.ids.lock().unwrap());
+        // Every container under this root, whether or not a helper saw its id (a test may
+        // create one with its own Command), is force-deleted.
+        let mut ids = std::mem::take(&mut *self.ids.lock().unwrap());
+        if let Ok(rd) = std::fs::read_dir(self.root.path()) {
+            ids.extend(
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
+        }
+        ids.sort();
+        ids.dedup();
         for id in ids {
             if self.root.path().join(&id).exists() {
                 let _ = Command::new(oci_bin())
