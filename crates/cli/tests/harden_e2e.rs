@@ -804,7 +804,10 @@ fn proc_exe_of_the_runtime_in_the_container_is_a_sealed_copy() {
     let oci = Oci::new();
     let id = unique_id("exe");
     let b = Bundle::sh(&id, "true");
-    oci.create_ok(&b, &id, &[]);
+    // The default is the read-only bind (crates/cli/tests/oci_exe_guard.rs); this checks the
+    // sealed-copy alternative.
+    let (ok, err, _) = oci.create(&b, &id, &[], &[("STRATA_EXE_PROTECTION", Path::new("memfd"))]);
+    assert!(ok, "create {id}: {err}");
     let out = oci.ok(&[
         "exec", &id, "sh", "-c",
         "readlink /proc/1/exe; (echo x >> /proc/1/exe) 2>/dev/null && echo WRITABLE || echo write-refused",

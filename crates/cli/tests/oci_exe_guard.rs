@@ -1,4 +1,4 @@
-//! STRATA_EXE_PROTECTION=bind: the runtime re-executes itself from a read-only bind mount of
+//! The default CVE-2019-5736 defence (a read-only bind mount of the binary; STRATA_EXE_PROTECTION=memfd selects the sealed copy): the runtime re-executes itself from a read-only bind mount of
 //! its binary; a container process holding /proc/1/exe of the runtime's init cannot write the
 //! host binary through it once the init has exec'd (the CVE-2019-5736 attack).
 
@@ -22,7 +22,6 @@ fn readonly_bind_of_the_runtime_binary_refuses_writes() {
     let before = std::fs::read(&bin).unwrap();
     // `create` (by the copy) leaves its init, still the runtime's image, blocked in the container.
     let status = std::process::Command::new(&bin)
-        .env("STRATA_EXE_PROTECTION", "bind")
         .arg("--root")
         .arg(oci.root.path())
         .args(["create", "--bundle", b.path().to_str().unwrap(), &id])

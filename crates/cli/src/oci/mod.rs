@@ -44,18 +44,18 @@ fn dispatch(cli: Cli, logger: &log::Logger) -> Result<i32> {
     if let Some(code) = vm::dispatch(&cli)? {
         return Ok(code);
     }
-    // CVE-2019-5736: whatever enters a container runs from a sealed memfd copy of this binary
-    // (default) or, with STRATA_EXE_PROTECTION=bind, from a read-only bind mount of it (runc
-    // 1.2's scheme, much cheaper: see docs/benchmarks.md), so /proc/<pid>/exe never gives a
-    // container a writable handle on the host's strata-oci.
+    // CVE-2019-5736: whatever enters a container runs from a read-only bind mount of this
+    // binary in a private mount namespace (default: runc 1.2's scheme, ~4 ms) or, with
+    // STRATA_EXE_PROTECTION=memfd, from a sealed memfd copy (~20 ms: see docs/benchmarks.md),
+    // so /proc/<pid>/exe never gives a container a writable handle on the host's strata-oci.
     if matches!(
         cli.command,
         Command::Create(_) | Command::Run(_) | Command::Exec(_)
     ) {
-        if std::env::var_os("STRATA_EXE_PROTECTION").is_some_and(|v| v == "bind") {
-            strata_container::exe_guard::protect_runtime_binary()?;
-        } else {
+        if std::env::var_os("STRATA_EXE_PROTECTION").is_some_and(|v| v == "memfd") {
             strata_container::exe_clone::ensure_cloned_binary()?;
+        } else {
+            strata_container::exe_guard::protect_runtime_binary()?;
         }
     }
     let rt = Runtime::new(&cli.root);
