@@ -293,6 +293,9 @@ fn prepare(g: &Global, c: &CreateArgs, foreground: bool) -> anyhow::Result<(Cont
         None => containers::generated_name(&id),
     };
     let vm = c.vm || c.platform.is_some();
+    if vm && network == Network::Host {
+        bail!("--network host: a VM has its own kernel and network stack and cannot share the host's; use --network none");
+    }
     let isolation = instance::backend(if vm { "vm" } else { "container" }, &g.root)?.isolation();
     let dir = containers.reserve(&id, &name)?;
     let mut rec = Record {
