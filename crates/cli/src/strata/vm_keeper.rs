@@ -294,7 +294,8 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         }
     };
     let t0 = Instant::now();
-    let phase = |what: &str| tracing::debug!(ms = t0.elapsed().as_millis() as u64, "vm keeper: {what}");
+    let phase =
+        |what: &str| tracing::debug!(ms = t0.elapsed().as_millis() as u64, "vm keeper: {what}");
     let signals = keeper_signals();
     let _ = signals.thread_block();
     if l.die_with_parent {
