@@ -33,7 +33,9 @@ for p in r["layers"][0]["probes"]:
     cells = []
     for l in r["layers"]:
         q = next(x for x in l["probes"] if x["name"] == p["name"])
-        cells.append(f"{q['result']}: {q['detail'][:60]}".replace("|", "/"))
+        d = q["detail"]
+        d = d if len(d) <= 60 else "..." + d[-60:]  # the reason ends an error message
+        cells.append(f"{q['result']}: {d}".replace("|", "/"))
     print(f"| {p['name']} | " + " | ".join(cells) + " |")
 PY
 )
@@ -61,7 +63,8 @@ How each number is taken (\`strata compare --help\`; JSON schema \`strata.compar
   jail, which includes the guest memory actually touched.
 - *probes*: shell snippets run inside each layer; \`works\`/\`refused\` is what happened, with the message.
   \`load_module\` tries \`insmod\` of a non-module file: reaching the loader would say "invalid module
-  format"; EPERM or ENOSYS (no module support in the kernel) count as refused.
+  format"; EPERM or ENOSYS (no module support in the kernel) count as refused. \`raw_socket\` is busybox
+  \`ping\` of the (down) loopback: "Network is unreachable" means the socket opened, only EPERM is refused.
 
 JSON (\`--json\`): \`{schema, image, command, runs, host_kernel, layers: [{layer ("container"|"vm"),
 platform (null|"uml"|"kvm"), kernel, start_bytes, start_parts: {image_layers, guest_kernel, initramfs,
