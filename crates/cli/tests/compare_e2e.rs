@@ -188,10 +188,7 @@ fn compare_json_and_chart_in_every_layer() {
     }
     for p in &plats {
         let label = format!("vm-{p}");
-        assert!(
-            texts.iter().any(|t| *t == label),
-            "{label} not in {texts:?}"
-        );
+        assert!(texts.contains(&label), "{label} not in {texts:?}");
     }
     let dots = doc
         .descendants()
