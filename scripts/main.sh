@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 cargo build --release -p strata-cli --bin strata-oci --bin strata
 bash scripts/build-agent.sh >/dev/null   # the VM guest's PID 1, for the compare below
+# strata's own UML guest kernel (guest/uml.config): built once, cached in /var/lib/strata/kernels
+# (~7 min on 2 cores the first time; Debian's user-mode-linux kernel is the fallback meanwhile).
+echo "building the guest kernel if needed (first run: ~7 min on 2 cores; log under /var/lib/strata/kernels)"
+bash scripts/build-guest-kernel.sh >/dev/null
 target=${CARGO_TARGET_DIR:-$PWD/target}
 oci=$target/release/strata-oci
 bundle=${STRATA_MAIN_BUNDLE:-/var/tmp/strata-main/busybox}
