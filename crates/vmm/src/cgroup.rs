@@ -82,10 +82,7 @@ impl VmCgroup {
         let mut made = Vec::new();
         let result = (|| {
             for dir in &cg.dirs {
-                if let Some(parent) = dir.parent() {
-                    mkdir_parent(parent)?;
-                }
-                fs::create_dir(dir).map_err(|e| cg_err(dir, "create", e))?;
+                create_leaf(dir)?;
                 made.push(dir.clone());
             }
             if cg.v2 {
@@ -208,6 +205,13 @@ impl VmCgroup {
                 }
             }
         }
+        // The last VM out removes the shared `strata-vm` parent; while another VM uses it the
+        // kernel refuses (EBUSY), which is the answer we want.
+        for dir in &self.dirs {
+            if let Some(parent) = dir.parent().filter(|p| p.ends_with(PARENT)) {
+                let _ = fs::remove_dir(parent);
+            }
+        }
         Ok(())
     }
 
@@ -222,6 +226,22 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// The CFS quota for `cpus` CPUs per period (at least 1 ms, the kernel's minimum).
 fn cpu_quota_us(cpus: f64) -> u64 {
     ((cpus * CPU_PERIOD_US as f64) as u64).max(1000)
+}
+
+/// Creates `dir` and its parent; the parent may vanish in between (another VM's `destroy`
+/// removes an empty `strata-vm`), so a missing parent is made again, a few times.
+fn create_leaf(dir: &Path) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        if let Some(parent) = dir.parent() {
+            mkdir_parent(parent)?;
+        }
+        match fs::create_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 10 => tries += 1,
+            Err(e) => return Err(cg_err(dir, "create", e)),
+        }
+    }
 }
 
 fn mkdir_parent(dir: &Path) -> Result<()> {

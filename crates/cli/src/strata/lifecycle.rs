@@ -267,6 +267,7 @@ pub fn remove_all(g: &Global, containers: &Containers, rec: &Record) {
     if let Ok(b) = instance::backend(&rec.isolation, &g.root) {
         b.delete(&rec.id);
     }
+    remove_shared_cgroup_parent();
     let dir = containers.dir(&rec.id);
     if let Err(e) = ContainerRootfs::open(&dir).remove() {
         tracing::warn!("remove container {}: {e}", rec.id);
@@ -276,4 +277,19 @@ pub fn remove_all(g: &Global, containers: &Containers, rec: &Record) {
         let _ = store.release(&rec.id);
     }
     containers.release_name(&rec.id, &rec.name);
+}
+
+/// Containers live in `/strata/<id>` cgroups (run.rs); the last one out removes the shared
+/// `strata` parent in every hierarchy. While another container uses it the kernel refuses the
+/// rmdir (EBUSY), and a container being created makes it again (the cgroups module re-creates
+/// a parent that vanished).
+fn remove_shared_cgroup_parent() {
+    let probe = std::path::Path::new("/strata/_");
+    if let Ok(cg) = strata_container::cgroups::Cgroup::resolve(Some(probe), "_") {
+        for dir in cg.paths() {
+            if let Some(parent) = dir.parent().filter(|p| p.ends_with("strata")) {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
 }
