@@ -806,7 +806,12 @@ fn proc_exe_of_the_runtime_in_the_container_is_a_sealed_copy() {
     let b = Bundle::sh(&id, "true");
     // The default is the read-only bind (crates/cli/tests/oci_exe_guard.rs); this checks the
     // sealed-copy alternative.
-    let (ok, err, _) = oci.create(&b, &id, &[], &[("STRATA_EXE_PROTECTION", Path::new("memfd"))]);
+    let (ok, err, _) = oci.create(
+        &b,
+        &id,
+        &[],
+        &[("STRATA_EXE_PROTECTION", Path::new("memfd"))],
+    );
     assert!(ok, "create {id}: {err}");
     let out = oci.ok(&[
         "exec", &id, "sh", "-c",

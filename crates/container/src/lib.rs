@@ -22,10 +22,10 @@ pub mod state;
 pub use container::{
     ContainerError, ContainerState, CreateOptions, ExecOptions, Runtime, DEFAULT_ROOT,
 };
-pub mod hooks;
-pub mod seccomp;
 pub mod console;
-pub mod fds;
 pub mod exe_clone;
 pub mod exe_guard;
+pub mod fds;
+pub mod hooks;
 pub mod notify;
+pub mod seccomp;
