@@ -455,14 +455,32 @@ fn cpuset_inherit(
         let Some(parent) = targets.first().and_then(|d| d.parent()) else {
             continue;
         };
-        let value = files::read(parent, file)?;
-        let value = value.trim();
+        let mut value = files::read(parent, file)?.trim().to_string();
         if value.is_empty() {
-            // Nothing to inherit; joining will fail with ENOSPC and say why.
-            continue;
+            // The parent is itself new and not filled yet (another container is creating it
+            // right now, or made it and died): inherit from the nearest filled ancestor and
+            // fill the empty ones on the way, as their creator would.
+            let mut empty = vec![parent.to_path_buf()];
+            let mut dir = parent;
+            while let Some(up) = dir.parent().filter(|p| p.join(file).exists()) {
+                let v = files::read(up, file)?.trim().to_string();
+                if !v.is_empty() {
+                    value = v;
+                    break;
+                }
+                empty.push(up.to_path_buf());
+                dir = up;
+            }
+            if value.is_empty() {
+                // Nothing to inherit; joining will fail with ENOSPC and say why.
+                continue;
+            }
+            for d in empty.iter().rev() {
+                files::write(d, file, &value)?;
+            }
         }
         for d in targets {
-            files::write(d, file, value)?;
+            files::write(d, file, &value)?;
         }
     }
     Ok(())
