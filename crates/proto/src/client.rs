@@ -510,6 +510,16 @@ impl Client {
     /// Sends the OCI config.json; the agent builds the rootfs and holds the process until
     /// [`Client::start`]. Returns the main process's session, whose stdio may be taken now.
     pub fn create(&self, config_json: &[u8]) -> Result<Session, ClientError> {
+        self.create_within(config_json, None)
+    }
+
+    /// [`Client::create`], giving up after `timeout` without the agent's answer (a guest that
+    /// hangs while building its rootfs).
+    pub fn create_within(
+        &self,
+        config_json: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<Session, ClientError> {
         let config: serde_json::Value =
             serde_json::from_slice(config_json).map_err(|e| ClientError::Agent {
                 step: "create",
@@ -531,7 +541,7 @@ impl Client {
             Message::Create(CreateRequest { config }),
             "create",
         )?;
-        self.shared.wait_for(None, "create", |st| {
+        self.shared.wait_for(timeout, "create", |st| {
             if st.created {
                 return Some(Ok(()));
             }

@@ -367,45 +367,63 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             let _ = std::os::unix::fs::chown(p, Some(*uid), Some(*gid));
         }
     };
-    let mut vm = match boot(l, platform.as_ref()) {
-        Ok(v) => v,
-        Err(m) => {
-            restore_owners();
-            let _ = std::fs::remove_file(&sock_path);
-            return fail(&mut status, &mut st, 125, m);
-        }
-    };
-    phase("guest kernel started");
-    st.vm_pid = vm.pid();
-    st.cgroup_dirs = vm.cgroup_dirs();
-    save_state(l.state_dir, &st);
-    let vm_pid = vm.pid();
-    let Some(channel) = vm.take_channel() else {
-        let _ = vm.kill();
-        return fail(&mut status, &mut st, 125, "the VM has no channel".into());
-    };
+    // A UML guest very rarely spins in its kernel before the agent answers (seen about once in
+    // a few hundred boots here): nothing of the workload has run before `create` is answered, so
+    // such a boot is killed and the VM booted again, twice at most.
     let console = l.state_dir.join("console.log");
-    let client = match Client::from_unix_stream(channel, Duration::from_secs(60)) {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            let _ = vm.kill();
-            let m = format!(
-                "the guest agent did not answer: {e}{}",
-                console_tail(&console)
-            );
-            let _ = std::fs::remove_file(&sock_path);
-            return fail(&mut status, &mut st, 125, m);
-        }
-    };
-    phase("agent answered");
     let bytes = serde_json::to_vec(&config).unwrap_or_default();
-    let session = match client.create(&bytes) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
+    let mut attempt = 0;
+    let (mut vm, vm_pid, client, session) = loop {
+        attempt += 1;
+        let last = attempt >= 3;
+        let mut vm = match boot(l, platform.as_ref()) {
+            Ok(v) => v,
+            Err(m) => {
+                restore_owners();
+                let _ = std::fs::remove_file(&sock_path);
+                return fail(&mut status, &mut st, 125, m);
+            }
+        };
+        phase("guest kernel started");
+        st.vm_pid = vm.pid();
+        st.cgroup_dirs = vm.cgroup_dirs();
+        save_state(l.state_dir, &st);
+        let vm_pid = vm.pid();
+        let Some(channel) = vm.take_channel() else {
             let _ = vm.kill();
-            restore_owners();
-            let _ = std::fs::remove_file(&sock_path);
-            return fail(&mut status, &mut st, 125, format!("create in the VM: {e}"));
+            return fail(&mut status, &mut st, 125, "the VM has no channel".into());
+        };
+        let client = match Client::from_unix_stream(channel, Duration::from_secs(20)) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                let _ = vm.kill();
+                if !last && matches!(e, strata_proto::ClientError::Timeout(..)) {
+                    tracing::warn!(
+                        "boot {attempt}: the guest agent did not answer ({e}); booting again"
+                    );
+                    continue;
+                }
+                let m = format!(
+                    "the guest agent did not answer: {e}{}",
+                    console_tail(&console)
+                );
+                let _ = std::fs::remove_file(&sock_path);
+                return fail(&mut status, &mut st, 125, m);
+            }
+        };
+        phase("agent answered");
+        match client.create_within(&bytes, Some(Duration::from_secs(30))) {
+            Ok(s) => break (vm, vm_pid, client, Arc::new(s)),
+            Err(e) => {
+                let _ = vm.kill();
+                if !last && matches!(e, strata_proto::ClientError::Timeout(..)) {
+                    tracing::warn!("boot {attempt}: no answer to create ({e}); booting again");
+                    continue;
+                }
+                restore_owners();
+                let _ = std::fs::remove_file(&sock_path);
+                return fail(&mut status, &mut st, 125, format!("create in the VM: {e}"));
+            }
         }
     };
     // Requests from other commands; `start` comes back to this thread.
