@@ -45,8 +45,8 @@ fi
 STRATA_OCI=$oci scripts/busybox-bundle.sh "$work/bundle" /bin/true >/dev/null
 cd "$work/bundle"
 hyperfine -N --warmup 10 --runs "$runs" --export-json "$work/result.json" \
-  -n strata-oci "env STRATA_EXE_PROTECTION=memfd $oci --root $work/root-strata run bench-strata" \
-  -n "strata-oci (bind)" "env STRATA_EXE_PROTECTION=bind $oci --root $work/root-strata run bench-strata" \
+  -n "strata-oci (memfd)" "env STRATA_EXE_PROTECTION=memfd $oci --root $work/root-strata run bench-strata" \
+  -n "strata-oci" "env STRATA_EXE_PROTECTION=bind $oci --root $work/root-strata run bench-strata" \
   -n crun "crun --root $work/root-crun run bench-crun" \
   -n runc "runc --root $work/root-runc run bench-runc"
 cd "$here"
@@ -65,14 +65,14 @@ print(f"Host: 2 shared cores, kernel {kernel}, load average at the end: {load.sp
 print(f"{crun_v}; {runc_v}; strata-oci release build.\n")
 print("| runtime | mean (ms) | σ (ms) | min (ms) | median (ms) | max (ms) | user (ms) | sys (ms) |")
 print("|---|---|---|---|---|---|---|---|")
-for name in ["strata-oci", "strata-oci (bind)", "crun", "runc"]:
+for name in ["strata-oci", "strata-oci (memfd)", "crun", "runc"]:
     x = r[name]
     print(f"| {name} | {ms(x['mean'])} | {ms(x['stddev'])} | {ms(x['min'])} | {ms(x['median'])} "
           f"| {ms(x['max'])} | {ms(x['user'])} | {ms(x['system'])} |")
-print("\n`strata-oci` is the default (a sealed memfd copy of the binary against CVE-2019-5736);")
-print("`strata-oci (bind)` runs with `STRATA_EXE_PROTECTION=bind` (a read-only bind mount of the")
-print("binary in a private mount namespace). Both strata rows go through `env`.\n")
-for name in ["strata-oci", "strata-oci (bind)"]:
+print("\n`strata-oci` is the default defence against CVE-2019-5736 (a read-only bind mount of the binary")
+print("in a private mount namespace, re-exec from it); `strata-oci (memfd)` runs with")
+print("`STRATA_EXE_PROTECTION=memfd` (a sealed memfd copy of the binary). Both strata rows go through `env`.\n")
+for name in ["strata-oci", "strata-oci (memfd)"]:
     ratio = r[name]["mean"] / r["crun"]["mean"]
     print(f"- {name} mean / crun mean = **{ratio:.2f}** (target ≤ 0.80)")
 PY
