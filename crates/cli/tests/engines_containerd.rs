@@ -31,7 +31,16 @@ const STRATA_PASSING: &[Op] = &[
     Op::Rm,
 ];
 /// strata-oci cells proven to pass under containerd with VM isolation.
-const STRATA_VM_PASSING: &[Op] = &[];
+/// Not yet: run -t, pause/unpause, rm (update: ctr has no update command).
+const STRATA_VM_PASSING: &[Op] = &[
+    Op::Run,
+    Op::Logs,
+    Op::Exec,
+    Op::ExecTty,
+    Op::Ps,
+    Op::Stop,
+    Op::Kill,
+];
 
 struct Ctr {
     socket: PathBuf,
