@@ -219,3 +219,64 @@ fn imports_plain_rootfs_tarballs() {
         .unwrap()
         .starts_with("PATH="));
 }
+
+/// `umoci insert` of single host files and symlinks as extra layers: umoci 0.4 ends such a
+/// layer right after the file's data (no padding, no end-of-archive blocks), which once failed
+/// with "unexpected EOF during skip". Loaded from the layout and from both archive formats, the
+/// files are in the right layers with the right content.
+#[test]
+fn loads_umoci_layers_of_single_host_files() {
+    let source = TestStore::new();
+    let f = Fixtures::new(&source);
+    let host = f.dir.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("note"), b"hi\n").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", host.join("link")).unwrap();
+    for (src, dst) in [("link", "/hostlink"), ("note", "/note")] {
+        run(
+            "umoci",
+            &[
+                "insert",
+                "--image",
+                &format!("{}:t", f.layout()),
+                host.join(src).to_str().unwrap(),
+                dst,
+            ],
+        );
+    }
+    let oci_archive = f.path("oci.tar");
+    let docker_archive = f.path("docker.tar");
+    for dest in [
+        format!("oci-archive:{oci_archive}:test/oci:v1"),
+        format!("docker-archive:{docker_archive}:test/docker:v1"),
+    ] {
+        run(
+            "skopeo",
+            &["copy", "-q", &format!("oci:{}:t", f.layout()), &dest],
+        );
+    }
+    let s = TestStore::new();
+    for (src, name) in [
+        (f.layout(), "test/layout"),
+        (oci_archive, "test/oci:v1"),
+        (docker_archive, "test/docker:v1"),
+    ] {
+        let mut args = vec!["load", "-i", &src];
+        if name == "test/layout" {
+            args.extend(["--tag", name]);
+        }
+        s.ok(&args);
+        let layers = s.layer_dirs(name);
+        assert_eq!(layers.len(), 3, "{name}");
+        assert_eq!(
+            std::fs::read_link(layers[1].join("hostlink")).unwrap(),
+            Path::new("/etc/hostname"),
+            "{name}"
+        );
+        assert_eq!(
+            std::fs::read(layers[2].join("note")).unwrap(),
+            b"hi\n",
+            "{name}"
+        );
+    }
+}

@@ -36,12 +36,29 @@ pub struct UnpackStats {
 /// rename it into place only on success. The whole stream is consumed (so a digest computed by a
 /// wrapping reader covers trailing padding too).
 pub fn unpack_tar<R: Read>(reader: R, root: BorrowedFd<'_>) -> Result<UnpackStats> {
-    let mut archive = tar::Archive::new(reader);
+    let read = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let mut archive = tar::Archive::new(Counting {
+        inner: reader,
+        read: read.clone(),
+    });
     let mut stats = UnpackStats::default();
     let mut dir_times: Vec<(Vec<Vec<u8>>, i64)> = Vec::new();
+    // Where the previous entry's data ended (stream offset).
+    let mut data_end = 0u64;
     let entries = archive.entries().map_err(corrupt)?;
     for entry in entries {
-        let mut entry = entry.map_err(corrupt)?;
+        let mut entry = match entry {
+            Ok(e) => e,
+            Err(e) if ends_in_final_padding(data_end, read.get()) => {
+                // umoci (0.4) ends a layer right after the last file's data, without the
+                // padding to 512 bytes or the end-of-archive blocks; Docker, Podman and GNU tar
+                // accept that, so do we. The data itself was complete (checked below).
+                tracing::debug!(error = %e, "layer tar ends without final padding");
+                break;
+            }
+            Err(e) => return Err(corrupt(e)),
+        };
+        data_end = entry.raw_file_position() + entry.size();
         stats.entries += 1;
         let raw_path = entry.path_bytes().into_owned();
         let display = String::from_utf8_lossy(&raw_path).into_owned();
@@ -129,6 +146,15 @@ pub fn unpack_tar<R: Read>(reader: R, root: BorrowedFd<'_>) -> Result<UnpackStat
                 CopyError::Read(e) => corrupt(e),
                 CopyError::Write(e) => io_refuse(&display, "write file", e),
             })?;
+            if n != entry.size() {
+                return Err(corrupt(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{display}: the stream ends after {n} of its {} bytes",
+                        entry.size()
+                    ),
+                )));
+            }
             stats.bytes += n;
             apply_meta_fd(file.as_fd(), &meta)
                 .map_err(|e| io_refuse(&display, "set metadata", e))?;
@@ -412,6 +438,27 @@ fn set_xattr_lenient(f: impl FnOnce() -> io::Result<()>, name: &[u8]) -> io::Res
         }
         r => r,
     }
+}
+
+/// Counts the bytes read from the layer stream (the tar reader does not say where it is).
+struct Counting<R> {
+    inner: R,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Whether a stream that failed after `read` bytes ended inside the padding that should follow
+/// the previous entry's data (ending at `data_end`): every byte of data arrived, only zeros are
+/// missing. Anything shorter or longer is a truncated or corrupt stream.
+fn ends_in_final_padding(data_end: u64, read: u64) -> bool {
+    (data_end..data_end.next_multiple_of(512)).contains(&read)
 }
 
 enum CopyError {

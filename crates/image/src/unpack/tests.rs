@@ -140,6 +140,43 @@ fn symlink_replaced_file_is_not_followed() {
     fuzz_unpack(&t).unwrap();
 }
 
+/// umoci 0.4 ends a layer right after the last file's data: no padding, no end blocks (Docker,
+/// Podman and GNU tar accept it). Only the missing zeros are forgiven: a stream that stops
+/// inside the data, or inside a header, is still refused.
+#[test]
+fn a_stream_ending_right_after_the_last_file_is_complete() {
+    let mut t = RawTar::new();
+    t.dir("d").file("d/a", b"first").file("last", b"hi\n");
+    let padded = t.0.clone();
+    let unpadded = &padded[..padded.len() - (512 - 3)];
+    for (what, data) in [
+        ("no padding", unpadded.to_vec()),
+        ("half the padding", padded[..padded.len() - 200].to_vec()),
+        ("padding, no end blocks", padded.clone()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = unpack_into(dir.path(), &data).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(stats.entries, 3, "{what}");
+        assert_eq!(std::fs::read(dir.path().join("last")).unwrap(), b"hi\n");
+        assert_eq!(std::fs::read(dir.path().join("d/a")).unwrap(), b"first");
+    }
+    // The last file's data cut short, a header cut short: refused.
+    for cut in [unpadded.len() - 1, unpadded.len() - 3, 512 + 100] {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            matches!(
+                unpack_into(dir.path(), &unpadded[..cut]),
+                Err(Error::BadLayer { .. })
+            ),
+            "cut at {cut} accepted"
+        );
+    }
+    // Gzip over the unpadded stream (what umoci writes) as well.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, unpadded).unwrap();
+    fuzz_unpack(&gz.finish().unwrap()).unwrap();
+}
+
 #[test]
 fn truncated_and_corrupt_streams_are_errors() {
     let good = RawTar::new().file("a", &[7u8; 5000]).finish();
