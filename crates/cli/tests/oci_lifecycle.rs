@@ -352,3 +352,42 @@ fn spec_features_and_unsupported_flags() {
     let err = oci.fails(&["--systemd-cgroup", "list"]);
     assert!(err.contains("--systemd-cgroup is not supported"), "{err}");
 }
+
+/// `run` records when the workload's execve took effect (what `strata compare` reports as start):
+/// after the command began, before it returned; `create` (exec happens at `start`) records none.
+#[test]
+fn run_records_the_exec_time() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    let id = unique_id("exectime");
+    let b = Bundle::sh(&id, "exec sleep 1000");
+    let bp = b.path().to_str().unwrap();
+    let before = chrono::Utc::now();
+    oci.ok(&["run", "-d", "--bundle", bp, &id]);
+    let after = chrono::Utc::now();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(oci.state_dir(&id).join("state.json")).unwrap())
+            .unwrap();
+    let started = state["started"]
+        .as_str()
+        .expect("state.json has \"started\"");
+    let started = chrono::DateTime::parse_from_rfc3339(started).unwrap();
+    assert!(
+        before <= started && started <= after,
+        "{before} <= {started} <= {after}"
+    );
+    oci.ok(&["delete", "--force", &id]);
+    assert_clean(&oci, &b, &id);
+
+    let id2 = unique_id("exectime-c");
+    let b2 = Bundle::sh(&id2, "exec sleep 1000");
+    oci.ok(&["create", "--bundle", b2.path().to_str().unwrap(), &id2]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(oci.state_dir(&id2).join("state.json")).unwrap())
+            .unwrap();
+    assert!(state.get("started").is_none(), "{state}");
+    oci.ok(&["delete", "--force", &id2]);
+    assert_clean(&oci, &b2, &id2);
+}

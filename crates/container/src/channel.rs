@@ -21,6 +21,9 @@ pub enum Message {
     Ready,
     /// child → runtime: a step failed; the runtime reports it and cleans up.
     Failed(String),
+    /// init → runtime (`run` only): the CLOCK_REALTIME nanoseconds read right before execve of
+    /// the workload; the channel's close by that execve confirms it took effect.
+    Exec(u64),
 }
 
 /// Channel errors.
@@ -108,6 +111,7 @@ mod tests {
             Message::Ready,
             Message::HooksRequest,
             Message::HooksDone,
+            Message::Exec(1_700_000_000_000_000_000),
             Message::Failed("x".into()),
         ] {
             a.send(&m).unwrap();

@@ -339,7 +339,8 @@ impl Runtime {
         };
         let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let hooks = |pid: i32| hooks_create_runtime(&spec, id, pid, &bundle);
-        let pid = launch::spawn_init(&cfg, &cg, &hooks)?;
+        let spawned = launch::spawn_init(&cfg, &cg, &hooks)?;
+        let pid = spawned.pid;
         let rec = Record {
             id: id.to_string(),
             pid,
@@ -358,6 +359,10 @@ impl Runtime {
                     .iter()
                     .any(|(t, _)| *t == LinuxNamespaceType::User),
             owner: nix::unistd::geteuid().as_raw(),
+            started: spawned.exec_time.map(|t| {
+                chrono::DateTime::<chrono::Utc>::from(t)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+            }),
         };
         let saved = state::save_with(&dir, &rec, _forwarding.is_none())
             .map_err(ContainerError::from)

@@ -117,9 +117,25 @@ pub fn kill_and_reap(pid: i32) {
 /// What the runtime does while init waits at the hooks point (prestart/createRuntime).
 pub type RuntimeHooks<'a> = &'a dyn Fn(i32) -> Result<(), String>;
 
+/// A container init that is ready.
+#[derive(Debug, Clone, Copy)]
+pub struct Spawned {
+    /// Host pid of the init.
+    pub pid: i32,
+    /// `run` only: the time the init read right before the workload's execve, once that execve
+    /// took effect (the init's close-on-exec end of the channel closed) — the runtime's own
+    /// "first instruction" marker. `None` for `create`, or when the init failed after reporting
+    /// ready (it then exits with the failure's code).
+    pub exec_time: Option<std::time::SystemTime>,
+}
+
 /// Clones the container's init, gives it its id maps and cgroup, and waits until it is ready
-/// (blocked on exec.fifo for `create`, about to exec for `run`). Returns its host pid.
-pub fn spawn_init(cfg: &InitConfig, cg: &Cgroup, hooks: RuntimeHooks) -> Result<i32, LaunchError> {
+/// (blocked on exec.fifo for `create`; for `run`, until the workload's execve took effect).
+pub fn spawn_init(
+    cfg: &InitConfig,
+    cg: &Cgroup,
+    hooks: RuntimeHooks,
+) -> Result<Spawned, LaunchError> {
     let (parent, child) = channel::pair()?;
     let plan = cfg.plan;
     let pid = if plan.join.is_empty() {
@@ -154,13 +170,23 @@ pub fn spawn_init(cfg: &InitConfig, cg: &Cgroup, hooks: RuntimeHooks) -> Result<
         }
     };
     drop(child);
-    match finish_init(cfg, cg, pid, &parent, hooks) {
-        Ok(()) => Ok(pid),
-        Err(e) => {
-            kill_and_reap(pid);
-            Err(e)
-        }
+    if let Err(e) = finish_init(cfg, cg, pid, &parent, hooks) {
+        kill_and_reap(pid);
+        return Err(e);
     }
+    // `run`: nothing is left to do but exec: the init sends the time it read right before
+    // execve, and the channel's close by that execve confirms it (a late failure instead sends
+    // `Failed`, and the init's exit code reports it).
+    let exec_time = match cfg.exec_fifo {
+        Some(_) => None,
+        None => match (parent.recv(), parent.recv()) {
+            (Ok(Some(Message::Exec(ns))), Ok(None)) => {
+                Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns))
+            }
+            _ => None,
+        },
+    };
+    Ok(Spawned { pid, exec_time })
 }
 
 fn intermediate(cfg: &InitConfig, ch: &Channel) -> ! {

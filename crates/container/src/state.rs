@@ -60,6 +60,10 @@ pub struct Record {
     /// Uid that created the container.
     #[serde(default)]
     pub owner: u32,
+    /// RFC 3339 time at which the workload's execve took effect, as the runtime saw it (the
+    /// init's close-on-exec channel closed). Recorded by `run`; `None` for `create`+`start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
 }
 
 /// State-file errors.
@@ -203,8 +207,10 @@ mod tests {
             cgroup: serde_json::Value::Null,
             user_ns: false,
             owner: 0,
+            started: Some("2026-01-01T00:00:00.000000001Z".into()),
         };
         save(d.path(), &rec).unwrap();
+        assert_eq!(load(d.path()).unwrap().started, rec.started);
         assert_eq!(load(d.path()).unwrap().pid_start_time, 2);
         std::fs::write(d.path().join(STATE_FILE), b"{").unwrap();
         assert!(matches!(load(d.path()), Err(StateError::Corrupt { .. })));

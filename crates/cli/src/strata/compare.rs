@@ -6,15 +6,20 @@
 //! user gets. The workload is wrapped in `/bin/sh -c` (the image needs a shell): the wrapper
 //! prints a marker line right before it executes CMD and another when CMD exits, then waits on
 //! stdin so the instance stays alive while its per-instance bytes (upper dir / COW file) and the
-//! cgroup's memory peak are read; closing stdin lets it exit and `--rm` removes it. Marker times
-//! are taken when the line arrives on the host (a UML guest's clock is not the host's, so no
-//! guest timestamp is trusted).
+//! cgroup's memory peak are read; closing stdin lets it exit and `--rm` removes it.
+//!
+//! "start" is the time from spawning `strata run` to the workload's execve taking effect, as the
+//! layer itself records it: the container's init reads the clock right before execve and the
+//! runtime keeps it once the init's close-on-exec channel closes (`state.json` "started"); for a VM the guest agent replies `Started` once its
+//! close-on-exec error pipe closes, and the keeper stamps that reply's arrival with the host clock
+//! (a UML guest's clock is not the host's, so no guest timestamp is trusted). "exit" is when the
+//! wrapper's line after CMD arrives on the host.
 
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -116,7 +121,7 @@ pub struct LayerResult {
     pub start_parts: SizeParts,
     /// Allocated bytes of the upper dir / COW file after the run (median over runs).
     pub per_instance_bytes: u64,
-    /// Spawn → the wrapper's marker right before CMD is executed, milliseconds.
+    /// Spawn → the workload's execve took effect (recorded by the runtime / agent), milliseconds.
     pub start_ms: Stats,
     /// Spawn → CMD exited, milliseconds.
     pub exit_ms: Stats,
@@ -373,6 +378,7 @@ fn run_instance(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let t0 = Instant::now();
+    let t0_wall = SystemTime::now();
     let mut child = c.spawn().context("start `strata run`")?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut stderr = child.stderr.take().context("stderr")?;
@@ -439,9 +445,14 @@ fn run_instance(
             err.trim()
         );
     };
-    let start = started.context("no start marker")?;
+    // The wrapper's marker only says CMD was reached; the start time is the runtime's own.
+    started.context("the wrapper did not report that CMD started")?;
     // Measure while the instance still exists (the wrapper waits for stdin to close).
-    let (memory_peak, per_instance) = measure_instance(g, &name, layer)?;
+    let Measured {
+        memory_peak,
+        per_instance,
+        exec_time,
+    } = measure_instance(g, &name, layer)?;
     drop(stdin);
     let mut child = guard.child.take().context("child")?;
     let st = wait_timeout(&mut child, Duration::from_secs(60));
@@ -467,7 +478,9 @@ fn run_instance(
         }
     }
     Ok(Sample {
-        start_ms: ms(start - t0),
+        start_ms: ms(exec_time
+            .duration_since(t0_wall)
+            .context("the recorded exec time is before the instance was spawned")?),
         exit_ms: ms(t_exit - t0),
         memory_peak,
         per_instance,
@@ -497,17 +510,50 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The running instance's cgroup memory peak and its per-instance bytes on disk.
-fn measure_instance(g: &Global, name: &str, layer: &Layer) -> anyhow::Result<(u64, u64)> {
+/// What is read from a live instance: memory peak, per-instance bytes, and the time its
+/// workload's execve took effect as the runtime or the agent recorded it.
+struct Measured {
+    memory_peak: u64,
+    per_instance: u64,
+    exec_time: SystemTime,
+}
+
+fn measure_instance(g: &Global, name: &str, layer: &Layer) -> anyhow::Result<Measured> {
     let link = g.store.join("containers/.names").join(name);
     let id = std::fs::read_link(&link)
         .with_context(|| format!("find the instance {name} ({})", link.display()))?;
     let id = id.to_string_lossy().into_owned();
+    let state_dir = match layer.platform {
+        Some(_) => g.root.join("vm").join(&id),
+        None => g.root.join(&id),
+    };
+    // The runtime writes its state (with the exec time) right after the workload's execve took
+    // effect; a fast workload can report back before that write lands, so wait for it briefly.
+    let path = state_dir.join("state.json");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (st, exec_time) = loop {
+        let st: Option<serde_json::Value> = match std::fs::read(&path) {
+            Ok(b) => Some(
+                serde_json::from_slice(&b).with_context(|| format!("parse {}", path.display()))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        if let Some(st) = st {
+            if let Some(t) = exec_time(&st) {
+                break (st, t);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} has no workload exec time (\"started\") 5 s after the workload ran",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     if layer.platform.is_some() {
-        let dir = g.root.join("vm").join(&id);
-        let st: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(dir.join("state.json"))
-                .with_context(|| format!("read {}/state.json", dir.display()))?,
-        )?;
+        let dir = state_dir;
         let mem = st["cgroup_dirs"]
             .as_array()
             .into_iter()
@@ -516,12 +562,27 @@ fn measure_instance(g: &Global, name: &str, layer: &Layer) -> anyhow::Result<(u6
             .find(|d| d.contains("/memory/"))
             .map(PathBuf::from)
             .context("the VM has no memory cgroup")?;
-        Ok((read_peak(&mem)?, allocated_bytes(&dir.join("root.cow"))))
+        Ok(Measured {
+            memory_peak: read_peak(&mem)?,
+            per_instance: allocated_bytes(&dir.join("root.cow")),
+            exec_time,
+        })
     } else {
         let mem = Path::new("/sys/fs/cgroup/memory/strata").join(&id);
         let upper = g.store.join("containers").join(&id).join("upper");
-        Ok((read_peak(&mem)?, allocated_bytes(&upper)))
+        Ok(Measured {
+            memory_peak: read_peak(&mem)?,
+            per_instance: allocated_bytes(&upper),
+            exec_time,
+        })
     }
+}
+
+/// The `started` key of a runtime or keeper state file (RFC 3339, host clock).
+fn exec_time(state: &serde_json::Value) -> Option<SystemTime> {
+    let s = state["started"].as_str()?;
+    let t = chrono::DateTime::parse_from_rfc3339(s).ok()?;
+    Some(SystemTime::from(t.with_timezone(&chrono::Utc)))
 }
 
 fn read_peak(cgroup: &Path) -> anyhow::Result<u64> {
@@ -672,7 +733,7 @@ fn print_report(r: &Report) {
     println!(
         "per instance: the upper dir (container) / COW file (VM) after the run, allocated blocks"
     );
-    println!("start: spawn of `strata run` until the workload's shell reports it is executing CMD (timed on arrival at the host); exit: until CMD exited");
+    println!("start: spawn of `strata run` until the workload's execve (runtime: time read right before it; VM: the agent's reply, stamped on arrival at the host); exit: until CMD exited");
     println!("peak memory: memory.max_usage_in_bytes of the instance's cgroup (container: its processes; VM: the UML processes incl. guest memory touched)");
 }
 

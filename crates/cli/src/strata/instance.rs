@@ -67,6 +67,11 @@ pub trait Backend {
     fn stats(&self, id: &str) -> anyhow::Result<serde_json::Value>;
     /// Whether the workload is running.
     fn running(&self, id: &str) -> bool;
+    /// RFC 3339 time at which the workload's execve took effect, as the runtime (container) or
+    /// the guest agent (VM, stamped on the host when the agent's reply arrives) reported it.
+    fn exec_time(&self, _id: &str) -> Option<String> {
+        None
+    }
     /// Kills whatever is left and removes the runtime state (idempotent).
     fn delete(&self, id: &str);
 }
@@ -185,6 +190,12 @@ impl Backend for ContainerBackend {
 
     fn pids(&self, id: &str) -> anyhow::Result<Vec<i32>> {
         Ok(self.runtime.pids(id)?)
+    }
+
+    fn exec_time(&self, id: &str) -> Option<String> {
+        strata_container::state::load(&self.root.join(id))
+            .ok()
+            .and_then(|r| r.started)
     }
 
     fn stats(&self, id: &str) -> anyhow::Result<serde_json::Value> {

@@ -133,12 +133,21 @@ pub fn inspect(g: &Global, keys: &[String]) -> anyhow::Result<()> {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(serde_json::Value::Null);
         let mut v = summary(&r);
+        // The runtime's (or agent's) own exec timestamp while the instance exists; the record's
+        // time (taken by this CLI around the start) otherwise.
+        let started = match r.live_state() {
+            State::Running => instance::backend(&r.isolation, &g.root)
+                .ok()
+                .and_then(|b| b.exec_time(&r.id)),
+            _ => None,
+        }
+        .or_else(|| r.started.clone());
         v["State"] = json!({
             "Status": r.live_state(),
             "Running": r.live_state() == State::Running,
             "Pid": if r.live_state() == State::Running { r.pid } else { None },
             "ExitCode": r.exit_code,
-            "StartedAt": r.started,
+            "StartedAt": started,
             "FinishedAt": r.finished,
         });
         v["ImageDigest"] = json!(r.image_digest);

@@ -280,6 +280,10 @@ impl Backend for VmBackend {
         })
     }
 
+    fn exec_time(&self, id: &str) -> Option<String> {
+        vm_keeper::load_state(&self.state_dir(id)).and_then(|s| s.started)
+    }
+
     fn delete(&self, id: &str) {
         vm_keeper::destroy(&self.state_dir(id));
     }

@@ -75,6 +75,10 @@ pub struct KeeperState {
     /// Guest memory.
     #[serde(default)]
     pub memory_mib: u32,
+    /// RFC 3339 host time at which the agent's `Started` reply arrived: the agent sends it once
+    /// the workload's execve took effect (its close-on-exec error pipe closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
 }
 
 /// Starting a workload failed; `code` follows Docker (125 set-up, 126 cannot execute, 127 not
@@ -476,6 +480,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             return fail(&mut status, &mut st, 125, format!("start in the VM: {e}"));
         }
     }
+    st.started = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
     phase("workload started");
     st.status = "running".into();
     save_state(l.state_dir, &st);
