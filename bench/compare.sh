@@ -51,16 +51,21 @@ $table
 
 ![start time and peak memory per layer](compare.svg)
 
-How each number is taken (\`strata compare --help\`; JSON schema \`strata.compare/v1\` below):
+How each number is taken (\`strata compare --help\`; JSON schema \`strata.compare/v2\` below):
 - *size to start*: allocated blocks of the image layers; for a VM also the guest kernel, the agent
   initramfs and the image's cached root disk. *per instance*: allocated blocks of the container's
   overlay upper dir / the VM's COW file, read after CMD exited while the instance still exists.
-- *start*: from spawning \`strata run --rm -i\` until a marker line the workload's shell prints right
-  before it runs CMD arrives on the host (timed on arrival, since a UML guest's clock is not the host's);
-  *exit*: until the line saying CMD exited arrives. Both include strata's own CLI work.
-- *peak memory*: \`memory.max_usage_in_bytes\` of the instance's memory cgroup — for a container its
-  processes (not the strata CLI/monitor outside the cgroup), for a UML VM every UML process in the
-  jail, which includes the guest memory actually touched.
+- *start*: from spawning \`strata run --rm -i\` until the workload's execve took effect, as the layer
+  records it: the container's init reads the clock right before execve and sends it to the runtime,
+  which keeps it once the channel's close-on-exec end closes (the exec took effect) as the \`started\` key
+  of its state.json; for a VM the guest agent replies \`Started\` once its
+  close-on-exec error pipe closes and the keeper stamps that reply on arrival with the host clock (a UML
+  guest's clock is not the host's); *exit*: until the wrapper's line saying CMD exited arrives. Both
+  include strata's own CLI work.
+- *peak memory*: what the instance added on the host: \`memory.max_usage_in_bytes\` of the instance's
+  memory cgroup — for a container its processes, for a UML VM every UML process in the jail, which
+  includes the guest memory actually touched — plus the peak RSS (VmHWM) of the host processes outside
+  that cgroup: the \`strata run\` monitor, and for a VM its keeper (\`memory_monitor_bytes\` in the JSON).
 - *probes*: shell snippets run inside each layer; \`works\`/\`refused\` is what happened, with the message.
   \`load_module\` tries \`insmod\` of a non-module file: reaching the loader would say "invalid module
   format"; EPERM or ENOSYS (no module support in the kernel) count as refused. \`raw_socket\` is busybox
@@ -68,7 +73,8 @@ How each number is taken (\`strata compare --help\`; JSON schema \`strata.compar
 
 JSON (\`--json\`): \`{schema, image, command, runs, host_kernel, layers: [{layer ("container"|"vm"),
 platform (null|"uml"|"kvm"), kernel, start_bytes, start_parts: {image_layers, guest_kernel, initramfs,
-vm_disk}, per_instance_bytes, start_ms, exit_ms, memory_peak_bytes: {min, median, max, samples},
+vm_disk}, per_instance_bytes, start_ms, exit_ms, memory_peak_bytes, memory_monitor_bytes: {min,
+median, max, samples},
 probes: [{name, result ("works"|"refused"), detail}]}]}\`; the keys are checked by
 \`crates/cli/tests/compare_e2e.rs\`.
 MD

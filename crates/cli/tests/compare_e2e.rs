@@ -56,7 +56,7 @@ fn compare_json_and_chart_in_every_layer() {
             "layers"
         ])
     );
-    assert_eq!(v["schema"], "strata.compare/v1");
+    assert_eq!(v["schema"], "strata.compare/v2");
     assert_eq!(v["runs"], 2);
     assert_eq!(v["command"], serde_json::json!(["uname", "-r"]));
     assert_eq!(v["host_kernel"], host_kernel());
@@ -80,6 +80,7 @@ fn compare_json_and_chart_in_every_layer() {
                 "start_ms",
                 "exit_ms",
                 "memory_peak_bytes",
+                "memory_monitor_bytes",
                 "probes",
             ])
         );
@@ -87,7 +88,12 @@ fn compare_json_and_chart_in_every_layer() {
             keys(&l["start_parts"]),
             set(&["image_layers", "guest_kernel", "initramfs", "vm_disk"])
         );
-        for k in ["start_ms", "exit_ms", "memory_peak_bytes"] {
+        for k in [
+            "start_ms",
+            "exit_ms",
+            "memory_peak_bytes",
+            "memory_monitor_bytes",
+        ] {
             assert_eq!(keys(&l[k]), set(&["min", "median", "max", "samples"]));
             assert_eq!(l[k]["samples"].as_array().unwrap().len(), 2, "{k}");
             let (min, med, max) = (
@@ -96,6 +102,15 @@ fn compare_json_and_chart_in_every_layer() {
                 l[k]["max"].as_f64().unwrap(),
             );
             assert!(0.0 < min && min <= med && med <= max, "{k}: {l}");
+        }
+        // The monitor's (and keeper's) RSS is a part of the total, not all of it.
+        for (total, monitor) in l["memory_peak_bytes"]["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(l["memory_monitor_bytes"]["samples"].as_array().unwrap())
+        {
+            assert!(monitor.as_f64() < total.as_f64(), "{l}");
         }
         // The workload starts before it exits, in every run.
         for (s0, s1) in l["start_ms"]["samples"]

@@ -30,7 +30,7 @@ use super::compare_probes::{self, ProbeResult};
 use super::Global;
 
 /// The JSON schema name; bump the version when a key changes meaning or goes away.
-pub const SCHEMA: &str = "strata.compare/v1";
+pub const SCHEMA: &str = "strata.compare/v2";
 
 const EXEC_MARK: &str = "__strata_compare_exec__";
 const EXIT_MARK: &str = "__strata_compare_exit__";
@@ -45,7 +45,7 @@ pub struct CompareArgs {
     /// Memory limit for every instance (the VM's guest memory), e.g. 256m
     #[arg(short = 'm', long)]
     pub memory: Option<String>,
-    /// Print the results as JSON (schema strata.compare/v1, see docs/benchmarks.md)
+    /// Print the results as JSON (schema strata.compare/v2, see docs/benchmarks.md)
     #[arg(long)]
     pub json: bool,
     /// Also draw the start-time and memory distributions into this SVG file
@@ -125,8 +125,12 @@ pub struct LayerResult {
     pub start_ms: Stats,
     /// Spawn → CMD exited, milliseconds.
     pub exit_ms: Stats,
-    /// The instance cgroup's memory.max_usage_in_bytes.
+    /// Peak memory this instance added on the host: its cgroup's memory.max_usage_in_bytes
+    /// (workload; for a VM every UML process incl. guest memory touched) plus the peak RSS
+    /// (VmHWM) of the host processes outside it (the `strata run` monitor, the VM keeper).
     pub memory_peak_bytes: Stats,
+    /// The part of `memory_peak_bytes` from the monitor and keeper processes.
+    pub memory_monitor_bytes: Stats,
     pub probes: Vec<ProbeResult>,
 }
 
@@ -171,6 +175,9 @@ struct Sample {
     start_ms: f64,
     exit_ms: f64,
     memory_peak: u64,
+    /// Part of `memory_peak`: the host processes outside the instance's cgroup (the `strata run`
+    /// monitor, and the VM keeper).
+    memory_monitor: u64,
     per_instance: u64,
     output: String,
 }
@@ -283,6 +290,8 @@ pub fn compare(g: &Global, a: CompareArgs) -> anyhow::Result<()> {
             start_ms: Stats::of(&f(&|s| s.start_ms)).context("no samples")?,
             exit_ms: Stats::of(&f(&|s| s.exit_ms)).context("no samples")?,
             memory_peak_bytes: Stats::of(&f(&|s| s.memory_peak as f64)).context("no samples")?,
+            memory_monitor_bytes: Stats::of(&f(&|s| s.memory_monitor as f64))
+                .context("no samples")?,
             probes,
         });
     }
@@ -448,11 +457,13 @@ fn run_instance(
     // The wrapper's marker only says CMD was reached; the start time is the runtime's own.
     started.context("the wrapper did not report that CMD started")?;
     // Measure while the instance still exists (the wrapper waits for stdin to close).
+    let monitor_pid = guard.child.as_ref().context("child")?.id() as i32;
     let Measured {
         memory_peak,
+        memory_monitor,
         per_instance,
         exec_time,
-    } = measure_instance(g, &name, layer)?;
+    } = measure_instance(g, &name, layer, monitor_pid)?;
     drop(stdin);
     let mut child = guard.child.take().context("child")?;
     let st = wait_timeout(&mut child, Duration::from_secs(60));
@@ -483,6 +494,7 @@ fn run_instance(
             .context("the recorded exec time is before the instance was spawned")?),
         exit_ms: ms(t_exit - t0),
         memory_peak,
+        memory_monitor,
         per_instance,
         output,
     })
@@ -514,11 +526,17 @@ fn ms(d: Duration) -> f64 {
 /// workload's execve took effect as the runtime or the agent recorded it.
 struct Measured {
     memory_peak: u64,
+    memory_monitor: u64,
     per_instance: u64,
     exec_time: SystemTime,
 }
 
-fn measure_instance(g: &Global, name: &str, layer: &Layer) -> anyhow::Result<Measured> {
+fn measure_instance(
+    g: &Global,
+    name: &str,
+    layer: &Layer,
+    monitor_pid: i32,
+) -> anyhow::Result<Measured> {
     let link = g.store.join("containers/.names").join(name);
     let id = std::fs::read_link(&link)
         .with_context(|| format!("find the instance {name} ({})", link.display()))?;
@@ -552,8 +570,15 @@ fn measure_instance(g: &Global, name: &str, layer: &Layer) -> anyhow::Result<Mea
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    let mut memory_monitor = peak_rss(monitor_pid)
+        .with_context(|| format!("read the peak RSS of `strata run` (pid {monitor_pid})"))?;
     if layer.platform.is_some() {
         let dir = state_dir;
+        let keeper = st["keeper_pid"]
+            .as_i64()
+            .context("the VM state has no keeper_pid")? as i32;
+        memory_monitor += peak_rss(keeper)
+            .with_context(|| format!("read the peak RSS of the VM keeper (pid {keeper})"))?;
         let mem = st["cgroup_dirs"]
             .as_array()
             .into_iter()
@@ -563,7 +588,8 @@ fn measure_instance(g: &Global, name: &str, layer: &Layer) -> anyhow::Result<Mea
             .map(PathBuf::from)
             .context("the VM has no memory cgroup")?;
         Ok(Measured {
-            memory_peak: read_peak(&mem)?,
+            memory_peak: read_peak(&mem)? + memory_monitor,
+            memory_monitor,
             per_instance: allocated_bytes(&dir.join("root.cow")),
             exec_time,
         })
@@ -571,7 +597,8 @@ fn measure_instance(g: &Global, name: &str, layer: &Layer) -> anyhow::Result<Mea
         let mem = Path::new("/sys/fs/cgroup/memory/strata").join(&id);
         let upper = g.store.join("containers").join(&id).join("upper");
         Ok(Measured {
-            memory_peak: read_peak(&mem)?,
+            memory_peak: read_peak(&mem)? + memory_monitor,
+            memory_monitor,
             per_instance: allocated_bytes(&upper),
             exec_time,
         })
@@ -583,6 +610,18 @@ fn exec_time(state: &serde_json::Value) -> Option<SystemTime> {
     let s = state["started"].as_str()?;
     let t = chrono::DateTime::parse_from_rfc3339(s).ok()?;
     Some(SystemTime::from(t.with_timezone(&chrono::Utc)))
+}
+
+/// VmHWM (peak resident set) of a live process, bytes.
+fn peak_rss(pid: i32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_vm_hwm(&status).context("no VmHWM line in /proc/PID/status")
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let kb: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kb.checked_mul(1024)
 }
 
 fn read_peak(cgroup: &Path) -> anyhow::Result<u64> {
@@ -734,7 +773,7 @@ fn print_report(r: &Report) {
         "per instance: the upper dir (container) / COW file (VM) after the run, allocated blocks"
     );
     println!("start: spawn of `strata run` until the workload's execve (runtime: time read right before it; VM: the agent's reply, stamped on arrival at the host); exit: until CMD exited");
-    println!("peak memory: memory.max_usage_in_bytes of the instance's cgroup (container: its processes; VM: the UML processes incl. guest memory touched)");
+    println!("peak memory: memory.max_usage_in_bytes of the instance's cgroup (container: its processes; VM: the UML processes incl. guest memory touched) + peak RSS of the strata run monitor (and VM keeper)");
 }
 
 /// Progress on stderr: a bar on a terminal, plain lines otherwise, nothing with --quiet.
@@ -786,6 +825,20 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn vm_hwm_parses_proc_status() {
+        let st = "Name:\tstrata\nVmPeak:\t  10000 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(super::parse_vm_hwm(st), Some(2048 * 1024));
+        assert_eq!(super::parse_vm_hwm("VmRSS:\t1 kB\n"), None);
+        assert_eq!(super::parse_vm_hwm("VmHWM:\tx kB\n"), None);
+        assert_eq!(
+            super::parse_vm_hwm("VmHWM:\t99999999999999999999 kB\n"),
+            None
+        );
+        // The real thing: this test process has a peak RSS.
+        assert!(super::peak_rss(std::process::id() as i32).unwrap() > 0);
+    }
+
     use super::*;
 
     #[test]
