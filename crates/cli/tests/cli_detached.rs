@@ -2,6 +2,9 @@
 
 mod cli_common;
 
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cli_common::{cgroup_dirs_of, output_timeout, text, Sandbox};
@@ -183,7 +186,212 @@ fn listings(iso: &str) {
     s.assert_nothing_left(&[]);
 }
 
-isolation_tests!(logs_and_wait, follow, stop_kill_restart, rm_force, listings);
+/// A spawned `strata attach` with its output collected as it comes.
+struct Attached {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    out: Arc<Mutex<Vec<u8>>>,
+    err: Arc<Mutex<Vec<u8>>>,
+}
+
+fn attach(s: &Sandbox, args: &[&str]) -> Attached {
+    let mut c = s.cmd();
+    c.arg("attach")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let collect = |mut r: Box<dyn Read + Send>| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = buf.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = r.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                b.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        buf
+    };
+    let out = collect(Box::new(child.stdout.take().unwrap()));
+    let err = collect(Box::new(child.stderr.take().unwrap()));
+    let stdin = child.stdin.take();
+    Attached {
+        child,
+        stdin,
+        out,
+        err,
+    }
+}
+
+impl Attached {
+    fn out(&self) -> String {
+        text(&self.out.lock().unwrap())
+    }
+    fn err(&self) -> String {
+        text(&self.err.lock().unwrap())
+    }
+    /// Connected to the monitor: it blocks its signals right after connecting.
+    fn wait_connected(&self, s: &Sandbox) {
+        let status = format!("/proc/{}/status", self.child.id());
+        s.eventually(30, "attach to connect", || {
+            std::fs::read_to_string(&status)
+                .ok()
+                .and_then(|st| {
+                    st.lines()
+                        .find_map(|l| l.strip_prefix("SigBlk:"))
+                        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                })
+                .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+        });
+    }
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+    fn wait(&mut self) -> i32 {
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // Let the collecting threads take the last bytes.
+                std::thread::sleep(Duration::from_millis(100));
+                return st.code().unwrap_or(-1);
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                panic!("strata attach did not exit: {} {}", self.out(), self.err());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `attach` to a detached `-i` container: stdin in, stdout and stderr out apart, the
+/// workload's exit code out; several clients at once (one with --no-stdin); the log has
+/// everything; a stopped container is refused with what to do.
+fn attach_stdio(iso: &str) {
+    let s = Sandbox::new(iso);
+    s.ok(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "a",
+        "busybox",
+        "sh",
+        "-c",
+        "while read x; do echo got:$x; echo err:$x >&2; [ \"$x\" = quit ] && exit 3; done",
+    ]);
+    let mut writer = attach(&s, &["a"]);
+    writer.wait_connected(&s);
+    let mut watcher = attach(&s, &["--no-stdin", "a"]);
+    watcher.wait_connected(&s);
+    let mut w = writer.stdin.take().unwrap();
+    // The watcher may register with the monitor a moment after it connected: ping until it
+    // sees the output too.
+    s.eventually(30, "the watcher to see output", || {
+        w.write_all(b"ping\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        watcher.out().contains("got:ping\n")
+    });
+    w.write_all(b"quit\n").unwrap();
+    assert_eq!(writer.wait(), 3, "{}", writer.err());
+    assert_eq!(watcher.wait(), 3, "{}", watcher.err());
+    assert!(writer.out().starts_with("got:ping\n"), "{}", writer.out());
+    assert!(
+        writer.out().ends_with("got:ping\ngot:quit\n"),
+        "{}",
+        writer.out()
+    );
+    assert!(
+        writer.err().ends_with("err:ping\nerr:quit\n"),
+        "{}",
+        writer.err()
+    );
+    assert!(
+        watcher.out().ends_with("got:ping\ngot:quit\n"),
+        "{}",
+        watcher.out()
+    );
+    assert!(watcher.err().ends_with("err:quit\n"), "{}", watcher.err());
+    // The writer was there from the start: it saw what the log has.
+    let logs = s.strata(&["logs", "a"]);
+    assert_eq!(text(&logs.stdout), writer.out());
+    assert_eq!(text(&logs.stderr), writer.err());
+    let (_, err) = s.fails(&["attach", "a"]);
+    assert!(
+        err.contains("is not running") && err.contains("strata start a"),
+        "{err}"
+    );
+    let (_, err) = s.fails(&["attach", "nope"]);
+    assert!(err.contains("no such container"), "{err}");
+    s.ok(&["rm", "a"]);
+    s.assert_nothing_left(&[]);
+}
+
+/// --sig-proxy (the default) sends our signals to the workload; --sig-proxy=false makes them
+/// end only the attachment; a foreground run has no monitor to attach to.
+fn attach_signals(iso: &str) {
+    use nix::sys::signal::Signal;
+    let s = Sandbox::new(iso);
+    s.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "sp",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo got TERM; exit 9' TERM; echo ready; while true; do sleep 0.1; done",
+    ]);
+    s.eventually(30, "ready", || {
+        text(&s.strata(&["logs", "sp"]).stdout).contains("ready")
+    });
+    let mut a = attach(&s, &["--sig-proxy=false", "sp"]);
+    a.wait_connected(&s);
+    a.signal(Signal::SIGINT);
+    assert_eq!(a.wait(), 0);
+    assert_eq!(s.inspect("sp")["State"]["Running"], true);
+    let mut a = attach(&s, &["sp"]);
+    a.wait_connected(&s);
+    a.signal(Signal::SIGTERM);
+    assert_eq!(a.wait(), 9, "{}", a.err());
+    assert!(a.out().contains("got TERM\n"), "{}", a.out());
+    s.ok(&["rm", "sp"]);
+
+    let mut fg = s.cmd();
+    fg.args(s.iso_flags().iter().fold(vec!["run"], |mut v, f| {
+        v.push(f);
+        v
+    }))
+    .args(["--name", "fg", "busybox", "sh", "-c", "echo up; sleep 100"])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let mut fg = fg.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(fg.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let (_, err) = s.fails(&["attach", "fg"]);
+    assert!(err.contains("foreground"), "{err}");
+    s.ok(&["rm", "-f", "fg"]);
+    let _ = fg.wait();
+    s.assert_nothing_left(&[]);
+}
+
+isolation_tests!(
+    logs_and_wait,
+    follow,
+    stop_kill_restart,
+    rm_force,
+    listings,
+    attach_stdio,
+    attach_signals
+);
 
 /// Container-only: a reboot unmounts the overlay; `start` mounts it again over the kept upper.
 #[test]

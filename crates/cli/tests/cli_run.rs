@@ -285,6 +285,87 @@ fn signals_are_forwarded(iso: &str) {
     s.assert_nothing_left(&[]);
 }
 
+/// A foreground run that is not `--rm` leaves its output in the container log, as a detached
+/// one does (docker logs works for foreground runs): stdout and stderr apart, a last partial
+/// line included, our own stdio still getting everything, signals still forwarded.
+fn foreground_runs_are_logged(iso: &str) {
+    use std::io::BufRead;
+    let s = Sandbox::new(iso);
+    let o = s.strata_in(
+        &[
+            "run",
+            "-i",
+            "--name",
+            "fg",
+            "busybox",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo to-err >&2; printf partial; exit 3",
+        ],
+        Some(b"piped input\n"),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "PIPED INPUT\npartial");
+    assert_eq!(text(&o.stderr), "to-err\n");
+    let logs = s.strata(&["logs", "fg"]);
+    assert_eq!(text(&logs.stdout), "PIPED INPUT\npartial");
+    assert_eq!(text(&logs.stderr), "to-err\n");
+    assert_eq!(s.inspect("fg")["State"]["ExitCode"], 3);
+
+    // Signals reach the workload through the relay too.
+    let mut c = s.cmd();
+    c.args(s.iso_flags().iter().fold(vec!["run"], |mut v, f| {
+        v.push(f);
+        v
+    }))
+    .args([
+        "--name",
+        "sig",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo got TERM; exit 9' TERM; echo ready; while true; do sleep 0.1; done",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(9));
+    assert_eq!(
+        text(&s.strata(&["logs", "sig"]).stdout),
+        "ready\ngot TERM\n"
+    );
+
+    // A reader that goes away ends the workload's output as it would without the relay, and
+    // the run is still recorded.
+    let mut c = s.cmd();
+    c.args(s.iso_flags().iter().fold(vec!["run"], |mut v, f| {
+        v.push(f);
+        v
+    }))
+    .args(["--name", "yes", "busybox", "yes"])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "y\n");
+    drop(out);
+    assert!(child.wait().unwrap().code().is_some());
+    assert_eq!(s.inspect("yes")["State"]["Status"], "exited");
+    s.ok(&["rm", "fg", "sig", "yes"]);
+    s.assert_nothing_left(&[]);
+}
+
 /// A container shares the host's kernel; a VM runs its own.
 fn kernel(iso: &str) {
     let s = Sandbox::new(iso);
@@ -304,6 +385,7 @@ fn kernel(iso: &str) {
 
 isolation_tests!(
     kernel,
+    foreground_runs_are_logged,
     exit_codes,
     signals_are_forwarded,
     stdio,

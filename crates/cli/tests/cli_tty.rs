@@ -156,4 +156,73 @@ fn exec_tty(iso: &str) {
     s.ok(&["rm", "-f", "x"]);
 }
 
-isolation_tests!(tty_and_resize, interactive_tty, exec_tty);
+/// `run -t` without --rm: the terminal output is in the log afterwards.
+fn foreground_tty_is_logged(iso: &str) {
+    let s = Sandbox::new(iso);
+    let (mut child, term) = spawn(
+        &s,
+        &[
+            "run",
+            "-t",
+            "--name",
+            "ft",
+            "busybox",
+            "sh",
+            "-c",
+            "echo hello-tty; exit 2",
+        ],
+        24,
+        80,
+    );
+    assert_eq!(wait_exit(&mut child), 2);
+    term.wait_for("hello-tty");
+    // As the pty gave it (the line ending depends on the pty's ONLCR).
+    assert_eq!(s.ok(&["logs", "ft"]).trim_end(), "hello-tty");
+    s.ok(&["rm", "ft"]);
+    s.assert_nothing_left(&[]);
+}
+
+/// `attach` to a detached `-it` container from a terminal: its size, then a resize, reach the
+/// container's pty; ^P^Q detaches and leaves it running; attaching again and exiting ends
+/// `attach` with the shell's exit code.
+fn attach_tty(iso: &str) {
+    let s = Sandbox::new(iso);
+    s.ok(&["run", "-d", "-i", "-t", "--name", "at", "busybox", "sh"]);
+    s.eventually(30, "running", || {
+        s.inspect("at")["State"]["Running"] == true
+    });
+    let (mut child, mut term) = spawn(&s, &["attach", "at"], 33, 99);
+    // Typed before attach reads its terminal: it sends its size first, then what we typed.
+    term.master.write_all(b"stty size\n").unwrap();
+    term.wait_for("33 99");
+    set_size(term.master.as_raw_fd(), 40, 120);
+    // SIGWINCH reaches attach asynchronously: ask until the new size shows.
+    let t = Instant::now();
+    while !term.text().contains("40 120") {
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", term.text());
+        term.master.write_all(b"stty size\n").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    term.master.write_all(b"\x10\x11").unwrap();
+    assert_eq!(wait_exit(&mut child), 0);
+    assert_eq!(s.inspect("at")["State"]["Running"], true);
+    // What went through the pty is in the log.
+    assert!(s.ok(&["logs", "at"]).contains("33 99"));
+    let (mut child, mut term) = spawn(&s, &["attach", "at"], 24, 80);
+    term.master.write_all(b"exit 5\n").unwrap();
+    assert_eq!(wait_exit(&mut child), 5);
+    // attach restored the terminal's mode.
+    let t = nix::sys::termios::tcgetattr(&term.master).unwrap();
+    assert!(t.local_flags.contains(nix::sys::termios::LocalFlags::ECHO));
+    assert_eq!(s.ok(&["wait", "at"]), "5\n");
+    s.ok(&["rm", "at"]);
+    s.assert_nothing_left(&[]);
+}
+
+isolation_tests!(
+    tty_and_resize,
+    interactive_tty,
+    exec_tty,
+    foreground_tty_is_logged,
+    attach_tty
+);

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use strata::{compare, exec, image, lifecycle, logs, ps, run, vm_info};
+use strata::{attach, compare, exec, image, lifecycle, logs, ps, run, vm_info};
 
 #[derive(Parser)]
 #[command(
@@ -58,8 +58,10 @@ enum Command {
     Ps(ps::PsArgs),
     /// Run a command in a running container
     Exec(exec::ExecArgs),
-    /// Show a detached container's output
+    /// Show a container's output
     Logs(logs::LogsArgs),
+    /// Connect to a detached container's stdin, stdout and stderr
+    Attach(attach::AttachArgs),
     /// Wait for containers to exit and print their exit codes
     Wait(lifecycle::WaitArgs),
     /// Show the processes of a container
@@ -123,6 +125,7 @@ fn main() -> ExitCode {
         Command::Ps(a) => ps::ps(&cli.global, a),
         Command::Exec(a) => exec::exec(&cli.global, a),
         Command::Logs(a) => logs::logs(&cli.global, a),
+        Command::Attach(a) => attach::attach(&cli.global, a),
         Command::Wait(a) => lifecycle::wait(&cli.global, a),
         Command::Top(a) => ps::top(&cli.global, a),
         Command::Stats(a) => ps::stats(&cli.global, a),

@@ -154,7 +154,7 @@ pub fn exec(g: &Global, a: ExecArgs) -> anyhow::Result<()> {
             } else {
                 None
             };
-            let c = tty::relay(master, pid, a.interactive, &signals);
+            let c = tty::relay(master, pid, a.interactive, &signals, None);
             drop(raw);
             c
         }

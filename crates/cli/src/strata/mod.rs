@@ -1,5 +1,6 @@
 //! The `strata` command modules; bin/strata.rs dispatches to them.
 
+pub mod attach;
 pub mod compare;
 pub mod compare_chart;
 pub mod compare_probes;

@@ -1,7 +1,8 @@
 //! The per-container monitor of detached containers (what conmon is to podman): a fork of
-//! `strata` in its own session that starts the workload as its child, holds its stdout and
-//! stderr, writes them to the log file as JSON lines, reaps it and records the exit code (or
-//! removes an `--rm` container). No re-exec: forking the already-loaded binary is cheaper.
+//! `strata` in its own session that starts the workload as its child, holds its stdio, writes
+//! its output to the log file as JSON lines, serves `strata attach` clients (attach.rs), reaps
+//! it and records the exit code (or removes an `--rm` container). No re-exec: forking the
+//! already-loaded binary is cheaper.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -9,17 +10,11 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use anyhow::{bail, Context};
 use nix::unistd::ForkResult;
 
+use super::attach;
 use super::containers::{self, Containers, Record, State};
 use super::instance::{self, Stdio};
+use super::logs::{LogWriter, Stream};
 use super::{lifecycle, run, tty, Global};
-
-/// One line of the log file (Docker's json-file format).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct LogLine {
-    pub log: String,
-    pub stream: String,
-    pub time: String,
-}
 
 /// Starts `rec` under a new monitor; returns once the workload runs (or failed to start, with
 /// the reason).
@@ -83,11 +78,7 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
         Ok(b) => b,
         Err(e) => return fail(&mut rec, &mut status, 125, &format!("{e:#}")),
     };
-    let log = match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(containers.log_path(&rec.id))
-    {
+    let mut log = match LogWriter::open(&containers.log_path(&rec.id)) {
         Ok(f) => f,
         Err(e) => {
             return fail(
@@ -99,7 +90,7 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
         }
     };
     // Stdout and stderr: two pipes (or one pty with -t) that we read.
-    let mut sources: Vec<(OwnedFd, &'static str)> = Vec::new();
+    let mut sources: Vec<(OwnedFd, Stream)> = Vec::new();
     let mut held_stdin: Option<OwnedFd> = None;
     let started;
     let inner = if rec.tty {
@@ -112,7 +103,7 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
     };
     if let Some((pid, master)) = inner {
         started = Ok(pid);
-        sources.push((master, "stdout"));
+        sources.push((master, Stream::Stdout));
     } else if rec.tty {
         let pty = match tty::open(null.as_fd()).and_then(|p| {
             run::set_console(&dir, Some(&p.slave_path))?;
@@ -132,7 +123,7 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
             },
         );
         drop(pty.slave);
-        sources.push((pty.master, "stdout"));
+        sources.push((pty.master, Stream::Stdout));
     } else {
         let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
         let pipes = pipe()
@@ -161,12 +152,31 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
         );
         drop((out_w, err_w));
         held_stdin = stdin_pipe.map(|(_, w)| w);
-        sources.push((out_r, "stdout"));
-        sources.push((err_r, "stderr"));
+        sources.push((out_r, Stream::Stdout));
+        sources.push((err_r, Stream::Stderr));
     }
     let pid = match started {
         Ok(p) => p,
         Err(e) => return fail(&mut rec, &mut status, e.code, &e.message),
+    };
+    // Attach clients write the workload's stdin (-i: the pipe we hold, or the pty) and size
+    // its pty (-t). Without the socket the container still runs; only attach is missing.
+    let server = match attach::Server::bind(&dir) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no attach socket");
+            None
+        }
+    };
+    let pty_master = if rec.tty {
+        sources.first().and_then(|(f, _)| f.try_clone().ok())
+    } else {
+        None
+    };
+    let stdin_target = match (rec.interactive, rec.tty) {
+        (false, _) => None,
+        (true, false) => held_stdin.take(),
+        (true, true) => pty_master.as_ref().and_then(|m| m.try_clone().ok()),
     };
     rec.state = State::Running;
     rec.pid = Some(pid);
@@ -178,9 +188,13 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
     let _ = write!(status, "ok");
     drop(status);
 
-    copy_to_log(sources, log);
+    let server = serve(sources, &mut log, server, stdin_target, pty_master);
+    drop(log);
     let code = wait(pid);
     drop(held_stdin);
+    if let Some(s) = server {
+        s.finish(code);
+    }
     backend.delete(&rec.id);
     if rec.auto_remove {
         lifecycle::remove_all(g, containers, &rec);
@@ -207,161 +221,118 @@ fn wait(pid: i32) -> i32 {
     }
 }
 
-/// Reads every source until EOF (the workload and everything it started exited: the pid
-/// namespace ends with its init), one JSON line per output line.
-fn copy_to_log(sources: Vec<(OwnedFd, &'static str)>, log: std::fs::File) {
+/// Until every source reaches EOF (the workload and everything it started exited: the pid
+/// namespace ends with its init): output to the log and to attached clients, their input to
+/// the workload's stdin, their window size to its pty.
+fn serve(
+    sources: Vec<(OwnedFd, Stream)>,
+    log: &mut LogWriter,
+    mut server: Option<attach::Server>,
+    stdin: Option<OwnedFd>,
+    pty: Option<OwnedFd>,
+) -> Option<attach::Server> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut log = std::io::BufWriter::new(log);
-    let mut open: Vec<(OwnedFd, &'static str, Vec<u8>)> = sources
-        .into_iter()
-        .map(|(f, s)| (f, s, Vec::new()))
-        .collect();
+    let mut open = sources;
+    let mut stdin = stdin.filter(|f| set_nonblocking(f.as_fd()));
+    let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     while !open.is_empty() {
+        // Input waits while the workload does not read what it has (back-pressure).
+        let want_input = pending.len() < 1 << 20;
         let mut fds: Vec<PollFd> = open
             .iter()
-            .map(|(f, _, _)| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            .map(|(f, _)| PollFd::new(f.as_fd(), PollFlags::POLLIN))
             .collect();
+        let n_src = fds.len();
+        if let Some(s) = &server {
+            fds.extend(s.poll_fds(want_input));
+        }
+        let n_srv = fds.len();
+        if let (Some(t), false) = (&stdin, pending.is_empty()) {
+            fds.push(PollFd::new(t.as_fd(), PollFlags::POLLOUT));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::Error::EINTR) => continue,
             Err(_) => break,
         }
-        let ready: Vec<bool> = fds
+        let rev: Vec<PollFlags> = fds
             .iter()
-            .map(|p| !p.revents().unwrap_or(PollFlags::empty()).is_empty())
+            .map(|p| p.revents().unwrap_or(PollFlags::empty()))
             .collect();
         drop(fds);
         let mut closed = Vec::new();
-        for (i, (fd, stream, pending)) in open.iter_mut().enumerate() {
-            if !ready[i] {
+        for (i, (fd, stream)) in open.iter().enumerate() {
+            if rev[i].is_empty() {
                 continue;
             }
             match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
                 Ok(0) | Err(nix::Error::EIO) => closed.push(i),
                 Ok(n) => {
-                    pending.extend_from_slice(&buf[..n]);
-                    emit_lines(&mut log, stream, pending, false);
+                    log.write(*stream, &buf[..n]);
+                    if let Some(s) = &mut server {
+                        s.broadcast(*stream, &buf[..n]);
+                    }
                 }
                 Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => {}
                 Err(_) => closed.push(i),
             }
         }
         for i in closed.into_iter().rev() {
-            let (_, stream, mut pending) = open.remove(i);
-            emit_lines(&mut log, stream, &mut pending, true);
+            let (_, stream) = open.remove(i);
+            log.end(stream);
         }
-        // Flushed per read so `logs -f` sees lines as they come.
-        let _ = log.flush();
-    }
-    let _ = log.flush();
-}
-
-/// Writes complete lines of `pending` (and the rest at EOF, or when a line grows past 16 KiB
-/// as Docker splits them).
-fn emit_lines(log: &mut impl Write, stream: &str, pending: &mut Vec<u8>, eof: bool) {
-    let time = containers::now();
-    let mut start = 0;
-    while let Some(nl) = pending[start..].iter().position(|b| *b == b'\n') {
-        write_line(log, stream, &pending[start..start + nl + 1], &time);
-        start += nl + 1;
-    }
-    while pending.len() - start >= 16 * 1024 {
-        write_line(log, stream, &pending[start..start + 16 * 1024], &time);
-        start += 16 * 1024;
-    }
-    if eof && start < pending.len() {
-        write_line(log, stream, &pending[start..], &time);
-        start = pending.len();
-    }
-    pending.drain(..start);
-}
-
-fn write_line(log: &mut impl Write, stream: &str, bytes: &[u8], time: &str) {
-    let line = LogLine {
-        log: String::from_utf8_lossy(bytes).into_owned(),
-        stream: stream.to_string(),
-        time: time.to_string(),
-    };
-    if let Ok(s) = serde_json::to_string(&line) {
-        let _ = writeln!(log, "{s}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The workload's output is hostile input: random bytes (invalid UTF-8, NULs, escapes,
-    /// lines far past the split size) in random chunks must give valid JSON lines whose text,
-    /// joined, is the lossy decoding of what was written.
-    #[test]
-    fn hostile_output_gives_valid_log_lines() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for _ in 0..100 {
-            let len = (next() % 70_000) as usize;
-            let newline_rate = 1 + next() % 200;
-            let data: Vec<u8> = (0..len)
-                .map(|_| {
-                    let r = next();
-                    if r % newline_rate == 0 {
-                        b'\n'
-                    } else {
-                        (r >> 8) as u8
+        if let Some(s) = &mut server {
+            let mut input = attach::Input::default();
+            s.handle(&rev[n_src..n_srv], &mut input);
+            if stdin.is_some() {
+                pending.extend_from_slice(&input.stdin);
+            }
+            if let (Some((rows, cols)), Some(p)) = (input.resize, &pty) {
+                set_size(p.as_fd(), rows, cols);
+            }
+        }
+        if let Some(t) = &stdin {
+            if rev.get(n_srv).is_some_and(|r| !r.is_empty()) || !pending.is_empty() {
+                match nix::unistd::write(t.as_fd(), &pending) {
+                    Ok(n) => {
+                        pending.drain(..n);
                     }
-                })
-                .collect();
-            let mut out = Vec::new();
-            let mut pending = Vec::new();
-            let mut i = 0;
-            while i < data.len() {
-                let n = 1 + (next() % 9000) as usize;
-                let end = (i + n).min(data.len());
-                pending.extend_from_slice(&data[i..end]);
-                emit_lines(&mut out, "stdout", &mut pending, false);
-                assert!(pending.len() < 16 * 1024);
-                i = end;
+                    Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => {}
+                    // The workload closed its stdin: what clients type goes nowhere.
+                    Err(_) => {
+                        pending.clear();
+                        stdin = None;
+                    }
+                }
             }
-            emit_lines(&mut out, "stdout", &mut pending, true);
-            assert!(pending.is_empty());
-            let text = String::from_utf8(out).expect("log is UTF-8");
-            let mut bytes = 0;
-            for l in text.lines() {
-                let line: LogLine = serde_json::from_str(l).expect("every line is JSON");
-                assert_eq!(line.stream, "stdout");
-                assert!(!line.log.is_empty());
-                bytes += line.log.len();
-            }
-            // Lossy decoding turns each invalid sequence into U+FFFD (3 bytes): never shorter.
-            assert!(bytes >= data.len(), "{bytes} of {}", data.len());
         }
     }
-
-    #[test]
-    fn lines_are_split_and_partial_lines_wait() {
-        let mut out = Vec::new();
-        let mut p = b"a\nb\npart".to_vec();
-        emit_lines(&mut out, "stdout", &mut p, false);
-        assert_eq!(p, b"part");
-        emit_lines(&mut out, "stdout", &mut p, true);
-        assert!(p.is_empty());
-        let lines: Vec<LogLine> = String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        let logs: Vec<&str> = lines.iter().map(|l| l.log.as_str()).collect();
-        assert_eq!(logs, ["a\n", "b\n", "part"]);
-        let mut out = Vec::new();
-        let mut p = vec![b'x'; 40 * 1024];
-        emit_lines(&mut out, "stderr", &mut p, false);
-        assert_eq!(p.len(), 8 * 1024);
-        assert_eq!(String::from_utf8(out).unwrap().lines().count(), 2);
+    if let Some(s) = &server {
+        s.close();
     }
+    server
+}
+
+fn set_nonblocking(fd: std::os::fd::BorrowedFd) -> bool {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)
+        .and_then(|f| {
+            fcntl(
+                fd.as_raw_fd(),
+                FcntlArg::F_SETFL(OFlag::from_bits_truncate(f) | OFlag::O_NONBLOCK),
+            )
+        })
+        .is_ok()
+}
+
+fn set_size(pty: std::os::fd::BorrowedFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize on a pty master we hold; failure is harmless.
+    unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }

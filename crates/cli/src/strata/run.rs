@@ -3,7 +3,7 @@
 //! detached under a monitor.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -13,6 +13,7 @@ use strata_image::rootfs::ContainerRootfs;
 
 use super::containers::{self, Containers, Record, State};
 use super::instance::{self, Stdio};
+use super::logs::{LogWriter, Stream};
 use super::{lifecycle, monitor, tty, Global};
 
 /// Options shared by `run` and `create`.
@@ -178,20 +179,47 @@ fn foreground(
     } else {
         None
     };
-    let stdio = match &pty {
-        Some(p) => Stdio {
+    // A container that outlives this run keeps its output in its log, as a detached one does
+    // (`strata logs` afterwards, like docker): its stdout and stderr go through pipes we copy
+    // from (or the pty we relay). `--rm` keeps the workload on our stdio: nothing would be
+    // left to read the log from, and the start stays free of the relay.
+    let mut log = if rec.auto_remove {
+        None
+    } else {
+        match LogWriter::open(&containers.log_path(&rec.id)) {
+            Ok(l) => Some(l),
+            Err(e) => return fail(g, containers, &rec, 125, &format!("open the log file: {e}")),
+        }
+    };
+    let pipes = if log.is_some() && !c.tty {
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+        match pipe().and_then(|o| pipe().map(|e| (o, e))) {
+            Ok(p) => Some(p),
+            Err(e) => return fail(g, containers, &rec, 125, &format!("create pipes: {e}")),
+        }
+    } else {
+        None
+    };
+    let stdio = match (&pty, &pipes) {
+        (Some(p), _) => Stdio {
             stdin: p.slave.as_fd(),
             stdout: p.slave.as_fd(),
             stderr: p.slave.as_fd(),
         },
-        None => Stdio {
+        (None, pipes) => Stdio {
             stdin: if c.interactive {
                 stdin.as_fd()
             } else {
                 null.as_fd()
             },
-            stdout: stdout.as_fd(),
-            stderr: stderr.as_fd(),
+            stdout: pipes
+                .as_ref()
+                .map(|((_, w), _)| w.as_fd())
+                .unwrap_or(stdout.as_fd()),
+            stderr: pipes
+                .as_ref()
+                .map(|(_, (_, w))| w.as_fd())
+                .unwrap_or(stderr.as_fd()),
         },
     };
     let started = match inner {
@@ -204,6 +232,9 @@ fn foreground(
             .map(|pid| (pid, pty.map(|p| p.master))),
     };
     drop(null);
+    // Only the workload holds the write ends now: EOF when it and its children are gone.
+    let outputs = pipes
+        .map(|((out_r, _), (err_r, _))| vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)]);
     let (pid, master) = match started {
         Ok(s) => s,
         Err(e) => return fail(g, containers, &rec, e.code, &e.message),
@@ -221,12 +252,16 @@ fn foreground(
             } else {
                 None
             };
-            let code = tty::relay(master, pid, c.interactive, signals);
+            let code = tty::relay(master, pid, c.interactive, signals, log.as_mut());
             drop(raw);
             code
         }
-        None => strata_container::launch::wait_forwarding(pid, signals),
+        None => match (outputs, log.as_mut()) {
+            (Some(outputs), Some(log)) => relay_logged(outputs, pid, signals, log),
+            _ => strata_container::launch::wait_forwarding(pid, signals),
+        },
     };
+    drop(log);
     backend.delete(&rec.id);
     if rec.auto_remove {
         lifecycle::remove_all(g, containers, &rec);
@@ -238,6 +273,112 @@ fn foreground(
         let _ = containers.save(&rec);
     }
     code
+}
+
+/// The foreground output of a logged container: its stdout and stderr pipes copied to ours
+/// and to the log until they close, the blocked `signals` forwarded to it; returns its exit
+/// code.
+fn relay_logged(
+    sources: Vec<(OwnedFd, Stream)>,
+    pid: i32,
+    signals: &nix::sys::signal::SigSet,
+    log: &mut LogWriter,
+) -> i32 {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::signal::Signal;
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    // A closed stdout of ours must not kill us (the container would go unrecorded); the
+    // workload, already started, keeps its own SIGPIPE disposition.
+    // SAFETY: changing a signal disposition of this single-threaded process.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let sfd = SignalFd::with_flags(signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
+    let mut open = sources;
+    let mut code = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    while !open.is_empty() {
+        let mut fds: Vec<PollFd> = open
+            .iter()
+            .map(|(f, _)| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            .collect();
+        if let Some(s) = &sfd {
+            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+        }
+        // After the exit, whatever is still in the pipes arrives at once; a pipe some
+        // escaped process keeps open must not hold us forever.
+        let timeout = if code.is_some() {
+            PollTimeout::from(2000u16)
+        } else {
+            PollTimeout::NONE
+        };
+        match poll(&mut fds, timeout) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => break,
+        }
+        let rev: Vec<PollFlags> = fds
+            .iter()
+            .map(|p| p.revents().unwrap_or(PollFlags::empty()))
+            .collect();
+        drop(fds);
+        let mut closed = Vec::new();
+        for (i, (fd, stream)) in open.iter().enumerate() {
+            if rev[i].is_empty() {
+                continue;
+            }
+            match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+                Ok(0) => closed.push(i),
+                Ok(n) => {
+                    log.write(*stream, &buf[..n]);
+                    let ours = match stream {
+                        Stream::Stdout => std::io::stdout().as_raw_fd(),
+                        Stream::Stderr => std::io::stderr().as_raw_fd(),
+                    };
+                    // SAFETY: our stdout/stderr stay open for the life of the process.
+                    let ours = unsafe { std::os::fd::BorrowedFd::borrow_raw(ours) };
+                    if !write_all(ours, &buf[..n]) {
+                        // Our reader went away (`strata run ... | head`): close the pipe so
+                        // the workload sees the same, as with our stdio passed straight on.
+                        closed.push(i);
+                    }
+                }
+                Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => {}
+                Err(_) => closed.push(i),
+            }
+        }
+        for i in closed.into_iter().rev() {
+            let (_, stream) = open.remove(i);
+            log.end(stream);
+        }
+        if let Some(s) = &sfd {
+            while let Ok(Some(info)) = s.read_signal() {
+                match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => {
+                        if let Some(c) = tty::reap(pid) {
+                            code = Some(c);
+                        }
+                    }
+                    Ok(sig) => {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+    code.unwrap_or_else(|| strata_container::launch::wait_forwarding(pid, signals))
+}
+
+/// Writes all of `b`; false when the reader is gone.
+fn write_all(fd: std::os::fd::BorrowedFd, mut b: &[u8]) -> bool {
+    while !b.is_empty() {
+        match nix::unistd::write(fd, b) {
+            Ok(n) => b = &b[n..],
+            Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// A workload that could not start: say why, record or remove the container, pick the code.

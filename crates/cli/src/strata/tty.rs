@@ -19,6 +19,8 @@ use nix::sys::termios::{self, SetArg, Termios};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::logs::{LogWriter, Stream};
+
 /// A host pty pair.
 pub struct Pty {
     pub master: OwnedFd,
@@ -103,8 +105,15 @@ impl Drop for RawMode {
 }
 
 /// Relays between the host stdio and the pty master until `pid` exits; forwards the signals
-/// in `signals` (blocked by the caller) to it and SIGWINCH as a resize. Returns the exit code.
-pub fn relay(master: OwnedFd, pid: i32, forward_stdin: bool, signals: &SigSet) -> i32 {
+/// in `signals` (blocked by the caller) to it and SIGWINCH as a resize; copies the output to
+/// `log` if given. Returns the exit code.
+pub fn relay(
+    master: OwnedFd,
+    pid: i32,
+    forward_stdin: bool,
+    signals: &SigSet,
+    mut log: Option<&mut LogWriter>,
+) -> i32 {
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let sfd = match SignalFd::with_flags(signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
@@ -148,7 +157,12 @@ pub fn relay(master: OwnedFd, pid: i32, forward_stdin: bool, signals: &SigSet) -
         if m.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             match nix::unistd::read(master.as_raw_fd(), &mut buf) {
                 Ok(0) | Err(nix::Error::EIO) => master_open = false,
-                Ok(n) => write_all(stdout.as_fd(), &buf[..n]),
+                Ok(n) => {
+                    write_all(stdout.as_fd(), &buf[..n]);
+                    if let Some(l) = log.as_deref_mut() {
+                        l.write(Stream::Stdout, &buf[..n]);
+                    }
+                }
                 Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => {}
                 Err(_) => master_open = false,
             }
