@@ -15,7 +15,7 @@ cargo test --workspace --no-fail-fast -- --test-threads=2
 # Fuzz smoke runs (seconds each) where nightly and cargo-fuzz exist; the stable #[test] corpora
 # above cover the same entry points everywhere. Long runs: docs/security.md.
 if cargo +nightly fuzz --version >/dev/null 2>&1; then
-  for t in seccomp_profile config_json; do
+  for t in seccomp_profile config_json cgroups; do
     scratch=$(mktemp -d)
     (cd crates/container && cargo +nightly fuzz run "$t" "$scratch" "fuzz/seeds/$t" -- -max_total_time=5 -rss_limit_mb=2048 >/dev/null 2>"$scratch.log") \
       || { cat "$scratch.log" >&2; exit 1; }

@@ -528,7 +528,9 @@ fn terminal_master_goes_over_the_console_socket_for_create_and_exec() {
     let reader = console_reader(listener);
     let mut b = Bundle::sh(
         &id,
-        "tty; [ -t 0 ] && [ -t 1 ] && echo stdio-is-tty; sleep 2",
+        // Alive until the exec below is done (a fixed sleep can run out on a loaded host).
+        "tty; [ -t 0 ] && [ -t 1 ] && echo stdio-is-tty; \
+         i=0; while [ ! -e /dev/shm/exec-done ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
     );
     b.edit(|c| {
         c["process"]["terminal"] = json!(true);
@@ -548,7 +550,7 @@ fn terminal_master_goes_over_the_console_socket_for_create_and_exec() {
         &id,
         "sh",
         "-c",
-        "tty; stty size",
+        "tty; stty size; touch /dev/shm/exec-done",
     ]);
     let exec_out = reader2.join().unwrap();
     assert!(exec_out.contains("/dev/pts/"), "exec -t: {exec_out}");
@@ -568,8 +570,123 @@ fn terminal_master_goes_over_the_console_socket_for_create_and_exec() {
     b.edit(|c| c["process"]["terminal"] = json!(true));
     let (ok, err, _) = oci.create(&b, &id, &[], &[]);
     assert!(!ok);
-    assert!(err.contains("console-socket"), "{err}");
+    assert!(err.contains("without setting console socket"), "{err}");
     assert_clean(&oci, &b, &id);
+}
+
+/// Like [`console_reader`], for a create that may fail: gives up after a deadline instead of
+/// blocking forever when the runtime never connects, and reports a missing master as an error.
+fn console_reader_until(listener: UnixListener) -> std::thread::JoinHandle<Result<String, String>> {
+    std::thread::spawn(move || {
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => return Err(format!("nobody connected: {e}")),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        let (master, _) =
+            strata_container::console::receive_master(&stream).map_err(|e| e.to_string())?;
+        let mut f = std::fs::File::from(master);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        Ok(text(&out))
+    })
+}
+
+#[test]
+fn dev_console_is_the_containers_own_pty() {
+    if !root_or_skip() {
+        return;
+    }
+    // runc binds the init's pty at /dev/console; it must be exactly the pty the engine got.
+    let oci = Oci::new();
+    let id = unique_id("console");
+    let sockdir = tempfile::tempdir().unwrap();
+    let sock = sockdir.path().join("console.sock");
+    let reader = console_reader(UnixListener::bind(&sock).unwrap());
+    let mut b = Bundle::sh(
+        &id,
+        "stat -c console=%t:%T /dev/console; stat -L -c console=%t:%T $(tty); \
+         echo through-dev-console > /dev/console",
+    );
+    b.edit(|c| c["process"]["terminal"] = json!(true));
+    oci.create_ok(&b, &id, &["--console-socket", sock.to_str().unwrap()]);
+    oci.ok(&["start", &id]);
+    let out = reader.join().unwrap();
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("console=")).collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert_eq!(
+        lines[0], lines[1],
+        "/dev/console is not the container's tty: {out:?}"
+    );
+    // 0x88 = 136, the first pty slave major.
+    assert!(lines[0].starts_with("console=88:"), "{out:?}");
+    assert!(out.contains("through-dev-console"), "{out:?}");
+    oci.ok(&["delete", "--force", &id]);
+    assert_clean(&oci, &b, &id);
+}
+
+#[test]
+fn a_symlinked_dev_console_is_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    // CVE-2025-52565: /dev/console in the rootfs is a symlink (no /dev tmpfs hides it), to a
+    // host file, or to a procfs file the container's config makes read-only. A runtime that
+    // bind-mounts the pty on the *path* /dev/console follows it: onto the host path before
+    // pivot_root, or over /proc/sys/kernel/core_pattern (under the read-only /proc/sys) after
+    // it. The mount target must be refused. (With a naive path mount, create succeeds for
+    // core_pattern and fails with a bare ENOENT for the host path: both fail this test.)
+    let oci = Oci::new();
+    let host = tempfile::tempdir().unwrap();
+    let host_file = host.path().join("host-file");
+    std::fs::write(&host_file, "host-secret").unwrap();
+    for target in ["/proc/sys/kernel/core_pattern", host_file.to_str().unwrap()] {
+        let id = unique_id("console-link");
+        let sock = host.path().join(format!("{id}.sock"));
+        let reader = console_reader_until(UnixListener::bind(&sock).unwrap());
+        let mut b = Bundle::sh(&id, "echo the-workload-ran");
+        std::os::unix::fs::symlink(target, b.rootfs().join("dev/console")).unwrap();
+        b.edit(|c| {
+            c["process"]["terminal"] = json!(true);
+            c["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|m| m["destination"] != json!("/dev"));
+        });
+        let (ok, err, _) = oci.create(&b, &id, &["--console-socket", sock.to_str().unwrap()], &[]);
+        if ok {
+            oci.ok(&["start", &id]);
+        }
+        let inside = reader.join().unwrap();
+        assert!(
+            !ok,
+            "{target}: create must refuse a symlinked /dev/console: {inside:?}"
+        );
+        assert!(
+            err.contains("/dev/console") && err.contains("symlink"),
+            "{target}: the refusal must say why: {err}"
+        );
+        assert_clean(&oci, &b, &id);
+    }
+    assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "host-secret");
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mi.contains(host.path().to_str().unwrap()),
+        "a mount landed on the host path"
+    );
 }
 
 /// Runs strata-oci with extra fds placed at fixed numbers (not close-on-exec), as an engine
@@ -887,6 +1004,322 @@ fn ready_from_the_container_reaches_the_notify_socket() {
         inside.contains("/run/notify/notify.sock\nsocket-ok"),
         "{inside}"
     );
+    oci.ok(&["delete", "--force", &id]);
+    assert_clean(&oci, &b, &id);
+}
+
+/// A terminal the test owns: strata-oci runs on its slave as session leader with it as its
+/// controlling terminal (stdin, stdout, stderr), like a user typing in a shell.
+struct TestTerminal {
+    master: std::fs::File,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+fn set_winsize(fd: i32, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize on a pty fd.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }, 0);
+}
+
+impl TestTerminal {
+    fn spawn(mut cmd: Command, rows: u16, cols: u16) -> (std::process::Child, TestTerminal) {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        set_winsize(pty.master.as_raw_fd(), rows, cols);
+        let slave = pty.slave;
+        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        // SAFETY: setsid and TIOCSCTTY are async-signal-safe; fd 0 is the pty slave here.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop(cmd);
+        let master = std::fs::File::from(pty.master);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut r, buf) = (master.try_clone().unwrap(), seen.clone());
+        std::thread::spawn(move || {
+            let mut b = [0u8; 4096];
+            while let Ok(n) = r.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+                buf.lock().unwrap().extend_from_slice(&b[..n]);
+            }
+        });
+        (child, TestTerminal { master, seen })
+    }
+
+    fn text(&self) -> String {
+        text(&self.seen.lock().unwrap())
+    }
+
+    fn wait_for(&self, what: &str) {
+        let t = Instant::now();
+        while !self.text().contains(what) {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no {what:?} on the terminal: {:?}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the terminal is in canonical (cooked) mode; the master reads the slave's termios.
+    fn canonical(&self) -> bool {
+        nix::sys::termios::tcgetattr(&self.master)
+            .unwrap()
+            .local_flags
+            .contains(nix::sys::termios::LocalFlags::ICANON)
+    }
+
+    fn type_in(&self, bytes: &[u8]) {
+        use std::io::Write;
+        (&self.master).write_all(bytes).unwrap();
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child) -> i32 {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code().unwrap_or(-1);
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("strata-oci did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn foreground_run_with_a_terminal_relays_a_pty_to_our_own_terminal() {
+    if !root_or_skip() {
+        return;
+    }
+    // runc without --console-socket: `run` allocates the pty in the container and relays it
+    // to its own stdio, in raw mode, propagating the window size and the exit code.
+    let oci = Oci::new();
+    let id = unique_id("fg-tty");
+    let mut b = Bundle::sh(
+        &id,
+        "tty; stty size; read line; echo got:$line; \
+         while [ \"$(stty size)\" = '30 100' ]; do sleep 0.05; done; echo resized; stty size; exit 7",
+    );
+    b.edit(|c| c["process"]["terminal"] = json!(true));
+    let mut cmd = Command::new(oci_bin());
+    cmd.arg("--root").arg(oci.root.path()).args([
+        "run",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        &id,
+    ]);
+    oci.ids.lock().unwrap().push(id.clone());
+    let (mut child, term) = TestTerminal::spawn(cmd, 30, 100);
+    term.wait_for("30 100");
+    // Raw mode: our terminal passes keys through; the container's pty does the line editing.
+    assert!(
+        !term.canonical(),
+        "the runtime's terminal is not in raw mode"
+    );
+    term.type_in(b"hello\r");
+    term.wait_for("got:hello");
+    set_winsize(term.master.as_raw_fd(), 40, 120);
+    term.wait_for("40 120");
+    assert_eq!(wait_exit(&mut child), 7, "{:?}", term.text());
+    let out = term.text();
+    assert!(
+        out.contains("/dev/pts/0"),
+        "the container's own devpts: {out:?}"
+    );
+    assert!(!out.contains("not a tty"), "{out:?}");
+    assert!(term.canonical(), "the terminal mode was not restored");
+    assert_clean(&oci, &b, &id);
+}
+
+#[test]
+fn foreground_exec_t_relays_a_pty_and_detached_terminals_need_a_socket() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    let id = unique_id("exec-tty");
+    let b = Bundle::sh(
+        &id,
+        "i=0; while [ ! -e /dev/shm/exec-done ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+    );
+    oci.create_ok(&b, &id, &[]);
+    oci.ok(&["start", &id]);
+    let mut cmd = Command::new(oci_bin());
+    cmd.arg("--root").arg(oci.root.path()).args([
+        "exec",
+        "-t",
+        &id,
+        "sh",
+        "-c",
+        "tty; stty size; read line; echo got:$line; exit 3",
+    ]);
+    let (mut child, term) = TestTerminal::spawn(cmd, 25, 90);
+    term.wait_for("25 90");
+    term.type_in(b"typed\r");
+    term.wait_for("got:typed");
+    assert_eq!(wait_exit(&mut child), 3, "{:?}", term.text());
+    assert!(term.text().contains("/dev/pts/"), "{:?}", term.text());
+    assert!(term.canonical(), "the terminal mode was not restored");
+
+    // Detached, nobody could use the terminal: runc's error, and nothing is started.
+    let out = oci.run(&[
+        "exec",
+        "-d",
+        "-t",
+        &id,
+        "sh",
+        "-c",
+        "touch /dev/shm/started",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr)
+            .contains("cannot allocate tty if runc will detach without setting console socket"),
+        "{}",
+        text(&out.stderr)
+    );
+    oci.ok(&["exec", &id, "touch", "/dev/shm/exec-done"]);
+    oci.ok(&["delete", "--force", &id]);
+    assert_clean(&oci, &b, &id);
+
+    for detached in [vec!["run", "-d"], vec!["create"]] {
+        let id = unique_id("tty-detached");
+        let mut b = Bundle::sh(&id, "true");
+        b.edit(|c| c["process"]["terminal"] = json!(true));
+        let mut args = detached.clone();
+        args.extend(["--bundle", b.path().to_str().unwrap(), &id]);
+        let out = oci.run(&args);
+        assert!(!out.status.success(), "{detached:?}");
+        assert!(
+            text(&out.stderr)
+                .contains("cannot allocate tty if runc will detach without setting console socket"),
+            "{detached:?}: {}",
+            text(&out.stderr)
+        );
+        assert_clean(&oci, &b, &id);
+    }
+}
+
+#[test]
+fn poststop_hooks_run_after_a_foreground_run_ends() {
+    if !root_or_skip() {
+        return;
+    }
+    // runc runs poststop when it destroys the container, which a foreground `run` does itself
+    // once the workload exits (nobody calls `delete` afterwards).
+    let oci = Oci::new();
+    let out = tempfile::tempdir().unwrap();
+    let id = unique_id("poststop-run");
+    let mut b = Bundle::sh(&id, "exit 4");
+    b.edit(|c| c["hooks"] = json!({"poststop": [hook(out.path(), "poststop")]}));
+    let (code, _, err) = oci.run_bundle(&b, &id);
+    assert_eq!(code, 4, "{err}");
+    let p = out.path().join("poststop.json");
+    let s: Value = serde_json::from_slice(
+        &std::fs::read(&p).unwrap_or_else(|e| panic!("poststop did not run: {e}; {err}")),
+    )
+    .unwrap();
+    assert_eq!(s["id"], json!(id));
+    assert_eq!(s["status"], json!("stopped"));
+    assert_eq!(s["bundle"], json!(b.path()));
+    assert_clean(&oci, &b, &id);
+}
+
+/// Sends READY from the container's side: the relay socket in the state dir is the one the
+/// container sees at /run/notify/notify.sock (busybox has no sd_notify client).
+fn send_ready_when_bound(relay: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let c = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    while c.send_to(b"STATUS=up\nREADY=1", relay).is_err() {
+        assert!(Instant::now() < deadline, "the relay socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn notify_socket_works_for_run_in_the_foreground_and_detached() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    let dir = tempfile::tempdir().unwrap();
+    let host_sock = dir.path().join("notify.sock");
+    let host = std::os::unix::net::UnixDatagram::bind(&host_sock).unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 128];
+
+    // Foreground: READY reaches the host socket while the workload runs, with MAINPID = the
+    // runtime's pid (runc: the foreground runtime stays the process systemd watches).
+    let id = unique_id("notify-run");
+    let b = Bundle::sh(
+        &id,
+        "echo $NOTIFY_SOCKET; [ -S $NOTIFY_SOCKET ] && echo socket-ok; \
+         i=0; while [ ! -e /dev/shm/done ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+    );
+    let mut cmd = oci.cmd(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    let stdout = dir.path().join("run.stdout");
+    cmd.env("NOTIFY_SOCKET", &host_sock)
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("run.stderr")).unwrap());
+    let mut run = cmd.spawn().unwrap();
+    send_ready_when_bound(&oci.state_dir(&id).join("notify/notify.sock"));
+    let n = host.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1\n");
+    let n = host.recv(&mut buf).unwrap();
+    assert_eq!(text(&buf[..n]), format!("MAINPID={}\n", run.id()));
+    oci.ok(&["exec", &id, "touch", "/dev/shm/done"]);
+    assert!(run.wait().unwrap().success());
+    assert_eq!(
+        std::fs::read_to_string(&stdout).unwrap(),
+        "/run/notify/notify.sock\nsocket-ok\n"
+    );
+    assert_clean(&oci, &b, &id);
+
+    // `run -d` returns only once READY was relayed, with MAINPID = the container's pid.
+    let id = unique_id("notify-run-d");
+    let b = Bundle::sh(&id, "sleep 30");
+    let mut cmd = oci.cmd(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]);
+    cmd.env("NOTIFY_SOCKET", &host_sock)
+        .stdout(std::fs::File::create(dir.path().join("d.stdout")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("d.stderr")).unwrap());
+    let mut run = cmd.spawn().unwrap();
+    let relay = oci.state_dir(&id).join("notify/notify.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !relay.exists() {
+        assert!(Instant::now() < deadline, "the relay socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Bound, the workload running, and `run -d` still waiting for READY.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "run -d returned before READY"
+    );
+    send_ready_when_bound(&relay);
+    assert!(run.wait().unwrap().success());
+    let n = host.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1\n");
+    let n = host.recv(&mut buf).unwrap();
+    assert_eq!(text(&buf[..n]), format!("MAINPID={}\n", oci.pid(&id)));
     oci.ok(&["delete", "--force", &id]);
     assert_clean(&oci, &b, &id);
 }

@@ -71,6 +71,10 @@ pub enum ContainerError {
     Kill(nix::Error),
     #[error("{0}")]
     Hook(String),
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
 }
 
 fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError {
@@ -181,6 +185,16 @@ impl Drop for CreateGuard<'_> {
     }
 }
 
+/// What `create_inner` started.
+struct Started {
+    /// The init's host pid.
+    pid: i32,
+    /// The state directory.
+    dir: PathBuf,
+    /// The pty master the runtime relays itself (foreground terminal without a socket).
+    master: Option<std::os::fd::OwnedFd>,
+}
+
 /// How `create_inner` leaves init.
 #[derive(PartialEq)]
 enum Mode {
@@ -232,28 +246,31 @@ impl Runtime {
     /// `create`: sets the container up and leaves its init blocked before exec until `start`.
     /// Returns the init's host pid.
     pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<i32, ContainerError> {
-        let (pid, _) = self.create_inner(id, opts, Mode::Create, None)?;
-        Ok(pid)
+        Ok(self.create_inner(id, opts, Mode::Create, None)?.pid)
     }
 
     /// `run`: create + start. Detached, returns once the workload is exec'ing (exit code 0);
-    /// otherwise waits for it, forwarding signals, deletes the container and returns its
-    /// exit code.
+    /// otherwise waits for it, forwarding signals (relaying its terminal when process.terminal
+    /// is set without `--console-socket`, as runc does), deletes the container (poststop hooks
+    /// included) and returns its exit code.
     pub fn run(&self, id: &str, opts: &CreateOptions, detach: bool) -> Result<i32, ContainerError> {
         if detach {
             self.create_inner(id, opts, Mode::Run, None)?;
             return Ok(0);
         }
         let set = launch::block_forwarded_signals();
-        let (pid, dir) = self.create_inner(id, opts, Mode::Run, Some(&set))?;
-        let code = launch::wait_forwarding(pid, &set);
+        let started = self.create_inner(id, opts, Mode::Run, Some(&set))?;
+        let code = match started.master {
+            Some(master) => crate::console::relay(master, started.pid, &set),
+            None => Ok(launch::wait_forwarding(started.pid, &set)),
+        };
         // The container is over: remove it like `delete` would.
         if let Ok(l) = self.load(id) {
             self.destroy(&l);
         } else {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(&started.dir);
         }
-        Ok(code)
+        Ok(code?)
     }
 
     fn create_inner(
@@ -262,9 +279,17 @@ impl Runtime {
         opts: &CreateOptions,
         mode: Mode,
         _forwarding: Option<&nix::sys::signal::SigSet>,
-    ) -> Result<(i32, PathBuf), ContainerError> {
+    ) -> Result<Started, ContainerError> {
         let dir = self.dir(id)?;
         let mut spec = spec::load(&opts.bundle)?;
+        // Nobody reads the runtime's stdio after `create` or `run -d`.
+        let detached = mode == Mode::Create || _forwarding.is_none();
+        let terminal = match spec.process() {
+            Some(p) => {
+                crate::console::Terminal::for_process(p, opts.console_socket.as_deref(), detached)?
+            }
+            None => crate::console::Terminal::None,
+        };
         let bundle =
             std::path::absolute(&opts.bundle).map_err(io("resolve bundle", &opts.bundle))?;
         let root_path = spec
@@ -308,11 +333,18 @@ impl Runtime {
         cg.create(Some(&effective_resources(&spec)))?;
         guard.cg = Some(cg.clone());
         // sd_notify, runc's scheme: the relay directory is bind-mounted into the container.
-        if let Some(n) = crate::notify::NotifySocket::from_env(&dir) {
+        let notify = crate::notify::NotifySocket::from_env(&dir);
+        if let Some(n) = &notify {
             n.setup_spec(&mut spec)
                 .and_then(|()| n.create_dir())
                 .map_err(|e| ContainerError::Launch(LaunchError::Child(e.to_string())))?;
         }
+        // `run` starts the workload at once: the relay socket must exist before (`create`
+        // leaves that to `start`).
+        let notify_sock = match (&notify, &mode) {
+            (Some(n), Mode::Run) => Some(n.bind()?),
+            _ => None,
+        };
         // Socket activation: LISTEN_FDS handed to the runtime go on to the container (fds 3..).
         let listen_fds = crate::fds::listen_fds_from_env();
         if let Some(p) = spec.process_mut().as_mut().filter(|_| listen_fds > 0) {
@@ -334,13 +366,21 @@ impl Runtime {
             exec_fifo: (mode == Mode::Create).then_some(fifo.as_path()),
             cgroup_dirs: cgroup_dirs(&cg),
             preserve_fds: opts.preserve_fds + listen_fds as i32,
-            console_socket: opts.console_socket.as_deref(),
+            console: terminal.container_end(),
             lock_fd: Some(lock.raw_fd()),
         };
         let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let hooks = |pid: i32| hooks_create_runtime(&spec, id, pid, &bundle);
         let spawned = launch::spawn_init(&cfg, &cg, &hooks)?;
         let pid = spawned.pid;
+        // init sent the master before it reported ready.
+        let master = match terminal.take_master() {
+            Ok(m) => m,
+            Err(e) => {
+                launch::kill_and_reap(pid);
+                return Err(e.into());
+            }
+        };
         let rec = Record {
             id: id.to_string(),
             pid,
@@ -379,7 +419,23 @@ impl Runtime {
             hooks_poststart(&spec, id, pid, &bundle);
         }
         drop(guard);
-        Ok((pid, dir))
+        if let (Some(n), Some(sock)) = (notify, notify_sock) {
+            if detached {
+                // `run -d`, like runc: return once the workload reported READY (or exited),
+                // naming it as the main pid.
+                n.relay_ready(&sock, pid)?;
+            } else {
+                // Foreground, like runc: the runtime stays the main process systemd watches
+                // (MAINPID = ours) while it waits for the workload.
+                let me = std::process::id() as i32;
+                std::thread::spawn(move || {
+                    if let Err(e) = n.relay_ready_as(&sock, pid, me) {
+                        tracing::warn!("{e}");
+                    }
+                });
+            }
+        }
+        Ok(Started { pid, dir, master })
     }
 
     /// `start`: releases a created container's init to exec the workload.
@@ -572,25 +628,36 @@ impl Runtime {
             Some(p) => Some(crate::seccomp::compile(p).map_err(|e| child_err(e.to_string()))?),
             None => None,
         };
-        let console =
-            crate::console::connect_for(process, opts.console_socket.as_deref(), opts.detach)
-                .map_err(|e| child_err(e.to_string()))?;
+        let terminal = crate::console::Terminal::for_process(
+            process,
+            opts.console_socket.as_deref(),
+            opts.detach,
+        )?;
         let cfg = ExecConfig {
             init_pid: l.rec.pid,
             process,
             caps: &caps,
             preserve_fds: opts.preserve_fds,
             seccomp: seccomp.as_ref(),
-            console: console.as_ref().map(std::os::fd::AsFd::as_fd),
+            console: terminal.container_end(),
         };
         let set = (!opts.detach).then(launch::block_forwarded_signals);
         let pid = launch::spawn_exec(&cfg, &l.cg)?;
+        // The process sent the master before it reported ready.
+        let master = match terminal.take_master() {
+            Ok(m) => m,
+            Err(e) => {
+                launch::kill_and_reap(pid);
+                return Err(e.into());
+            }
+        };
         if let Some(p) = &opts.pid_file {
             write_pid_file(p, pid)?;
         }
-        match set {
-            None => Ok(pid),
-            Some(set) => Ok(launch::wait_forwarding(pid, &set)),
+        match (set, master) {
+            (None, _) => Ok(pid),
+            (Some(set), Some(master)) => Ok(crate::console::relay(master, pid, &set)?),
+            (Some(set), None) => Ok(launch::wait_forwarding(pid, &set)),
         }
     }
 

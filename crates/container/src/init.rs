@@ -28,8 +28,9 @@ pub struct InitConfig<'a> {
     pub cgroup_dirs: Vec<(String, PathBuf)>,
     /// Fds above stdio that reach the workload (`--preserve-fds`).
     pub preserve_fds: i32,
-    /// `--console-socket`: where the pty master goes when process.terminal is set.
-    pub console_socket: Option<&'a Path>,
+    /// Where the pty master goes when process.terminal is set: the engine's
+    /// `--console-socket` or the runtime's own relay (`console::Terminal::container_end`).
+    pub console: Option<std::os::fd::BorrowedFd<'a>>,
     /// The runtime's fd holding the container lock: closed first thing in init, or the flock
     /// (shared by the forked fd) would stay held and block `start`.
     pub lock_fd: Option<std::os::fd::RawFd>,
@@ -139,7 +140,6 @@ fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, Init
         unshare_cgroup_ns()?;
     }
     nix::unistd::setsid().map_err(sys("setsid"))?;
-    let console = setup_console(cfg)?;
     if !cfg.no_new_keyring {
         join_session_keyring(cfg.id);
     }
@@ -190,7 +190,7 @@ fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, Init
     drop(root);
     rootfs::enter(cfg.rootfs, cfg.no_pivot)?;
     // The pty comes from the container's own devpts, so it is allocated after pivot_root.
-    crate::console::attach(console, process)?;
+    setup_console(cfg, process)?;
     if cfg
         .spec
         .root()
@@ -294,21 +294,12 @@ pub fn needs_runtime_hooks(spec: &Spec) -> bool {
 
 // ---- Call points for issue 3 (engineer "harden" fills these; keep one function each). ----
 
-/// Console: after setsid, before the mounts are finished. With process.terminal, allocate the
-/// pty, make it the controlling terminal and send the master over --console-socket.
-/// Here only the socket is connected (its path is a host path); the pty is allocated after
-/// pivot_root by `console::attach`.
-fn setup_console(cfg: &InitConfig) -> Result<Option<std::os::unix::net::UnixStream>, InitError> {
-    let process = cfg
-        .spec
-        .process()
-        .as_ref()
-        .expect("validated: process present");
-    Ok(crate::console::connect_for(
-        process,
-        cfg.console_socket,
-        cfg.exec_fifo.is_some(),
-    )?)
+/// Console: after pivot_root (the pty comes from the container's devpts). With
+/// process.terminal, allocate the pty, bind it at /dev/console, send the master over the
+/// socket the runtime connected (or its own relay) and make the slave the controlling
+/// terminal and stdio.
+fn setup_console(cfg: &InitConfig, process: &oci_spec::runtime::Process) -> Result<(), InitError> {
+    Ok(crate::console::attach(cfg.console, process)?)
 }
 
 /// createContainer hooks: in the container's namespaces, after the mounts, before pivot_root.

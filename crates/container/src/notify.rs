@@ -143,6 +143,19 @@ impl NotifySocket {
     /// Waits for `READY=` from the container and forwards it to the host socket with
     /// `MAINPID=<pid1>`. Returns whether READY was forwarded (false when `pid1` exited first).
     pub fn relay_ready(&self, sock: &UnixDatagram, pid1: i32) -> Result<bool, NotifyError> {
+        self.relay_ready_as(sock, pid1, pid1)
+    }
+
+    /// [`relay_ready`](Self::relay_ready) waiting on `watch` (the container's process) but
+    /// naming `main_pid` in `MAINPID=`: a foreground `run` reports itself, as runc does, since
+    /// it stays alive as long as the container and systemd must watch it.
+    pub fn relay_ready_as(
+        &self,
+        sock: &UnixDatagram,
+        watch: i32,
+        main_pid: i32,
+    ) -> Result<bool, NotifyError> {
+        let pid1 = watch;
         let path = self.socket_path();
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .map_err(|source| NotifyError::Io {
@@ -155,7 +168,7 @@ impl NotifySocket {
             match sock.recv(&mut buf) {
                 Ok(n) => {
                     if let Some(line) = ready_line(&buf[..n]) {
-                        self.send_host(line, pid1)?;
+                        self.send_host(line, main_pid)?;
                         return Ok(true);
                     }
                 }

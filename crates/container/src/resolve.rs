@@ -12,8 +12,16 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_IN_ROOT: u64 = 0x10;
+/// openat2(2) resolve flag: no crossing of mount points.
+pub const RESOLVE_NO_XDEV: u64 = 0x01;
+/// openat2(2) resolve flag: no /proc magic links.
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+/// openat2(2) resolve flag: no symlink at all (implies RESOLVE_NO_MAGICLINKS).
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+/// openat2(2) resolve flag: the path must stay below the directory fd.
+pub const RESOLVE_BENEATH: u64 = 0x08;
+/// openat2(2) resolve flag: the directory fd is "/" for the lookup.
+pub const RESOLVE_IN_ROOT: u64 = 0x10;
 
 #[repr(C)]
 struct OpenHow {
@@ -46,6 +54,25 @@ pub fn open_in_root(
     flags: libc::c_int,
     mode: libc::mode_t,
 ) -> Result<OwnedFd, Errno> {
+    openat2(
+        root,
+        path,
+        flags,
+        mode,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+/// openat2(dir, path, flags | O_CLOEXEC, mode, resolve): `path` is taken relative to `dir`
+/// (a leading `/` is dropped), `resolve` is a set of the `RESOLVE_*` flags above.
+pub fn openat2(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+    resolve: u64,
+) -> Result<OwnedFd, Errno> {
+    let root = dir;
     let rel = relative(path);
     let c = CString::new(rel.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
     let how = OpenHow {
@@ -55,7 +82,7 @@ pub fn open_in_root(
         } else {
             0
         },
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        resolve,
     };
     loop {
         // SAFETY: `c` is a valid NUL-terminated string and `how` a properly sized open_how that
