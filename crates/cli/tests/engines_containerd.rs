@@ -30,16 +30,19 @@ const STRATA_PASSING: &[Op] = &[
     Op::Kill,
     Op::Rm,
 ];
-/// strata-oci cells proven to pass under containerd with VM isolation.
-/// Not yet: run -t, pause/unpause, rm (update: ctr has no update command).
+/// strata-oci cells proven to pass under containerd with VM isolation (update: ctr has no update
+/// command).
 const STRATA_VM_PASSING: &[Op] = &[
     Op::Run,
+    Op::Tty,
     Op::Logs,
     Op::Exec,
     Op::ExecTty,
     Op::Ps,
+    Op::Pause,
     Op::Stop,
     Op::Kill,
+    Op::Rm,
 ];
 
 struct Ctr {

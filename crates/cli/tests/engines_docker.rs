@@ -28,8 +28,21 @@ const STRATA_PASSING: &[Op] = &[
     Op::Kill,
     Op::Rm,
 ];
-/// strata-oci cells proven to pass under dockerd with VM isolation.
-const STRATA_VM_PASSING: &[Op] = &[];
+/// strata-oci cells proven to pass under dockerd with VM isolation (runtime `strata-vm`, whose
+/// runtimeArgs are the global `--vm` flag).
+const STRATA_VM_PASSING: &[Op] = &[
+    Op::Run,
+    Op::Tty,
+    Op::Logs,
+    Op::Exec,
+    Op::ExecTty,
+    Op::Ps,
+    Op::Pause,
+    Op::Update,
+    Op::Stop,
+    Op::Kill,
+    Op::Rm,
+];
 
 /// Docker 20.10 has no `run --annotation`, so the VM layer is a second runtime entry whose
 /// runtimeArgs select it: dockerd writes a wrapper that runs `strata-oci --vm ...`.

@@ -1,7 +1,8 @@
 //! The Kubernetes registration of docs/kubernetes.md, tested as far as this machine allows: the
 //! containerd config snippet is taken from the doc itself, pointed at the built strata-oci, and a
 //! private containerd with the CRI plugin enabled must load it (cri plugin `ok`, both handlers in
-//! `config dump` and in the CRI plugin's start-up configuration).
+//! `config dump` and in the CRI plugin's start-up configuration), and the VM handler's binary (the
+//! `strata-oci --vm` wrapper) must run a container in a VM through containerd's runc shim.
 
 mod engines;
 
@@ -149,5 +150,46 @@ fn containerd_cri_loads_the_documented_strata_handlers() {
     assert!(
         log.contains("PodAnnotations:[dev.strata.isolation]"),
         "strata handler lets dev.strata.isolation through:\n{log}"
+    );
+
+    // The VM handler's binary (the documented `--vm` wrapper) runs an unannotated container in a
+    // VM through containerd's runc shim: the same shim calls the CRI plugin makes for a pod.
+    let img = engines::image::build(&sb);
+    if let Err(why) = engines::runtime::probe_vm_isolation(&sb, &img.rootfs) {
+        println!("engines: kubernetes: VM handler run skipped, VM isolation is unavailable: {why}");
+        return;
+    }
+    let ctr = || {
+        let mut c = Command::new("ctr");
+        c.arg("-a").arg(&cd.socket).arg("-n").arg(&sb.name);
+        c
+    };
+    run(
+        ctr().args(["images", "import"]).arg(&img.archive),
+        Duration::from_secs(120),
+    )
+    .ok()
+    .expect("ctr images import");
+    let o = run(
+        ctr()
+            .args(["run", "--rm", "--runc-binary"])
+            .arg(&vm_wrapper)
+            .arg("--runc-root")
+            .arg(sb.path("runc-root"))
+            .arg("--fifo-dir")
+            .arg(sb.path("fifo"))
+            .arg(engines::image::IMAGE_REF)
+            .arg(format!("{}-vm", sb.name))
+            .args(["uname", "-r"]),
+        Duration::from_secs(120),
+    )
+    .ok()
+    .unwrap_or_else(|e| panic!("ctr run through the strata-vm handler's binary: {e}"));
+    let host = run(Command::new("uname").arg("-r"), Duration::from_secs(5)).stdout;
+    assert!(
+        !o.stdout.trim().is_empty() && o.stdout.trim() != host.trim(),
+        "the strata-vm handler's binary should run the container on a guest kernel, not the host's {}:\n{}",
+        host.trim(),
+        o.describe()
     );
 }

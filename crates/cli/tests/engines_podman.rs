@@ -27,7 +27,6 @@ const STRATA_PASSING: &[Op] = &[
     Op::Rm,
 ];
 /// strata-oci cells proven to pass under podman with VM isolation.
-/// Not yet: pause/unpause and update (no freezer/cgroup update on the VM path), rm.
 const STRATA_VM_PASSING: &[Op] = &[
     Op::Run,
     Op::Tty,
@@ -35,8 +34,11 @@ const STRATA_VM_PASSING: &[Op] = &[
     Op::Exec,
     Op::ExecTty,
     Op::Ps,
+    Op::Pause,
+    Op::Update,
     Op::Stop,
     Op::Kill,
+    Op::Rm,
 ];
 
 #[test]

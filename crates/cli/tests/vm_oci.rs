@@ -1,6 +1,9 @@
 //! strata-oci's VM path end to end: a bundle annotated `dev.strata.isolation=vm` is created (VM
 //! booted, workload held), started, exec'd into, listed, killed and deleted with the call forms
-//! containerd's shim uses; the --pid-file pid exits with the workload's exit code.
+//! containerd's shim uses; the --pid-file pid exits with the workload's exit code. The global
+//! `--vm` flag selects the VM too (Docker's runtimeArgs); pause/resume freeze the VM's cgroup,
+//! update sets its memory limit; a terminal comes through --console-socket like runc's, and
+//! nothing of a VM is left after `delete --force`, even when its keeper was SIGKILLed.
 
 mod common;
 
@@ -19,6 +22,43 @@ impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         let _ = self.oci.run(&["delete", "--force", &self.id]);
     }
+}
+
+/// The cgroup directory of `pid` in a v1 hierarchy (`/sys/fs/cgroup/<ctrl><path>`).
+fn cgroup_of(pid: i32, ctrl: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = text
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == ctrl)
+                .then(|| path.to_string())
+        })
+        .unwrap_or_else(|| panic!("pid {pid} has no {ctrl} cgroup:\n{text}"));
+    std::path::Path::new("/sys/fs/cgroup")
+        .join(ctrl)
+        .join(path.trim_start_matches('/'))
+}
+
+/// The VM's host cgroups must be gone.
+fn assert_no_vm_cgroups(id: &str) {
+    for ctrl in ["memory", "pids", "freezer"] {
+        let d = std::path::Path::new("/sys/fs/cgroup")
+            .join(ctrl)
+            .join("strata-vm")
+            .join(id);
+        assert!(!d.exists(), "{} left", d.display());
+    }
+}
+
+fn read_file(p: &std::path::Path) -> String {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+        .trim()
+        .to_string()
 }
 
 fn wait_exit_code(pid: i32) -> i32 {
@@ -133,4 +173,186 @@ fn an_annotated_bundle_runs_in_a_vm_like_runc_runs_a_container() {
         features["annotations"]["dev.strata.isolation"],
         "container|vm"
     );
+}
+
+#[test]
+fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
+    if !root_or_skip() {
+        return;
+    }
+    // SAFETY: prctl with integer arguments (we reap the keeper, as an engine's shim does).
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let oci = Oci::new();
+    let id = unique_id("vmp");
+    let _cleanup = Cleanup {
+        oci: &oci,
+        id: id.clone(),
+    };
+    // No annotation: the global flag alone (Docker's runtimeArgs) selects the VM.
+    let mut b = Bundle::sh(&id, "sleep 1000");
+    b.edit(|c| c["root"]["readonly"] = json!(false));
+    let bp = b.path().to_str().unwrap().to_string();
+    let pidf = format!("{bp}/init.pid");
+    oci.ok(&["--vm", "create", "--bundle", &bp, "--pid-file", &pidf, &id]);
+    let pid: i32 = read_file(std::path::Path::new(&pidf)).parse().unwrap();
+    oci.ok(&["start", &id]);
+    let host = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
+    assert_ne!(oci.ok(&["exec", &id, "uname", "-r"]), host, "runs in a VM");
+
+    // The engine's pid (the keeper) is in the VM's cgroups: what engines read from it is the VM's.
+    let memory = cgroup_of(pid, "memory");
+    let freezer = cgroup_of(pid, "freezer");
+    for d in [&memory, &freezer] {
+        assert!(d.ends_with(format!("strata-vm/{id}")), "{}", d.display());
+    }
+
+    oci.ok(&["pause", &id]);
+    assert_eq!(oci.status(&id), "paused");
+    assert_eq!(read_file(&freezer.join("freezer.state")), "FROZEN");
+    // Every host process of the VM is frozen (the kernel's state letter).
+    let procs = read_file(&freezer.join("cgroup.procs"));
+    assert!(procs.lines().count() >= 2, "keeper and VM: {procs}");
+    let err = oci.fails(&["exec", &id, "true"]);
+    assert!(err.contains("paused"), "{err}");
+    let err = oci.fails(&["delete", &id]);
+    assert!(err.contains("paused"), "{err}");
+    let err = oci.fails(&["pause", &id]);
+    assert!(err.contains("already paused"), "{err}");
+    oci.ok(&["resume", &id]);
+    assert_eq!(oci.status(&id), "running");
+    assert_eq!(read_file(&freezer.join("freezer.state")), "THAWED");
+    let err = oci.fails(&["resume", &id]);
+    assert!(err.contains("not paused"), "{err}");
+    // The guest runs again.
+    assert_eq!(oci.ok(&["exec", &id, "echo", "again"]), "again\n");
+
+    // update: the memory limit of the VM's host cgroup.
+    let limit = memory.join("memory.limit_in_bytes");
+    oci.ok(&["update", "--memory", "200m", &id]);
+    assert_eq!(read_file(&limit), (200u64 << 20).to_string());
+    let no_swap = read_file(std::path::Path::new("/proc/swaps"))
+        .lines()
+        .count()
+        <= 1;
+    if no_swap {
+        // Below what the VM holds, and nothing to swap it to: refused, limit unchanged.
+        let err = oci.fails(&["update", "--memory", "1m", &id]);
+        assert!(err.contains("memory limit"), "{err}");
+        assert_eq!(read_file(&limit), (200u64 << 20).to_string());
+    }
+    let err = oci.fails(&["update", "--memory", "0", &id]);
+    assert!(err.contains("invalid memory limit"), "{err}");
+
+    // A paused VM goes with delete --force: keeper, VM, cgroups and state.
+    oci.ok(&["pause", &id]);
+    oci.ok(&["delete", "--force", &id]);
+    assert_eq!(wait_exit_code(pid), 137);
+    assert!(!oci.root.path().join("vm").join(&id).exists());
+    assert_no_vm_cgroups(&id);
+    let err = oci.fails(&["state", &id]);
+    assert!(err.contains(&id) || err.contains("not exist"), "{err}");
+}
+
+/// Reads from `fd` until `needle` has appeared (or 60 s passed); returns what was read.
+fn read_until(fd: std::os::fd::BorrowedFd, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !String::from_utf8_lossy(&seen).contains(needle) && std::time::Instant::now() < deadline {
+        let mut p = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+        if nix::poll::poll(&mut p, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) == 0 {
+            continue;
+        }
+        let mut buf = [0u8; 4096];
+        match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&seen).replace('\r', "")
+}
+
+use std::os::fd::{AsFd, AsRawFd};
+
+#[test]
+fn a_terminal_vm_gets_its_pty_through_the_console_socket_and_leaves_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let oci = Oci::new();
+    let sockdir = tempfile::tempdir().unwrap();
+    let create_tty = |id: &str, script: &str| -> (Bundle, i32, std::os::fd::OwnedFd) {
+        let mut b = Bundle::sh(id, script);
+        b.edit(|c| {
+            c["annotations"] = json!({"dev.strata.isolation": "vm"});
+            c["root"]["readonly"] = json!(false);
+            c["process"]["terminal"] = json!(true);
+            c["process"]["consoleSize"] = json!({"height": 31, "width": 97});
+        });
+        let sock = sockdir.path().join(format!("{id}.sock"));
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let accept =
+            std::thread::spawn(move || strata_container::console::accept_master(&listener));
+        let bp = b.path().to_str().unwrap().to_string();
+        let pidf = format!("{bp}/init.pid");
+        oci.ok(&[
+            "create",
+            "--bundle",
+            &bp,
+            "--console-socket",
+            sock.to_str().unwrap(),
+            "--pid-file",
+            &pidf,
+            id,
+        ]);
+        let (master, _) = accept.join().unwrap().expect("the master arrives");
+        let pid = read_file(std::path::Path::new(&pidf)).parse().unwrap();
+        (b, pid, master)
+    };
+
+    // As `ctr run -t`: the workload's terminal is a guest pty, sized from consoleSize, relayed
+    // both ways through the master the engine received.
+    let id = unique_id("vmt");
+    let _cleanup = Cleanup {
+        oci: &oci,
+        id: id.clone(),
+    };
+    let (_b, pid, master) = create_tty(
+        &id,
+        "tty; test -t 0 && echo stdin-is-a-tty; stty size; read line; echo got-$line; exit 4",
+    );
+    oci.ok(&["start", &id]);
+    let first = read_until(master.as_fd(), "31 97");
+    nix::unistd::write(&master, b"hello\n").unwrap();
+    let rest = read_until(master.as_fd(), "got-hello");
+    let out = format!("{first}{rest}");
+    for want in ["/dev/pts/", "stdin-is-a-tty", "31 97", "got-hello"] {
+        assert!(out.contains(want), "{want:?} missing in:\n{out}");
+    }
+    assert_eq!(wait_exit_code(pid), 4);
+    oci.ok(&["delete", &id]);
+    assert_no_vm_cgroups(&id);
+
+    // A created terminal VM whose keeper dies (an engine giving up on a create) is removed
+    // completely by delete --force: VM processes, cgroups, state.
+    let id2 = unique_id("vmk");
+    let _cleanup2 = Cleanup {
+        oci: &oci,
+        id: id2.clone(),
+    };
+    let (_b2, pid2, _master2) = create_tty(&id2, "sleep 1000");
+    assert_eq!(oci.status(&id2), "created");
+    // SAFETY: kill(2) on the keeper we are the reaper of.
+    unsafe { libc::kill(pid2, libc::SIGKILL) };
+    assert_eq!(wait_exit_code(pid2), 137);
+    assert_eq!(oci.status(&id2), "stopped");
+    oci.ok(&["delete", "--force", &id2]);
+    assert!(!oci.root.path().join("vm").join(&id2).exists());
+    assert_no_vm_cgroups(&id2);
+    // The orphaned VM processes were ours to reap.
+    while let Ok(
+        nix::sys::wait::WaitStatus::Exited(..) | nix::sys::wait::WaitStatus::Signaled(..),
+    ) = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+    {}
 }

@@ -1,6 +1,11 @@
 //! The VM's cgroup: a memory and pids limit around the guest kernel process and everything it
-//! forks. Minimal on purpose (create, limits, join, usage, remove) for v1, hybrid and v2 hosts;
-//! it can move onto strata-container's `Cgroup` once that one is complete.
+//! forks, and a freezer for pause. Minimal on purpose (create, limits, join, usage, freeze,
+//! remove) for v1, hybrid and v2 hosts; it can move onto strata-container's `Cgroup` once that
+//! one is complete.
+//!
+//! [`VmCgroup`] belongs to the process that booted the VM. The free functions below work on the
+//! directories a VM's state recorded ([`crate::Vm::cgroup_dirs`]), for the commands that come
+//! later from other processes (`strata-oci pause/resume/update/delete`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -76,6 +81,10 @@ impl VmCgroup {
             let mut dirs = vec![memory.clone(), pids];
             if cpus.is_some() {
                 dirs.push(root.join("cpu").join(PARENT).join(id));
+            }
+            // The freezer is what pause/unpause use (v2 has cgroup.freeze in every directory).
+            if root.join("freezer").is_dir() {
+                dirs.push(root.join("freezer").join(PARENT).join(id));
             }
             VmCgroup { memory, dirs, v2 }
         };
@@ -219,6 +228,191 @@ impl VmCgroup {
     pub(crate) fn dirs(&self) -> &[PathBuf] {
         &self.dirs
     }
+}
+
+/// How long pause, resume and removal wait for the kernel (a v1 freeze passes through FREEZING
+/// while every task stops; exiting tasks leave a cgroup asynchronously).
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The freezer control file among a VM's directories: v1 `freezer.state` or v2 `cgroup.freeze`.
+fn freezer_file(dirs: &[PathBuf]) -> Option<(PathBuf, bool)> {
+    dirs.iter().find_map(|d| {
+        let v1 = d.join("freezer.state");
+        let v2 = d.join("cgroup.freeze");
+        if v1.exists() {
+            Some((v1, false))
+        } else if v2.exists() {
+            Some((v2, true))
+        } else {
+            None
+        }
+    })
+}
+
+fn missing(dirs: &[PathBuf], step: &'static str, what: &str) -> VmmError {
+    cg_err(
+        dirs.first()
+            .map(PathBuf::as_path)
+            .unwrap_or(Path::new(ROOT)),
+        step,
+        io::Error::new(io::ErrorKind::NotFound, what.to_string()),
+    )
+}
+
+/// Whether the VM whose cgroup directories are `dirs` is frozen (paused).
+pub fn is_frozen(dirs: &[PathBuf]) -> bool {
+    match freezer_file(dirs) {
+        Some((f, false)) => fs::read_to_string(f).is_ok_and(|s| s.trim() == "FROZEN"),
+        Some((f, true)) => f
+            .parent()
+            .and_then(|d| fs::read_to_string(d.join("cgroup.events")).ok())
+            .is_some_and(|e| e.lines().any(|l| l.trim() == "frozen 1")),
+        None => false,
+    }
+}
+
+/// Freezes (`true`, pause) or thaws (`false`, resume) every host process of a VM, and waits
+/// until the kernel reports the new state. A freeze that does not complete is undone.
+pub fn set_frozen(dirs: &[PathBuf], frozen: bool) -> Result<()> {
+    let step = if frozen { "freeze" } else { "thaw" };
+    let (file, v2) = freezer_file(dirs).ok_or_else(|| {
+        missing(
+            dirs,
+            step,
+            "the VM's cgroup has no freezer (mount the freezer controller or use cgroup v2)",
+        )
+    })?;
+    let value = match (v2, frozen) {
+        (false, true) => "FROZEN",
+        (false, false) => "THAWED",
+        (true, true) => "1",
+        (true, false) => "0",
+    };
+    let t = std::time::Instant::now();
+    loop {
+        write(&file, value, step)?;
+        if is_frozen(dirs) == frozen {
+            return Ok(());
+        }
+        if t.elapsed() > SETTLE {
+            if frozen {
+                let _ = set_frozen(dirs, false);
+            }
+            return Err(cg_err(
+                &file,
+                step,
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the VM's processes did not settle within {SETTLE:?}"),
+                ),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Sets the memory limit of a VM's host processes (`None`: unlimited). The guest keeps the
+/// memory it booted with; this caps what of it (plus the VM's host-side overhead) may be
+/// resident on the host.
+pub fn set_memory_limit(dirs: &[PathBuf], bytes: Option<u64>) -> Result<()> {
+    for d in dirs {
+        let (file, unlimited) = if d.join("memory.limit_in_bytes").exists() {
+            (d.join("memory.limit_in_bytes"), "-1")
+        } else if d.join("memory.max").exists() {
+            (d.join("memory.max"), "max")
+        } else {
+            continue;
+        };
+        let value = bytes.map_or(unlimited.to_string(), |b| b.to_string());
+        return fs::write(&file, value).map_err(|e| {
+            let step = if e.raw_os_error() == Some(libc::EBUSY) {
+                "set the memory limit (the VM uses more than that now and the host cannot reclaim it)"
+            } else {
+                "set the memory limit"
+            };
+            cg_err(&file, step, e)
+        });
+    }
+    Err(missing(
+        dirs,
+        "set the memory limit",
+        "the VM's cgroup has no memory controller",
+    ))
+}
+
+/// Moves process `pid` into the VM's cgroups (strata-oci's keeper: engines read a container's
+/// cgroups from the pid they were given).
+pub fn join(dirs: &[PathBuf], pid: i32) -> Result<()> {
+    for d in dirs {
+        write(&d.join("cgroup.procs"), &pid.to_string(), "join")?;
+    }
+    Ok(())
+}
+
+/// Moves process `pid` out of the VM's cgroups, to the root of each hierarchy, so that the
+/// directories can be removed while it lives on.
+pub fn leave(dirs: &[PathBuf], pid: i32) -> Result<()> {
+    for d in dirs {
+        // `<hierarchy>/strata-vm/<id>`: the hierarchy's root is two levels up.
+        if let Some(root) = d.parent().and_then(Path::parent) {
+            write(&root.join("cgroup.procs"), &pid.to_string(), "leave")?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a VM's cgroup directories from outside the process that made them (its keeper may be
+/// gone): thaws them, kills what is still inside, waits for the tasks to leave, removes the
+/// directories, then the shared `strata-vm` parent if it is empty. Missing directories are fine.
+pub fn remove(dirs: &[PathBuf]) -> Result<()> {
+    if is_frozen(dirs) {
+        // Killed tasks of a frozen v1 cgroup only die once thawed.
+        let _ = set_frozen(dirs, false);
+    }
+    let t = std::time::Instant::now();
+    for dir in dirs.iter().rev() {
+        loop {
+            let procs = match fs::read_to_string(dir.join("cgroup.procs")) {
+                Ok(p) => p,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) => return Err(cg_err(dir, "list processes", e)),
+            };
+            let pids: Vec<i32> = procs
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            if pids.is_empty() {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && t.elapsed() < SETTLE => {}
+                    Err(e) => return Err(cg_err(dir, "remove", e)),
+                }
+            } else if t.elapsed() > SETTLE {
+                return Err(cg_err(
+                    dir,
+                    "remove",
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("processes {pids:?} are still in it after SIGKILL"),
+                    ),
+                ));
+            } else {
+                for pid in pids {
+                    // SAFETY: kill(2) with a pid listed in the VM's own cgroup; no memory is
+                    // touched. Everything in it belongs to the VM being removed.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    for dir in dirs {
+        if let Some(parent) = dir.parent().filter(|p| p.ends_with(PARENT)) {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+    Ok(())
 }
 
 const CPU_PERIOD_US: u64 = 100_000;

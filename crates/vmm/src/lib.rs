@@ -11,7 +11,7 @@
 //! - Image disks come from [`disk::build_disk`]; guest kernels from [`kernel::list_kernels`]
 //!   (scripts/build-guest-kernel.sh builds strata's own UML kernel).
 
-mod cgroup;
+pub mod cgroup;
 pub mod contract;
 mod cow;
 pub mod disk;

@@ -30,6 +30,10 @@ pub struct Cli {
     /// Accepted for runc compatibility; ignored.
     #[arg(long, global = true, hide = true)]
     pub criu: Option<String>,
+    /// Run new containers in a VM (as the annotation dev.strata.isolation=vm or
+    /// STRATA_ISOLATION=vm do): for engines that cannot pass annotations, as a runtime's args.
+    #[arg(long, global = true)]
+    pub vm: bool,
     #[command(subcommand)]
     pub command: Command,
 }

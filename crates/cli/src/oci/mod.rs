@@ -317,7 +317,13 @@ pub fn parse_size(s: &str) -> Result<i64> {
 }
 
 fn update(rt: &Runtime, a: args::UpdateArgs) -> Result<i32> {
-    let resources: LinuxResources = match &a.resources {
+    rt.update(&a.id, &parse_resources(&a)?)?;
+    Ok(0)
+}
+
+/// The resources of an `update`: the --resources JSON, or the flags.
+fn parse_resources(a: &args::UpdateArgs) -> Result<LinuxResources> {
+    Ok(match &a.resources {
         Some(p) => {
             let mut b = Vec::new();
             if p == Path::new("-") {
@@ -380,9 +386,7 @@ fn update(rt: &Runtime, a: args::UpdateArgs) -> Result<i32> {
             }
             serde_json::from_value(v)?
         }
-    };
-    rt.update(&a.id, &resources)?;
-    Ok(0)
+    })
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration> {

@@ -1,11 +1,15 @@
 //! strata-oci's VM path: a bundle whose config.json carries `dev.strata.isolation=vm` (or any
-//! bundle when `STRATA_ISOLATION=vm`) runs in a VM instead of a container.
+//! bundle when `STRATA_ISOLATION=vm` or the global `--vm` flag is given) runs in a VM instead of
+//! a container.
 //!
 //! `create` builds a disk of the bundle's rootfs, forks the per-VM keeper (vm_keeper.rs), which
-//! boots the VM, sends config.json and holds the workload; the keeper's pid goes to --pid-file and
-//! exits with the workload's exit code, so engines reap it as they reap runc's init. `start`,
-//! `kill` and `exec` are requests to the keeper over `<root>/vm/<id>/keeper.sock`; `state` reads
-//! the keeper's state file; `delete` kills what is left and removes the state.
+//! boots the VM, joins the VM's cgroups, sends config.json and holds the workload; the keeper's
+//! pid goes to --pid-file and exits with the workload's exit code, so engines reap it as they reap
+//! runc's init. `start`, `kill` and `exec` are requests to the keeper over
+//! `<root>/vm/<id>/keeper.sock`; `state` reads the keeper's state file and the VM's freezer;
+//! `pause`/`resume` freeze and thaw the VM's cgroup (guest kernel, its host helpers and the
+//! keeper), `update` sets the memory limit of that cgroup; `delete` kills what is left and
+//! removes the cgroups and the state.
 
 #[path = "../strata/vm_keeper.rs"]
 #[allow(dead_code)]
@@ -26,8 +30,8 @@ fn state_dir(root: &Path, id: &str) -> PathBuf {
     root.join("vm").join(id)
 }
 
-fn wants_vm(bundle: &Path) -> bool {
-    if std::env::var("STRATA_ISOLATION").is_ok_and(|v| v == "vm") {
+fn wants_vm(bundle: &Path, flag: bool) -> bool {
+    if flag || std::env::var("STRATA_ISOLATION").is_ok_and(|v| v == "vm") {
         return true;
     }
     std::fs::read(bundle.join("config.json"))
@@ -41,11 +45,11 @@ pub fn dispatch(cli: &Cli) -> Result<Option<i32>> {
     let root = &cli.root;
     let is_vm = |id: &str| state_dir(root, id).join("state.json").exists();
     Ok(Some(match &cli.command {
-        Command::Create(a) if wants_vm(&a.bundle) => {
+        Command::Create(a) if wants_vm(&a.bundle, cli.vm) => {
             create(root, a, true)?;
             0
         }
-        Command::Run(a) if wants_vm(&a.create.bundle) => {
+        Command::Run(a) if wants_vm(&a.create.bundle, cli.vm) => {
             let pid = create(root, &a.create, false)?;
             if a.detach {
                 0
@@ -69,7 +73,9 @@ pub fn dispatch(cli: &Cli) -> Result<Option<i32>> {
             if !vm_keeper::alive(st.keeper_pid) || st.status == "stopped" {
                 bail!("container not running");
             }
-            if st.status == "created" && matches!(sig, nix::sys::signal::Signal::SIGKILL) {
+            if strata_vmm::cgroup::is_frozen(&st.cgroup_dirs) {
+                kill_paused(&dir, &st, sig)?;
+            } else if st.status == "created" && matches!(sig, nix::sys::signal::Signal::SIGKILL) {
                 // Nothing runs yet: end the VM itself.
                 vm_keeper::destroy_vm_only(&dir);
             } else {
@@ -82,12 +88,40 @@ pub fn dispatch(cli: &Cli) -> Result<Option<i32>> {
             let dir = state_dir(root, &a.id);
             let st = vm_keeper::load_state(&dir).unwrap_or_default();
             if vm_keeper::alive(st.keeper_pid) && st.status == "running" && !a.force {
+                let what = if strata_vmm::cgroup::is_frozen(&st.cgroup_dirs) {
+                    "paused"
+                } else {
+                    "running"
+                };
                 bail!(
-                    "cannot delete container {} that is not stopped: running (use --force)",
+                    "cannot delete container {} that is not stopped: {what} (use --force)",
                     a.id
                 );
             }
             vm_keeper::destroy(&dir);
+            0
+        }
+        Command::Pause(a) if is_vm(&a.id) => {
+            let st = running_vm(root, &a.id)?;
+            if strata_vmm::cgroup::is_frozen(&st.cgroup_dirs) {
+                bail!("container {} is already paused", a.id);
+            }
+            strata_vmm::cgroup::set_frozen(&st.cgroup_dirs, true)
+                .with_context(|| format!("pause VM {}", a.id))?;
+            0
+        }
+        Command::Resume(a) if is_vm(&a.id) => {
+            let st = running_vm(root, &a.id)?;
+            if !strata_vmm::cgroup::is_frozen(&st.cgroup_dirs) {
+                bail!("container {} is not paused", a.id);
+            }
+            strata_vmm::cgroup::set_frozen(&st.cgroup_dirs, false)
+                .with_context(|| format!("resume VM {}", a.id))?;
+            0
+        }
+        Command::Update(a) if is_vm(&a.id) => {
+            let resources = super::parse_resources(a)?;
+            update(root, &a.id, &resources)?;
             0
         }
         Command::Ps(a) if is_vm(&a.id) => {
@@ -130,6 +164,58 @@ fn wait_child(pid: i32) -> i32 {
     }
 }
 
+/// The state of a VM that is created, running or paused; an error saying so otherwise.
+fn running_vm(root: &Path, id: &str) -> Result<vm_keeper::KeeperState> {
+    let st = vm_keeper::load_state(&state_dir(root, id)).context("read VM state")?;
+    if !vm_keeper::alive(st.keeper_pid) || !matches!(st.status.as_str(), "created" | "running") {
+        bail!("container {id} is not running");
+    }
+    Ok(st)
+}
+
+/// `update` of a VM: the memory limit becomes the limit of the VM's host cgroup (guest memory it
+/// touched, UML's own overhead and the keeper). The guest keeps the RAM it booted with (UML
+/// cannot resize it): a guest that needs more host memory than the new limit is reclaimed into
+/// swap where there is some, and OOM-killed as a whole otherwise. Other resources are not
+/// applied to VMs (the VM's pids and CPU limits are fixed at boot; docs/engines.md).
+fn update(root: &Path, id: &str, r: &oci_spec::runtime::LinuxResources) -> Result<()> {
+    let st = running_vm(root, id)?;
+    let Some(limit) = r.memory().as_ref().and_then(|m| m.limit()) else {
+        return Ok(());
+    };
+    let bytes = match limit {
+        -1 => None,
+        l if l > 0 => Some(l as u64),
+        l => bail!("invalid memory limit {l}: give bytes > 0, or -1 for unlimited"),
+    };
+    strata_vmm::cgroup::set_memory_limit(&st.cgroup_dirs, bytes)
+        .with_context(|| format!("update VM {id}"))
+}
+
+/// `kill` of a paused VM: its keeper is frozen and cannot answer. SIGKILL ends the VM at once
+/// (and thaws it, so the killed tasks can die, as runc does); the signals the keeper forwards
+/// to the workload are queued on the keeper and delivered when the VM is resumed.
+fn kill_paused(
+    dir: &Path,
+    st: &vm_keeper::KeeperState,
+    sig: nix::sys::signal::Signal,
+) -> Result<()> {
+    use nix::sys::signal::Signal::*;
+    match sig {
+        SIGKILL => {
+            vm_keeper::destroy_vm_only(dir);
+            Ok(())
+        }
+        SIGHUP | SIGINT | SIGQUIT | SIGTERM | SIGUSR1 | SIGUSR2 => {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(st.keeper_pid), sig)
+                .context("signal the VM keeper")
+        }
+        other => bail!(
+            "the VM is paused: {other} cannot be queued for its workload; resume it first (or send SIGKILL)"
+        ),
+    }
+}
+
 /// The OCI state of a VM container; `pid` is the keeper's (it exits with the workload).
 fn state(root: &Path, id: &str) -> Result<serde_json::Value> {
     let st = vm_keeper::load_state(&state_dir(root, id)).context("read VM state")?;
@@ -138,6 +224,7 @@ fn state(root: &Path, id: &str) -> Result<serde_json::Value> {
     } else {
         match st.status.as_str() {
             "creating" => "creating",
+            "created" | "running" if strata_vmm::cgroup::is_frozen(&st.cgroup_dirs) => "paused",
             "created" => "created",
             "running" => "running",
             _ => "stopped",
@@ -190,9 +277,13 @@ fn create(root: &Path, a: &super::args::CreateArgs, hold: bool) -> Result<i32> {
                 .take(64)
                 .collect::<String>()
         );
-        let disk =
-            strata_vmm::build_disk(&[rootfs.clone()], strata_vmm::DiskFormat::Ext4, &dir, &key)
-                .context("build the VM disk from the bundle's rootfs")?;
+        let disk = strata_vmm::build_disk(
+            std::slice::from_ref(&rootfs),
+            strata_vmm::DiskFormat::Ext4,
+            &dir,
+            &key,
+        )
+        .context("build the VM disk from the bundle's rootfs")?;
         let memory_mib = config["linux"]["resources"]["memory"]["limit"]
             .as_i64()
             .filter(|l| *l > 0)
@@ -215,7 +306,16 @@ fn create(root: &Path, a: &super::args::CreateArgs, hold: bool) -> Result<i32> {
                 .console_socket
                 .as_ref()
                 .context("process.terminal is true: --console-socket is required")?;
-            let p = nix::pty::openpty(None, None).context("allocate a pty")?;
+            // Sized as config.json asks (the keeper starts the guest's pty at this size; the
+            // engine resizes the master later and the keeper follows).
+            let size = &config["process"]["consoleSize"];
+            let ws = nix::pty::Winsize {
+                ws_row: size["height"].as_u64().unwrap_or(0).min(u16::MAX.into()) as u16,
+                ws_col: size["width"].as_u64().unwrap_or(0).min(u16::MAX.into()) as u16,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            let p = nix::pty::openpty(Some(&ws), None).context("allocate a pty")?;
             let s = strata_container::console::connect_socket(sock)?;
             strata_container::console::send_master(s.as_fd(), p.master.as_fd())?;
             Some(p.slave)
@@ -264,6 +364,9 @@ fn exec(root: &Path, a: &super::args::ExecArgs) -> Result<i32> {
     let st = vm_keeper::load_state(&dir).context("read VM state")?;
     if st.status != "running" || !vm_keeper::alive(st.keeper_pid) {
         bail!("cannot exec in a stopped container");
+    }
+    if strata_vmm::cgroup::is_frozen(&st.cgroup_dirs) {
+        bail!("cannot exec in a paused container (resume it first)");
     }
     let mut process: serde_json::Value = match &a.process {
         Some(p) => serde_json::from_slice(

@@ -291,6 +291,24 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         l.stdout.as_raw_fd(),
         l.stderr.as_raw_fd(),
     ]);
+    // What the caller's 0/1/2 were must not stay open here unless they are the workload's stdio:
+    // an engine that captures `strata-oci create`'s output (containerd's shim with a terminal)
+    // waits for EOF on it.
+    let stdio = [
+        l.stdin.as_raw_fd(),
+        l.stdout.as_raw_fd(),
+        l.stderr.as_raw_fd(),
+    ];
+    if let Ok(null) = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in (0..3).filter(|fd| !stdio.contains(fd)) {
+            // SAFETY: dup2 onto a standard fd that nothing in the keeper uses.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
     let mut status = Some(std::fs::File::from(status));
     let report = |status: &mut Option<std::fs::File>, msg: &str| {
         if let Some(mut s) = status.take() {
@@ -430,6 +448,18 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             }
         }
     };
+    // strata-oci's keeper (the one that outlives its caller) is the pid engines were given for
+    // the container: it lives in the VM's cgroups, so that the cgroups engines find from that pid
+    // are the VM's (pause, update, removal); it leaves them before the VM's cgroup is removed.
+    let joined: Vec<PathBuf> =
+        if !l.die_with_parent && strata_vmm::cgroup::join(&st.cgroup_dirs, st.keeper_pid).is_ok() {
+            st.cgroup_dirs.clone()
+        } else {
+            Vec::new()
+        };
+    let leave_cgroups = || {
+        let _ = strata_vmm::cgroup::leave(&joined, std::process::id() as i32);
+    };
     // Requests from other commands; `start` comes back to this thread.
     let (start_tx, start_rx) = mpsc::channel::<UnixStream>();
     {
@@ -460,7 +490,10 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         report(&mut status, "ok");
         match start_rx.recv() {
             Ok(conn) => start_reply = Some(conn),
-            Err(_) => return 1,
+            Err(_) => {
+                leave_cgroups();
+                return 1;
+            }
         }
     }
     let stdio = [l.stdin, l.stdout, l.stderr].map(|fd| fd.try_clone_to_owned().ok());
@@ -474,6 +507,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
                     serde_json::json!({"ok": false, "message": e.to_string()})
                 );
             }
+            leave_cgroups();
             let _ = vm.kill();
             restore_owners();
             let _ = std::fs::remove_file(&sock_path);
@@ -505,6 +539,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    leave_cgroups();
     let _ = vm.kill();
     phase("VM reaped");
     restore_owners();
@@ -979,6 +1014,10 @@ pub fn destroy(state_dir: &Path) {
             // SAFETY: SIGKILL to the VM leader recorded by its keeper.
             unsafe { libc::kill(st.vm_pid, libc::SIGKILL) };
         }
+        // A paused VM (and keeper) dies only once thawed.
+        if strata_vmm::cgroup::is_frozen(&st.cgroup_dirs) {
+            let _ = strata_vmm::cgroup::set_frozen(&st.cgroup_dirs, false);
+        }
         let t = Instant::now();
         while (alive(st.keeper_pid) || alive(st.vm_pid)) && t.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5));
@@ -987,8 +1026,8 @@ pub fn destroy(state_dir: &Path) {
             // SAFETY: the keeper did not finish: it goes too.
             unsafe { libc::kill(st.keeper_pid, libc::SIGKILL) };
         }
-        for d in &st.cgroup_dirs {
-            let _ = std::fs::remove_dir(d);
+        if let Err(e) = strata_vmm::cgroup::remove(&st.cgroup_dirs) {
+            tracing::warn!("remove the VM's cgroups: {e}");
         }
     }
     let _ = std::fs::remove_dir_all(state_dir);
@@ -1010,12 +1049,8 @@ pub fn destroy_vm_only(state_dir: &Path) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
-    let t = Instant::now();
-    while alive(st.vm_pid) && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    for d in &st.cgroup_dirs {
-        let _ = std::fs::remove_dir(d);
+    if let Err(e) = strata_vmm::cgroup::remove(&st.cgroup_dirs) {
+        tracing::warn!("remove the VM's cgroups: {e}");
     }
 }
 

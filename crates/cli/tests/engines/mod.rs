@@ -31,6 +31,12 @@ pub fn cmd_timeout() -> Duration {
     Duration::from_secs(secs)
 }
 
+/// STRATA_ENGINES_ONLY=vm runs only the VM rows (a shortcut while working on the VM layer; CI
+/// runs everything).
+pub fn only_vm() -> bool {
+    std::env::var("STRATA_ENGINES_ONLY").is_ok_and(|v| v == "vm")
+}
+
 /// Every operation of the matrix, in the order [`exercise`] performs them.
 pub const ALL_OPS: &[Op] = &[
     Op::Run,
@@ -140,6 +146,12 @@ fn child_of(pid: i32) -> Result<i32, String> {
     })
 }
 
+/// The host's kernel release (`uname -r`).
+fn host_kernel() -> Result<String, String> {
+    let o = run(Command::new("uname").arg("-r"), Duration::from_secs(5)).ok()?;
+    Ok(o.stdout.trim().to_string())
+}
+
 /// The `-t` run: prints its terminal and whether stdin is one. The pause before exiting is for
 /// ctr 1.6, which drops a terminal's last output when the process exits at once (seen here with runc,
 /// 2 runs in 40 under load).
@@ -160,6 +172,10 @@ fn pty_cell(mut run_once: impl FnMut() -> Outcome, code: i32, want: &[&str]) -> 
 /// Drives every operation of [`ALL_OPS`] through `engine` with runtime `rt` on `layer`, recording
 /// each cell in `m`. `passing` lists the strata-oci cells known to pass (runc cells are all required).
 pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer, passing: &[Op]) {
+    if layer == Layer::Container && only_vm() {
+        m.skip(rt, layer, ALL_OPS, "STRATA_ENGINES_ONLY=vm");
+        return;
+    }
     let short = match layer {
         Layer::Container => "ct",
         Layer::Vm => "vm",
@@ -173,7 +189,7 @@ pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer,
             layer,
             &n("run"),
             false,
-            &["sh", "-c", "echo hi; exit 3"],
+            &["sh", "-c", "echo hi; uname -r >&2; exit 3"],
         ));
         expect(&o, 3, &["hi"])?;
         if o.stdout.trim() != "hi" {
@@ -182,7 +198,20 @@ pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer,
                 o.describe()
             ));
         }
-        Ok(())
+        // The layer is real: a container runs on the host's kernel, a VM on its guest kernel.
+        let host = host_kernel()?;
+        let on_host = o.stderr.contains(&host);
+        match layer {
+            Layer::Container if !on_host => Err(format!(
+                "the container did not report the host kernel {host} on stderr:\n{}",
+                o.describe()
+            )),
+            Layer::Vm if on_host || o.stderr.trim().is_empty() => Err(format!(
+                "the VM should report its own kernel on stderr, not the host's {host}:\n{}",
+                o.describe()
+            )),
+            _ => Ok(()),
+        }
     });
 
     m.check(rt, layer, passing, Op::Tty, || {

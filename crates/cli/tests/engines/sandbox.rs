@@ -233,6 +233,49 @@ impl Sandbox {
         }
     }
 
+    /// VMs strata-oci ran for this sandbox: their state (`<root>/vm/<id>/state.json`, under the
+    /// sandbox or strata's default root /run/strata) lists their host cgroups, which live under
+    /// `strata-vm/`, outside the sandbox's cgroup parent. What is left in them is killed and they
+    /// are removed (with the state when it is outside the sandbox).
+    fn remove_vm_leftovers(&self) {
+        let dir = self.dir.to_string_lossy().into_owned();
+        let mut states = Vec::new();
+        find_named(&self.dir, "state.json", &mut states);
+        if let Ok(rd) = fs::read_dir("/run/strata/vm") {
+            for e in rd.flatten() {
+                let f = e.path().join("state.json");
+                if fs::read_to_string(&f).is_ok_and(|s| s.contains(&dir)) {
+                    states.push(f);
+                }
+            }
+        }
+        for f in states {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(
+                &fs::read_to_string(&f).unwrap_or_default(),
+            ) else {
+                continue;
+            };
+            let Some(dirs) = v["cgroup_dirs"].as_array() else {
+                continue;
+            };
+            for d in dirs.iter().filter_map(|d| d.as_str()) {
+                let d = Path::new(d);
+                if d.to_string_lossy().contains("/strata-vm/") {
+                    remove_cgroup(d);
+                }
+            }
+            if f.starts_with("/run/strata/vm") {
+                if let Some(state_dir) = f.parent() {
+                    let _ = fs::remove_dir_all(state_dir);
+                }
+            }
+        }
+        for ctrl in ["memory", "pids", "freezer", "cpu"] {
+            // The shared parent goes with the last VM (busy while another test's VM runs).
+            let _ = fs::remove_dir(Path::new(CGROUP_ROOT).join(ctrl).join("strata-vm"));
+        }
+    }
+
     /// containerd shims listen on `/run/containerd/s/<hash>`, outside the sandbox; each shim records
     /// that address in an `address` file in its bundle, which is inside the sandbox.
     fn remove_shim_sockets(&self) {
@@ -255,6 +298,7 @@ impl Drop for Sandbox {
         self.stop_daemons();
         self.kill_everything();
         self.remove_shim_sockets();
+        self.remove_vm_leftovers();
         self.remove_default_root_state();
         self.unmount_everything();
         for d in self.cgroup_dirs() {
@@ -278,6 +322,29 @@ impl Drop for Sandbox {
                 self.dir.display()
             );
         }
+    }
+}
+
+/// Thaws a cgroup directory, kills what is in it and removes it (for up to 5 s).
+fn remove_cgroup(d: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.exists() && Instant::now() < deadline {
+        let _ = fs::write(d.join("freezer.state"), "THAWED");
+        for pid in fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) with a pid listed in a VM cgroup of this sandbox; no memory is touched.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if fs::remove_dir(d).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if d.exists() {
+        eprintln!("sandbox: VM cgroup {} left behind", d.display());
     }
 }
 
