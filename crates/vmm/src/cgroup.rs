@@ -454,6 +454,70 @@ fn read_u64(path: &Path) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// The functions later commands use on a VM's recorded directories, on real cgroups (root
+    /// only): a process joins, is frozen and thawed, the memory limit changes, and `remove`
+    /// empties (SIGKILL) and removes the directories while the process still lives in them.
+    #[test]
+    fn freeze_limit_join_and_remove_on_real_cgroups() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: needs root for cgroups");
+            return;
+        }
+        let id = format!("strata-cgtest-{}", std::process::id());
+        let cg = VmCgroup::create(&id, 256 << 20, 64, None).unwrap();
+        let dirs = cg.dirs().to_vec();
+        /// Removes the cgroups (and so kills the child) even when an assertion fails.
+        struct Guard(Vec<PathBuf>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = remove(&self.0);
+            }
+        }
+        let _guard = Guard(dirs.clone());
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        if join(&dirs, pid).is_err() {
+            let _ = child.kill();
+        }
+        let procs = fs::read_to_string(dirs[0].join("cgroup.procs")).unwrap();
+        assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+        if freezer_file(&dirs).is_some() {
+            assert!(!is_frozen(&dirs));
+            set_frozen(&dirs, true).unwrap();
+            assert!(is_frozen(&dirs));
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let state = stat.rsplit_once(')').unwrap().1.trim_start().chars().next();
+            assert_ne!(state, Some('R'), "{stat}");
+            set_frozen(&dirs, false).unwrap();
+            assert!(!is_frozen(&dirs));
+        }
+        set_memory_limit(&dirs, Some(200 << 20)).unwrap();
+        assert_eq!(cg.memory_limit(), Some(200 << 20));
+        set_memory_limit(&dirs, None).unwrap();
+        assert!(cg.memory_limit().unwrap() > 1 << 40, "unlimited");
+        // Frozen and occupied: remove thaws, kills and removes.
+        let _ = set_frozen(&dirs, true);
+        remove(&dirs).unwrap();
+        for d in &dirs {
+            assert!(!d.exists(), "{} left", d.display());
+        }
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        // Idempotent; a VM without a freezer or memory directory gets a clear error.
+        remove(&dirs).unwrap();
+        let err = set_frozen(&dirs, true).unwrap_err().to_string();
+        assert!(err.contains("no freezer"), "{err}");
+        let err = set_memory_limit(&dirs, Some(1)).unwrap_err().to_string();
+        assert!(err.contains("no memory controller"), "{err}");
+    }
+
     #[test]
     fn quota() {
         assert_eq!(cpu_quota_us(0.5), 50_000);
