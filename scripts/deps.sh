@@ -2,7 +2,8 @@
 # Installs the Debian packages strata and its tests need (idempotent, quiet when all are present).
 set -euo pipefail
 pkgs=(busybox-static e2fsprogs erofs-utils iproute2 skopeo umoci runc crun hyperfine user-mode-linux
-      linux-source-6.1 bc flex bison libelf-dev libssl-dev docker-registry qemu-system-x86)
+      linux-source-6.1 bc flex bison libelf-dev libssl-dev docker-registry qemu-system-x86
+      apache2-utils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

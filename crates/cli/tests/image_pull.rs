@@ -20,6 +20,11 @@ struct Registry {
 
 impl Registry {
     fn start(ip: &str) -> Registry {
+        Registry::start_with_auth(ip, None)
+    }
+
+    /// With `htpasswd`: basic auth against that file (bcrypt entries).
+    fn start_with_auth(ip: &str, htpasswd: Option<&Path>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("strata-registry-")
             .tempdir()
@@ -31,14 +36,17 @@ impl Registry {
             .port();
         let addr = format!("{ip}:{port}");
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut yml = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let Some(h) = htpasswd {
+            yml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n",
+                h.display()
+            ));
+        }
+        std::fs::write(&config, yml).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -236,4 +244,144 @@ fn non_loopback_ip() -> Option<String> {
                 .is_ok_and(|ip| !ip.is_loopback())
         })
         .map(str::to_string)
+}
+
+/// Runs `cmd` with `input` on stdin (passwords go there, never into argv); returns the output.
+fn with_stdin(mut c: Command, input: &[u8]) -> std::process::Output {
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn strata(s: &TestStore) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
+    c.arg("--store")
+        .arg(s.path())
+        .arg("--quiet")
+        .env_remove("STRATA_STORE")
+        .env_remove("REGISTRY_AUTH_FILE");
+    c
+}
+
+/// A registry with htpasswd (bcrypt) auth: a pull without credentials is refused with how to
+/// log in, wrong ones are refused without the password showing, --creds works, `login` checks
+/// the password with the registry before storing it 0600, the pull then uses it, `logout`
+/// forgets it, and a Podman auth file (REGISTRY_AUTH_FILE) is used too. A refused pull leaves
+/// the store as it was.
+#[test]
+fn pulls_with_credentials() {
+    const PASSWORD: &str = "s3cret-Pw";
+    let fixtures = tempfile::tempdir().unwrap();
+    let lay = layout(fixtures.path());
+    let htpasswd = fixtures.path().join("htpasswd");
+    let mut h = Command::new("htpasswd");
+    h.args(["-iBc", htpasswd.to_str().unwrap(), "alice"]);
+    let o = with_stdin(h, PASSWORD.as_bytes());
+    assert!(
+        o.status.success(),
+        "htpasswd (apache2-utils, scripts/deps.sh): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let reg = Registry::start_with_auth("127.0.0.1", Some(&htpasswd));
+    for repo in ["a", "b", "c"] {
+        run(
+            "skopeo",
+            &[
+                "copy",
+                "-q",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                &format!("alice:{PASSWORD}"),
+                &format!("oci:{lay}:t"),
+                &format!("docker://{}/test/{repo}:v1", reg.addr),
+            ],
+        );
+    }
+    let image = |repo: &str| format!("{}/test/{repo}:v1", reg.addr);
+    let s = TestStore::new();
+    s.ok(&["images"]);
+    let before = s.listing();
+
+    let err = s.fails(&["pull", &image("a")]);
+    assert!(
+        err.contains("requires credentials")
+            && err.contains(&format!("strata login {}", reg.addr))
+            && err.contains("--creds"),
+        "{err}"
+    );
+    let err = s.fails(&["pull", "--creds", "alice:wrong-pw", &image("a")]);
+    assert!(
+        err.contains("refused the credentials of user \"alice\""),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-pw"), "the password was printed: {err}");
+    assert_eq!(before, s.listing(), "a refused pull changed the store");
+    s.ok(&["pull", "--creds", &format!("alice:{PASSWORD}"), &image("a")]);
+    s.inspect(&image("a"));
+
+    // login checks the password with the registry first: a wrong one stores nothing.
+    let auth_file = s.path().join("auth.json");
+    let mut c = strata(&s);
+    c.args([
+        "login",
+        "--username",
+        "alice",
+        "--password-stdin",
+        &reg.addr,
+    ]);
+    let o = with_stdin(c, b"wrong-pw\n");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("refused") && !err.contains("wrong-pw"),
+        "{err}"
+    );
+    assert!(!auth_file.exists());
+    let mut c = strata(&s);
+    c.args([
+        "login",
+        "--username",
+        "alice",
+        "--password-stdin",
+        &reg.addr,
+    ]);
+    let o = with_stdin(c, format!("{PASSWORD}\n").as_bytes());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Login Succeeded\n");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&auth_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!std::fs::read_to_string(&auth_file)
+        .unwrap()
+        .contains(PASSWORD));
+    s.ok(&["pull", &image("b")]);
+    s.ok(&["logout", &reg.addr]);
+    assert!(s
+        .fails(&["pull", &image("c")])
+        .contains("requires credentials"));
+
+    // Podman's auth file, written by podman login.
+    let podman_auth = fixtures.path().join("podman-auth.json");
+    let mut p = Command::new("podman");
+    p.args([
+        "login",
+        "--tls-verify=false",
+        "--authfile",
+        podman_auth.to_str().unwrap(),
+        "--username",
+        "alice",
+        "--password-stdin",
+        &reg.addr,
+    ]);
+    let o = with_stdin(p, PASSWORD.as_bytes());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut c = strata(&s);
+    c.args(["pull", &image("c")])
+        .env("REGISTRY_AUTH_FILE", &podman_auth);
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_dir(s.path().join("tmp")).unwrap().count(), 0);
 }

@@ -60,6 +60,17 @@ pub enum Error {
     DefaultImage(String),
     #[error("pull {reference}: {reason}")]
     Pull { reference: String, reason: String },
+    #[error("registry {registry} requires credentials")]
+    AuthRequired { registry: String },
+    #[error("registry {registry} refused the credentials of user {user:?} (from {source_name})")]
+    AuthRefused {
+        registry: String,
+        user: String,
+        /// Where the credentials came from: a file, or the command line.
+        source_name: String,
+    },
+    #[error("credentials file {path}: {reason}")]
+    Credentials { path: PathBuf, reason: String },
     #[error("generate config.json: {0}")]
     Bundle(String),
 }

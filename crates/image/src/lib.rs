@@ -9,6 +9,7 @@
 //! # Ok::<(), strata_image::Error>(())
 //! ```
 
+pub mod auth;
 pub mod bundle;
 pub mod compression;
 pub mod default_image;

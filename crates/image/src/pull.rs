@@ -1,19 +1,22 @@
-//! Pulling images from OCI/Docker registries with oci-client: bearer-token auth (handled by the
-//! client), manifest lists resolved to linux/amd64, every manifest and blob verified against its
-//! digest before use. Plain HTTP only for loopback registries or with `insecure`.
+//! Pulling images from OCI/Docker registries with oci-client: basic and bearer-token auth
+//! (handled by the client, credentials from [`crate::auth`]), manifest lists resolved to
+//! linux/amd64, every manifest and blob verified against its digest before use. Plain HTTP only
+//! for loopback registries or with `insecure`.
 
 use std::net::IpAddr;
 
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
     OCI_IMAGE_MEDIA_TYPE,
 };
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 use oci_spec::image::ImageIndex;
 
+use crate::auth::Credentials;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::import::{import_manifest, pick_platform, BlobSource};
@@ -25,8 +28,115 @@ use crate::store::{Store, Transaction};
 pub struct PullOptions {
     /// Allow plain HTTP to a non-loopback registry.
     pub insecure: bool,
-    /// Basic-auth credentials (user, password); anonymous (with token auth) otherwise.
-    pub credentials: Option<(String, String)>,
+    /// Credentials given for this pull (`--creds`); without them the store's auth.json and
+    /// Podman's and Docker's files are consulted, then the pull is anonymous.
+    pub credentials: Option<Credentials>,
+}
+
+/// The credentials a pull uses and where they came from (for the refusal message).
+struct Auth {
+    auth: RegistryAuth,
+    user: Option<(String, String)>,
+}
+
+impl Auth {
+    fn of(c: Option<(Credentials, String)>) -> Auth {
+        match c {
+            Some((c, from)) => Auth {
+                auth: RegistryAuth::Basic(c.username.clone(), c.password),
+                user: Some((c.username, from)),
+            },
+            None => Auth {
+                auth: RegistryAuth::Anonymous,
+                user: None,
+            },
+        }
+    }
+
+    /// An oci-client error as ours: refusals of (missing) credentials get their own errors.
+    fn error(&self, registry: &str, reference: &str, e: OciDistributionError) -> Error {
+        if !is_auth_failure(&e) {
+            return Error::Pull {
+                reference: reference.to_string(),
+                reason: e.to_string(),
+            };
+        }
+        match &self.user {
+            None => Error::AuthRequired {
+                registry: registry.to_string(),
+            },
+            Some((user, from)) => Error::AuthRefused {
+                registry: registry.to_string(),
+                user: user.clone(),
+                source_name: from.clone(),
+            },
+        }
+    }
+}
+
+/// Whether the registry (or its token service) said no to who we are.
+fn is_auth_failure(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code == 401,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+        _ => false,
+    }
+}
+
+fn client_for(registry: &str, resolved: &str, insecure: bool) -> Client {
+    let plain_http = insecure || is_loopback(registry);
+    let config = ClientConfig {
+        protocol: if plain_http {
+            ClientProtocol::HttpsExcept(vec![registry.to_string(), resolved.to_string()])
+        } else {
+            ClientProtocol::Https
+        },
+        ..Default::default()
+    };
+    Client::new(config)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Checks credentials against `registry` the way `docker login` does: the token service must
+/// accept them (bearer registries) or a request with them must not be refused (basic auth).
+pub fn check_login(registry: &str, c: &Credentials, insecure: bool) -> Result<()> {
+    let reference = format!("{registry}/strata-login-check/probe:latest");
+    let r: Reference = reference.parse().map_err(|e| Error::BadReference {
+        reference: registry.into(),
+        reason: format!("{e}"),
+    })?;
+    let who = Auth::of(Some((c.clone(), "this login".into())));
+    let rt = runtime().map_err(|e| Error::Pull {
+        reference: registry.into(),
+        reason: format!("start async runtime: {e}"),
+    })?;
+    let client = client_for(r.registry(), r.resolve_registry(), insecure);
+    let token = rt
+        .block_on(client.auth(&r, &who.auth, RegistryOperation::Pull))
+        .map_err(|e| who.error(registry, registry, e))?;
+    if token.is_some() {
+        return Ok(());
+    }
+    // Basic auth (or none): ask for a manifest that does not exist; "unknown" means the
+    // credentials got through.
+    match rt.block_on(client.pull_manifest_raw(&r, &who.auth, &[OCI_IMAGE_MEDIA_TYPE])) {
+        Err(e) if is_auth_failure(&e) => Err(who.error(registry, registry, e)),
+        Err(OciDistributionError::RequestError(e)) => Err(Error::Pull {
+            reference: registry.into(),
+            reason: e.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Pulls `reference` into the store and tags it; returns the local name and manifest digest.
@@ -45,25 +155,16 @@ pub fn pull(
         reference: reference.into(),
         reason: format!("{e}"),
     })?;
-    let registries = vec![r.registry().to_string(), r.resolve_registry().to_string()];
-    let plain_http = opts.insecure || is_loopback(r.registry());
-    let config = ClientConfig {
-        protocol: if plain_http {
-            ClientProtocol::HttpsExcept(registries)
-        } else {
-            ClientProtocol::Https
-        },
-        ..Default::default()
+    let registry = r.registry().to_string();
+    let creds = match &opts.credentials {
+        Some(c) => Some((c.clone(), "the command line".to_string())),
+        None => crate::auth::lookup(store.root(), &registry)?
+            .map(|f| (f.credentials, f.source.display().to_string())),
     };
-    let auth = match &opts.credentials {
-        Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
-        None => RegistryAuth::Anonymous,
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| fail(format!("start async runtime: {e}")))?;
-    let client = Client::new(config);
+    let who = Auth::of(creds);
+    let auth = &who.auth;
+    let rt = runtime().map_err(|e| fail(format!("start async runtime: {e}")))?;
+    let client = client_for(r.registry(), r.resolve_registry(), opts.insecure);
     let accepted = [
         OCI_IMAGE_MEDIA_TYPE,
         OCI_IMAGE_INDEX_MEDIA_TYPE,
@@ -73,8 +174,8 @@ pub fn pull(
 
     progress.begin(&format!("resolve {reference}"), None);
     let (bytes, _) = rt
-        .block_on(client.pull_manifest_raw(&r, &auth, &accepted))
-        .map_err(|e| fail(e.to_string()))?;
+        .block_on(client.pull_manifest_raw(&r, auth, &accepted))
+        .map_err(|e| who.error(&registry, reference, e))?;
     let mut md = Digest::of(&bytes);
     if let Some(want) = r.digest() {
         if want != md.as_str() {
@@ -104,8 +205,8 @@ pub fn pull(
             md.to_string(),
         );
         let (b, _) = rt
-            .block_on(client.pull_manifest_raw(&by_digest, &auth, &accepted))
-            .map_err(|e| fail(e.to_string()))?;
+            .block_on(client.pull_manifest_raw(&by_digest, auth, &accepted))
+            .map_err(|e| who.error(&registry, reference, e))?;
         if Digest::of(&b) != md {
             return Err(Error::DigestMismatch {
                 what: format!("linux/amd64 manifest of {reference}"),
@@ -123,7 +224,7 @@ pub fn pull(
         rt,
         client,
         reference: r,
-        auth: &auth,
+        auth,
         name: reference,
     };
     import_manifest(&mut tx, &md, &mut src, progress)?;

@@ -37,6 +37,10 @@ enum Command {
     Import(image::ImportArgs),
     /// Pull an image from a registry
     Pull(image::PullArgs),
+    /// Store credentials for a registry (checked with it first; kept 0600 in the store)
+    Login(image::LoginArgs),
+    /// Forget the stored credentials of a registry
+    Logout(image::LogoutArgs),
     /// Manage images
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -114,6 +118,8 @@ fn main() -> ExitCode {
         Command::Load(a) => image::load(&cli.global, a),
         Command::Import(a) => image::import(&cli.global, a),
         Command::Pull(a) => image::pull(&cli.global, a),
+        Command::Login(a) => image::login(&cli.global, a),
+        Command::Logout(a) => image::logout(&cli.global, a),
         Command::Image(c) => image::image_command(&cli.global, c),
         Command::Run(a) => run::run(&cli.global, a),
         Command::Create(a) => run::create(&cli.global, a),

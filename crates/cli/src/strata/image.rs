@@ -1,10 +1,14 @@
-//! Image commands: images, rmi, inspect, load, import, image prune, image build-default.
+//! Image commands: images, rmi, inspect, load, import, pull, login, logout, image prune,
+//! image build-default.
 
+use std::io::{BufRead, Read, Write};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::json;
+use strata_image::auth::Credentials;
 
 use super::output::{human_size, print_table, FormatArgs};
 use super::progress::reporter;
@@ -58,6 +62,31 @@ pub struct PullArgs {
     /// Allow plain HTTP to a registry that is not on the loopback interface
     #[arg(long)]
     pub insecure: bool,
+    /// Credentials for this pull, USER:PASSWORD (otherwise those of `strata login`, or of
+    /// Podman's or Docker's auth files)
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub creds: Option<String>,
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// User name (asked on the terminal when absent)
+    #[arg(short = 'u', long)]
+    pub username: Option<String>,
+    /// Read the password from stdin (otherwise it is asked on the terminal)
+    #[arg(long = "password-stdin")]
+    pub password_stdin: bool,
+    /// Allow plain HTTP to a registry that is not on the loopback interface
+    #[arg(long)]
+    pub insecure: bool,
+    /// Registry (host[:port])
+    pub registry: String,
+}
+
+#[derive(Args)]
+pub struct LogoutArgs {
+    /// Registry (host[:port])
+    pub registry: String,
 }
 
 #[derive(Subcommand)]
@@ -235,11 +264,130 @@ pub fn build_default(g: &Global) -> anyhow::Result<()> {
 pub fn pull(g: &Global, a: PullArgs) -> anyhow::Result<()> {
     let store = g.image_store()?;
     let progress = reporter(g.quiet);
+    let credentials = match a.creds.as_deref() {
+        Some(c) => Some(Credentials::parse(c).context(
+            "bad --creds: expected USER:PASSWORD (or store them once with `strata login REGISTRY`)",
+        )?),
+        None => None,
+    };
     let opts = strata_image::pull::PullOptions {
         insecure: a.insecure,
-        ..Default::default()
+        credentials,
     };
-    let (name, digest) = strata_image::pull::pull(&store, &a.reference, &opts, progress.as_ref())?;
+    let (name, digest) = match strata_image::pull::pull(
+        &store,
+        &a.reference,
+        &opts,
+        progress.as_ref(),
+    ) {
+        Ok(r) => r,
+        Err(e @ strata_image::Error::AuthRequired { .. }) => {
+            let reg = registry_of(&e);
+            bail!(
+                "pull {}: {e}: log in with `strata login {reg}` or pass --creds USER:PASSWORD",
+                a.reference
+            )
+        }
+        Err(e @ strata_image::Error::AuthRefused { .. }) => {
+            let reg = registry_of(&e);
+            bail!("pull {}: {e}: check them and log in again with `strata login {reg}` (or pass --creds USER:PASSWORD)", a.reference)
+        }
+        Err(e) => return Err(e.into()),
+    };
     println!("Pulled {name} ({digest})");
     Ok(())
+}
+
+fn registry_of(e: &strata_image::Error) -> String {
+    match e {
+        strata_image::Error::AuthRequired { registry }
+        | strata_image::Error::AuthRefused { registry, .. } => registry.clone(),
+        _ => String::new(),
+    }
+}
+
+/// `strata login`: checks the credentials with the registry, then stores them (0600).
+pub fn login(g: &Global, a: LoginArgs) -> anyhow::Result<()> {
+    let registry = strata_image::auth::registry_key(&a.registry);
+    if registry.is_empty() {
+        bail!("no registry given: strata login [--username USER] [--password-stdin] HOST[:PORT]");
+    }
+    let username = match a.username {
+        Some(u) => u,
+        None => prompt("Username: ", true)?,
+    };
+    if username.is_empty() || username.contains(':') {
+        bail!("bad user name {username:?}: it must not be empty or contain ':'");
+    }
+    let password = if a.password_stdin {
+        let mut p = String::new();
+        std::io::stdin()
+            .read_to_string(&mut p)
+            .context("read the password from stdin")?;
+        p.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        prompt("Password: ", false)?
+    };
+    if password.is_empty() {
+        bail!("empty password: write it to stdin with --password-stdin, or type it when asked");
+    }
+    let c = Credentials { username, password };
+    match strata_image::pull::check_login(&registry, &c, a.insecure) {
+        Ok(()) => {}
+        Err(e @ strata_image::Error::AuthRefused { .. }) => {
+            bail!("login to {registry}: {e}: nothing was stored")
+        }
+        Err(e) => return Err(e).with_context(|| format!("login to {registry}")),
+    }
+    let store = g.image_store()?;
+    strata_image::auth::save(store.root(), &registry, &c)?;
+    println!("Login Succeeded");
+    Ok(())
+}
+
+/// `strata logout`: forgets the stored credentials of a registry.
+pub fn logout(g: &Global, a: LogoutArgs) -> anyhow::Result<()> {
+    let registry = strata_image::auth::registry_key(&a.registry);
+    let store = g.image_store()?;
+    if !strata_image::auth::remove(store.root(), &registry)? {
+        bail!(
+            "not logged in to {registry} (no credentials for it in {})",
+            strata_image::auth::store_file(store.root()).display()
+        );
+    }
+    println!("Removed login credentials for {registry}");
+    Ok(())
+}
+
+/// Asks on the controlling terminal (the password without echo); stdin stays untouched.
+fn prompt(what: &str, echo: bool) -> anyhow::Result<String> {
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .with_context(|| {
+            format!(
+                "no terminal to ask for the {}: pass --username and --password-stdin",
+                what.trim_end_matches(": ").to_lowercase()
+            )
+        })?;
+    let saved = nix::sys::termios::tcgetattr(tty.as_fd()).ok();
+    if let (false, Some(t)) = (echo, &saved) {
+        let mut quiet = t.clone();
+        quiet
+            .local_flags
+            .remove(nix::sys::termios::LocalFlags::ECHO);
+        let _ =
+            nix::sys::termios::tcsetattr(tty.as_fd(), nix::sys::termios::SetArg::TCSANOW, &quiet);
+    }
+    let mut w = &tty;
+    let _ = w.write_all(what.as_bytes());
+    let mut line = String::new();
+    let r = std::io::BufReader::new(&tty).read_line(&mut line);
+    if let (false, Some(t)) = (echo, &saved) {
+        let _ = nix::sys::termios::tcsetattr(tty.as_fd(), nix::sys::termios::SetArg::TCSANOW, t);
+        let _ = w.write_all(b"\n");
+    }
+    r.context("read from the terminal")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
