@@ -385,3 +385,61 @@ fn pulls_with_credentials() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read_dir(s.path().join("tmp")).unwrap().count(), 0);
 }
+
+/// Runs `strata login REGISTRY` on a new pty (its controlling terminal), answers the prompts,
+/// and returns everything the terminal showed.
+fn login_on_a_terminal(s: &TestStore, registry: &str, user: &str, password: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    use std::sync::{Arc, Mutex};
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut c = strata(s);
+    c.args(["login", registry])
+        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave));
+    // SAFETY: setsid and TIOCSCTTY are async-signal-safe; fd 0 is the pty slave here.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().unwrap();
+    drop(c);
+    let mut master = std::fs::File::from(pty.master);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (mut r, buf) = (master.try_clone().unwrap(), seen.clone());
+    std::thread::spawn(move || {
+        let mut b = [0u8; 1024];
+        while let Ok(n) = r.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            buf.lock().unwrap().extend_from_slice(&b[..n]);
+        }
+    });
+    let screen = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    let wait_for = |what: &str| {
+        let t = Instant::now();
+        while !screen().contains(what) {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no {what:?}: {}",
+                screen()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("Username: ");
+    master.write_all(format!("{user}\n").as_bytes()).unwrap();
+    wait_for("Password: ");
+    master
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let status = child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(status.success(), "{}", screen());
+    screen()
+}
