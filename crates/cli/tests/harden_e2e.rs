@@ -1323,3 +1323,87 @@ fn notify_socket_works_for_run_in_the_foreground_and_detached() {
     oci.ok(&["delete", "--force", &id]);
     assert_clean(&oci, &b, &id);
 }
+
+#[test]
+fn the_exec_process_is_not_dumpable_until_it_execs_the_workload() {
+    if !root_or_skip() {
+        return;
+    }
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipping: needs strace to hold the exec process before its execve");
+        return;
+    }
+    // Between its fork into the container's pid namespace and execve, the process `exec`
+    // starts runs the runtime's code with the runtime's fds and environment. Container
+    // processes (root, same uid, no CAP_SYS_PTRACE) must not read its /proc entries then.
+    // The window is made long and deterministic by strace delaying that one execve (of a
+    // path only the workload uses) by seconds.
+    let oci = Oci::new();
+    let id = unique_id("dumpable");
+    let b = Bundle::sh(
+        &id,
+        "i=0; while [ ! -e /dev/shm/done ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done",
+    );
+    let probe = b.rootfs().join("strata-probe");
+    std::fs::write(&probe, "#!/bin/sh\nexit 0\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    oci.create_ok(&b, &id, &[]);
+    oci.ok(&["start", &id]);
+    let mut held = Command::new("strace");
+    held.args(["-f", "-qq", "-o", "/dev/null", "-P", "/strata-probe"])
+        .args(["-e", "trace=execve", "-e", "inject=execve:delay_enter=6s"])
+        .arg(oci_bin())
+        .arg("--root")
+        .arg(oci.root.path())
+        .args(["exec", &id, "/strata-probe"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut held = held.spawn().unwrap();
+    // The held process: in the container's cgroup, still running strata-oci's code.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let nspid = loop {
+        let pids: Vec<i32> =
+            serde_json::from_str(&oci.ok(&["ps", "--format", "json", &id])).unwrap();
+        let found = pids.iter().find_map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).ok()?;
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            let ns = status.lines().find(|l| l.starts_with("NSpid:"))?;
+            // In the container's pid namespace (the intermediate, also in the cgroup for a
+            // moment, is not): "NSpid: <host pid> <container pid>".
+            let ids: Vec<&str> = ns.split_whitespace().skip(1).collect();
+            (comm.trim() == "strata-oci" && ids.len() == 2).then(|| ids[1].to_string())
+        });
+        if let Some(n) = found {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "the exec process never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let check = format!(
+        "cat /proc/{n}/comm; \
+         cat /proc/{n}/environ >/dev/null 2>&1 && echo environ=readable || echo environ=denied; \
+         readlink /proc/{n}/exe >/dev/null 2>&1 && echo exe=readable || echo exe=denied; \
+         readlink /proc/{n}/fd/0 >/dev/null 2>&1 && echo fd=readable || echo fd=denied; \
+         cat /proc/1/environ >/dev/null 2>&1 && echo control=readable || echo control=denied",
+        n = nspid
+    );
+    let out = oci.ok(&["exec", &id, "sh", "-c", &check]);
+    assert!(
+        held.try_wait().unwrap().is_none(),
+        "the held exec finished before the check: {out}"
+    );
+    // The check ran while the process still was strata-oci (its comm), and the same probe
+    // reads a dumpable container process (pid 1): only non-dumpability denies it.
+    assert!(out.starts_with("strata-oci\n"), "{out}");
+    assert!(out.contains("control=readable"), "{out}");
+    assert!(
+        out.contains("environ=denied") && out.contains("exe=denied") && out.contains("fd=denied"),
+        "a container process read the exec process's /proc entries: {out}"
+    );
+    assert!(held.wait().unwrap().success());
+    oci.ok(&["exec", &id, "touch", "/dev/shm/done"]);
+    oci.ok(&["delete", "--force", &id]);
+    assert_clean(&oci, &b, &id);
+}

@@ -488,6 +488,23 @@ impl Terminal {
         }
     }
 
+    /// For a relayed terminal, starts the pty at the size of ours (`process.consoleSize`):
+    /// the workload may ask for its size before the relay could copy it.
+    pub fn size_process(&self, process: &mut Process) {
+        if !matches!(self, Terminal::Relay { .. }) {
+            return;
+        }
+        if let Some((rows, cols)) = own_window_size() {
+            if let Ok(b) = oci_spec::runtime::BoxBuilder::default()
+                .height(rows as u64)
+                .width(cols as u64)
+                .build()
+            {
+                process.set_console_size(Some(b));
+            }
+        }
+    }
+
     /// The socket the container side sends the master over, if any.
     pub fn container_end(&self) -> Option<BorrowedFd<'_>> {
         match self {
@@ -575,16 +592,23 @@ impl Drop for RawMode {
     }
 }
 
-/// Copies the size of our own terminal (stdin, else stdout) to the pty `master`.
-fn copy_window_size(master: BorrowedFd<'_>) {
+/// The size of our own terminal (stdin, else stdout), if either is one.
+fn own_window_size() -> Option<(u16, u16)> {
     for fd in [0, 1] {
         // SAFETY: winsize is plain data; TIOCGWINSZ fills it or fails on a non-tty.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
         // SAFETY: valid pointer; a failure leaves ws untouched.
         if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 {
-            let _ = set_window_size(master, ws.ws_row, ws.ws_col);
-            return;
+            return Some((ws.ws_row, ws.ws_col));
         }
+    }
+    None
+}
+
+/// Copies the size of our own terminal to the pty `master`.
+fn copy_window_size(master: BorrowedFd<'_>) {
+    if let Some((rows, cols)) = own_window_size() {
+        let _ = set_window_size(master, rows, cols);
     }
 }
 

@@ -290,6 +290,9 @@ impl Runtime {
             }
             None => crate::console::Terminal::None,
         };
+        if let Some(p) = spec.process_mut() {
+            terminal.size_process(p);
+        }
         let bundle =
             std::path::absolute(&opts.bundle).map_err(io("resolve bundle", &opts.bundle))?;
         let root_path = spec
@@ -633,6 +636,15 @@ impl Runtime {
             opts.console_socket.as_deref(),
             opts.detach,
         )?;
+        let sized;
+        let process = if matches!(terminal, crate::console::Terminal::Relay { .. }) {
+            let mut p = process.clone();
+            terminal.size_process(&mut p);
+            sized = p;
+            &sized
+        } else {
+            process
+        };
         let cfg = ExecConfig {
             init_pid: l.rec.pid,
             process,
