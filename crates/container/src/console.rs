@@ -960,4 +960,27 @@ mod tests {
             .to_string();
         assert!(e.contains("/dev ") && e.contains("symlink"), "{e}");
     }
+
+    #[test]
+    fn terminal_and_console_socket_are_checked_like_runc() {
+        let mut p = Process::default();
+        p.set_terminal(Some(true));
+        let e = Terminal::for_process(&p, None, true)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, DETACHED_TTY_WITHOUT_SOCKET);
+        let t = Terminal::for_process(&p, None, false).unwrap();
+        assert!(matches!(t, Terminal::Relay { .. }) && t.container_end().is_some());
+        let e = Terminal::for_process(&p, Some(Path::new("/nonexistent/sock")), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/sock"), "{e}");
+        p.set_terminal(Some(false));
+        let e = Terminal::for_process(&p, Some(Path::new("/x.sock")), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("process.terminal is false"), "{e}");
+        let t = Terminal::for_process(&p, None, true).unwrap();
+        assert!(t.container_end().is_none() && t.take_master().unwrap().is_none());
+    }
 }
