@@ -86,9 +86,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     strata::init();
     // CVE-2019-5736: a container's init is a fork of this process, so a workload could reach
-    // this binary through /proc/<pid>/exe. Commands that start processes in containers re-exec
-    // from a sealed memfd copy first (not the read-only bind strata-oci uses: that needs a
-    // private mount namespace, which would hide the overlay mounts strata makes from the host).
+    // this binary through /proc/<pid>/exe: commands that start processes in containers re-exec
+    // from a read-only mount of it first (strata/mod.rs).
     if matches!(
         cli.command,
         Command::Run(_)
@@ -97,13 +96,7 @@ fn main() -> ExitCode {
             | Command::Restart(_)
             | Command::Exec(_)
     ) {
-        // The copy has no directory of its own: find the guest agent beside the real binary now.
-        if std::env::var_os("STRATA_AGENT").is_none() {
-            if let Ok(agent) = strata::vm_keeper::agent_path() {
-                std::env::set_var("STRATA_AGENT", agent);
-            }
-        }
-        if let Err(e) = strata_container::exe_clone::ensure_cloned_binary() {
+        if let Err(e) = strata::protect_binary() {
             eprintln!("strata: error: {e}");
             return ExitCode::from(125);
         }

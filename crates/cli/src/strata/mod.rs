@@ -65,6 +65,26 @@ pub fn init_logging() {
         .init();
 }
 
+/// CVE-2019-5736 for the user CLI: re-executes this process from a detached read-only mount
+/// of its binary (`exe_guard`; no mount namespace, so the overlay mounts `strata` makes stay
+/// visible on the host), or from a sealed memfd copy where that is not possible or
+/// `STRATA_EXE_PROTECTION=memfd` asks for it. Returns in the protected process.
+pub fn protect_binary() -> anyhow::Result<()> {
+    // The re-executed image has no directory of its own (/proc/self/exe no longer names the
+    // install path): find the guest agent beside the real binary now.
+    if std::env::var_os("STRATA_AGENT").is_none() {
+        if let Ok(agent) = vm_keeper::agent_path() {
+            std::env::set_var("STRATA_AGENT", agent);
+        }
+    }
+    if std::env::var_os("STRATA_EXE_PROTECTION").is_some_and(|v| v == "memfd") {
+        strata_container::exe_clone::ensure_cloned_binary()?;
+    } else {
+        strata_container::exe_guard::protect_binary(strata_container::exe_guard::Fallback::Memfd)?;
+    }
+    Ok(())
+}
+
 /// Prints an error the way every strata command does and picks the exit code.
 pub fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
