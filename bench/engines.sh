@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Engine-driven start-up cost: `ctr run --rm`, `docker run --rm` and `podman run --rm` of busybox
-# `true`, each with strata-oci, crun and runc as the runtime, side by side with hyperfine.
+# `true`, each with strata-oci (container layer, and VM layer: `--annotation dev.strata.isolation=vm`
+# for ctr and podman, a daemon.json runtime `strata-vm` with runtimeArgs `--vm` for docker), crun
+# and runc as the runtime, side by side with hyperfine.
 # Engines are started privately (temp roots and sockets, as crates/cli/tests/engines_*.rs do) and
 # torn down at the end. strata-oci is measured only where one probe run through that engine works;
 # otherwise its row says why. Writes the "engines" section of docs/benchmarks.md.
@@ -13,6 +15,8 @@ bash scripts/engines-deps.sh
 runs=${RUNS:-20}
 warmup=${WARMUP:-3}
 cargo build -q --release -p strata-cli --bin strata-oci
+# The VM rows need the static guest agent (found next to the release target) and a guest kernel.
+bash scripts/build-agent.sh >/dev/null
 target=${CARGO_TARGET_DIR:-target}
 strata=$(realpath "$target/release/strata-oci")
 runc=/usr/sbin/runc
@@ -38,6 +42,19 @@ cleanup() {
   done
   # podman passes no --root: its containers' runtime state lives in the runtimes' default roots.
   for f in $(grep -l "$work" /run/strata/*/state.json /run/runc/*/state.json 2>/dev/null); do rm -rf "$(dirname "$f")"; done
+  # VMs: their strata-oci state (under the sandbox, or /run/strata/vm for podman) lists their host
+  # cgroups strata-vm/<id>, outside the sandbox's cgroup parent: thaw, empty, remove.
+  for f in $(find "$work" -path '*/vm/*/state.json' 2>/dev/null) $(grep -l "$work" /run/strata/vm/*/state.json 2>/dev/null); do
+    for d in $(python3 -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1])).get("cgroup_dirs", [])))' "$f" 2>/dev/null); do
+      case $d in */strata-vm/*) ;; *) continue ;; esac
+      [ -d "$d" ] || continue
+      [ -e "$d/freezer.state" ] && echo THAWED >"$d/freezer.state"
+      for p in $(cat "$d/cgroup.procs"); do kill -9 "$p" 2>/dev/null; done
+      for _ in 1 2 3 4 5 6 7 8 9 10; do rmdir "$d" 2>/dev/null && break; sleep 0.2; done
+    done
+    case $f in /run/strata/vm/*) rm -rf "$(dirname "$f")" ;; esac
+  done
+  for c in memory pids freezer cpu; do rmdir "/sys/fs/cgroup/$c/strata-vm" 2>/dev/null; done
   grep " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l
   for d in /sys/fs/cgroup/*/"$name"; do [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; ; done
   [ "$hugetlb_mounted" = 1 ] && umount /sys/fs/cgroup/hugetlb
@@ -97,9 +114,11 @@ $ctr images import "$work/busybox.tar" >/dev/null
 
 dk=$work/docker
 mkdir -p "$dk"
+# docker 20.10 has no --annotation: the VM layer is a runtime whose args select it.
+printf '{"runtimes": {"strata-vm": {"path": "%s", "runtimeArgs": ["--vm"]}}}\n' "$strata" >"$dk/daemon.json"
 dockerd --iptables=false --ip6tables=false --ip-forward=false --bridge=none --storage-driver=vfs \
   --data-root "$dk/data" --exec-root "$dk/exec" -H "unix://$dk/d.sock" --containerd "$cd_dir/c.sock" \
-  --pidfile "$dk/pid" --cgroup-parent "/$name" \
+  --pidfile "$dk/pid" --cgroup-parent "/$name" --config-file "$dk/daemon.json" \
   --add-runtime "strata=$strata" --add-runtime "crun=$crun" --add-runtime "runc-debian=$runc" \
   >"$dk/log" 2>&1 &
 pids+=($!)
@@ -115,11 +134,18 @@ $podman load -i "$work/busybox.tar" >/dev/null 2>&1
 
 # One command per engine × runtime; `$$` (the shell hyperfine starts) makes container ids unique.
 declare -A cmds
-for rt in strata crun runc; do
-  case $rt in strata) bin=$strata dname=strata ;; crun) bin=$crun dname=crun ;; runc) bin=$runc dname=runc-debian ;; esac
-  cmds[ctr-$rt]="$ctr run --rm --runc-binary $bin --runc-root $work/rr-$rt $img b\$\$ true"
+vm_annotation="--annotation dev.strata.isolation=vm"
+for rt in strata strata-vm crun runc; do
+  ann=
+  case $rt in
+    strata) bin=$strata dname=strata ;;
+    strata-vm) bin=$strata dname=strata-vm ann=$vm_annotation ;;
+    crun) bin=$crun dname=crun ;;
+    runc) bin=$runc dname=runc-debian ;;
+  esac
+  cmds[ctr-$rt]="$ctr run --rm --runc-binary $bin --runc-root $work/rr-$rt $ann $img b\$\$ true"
   cmds[docker-$rt]="$docker run --rm --runtime $dname --network none $img true"
-  cmds[podman-$rt]="$podman --runtime $bin $podman_run $img true"
+  cmds[podman-$rt]="$podman --runtime $bin $podman_run $ann $img true"
 done
 
 results=$work/results.md
@@ -129,14 +155,18 @@ results=$work/results.md
   echo "Host: $(nproc) cores, $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (the machine"
   echo "is shared, so compare rows of one table, not across runs). Each row: hyperfine (shell: bash)"
   echo "wall time of one full engine round trip for busybox \`true\` (create, start, wait, delete),"
-  echo "$runs runs after $warmup warm-ups. strata-oci is the release build."
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo "this tree")
+  echo "$runs runs after $warmup warm-ups. strata-oci is the release build of $commit; each row includes"
+  echo "everything the engine does around the runtime (shim or conmon, image snapshot, cgroups)."
+  echo "\`strata-vm\` is strata-oci with VM isolation: a UML guest is booted for every run (disk of the"
+  echo "container's rootfs, kernel boot, agent, workload, power-off)."
   echo
   echo "| engine | runtime | mean (ms) | σ (ms) | min (ms) |"
   echo "|---|---|---|---|---|"
 } >"$results"
 
 for eng in ctr docker podman; do
-  for rt in strata crun runc; do
+  for rt in strata strata-vm crun runc; do
     cmd=${cmds[$eng-$rt]}
     # -k: attached docker/ctr clients forward SIGTERM to the container instead of exiting.
     rc=0
@@ -162,7 +192,9 @@ done
   echo "Commands (paths shortened; \`\$T\` is the script's temp dir):"
   echo
   echo '```'
-  for k in ctr-strata docker-strata podman-strata; do echo "${cmds[$k]}" | sed "s|$work|\$T|g"; done
+  for k in ctr-strata docker-strata podman-strata ctr-strata-vm docker-strata-vm podman-strata-vm; do
+    echo "${cmds[$k]}" | sed "s|$work|\$T|g"
+  done
   echo '```'
 } >>"$results"
 
