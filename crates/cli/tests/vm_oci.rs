@@ -189,7 +189,7 @@ fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
         id: id.clone(),
     };
     // No annotation: the global flag alone (Docker's runtimeArgs) selects the VM.
-    let mut b = Bundle::sh(&id, "sleep 1000");
+    let mut b = Bundle::sh(&id, "trap 'exit 7' TERM; sleep 1000 & wait");
     b.edit(|c| c["root"]["readonly"] = json!(false));
     let bp = b.path().to_str().unwrap().to_string();
     let pidf = format!("{bp}/init.pid");
@@ -243,14 +243,77 @@ fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
     let err = oci.fails(&["update", "--memory", "0", &id]);
     assert!(err.contains("invalid memory limit"), "{err}");
 
-    // A paused VM goes with delete --force: keeper, VM, cgroups and state.
+    // SIGTERM to a paused VM waits on its keeper and reaches the workload on resume.
     oci.ok(&["pause", &id]);
-    oci.ok(&["delete", "--force", &id]);
-    assert_eq!(wait_exit_code(pid), 137);
+    oci.ok(&["kill", &id, "TERM"]);
+    assert_eq!(oci.status(&id), "paused");
+    let err = oci.fails(&["kill", &id, "WINCH"]);
+    assert!(err.contains("paused"), "{err}");
+    oci.ok(&["resume", &id]);
+    assert_eq!(wait_exit_code(pid), 7, "the workload's TERM trap ran");
+    assert_eq!(oci.status(&id), "stopped");
+    oci.ok(&["delete", &id]);
     assert!(!oci.root.path().join("vm").join(&id).exists());
     assert_no_vm_cgroups(&id);
-    let err = oci.fails(&["state", &id]);
-    assert!(err.contains(&id) || err.contains("not exist"), "{err}");
+
+    // A paused VM goes with delete --force: keeper, VM, cgroups and state.
+    let id2 = unique_id("vmp");
+    let _cleanup2 = Cleanup {
+        oci: &oci,
+        id: id2.clone(),
+    };
+    let pidf2 = format!("{bp}/init2.pid");
+    oci.ok(&[
+        "--vm",
+        "create",
+        "--bundle",
+        &bp,
+        "--pid-file",
+        &pidf2,
+        &id2,
+    ]);
+    let pid2: i32 = read_file(std::path::Path::new(&pidf2)).parse().unwrap();
+    oci.ok(&["start", &id2]);
+    oci.ok(&["pause", &id2]);
+    assert_eq!(oci.status(&id2), "paused");
+    oci.ok(&["delete", "--force", &id2]);
+    assert_eq!(wait_exit_code(pid2), 137);
+    assert!(!oci.root.path().join("vm").join(&id2).exists());
+    assert_no_vm_cgroups(&id2);
+    let err = oci.fails(&["state", &id2]);
+    assert!(err.contains(&id2) || err.contains("not exist"), "{err}");
+}
+
+#[test]
+fn a_vm_that_cannot_start_leaves_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    let id = unique_id("vmbad");
+    let mut b = Bundle::sh(&id, "true");
+    b.edit(|c| {
+        c["annotations"] = json!({"dev.strata.isolation": "vm"});
+        c["process"]["terminal"] = json!(true);
+    });
+    let bp = b.path().to_str().unwrap().to_string();
+    // A terminal without a console socket: refused before anything is made.
+    let err = oci.fails(&["create", "--bundle", &bp, &id]);
+    assert!(err.contains("--console-socket"), "{err}");
+    assert!(!oci.root.path().join("vm").join(&id).exists());
+    // A platform this host does not have: refused with the reason, nothing left.
+    b.edit(|c| c["process"]["terminal"] = json!(false));
+    let out = Command::new(oci_bin())
+        .env("STRATA_VM_PLATFORM", "kvm")
+        .arg("--root")
+        .arg(oci.root.path())
+        .args(["create", "--bundle", &bp, &id])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("kvm"), "{err}");
+    assert!(!oci.root.path().join("vm").join(&id).exists());
+    assert_no_vm_cgroups(&id);
 }
 
 /// Reads from `fd` until `needle` has appeared (or 60 s passed); returns what was read.
