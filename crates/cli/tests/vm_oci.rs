@@ -273,6 +273,13 @@ fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
         &id2,
     ]);
     let pid2: i32 = read_file(std::path::Path::new(&pidf2)).parse().unwrap();
+    // A created VM pauses too; it cannot be started while paused.
+    oci.ok(&["pause", &id2]);
+    assert_eq!(oci.status(&id2), "paused");
+    let err = oci.fails(&["start", &id2]);
+    assert!(err.contains("paused"), "{err}");
+    oci.ok(&["resume", &id2]);
+    assert_eq!(oci.status(&id2), "created");
     oci.ok(&["start", &id2]);
     oci.ok(&["pause", &id2]);
     assert_eq!(oci.status(&id2), "paused");

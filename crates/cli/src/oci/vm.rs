@@ -58,6 +58,15 @@ pub fn dispatch(cli: &Cli) -> Result<Option<i32>> {
             }
         }
         Command::Start(a) if is_vm(&a.id) => {
+            // A frozen keeper could not answer.
+            if running_vm(root, &a.id)
+                .is_ok_and(|st| strata_vmm::cgroup::is_frozen(&st.cgroup_dirs))
+            {
+                bail!(
+                    "cannot start container {}: it is paused (resume it first)",
+                    a.id
+                );
+            }
             vm_keeper::simple_request(&state_dir(root, &a.id), &Request::Start)
                 .map_err(|e| anyhow::anyhow!("start VM {}: {e}", a.id))?;
             0
