@@ -1324,6 +1324,20 @@ fn notify_socket_works_for_run_in_the_foreground_and_detached() {
     assert_clean(&oci, &b, &id);
 }
 
+/// A `strata-oci exec` held under strace; waited for on drop (the delay ends by itself).
+struct HeldExec(std::process::Child);
+
+impl Drop for HeldExec {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn the_exec_process_is_not_dumpable_until_it_execs_the_workload() {
     if !root_or_skip() {
@@ -1360,7 +1374,11 @@ fn the_exec_process_is_not_dumpable_until_it_execs_the_workload() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut held = held.spawn().unwrap();
+    // Declared after `oci`, so dropped first: even when an assertion fails, the held exec
+    // finishes (strace releases it after the delay) before the container is deleted, or its
+    // still-traced process would outlive `delete` and keep the cgroup.
+    let mut held = HeldExec(held.spawn().unwrap());
+    let held = &mut held.0;
     // The held process: in the container's cgroup, still running strata-oci's code.
     let deadline = Instant::now() + Duration::from_secs(20);
     let nspid = loop {
