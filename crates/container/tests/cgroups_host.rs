@@ -589,3 +589,26 @@ fn bad_cgroups_paths_are_refused_before_anything_is_created() {
         }
     }
 }
+
+#[test]
+fn v1_destroy_removes_sub_cgroups_the_container_made() {
+    if !host_has_v1() {
+        return;
+    }
+    // destroy tries one rmdir per leaf first; a leaf with sub-cgroups (EBUSY) is walked.
+    let name = unique("subtree");
+    let path = format!("/{name}/ctr");
+    let mut g = Guard::new(Cgroup::resolve(Some(Path::new(&path)), &name).unwrap());
+    g.cg.create(None).unwrap();
+    let leaves: Vec<PathBuf> = g.cg.paths().iter().map(|p| p.to_path_buf()).collect();
+    for leaf in &leaves {
+        std::fs::create_dir_all(leaf.join("inner/deeper")).unwrap();
+    }
+    g.cg.destroy().unwrap();
+    for leaf in &leaves {
+        assert!(!leaf.exists(), "{} left behind", leaf.display());
+    }
+    for p in &g.cg.created {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+}

@@ -538,6 +538,14 @@ fn rmdir_retrying(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
 
 /// Removes a container's leaf cgroup and any sub-cgroups the container made in it.
 fn remove_tree(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
+    // Usually the leaf is empty and has no sub-cgroups: one rmdir, no directory walk (this
+    // runs after every container, on the path of `run`'s exit). Busy (sub-cgroups, or tasks
+    // still exiting): remove the sub-cgroups, then retry.
+    match std::fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
     match std::fs::read_dir(dir) {
         Ok(entries) => {
             for entry in entries.flatten() {
