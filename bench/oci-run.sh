@@ -11,7 +11,7 @@ here=$PWD
 runs=${1:-100}
 [ "$(id -u)" = 0 ] || { echo "bench/oci-run.sh: needs root (namespaces, cgroups)" >&2; exit 1; }
 target=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release -q -p strata-cli --bin strata-oci
+STRATA_BINS=strata-oci bash scripts/build-release.sh -q
 oci=$target/release/strata-oci
 # State roots on /run, like the runtimes' defaults (/run/runc, /run/crun, /run/strata).
 work=$(mktemp -d /run/oci-run-bench.XXXXXX)

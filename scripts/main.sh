@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/main.sh: strata-oci needs root (namespaces, cgroups, mounts); run it with sudo" >&2; exit 1; }
 bash scripts/deps.sh
-cargo build --release -p strata-cli --bin strata-oci --bin strata
+bash scripts/build-release.sh
 bash scripts/build-agent.sh >/dev/null   # the VM guest's PID 1, for the compare below
 # strata's own UML guest kernel (guest/uml.config): built once, cached in /var/lib/strata/kernels
 # (~7 min on 2 cores the first time; Debian's user-mode-linux kernel is the fallback meanwhile).
