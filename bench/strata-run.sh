@@ -13,7 +13,7 @@ runs=${RUNS:-30}
 warmup=${WARMUP:-3}
 # STRATA_BIN=path measures a given build instead of building the release binary here.
 if [ -z "${STRATA_BIN:-}" ]; then
-  cargo build -q --release -p strata-cli --bin strata
+  STRATA_BINS=strata bash scripts/build-release.sh -q
   STRATA_BIN=${CARGO_TARGET_DIR:-target}/release/strata
 fi
 strata_bin=$(realpath "$STRATA_BIN")
@@ -80,7 +80,7 @@ results=$work/results.md
   echo "Host: $(nproc) cores (shared with other work), $(uname -r); load average at start:"
   echo "$(cut -d' ' -f1-3 /proc/loadavg). Each row: hyperfine (shell: none) wall time of \`run --rm IMAGE true\`"
   echo "for one busybox-static layer loaded from the same docker-archive, $runs runs after $warmup warm-ups."
-  echo "strata is the release build; podman $(podman --version | awk '{print $3}') with runc (Debian's crun refuses this hybrid cgroup host)"
+  echo "strata is the release build (static-pie, scripts/build-release.sh); podman $(podman --version | awk '{print $3}') with runc (Debian's crun refuses this hybrid cgroup host)"
   echo "and vfs storage, cgroupfs; docker $($docker version -f '{{.Server.Version}}' 2>/dev/null) (dockerd started by the script, vfs)."
   echo "Target (issue 4): strata ≤ 0.1 × podman."
   echo
