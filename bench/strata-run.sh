@@ -112,16 +112,25 @@ ratio = f"{r['mean'] / base:.1f}" if base > 0 else "-"
 print(f"| {sys.argv[2]} | {r['mean']*1e3:.1f} | {r['stddev']*1e3:.1f} | {r['min']*1e3:.1f} | {ratio} | {r['user']*1e3:.1f} | {r['system']*1e3:.1f} |")
 PY
 done
+if [ -f "$work/strata.json" ] && [ -f "$work/podman.json" ]; then
+  python3 - "$work/strata.json" "$work/podman.json" >>"$results" <<'PY'
+import json, sys
+s, p = (json.load(open(f))["results"][0]["mean"] for f in sys.argv[1:3])
+print(f"\nstrata mean / podman mean = **{s / p:.3f}** (target ≤ 0.10)")
+PY
+fi
 {
   echo
   cat <<'TXT'
-Reading: strata's own work is the CPU columns (about 5 ms user + 12 ms system for the whole
-run, container init included, against ~190 ms for podman: ≈ 0.09×). Wall time on this shared
-2-core host is mostly waiting for a CPU at each hand-over between processes, so it grows with the
-load average and varies between runs of the table; compare rows of one run, and expect
-`strata run --rm` close to its CPU time on an idle host. The profile (perf) of the rest is in the
-kernel: ext4 inode allocation for the container directory, overlay and cgroup set-up, and the
-runtime's mounts (proc, dev, cgroup binds, masked paths).
+Reading: compare rows of one run; wall time on this shared 2-core host grows with the load
+average, the CPU columns much less. strata's start (CLI and runtime together, container init
+included) is two starts of the strata binary (the CVE-2019-5736 re-exec from a detached
+read-only mount of itself), the clone into namespaces, cgroups, the overlay mount and the
+runtime's mounts; what each costs, and what was tried, is in the oci-run section (bench/oci-run-notes.md). The rest
+of the wall time is waiting: for a CPU at each hand-over between processes when the host is
+busy, for the disk when the container directory is removed (block discards on this host's
+ext4), and in some runs for the kernel's RCU grace period when the init is moved into its
+cgroups (8-12 ms here, podman's and docker's runtimes wait for it too).
 TXT
   echo
   echo "Commands (\`\$T\` is the script's temp dir):"
