@@ -24,11 +24,10 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-/// The cgroup directory of `pid` in a v1 hierarchy (`/sys/fs/cgroup/<ctrl><path>`).
-fn cgroup_of(pid: i32, ctrl: &str) -> std::path::PathBuf {
+/// The cgroup of `pid` in a v1 hierarchy, as /proc/PID/cgroup gives it (`/a/b`).
+fn cgroup_line(pid: i32, ctrl: &str) -> String {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let path = text
-        .lines()
+    text.lines()
         .find_map(|l| {
             let mut f = l.splitn(3, ':');
             let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
@@ -37,20 +36,27 @@ fn cgroup_of(pid: i32, ctrl: &str) -> std::path::PathBuf {
                 .any(|c| c == ctrl)
                 .then(|| path.to_string())
         })
-        .unwrap_or_else(|| panic!("pid {pid} has no {ctrl} cgroup:\n{text}"));
-    std::path::Path::new("/sys/fs/cgroup")
-        .join(ctrl)
-        .join(path.trim_start_matches('/'))
+        .unwrap_or_else(|| panic!("pid {pid} has no {ctrl} cgroup:\n{text}"))
 }
 
-/// The VM's host cgroups must be gone.
-fn assert_no_vm_cgroups(id: &str) {
-    for ctrl in ["memory", "pids", "freezer"] {
-        let d = std::path::Path::new("/sys/fs/cgroup")
-            .join(ctrl)
-            .join("strata-vm")
-            .join(id);
-        assert!(!d.exists(), "{} left", d.display());
+/// The cgroup directory of `pid` in a v1 hierarchy (`/sys/fs/cgroup/<ctrl><path>`).
+fn cgroup_of(pid: i32, ctrl: &str) -> std::path::PathBuf {
+    std::path::Path::new("/sys/fs/cgroup")
+        .join(ctrl)
+        .join(cgroup_line(pid, ctrl).trim_start_matches('/'))
+}
+
+/// The VM's host cgroups must be gone: the bundle's cgroupsPath (`Bundle` makes it
+/// `/strata-test-<bundle id>`) and strata's default `/strata-vm/<id>`, in every hierarchy.
+fn assert_no_vm_cgroups(bundle_id: &str, id: &str) {
+    for ctrl in ["memory", "pids", "freezer", "cpu", "unified"] {
+        let h = std::path::Path::new("/sys/fs/cgroup").join(ctrl);
+        for d in [
+            h.join(format!("strata-test-{bundle_id}")),
+            h.join("strata-vm").join(id),
+        ] {
+            assert!(!d.exists(), "{} left", d.display());
+        }
     }
 }
 
@@ -92,9 +98,13 @@ fn an_annotated_bundle_runs_in_a_vm_like_runc_runs_a_container() {
         &id,
         "echo started > /tmp/marker; trap 'exit 7' TERM; while true; do sleep 0.1; done",
     );
+    // A nested cgroupsPath, as engines give (containerd `/<namespace>/<id>`, podman
+    // `/libpod_parent/libpod-<id>`).
+    let cgroups_path = format!("/strata-test-{id}/vm-{id}");
     b.edit(|c| {
         c["annotations"] = json!({"dev.strata.isolation": "vm"});
         c["root"]["readonly"] = json!(false);
+        c["linux"]["cgroupsPath"] = json!(cgroups_path);
     });
     let bp = b.path().to_str().unwrap().to_string();
     let pidf = format!("{bp}/init.pid");
@@ -104,6 +114,29 @@ fn an_annotated_bundle_runs_in_a_vm_like_runc_runs_a_container() {
         .trim()
         .parse()
         .unwrap();
+    // The VM's host processes (the keeper, which engines were given as the container's pid, and
+    // the UML processes) live in the cgroup config.json names, in every hierarchy: where the
+    // kubelet, `podman stats` and containerd look for the container.
+    let mut ctrls = vec!["memory", "pids", "cpu", "freezer"];
+    if std::path::Path::new("/sys/fs/cgroup/unified").is_dir() {
+        ctrls.push(""); // the cgroup2 line `0::/path` of a hybrid host
+    }
+    for ctrl in ctrls {
+        assert_eq!(
+            cgroup_line(pid, ctrl),
+            cgroups_path,
+            "{ctrl} cgroup of {pid}"
+        );
+    }
+    let memory = cgroup_of(pid, "memory");
+    let procs = read_file(&memory.join("cgroup.procs"));
+    assert!(procs.lines().count() >= 2, "keeper and VM: {procs}");
+    // Its limit is the guest's memory (128 MiB without a limit in config.json) plus the VM's
+    // host-side overhead (96 MiB).
+    assert_eq!(
+        read_file(&memory.join("memory.limit_in_bytes")),
+        ((128u64 + 96) << 20).to_string()
+    );
     assert_eq!(oci.status(&id), "created");
     let st: Value = serde_json::from_str(&oci.ok(&["state", &id])).unwrap();
     assert_eq!(st["pid"], pid);
@@ -161,13 +194,7 @@ fn an_annotated_bundle_runs_in_a_vm_like_runc_runs_a_container() {
     assert_eq!(oci.status(&id), "stopped");
     oci.ok(&["delete", &id]);
     assert!(!oci.root.path().join("vm").join(&id).exists());
-    for ctrl in ["memory", "pids"] {
-        let d = std::path::Path::new("/sys/fs/cgroup")
-            .join(ctrl)
-            .join("strata-vm")
-            .join(&id);
-        assert!(!d.exists(), "{} left", d.display());
-    }
+    assert_no_vm_cgroups(&id, &id);
     let features: Value = serde_json::from_str(&oci.ok(&["features"])).unwrap();
     assert_eq!(
         features["annotations"]["dev.strata.isolation"],
@@ -203,7 +230,8 @@ fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
     let memory = cgroup_of(pid, "memory");
     let freezer = cgroup_of(pid, "freezer");
     for d in [&memory, &freezer] {
-        assert!(d.ends_with(format!("strata-vm/{id}")), "{}", d.display());
+        // At the bundle's cgroupsPath, as runc puts a container: where the engine looks.
+        assert!(d.ends_with(format!("strata-test-{id}")), "{}", d.display());
     }
 
     oci.ok(&["pause", &id]);
@@ -254,7 +282,7 @@ fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
     assert_eq!(oci.status(&id), "stopped");
     oci.ok(&["delete", &id]);
     assert!(!oci.root.path().join("vm").join(&id).exists());
-    assert_no_vm_cgroups(&id);
+    assert_no_vm_cgroups(&id, &id);
 
     // A paused VM goes with delete --force: keeper, VM, cgroups and state.
     let id2 = unique_id("vmp");
@@ -286,7 +314,7 @@ fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
     oci.ok(&["delete", "--force", &id2]);
     assert_eq!(wait_exit_code(pid2), 137);
     assert!(!oci.root.path().join("vm").join(&id2).exists());
-    assert_no_vm_cgroups(&id2);
+    assert_no_vm_cgroups(&id, &id2);
     let err = oci.fails(&["state", &id2]);
     assert!(err.contains(&id2) || err.contains("not exist"), "{err}");
 }
@@ -320,7 +348,7 @@ fn a_vm_that_cannot_start_leaves_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("kvm"), "{err}");
     assert!(!oci.root.path().join("vm").join(&id).exists());
-    assert_no_vm_cgroups(&id);
+    assert_no_vm_cgroups(&id, &id);
 }
 
 /// Reads from `fd` until `needle` has appeared (or 60 s passed); returns what was read.
@@ -402,7 +430,7 @@ fn a_terminal_vm_gets_its_pty_through_the_console_socket_and_leaves_nothing() {
     }
     assert_eq!(wait_exit_code(pid), 4);
     oci.ok(&["delete", &id]);
-    assert_no_vm_cgroups(&id);
+    assert_no_vm_cgroups(&id, &id);
 
     // A created terminal VM whose keeper dies (an engine giving up on a create) is removed
     // completely by delete --force: VM processes, cgroups, state.
@@ -419,7 +447,7 @@ fn a_terminal_vm_gets_its_pty_through_the_console_socket_and_leaves_nothing() {
     assert_eq!(oci.status(&id2), "stopped");
     oci.ok(&["delete", "--force", &id2]);
     assert!(!oci.root.path().join("vm").join(&id2).exists());
-    assert_no_vm_cgroups(&id2);
+    assert_no_vm_cgroups(&id2, &id2);
     // The orphaned VM processes were ours to reap.
     while let Ok(
         nix::sys::wait::WaitStatus::Exited(..) | nix::sys::wait::WaitStatus::Signaled(..),

@@ -66,6 +66,17 @@ pub enum VmmError {
         source: io::Error,
     },
 
+    /// An operation on the VM's cgroup failed (strata-container's cgroups say which file).
+    #[error("VM {id}: {step}: {source}")]
+    VmCgroup {
+        /// The VM's id.
+        id: String,
+        /// What was being done.
+        step: &'static str,
+        /// The underlying error.
+        source: strata_container::cgroups::CgroupError,
+    },
+
     /// Waiting for, signalling or querying the VM process failed.
     #[error("VM process {pid}: {step}: {source}")]
     Process {

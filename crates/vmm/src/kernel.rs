@@ -83,7 +83,7 @@ pub fn list_built(dir: &Path) -> Vec<KernelInfo> {
             },
         ));
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     found.into_iter().map(|(_, k)| k).collect()
 }
 

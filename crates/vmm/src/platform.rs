@@ -34,8 +34,13 @@ pub enum Console {
 /// Everything needed to boot one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
-    /// A unique id (container id); names the VM's cgroup. `[A-Za-z0-9_.-]`, ≤ 64 bytes.
+    /// A unique id (container id); names the VM's cgroup when `cgroups_path` is unset.
+    /// `[A-Za-z0-9_.-]`, ≤ 64 bytes.
     pub id: String,
+    /// Where the VM's host processes are confined, as runc interprets config.json's
+    /// `linux.cgroupsPath` (absolute: from each hierarchy's root; relative: under the caller's
+    /// own cgroup). `None`: strata's `/strata-vm/<id>`.
+    pub cgroups_path: Option<PathBuf>,
     /// The guest kernel (for UML, the `linux` executable).
     pub kernel: PathBuf,
     /// An initramfs (newc cpio) the kernel unpacks as its first root, e.g. the agent's
@@ -70,6 +75,7 @@ impl VmConfig {
     ) -> Self {
         VmConfig {
             id: id.into(),
+            cgroups_path: None,
             kernel: kernel.into(),
             initrd: None,
             init: None,
@@ -105,7 +111,7 @@ impl VmConfig {
             )));
         }
         if let Some(c) = self.cpu_limit {
-            if !(c.is_finite() && c >= 0.01 && c <= 1024.0) {
+            if !(c.is_finite() && (0.01..=1024.0).contains(&c)) {
                 return Err(VmmError::InvalidConfig(format!(
                     "CPU limit {c} must be between 0.01 and 1024 CPUs"
                 )));

@@ -323,6 +323,7 @@ impl Platform for UmlPlatform {
             let memory = u64::from(config.memory_mib) << 20;
             let cgroup = match VmCgroup::create(
                 &config.id,
+                config.cgroups_path.as_deref(),
                 memory + HOST_OVERHEAD_BYTES,
                 PIDS_MAX,
                 config.cpu_limit,

@@ -60,12 +60,17 @@ impl Vm {
         self.channel.take()
     }
 
-    /// The VM's cgroup directories (empty if it has none).
+    /// The VM's cgroup directories, one per hierarchy (empty if it has none).
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
         self.cgroup
             .as_ref()
-            .map(|c| c.dirs().to_vec())
+            .map(VmCgroup::paths)
             .unwrap_or_default()
+    }
+
+    /// The VM's cgroup, to record for later commands (pause, update, removal).
+    pub fn cgroup(&self) -> Option<&VmCgroup> {
+        self.cgroup.as_ref()
     }
 
     /// Memory charged to the VM, from its cgroup.
@@ -75,11 +80,7 @@ impl Vm {
             step: "read memory statistics",
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "the VM has no cgroup"),
         })?;
-        Ok(MemoryStats {
-            current_bytes: cg.memory_usage().unwrap_or(0),
-            peak_bytes: cg.memory_peak().unwrap_or(0),
-            limit_bytes: cg.memory_limit().unwrap_or(0),
-        })
+        cg.memory()
     }
 
     /// Waits for the VM to end and cleans up after it. The guest kernel's own status says

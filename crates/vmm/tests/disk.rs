@@ -95,7 +95,13 @@ fn erofs_images_build() {
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     for format in [DiskFormat::Erofs, DiskFormat::ErofsLz4] {
-        let img = build_disk(&[root.clone()], format, &dir.path().join("cache"), "k").unwrap();
+        let img = build_disk(
+            std::slice::from_ref(&root),
+            format,
+            &dir.path().join("cache"),
+            "k",
+        )
+        .unwrap();
         let data = std::fs::read(&img).unwrap();
         // erofs superblock magic at 1024.
         assert_eq!(

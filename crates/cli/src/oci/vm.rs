@@ -30,6 +30,18 @@ fn state_dir(root: &Path, id: &str) -> PathBuf {
     root.join("vm").join(id)
 }
 
+/// Whether the VM is paused (its cgroup frozen).
+fn frozen(st: &vm_keeper::KeeperState) -> bool {
+    st.cgroup.as_ref().is_some_and(|cg| cg.is_frozen())
+}
+
+/// The VM's cgroup, as its keeper recorded it.
+fn vm_cgroup(st: &vm_keeper::KeeperState) -> Result<&strata_vmm::cgroup::VmCgroup> {
+    st.cgroup
+        .as_ref()
+        .context("the VM's state records no cgroup (made by an older strata-oci: delete it and create it again)")
+}
+
 fn wants_vm(bundle: &Path, flag: bool) -> bool {
     if flag || std::env::var("STRATA_ISOLATION").is_ok_and(|v| v == "vm") {
         return true;
@@ -59,9 +71,7 @@ pub fn dispatch(cli: &Cli) -> Result<Option<i32>> {
         }
         Command::Start(a) if is_vm(&a.id) => {
             // A frozen keeper could not answer.
-            if running_vm(root, &a.id)
-                .is_ok_and(|st| strata_vmm::cgroup::is_frozen(&st.cgroup_dirs))
-            {
+            if running_vm(root, &a.id).is_ok_and(|st| frozen(&st)) {
                 bail!(
                     "cannot start container {}: it is paused (resume it first)",
                     a.id
@@ -82,7 +92,7 @@ pub fn dispatch(cli: &Cli) -> Result<Option<i32>> {
             if !vm_keeper::alive(st.keeper_pid) || st.status == "stopped" {
                 bail!("container not running");
             }
-            if strata_vmm::cgroup::is_frozen(&st.cgroup_dirs) {
+            if frozen(&st) {
                 kill_paused(&dir, &st, sig)?;
             } else if st.status == "created" && matches!(sig, nix::sys::signal::Signal::SIGKILL) {
                 // Nothing runs yet: end the VM itself.
@@ -97,11 +107,7 @@ pub fn dispatch(cli: &Cli) -> Result<Option<i32>> {
             let dir = state_dir(root, &a.id);
             let st = vm_keeper::load_state(&dir).unwrap_or_default();
             if vm_keeper::alive(st.keeper_pid) && st.status == "running" && !a.force {
-                let what = if strata_vmm::cgroup::is_frozen(&st.cgroup_dirs) {
-                    "paused"
-                } else {
-                    "running"
-                };
+                let what = if frozen(&st) { "paused" } else { "running" };
                 bail!(
                     "cannot delete container {} that is not stopped: {what} (use --force)",
                     a.id
@@ -112,19 +118,21 @@ pub fn dispatch(cli: &Cli) -> Result<Option<i32>> {
         }
         Command::Pause(a) if is_vm(&a.id) => {
             let st = running_vm(root, &a.id)?;
-            if strata_vmm::cgroup::is_frozen(&st.cgroup_dirs) {
+            if frozen(&st) {
                 bail!("container {} is already paused", a.id);
             }
-            strata_vmm::cgroup::set_frozen(&st.cgroup_dirs, true)
+            vm_cgroup(&st)?
+                .set_frozen(true)
                 .with_context(|| format!("pause VM {}", a.id))?;
             0
         }
         Command::Resume(a) if is_vm(&a.id) => {
             let st = running_vm(root, &a.id)?;
-            if !strata_vmm::cgroup::is_frozen(&st.cgroup_dirs) {
+            if !frozen(&st) {
                 bail!("container {} is not paused", a.id);
             }
-            strata_vmm::cgroup::set_frozen(&st.cgroup_dirs, false)
+            vm_cgroup(&st)?
+                .set_frozen(false)
                 .with_context(|| format!("resume VM {}", a.id))?;
             0
         }
@@ -197,7 +205,8 @@ fn update(root: &Path, id: &str, r: &oci_spec::runtime::LinuxResources) -> Resul
         l if l > 0 => Some(l as u64),
         l => bail!("invalid memory limit {l}: give bytes > 0, or -1 for unlimited"),
     };
-    strata_vmm::cgroup::set_memory_limit(&st.cgroup_dirs, bytes)
+    vm_cgroup(&st)?
+        .set_memory_limit(bytes)
         .with_context(|| format!("update VM {id}"))
 }
 
@@ -233,7 +242,7 @@ fn state(root: &Path, id: &str) -> Result<serde_json::Value> {
     } else {
         match st.status.as_str() {
             "creating" => "creating",
-            "created" | "running" if strata_vmm::cgroup::is_frozen(&st.cgroup_dirs) => "paused",
+            "created" | "running" if frozen(&st) => "paused",
             "created" => "created",
             "running" => "running",
             _ => "stopped",
@@ -307,6 +316,14 @@ fn create(root: &Path, a: &super::args::CreateArgs, hold: bool) -> Result<i32> {
             vcpus: 1,
             cache_dir: root.join("vm").join(".cache"),
             tty,
+            // The VM's host processes go where the engine wants the container's (runc's
+            // interpretation of the path; the container id when there is none).
+            cgroups_path: Some(PathBuf::from(
+                config["linux"]["cgroupsPath"]
+                    .as_str()
+                    .filter(|p| !p.is_empty())
+                    .map_or_else(|| format!("/{}", a.id), str::to_string),
+            )),
         };
         // With a terminal, the engine gets the master of a host pty whose slave the keeper
         // relays to the guest's own pty.
@@ -374,7 +391,7 @@ fn exec(root: &Path, a: &super::args::ExecArgs) -> Result<i32> {
     if st.status != "running" || !vm_keeper::alive(st.keeper_pid) {
         bail!("cannot exec in a stopped container");
     }
-    if strata_vmm::cgroup::is_frozen(&st.cgroup_dirs) {
+    if frozen(&st) {
         bail!("cannot exec in a paused container (resume it first)");
     }
     let mut process: serde_json::Value = match &a.process {

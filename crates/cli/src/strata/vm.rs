@@ -130,6 +130,8 @@ pub fn prepare(
         vcpus,
         cache_dir: cache.join("cache"),
         tty: o.tty,
+        // `strata run --vm`: strata's own /strata-vm/<id>.
+        cgroups_path: None,
     };
     let p = dir.join("vm.json");
     std::fs::write(&p, serde_json::to_vec_pretty(&spec)?)

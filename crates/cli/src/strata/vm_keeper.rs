@@ -42,6 +42,10 @@ pub struct VmSpec {
     /// The workload gets a terminal (a guest pty relayed to the caller's stdio).
     #[serde(default)]
     pub tty: bool,
+    /// config.json's `linux.cgroupsPath` (strata-oci): the VM's host processes live in the cgroup
+    /// the engine chose. None: strata's `/strata-vm/<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups_path: Option<PathBuf>,
 }
 
 /// A volume as a block device.
@@ -63,7 +67,11 @@ pub struct KeeperState {
     pub keeper_pid: i32,
     pub vm_pid: i32,
     pub platform: String,
+    /// The VM's cgroup directories, one per hierarchy (for readers of the memory usage).
     pub cgroup_dirs: Vec<PathBuf>,
+    /// The VM's cgroup, for pause, update and removal from later commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<strata_vmm::cgroup::VmCgroup>,
     /// `creating`, `created` (workload held), `running`, `stopped`.
     pub status: String,
     #[serde(default)]
@@ -409,6 +417,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         phase("guest kernel started");
         st.vm_pid = vm.pid();
         st.cgroup_dirs = vm.cgroup_dirs();
+        st.cgroup = vm.cgroup().cloned();
         save_state(l.state_dir, &st);
         let vm_pid = vm.pid();
         let Some(channel) = vm.take_channel() else {
@@ -451,14 +460,14 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     // strata-oci's keeper (the one that outlives its caller) is the pid engines were given for
     // the container: it lives in the VM's cgroups, so that the cgroups engines find from that pid
     // are the VM's (pause, update, removal); it leaves them before the VM's cgroup is removed.
-    let joined: Vec<PathBuf> =
-        if !l.die_with_parent && strata_vmm::cgroup::join(&st.cgroup_dirs, st.keeper_pid).is_ok() {
-            st.cgroup_dirs.clone()
-        } else {
-            Vec::new()
-        };
+    let joined = st
+        .cgroup
+        .as_ref()
+        .filter(|cg| !l.die_with_parent && cg.join(st.keeper_pid).is_ok());
     let leave_cgroups = || {
-        let _ = strata_vmm::cgroup::leave(&joined, std::process::id() as i32);
+        if let Some(cg) = joined {
+            let _ = cg.leave(std::process::id() as i32);
+        }
     };
     // Requests from other commands; `start` comes back to this thread.
     let (start_tx, start_rx) = mpsc::channel::<UnixStream>();
@@ -616,6 +625,7 @@ fn boot(l: &Launch, platform: &dyn Platform) -> Result<strata_vmm::Vm, String> {
     let agent = agent_path()?;
     let initrd = agent_initrd(&agent, &l.spec.cache_dir)?;
     let mut cfg = VmConfig::new(l.id, kernel.path, l.state_dir.join("run"));
+    cfg.cgroups_path = l.spec.cgroups_path.clone();
     cfg.memory_mib = l.spec.memory_mib;
     cfg.vcpus = l.spec.vcpus;
     cfg.initrd = Some(initrd);
@@ -1015,8 +1025,8 @@ pub fn destroy(state_dir: &Path) {
             unsafe { libc::kill(st.vm_pid, libc::SIGKILL) };
         }
         // A paused VM (and keeper) dies only once thawed.
-        if strata_vmm::cgroup::is_frozen(&st.cgroup_dirs) {
-            let _ = strata_vmm::cgroup::set_frozen(&st.cgroup_dirs, false);
+        if let Some(cg) = st.cgroup.as_ref().filter(|cg| cg.is_frozen()) {
+            let _ = cg.set_frozen(false);
         }
         let t = Instant::now();
         while (alive(st.keeper_pid) || alive(st.vm_pid)) && t.elapsed() < Duration::from_secs(10) {
@@ -1026,9 +1036,7 @@ pub fn destroy(state_dir: &Path) {
             // SAFETY: the keeper did not finish: it goes too.
             unsafe { libc::kill(st.keeper_pid, libc::SIGKILL) };
         }
-        if let Err(e) = strata_vmm::cgroup::remove(&st.cgroup_dirs) {
-            tracing::warn!("remove the VM's cgroups: {e}");
-        }
+        remove_cgroup(&st);
     }
     let _ = std::fs::remove_dir_all(state_dir);
     if let Some(parent) = state_dir.parent() {
@@ -1049,27 +1057,20 @@ pub fn destroy_vm_only(state_dir: &Path) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
-    if let Err(e) = strata_vmm::cgroup::remove(&st.cgroup_dirs) {
+    remove_cgroup(&st);
+}
+
+fn remove_cgroup(st: &KeeperState) {
+    if let Some(Err(e)) = st.cgroup.as_ref().map(|cg| cg.remove()) {
         tracing::warn!("remove the VM's cgroups: {e}");
     }
 }
 
 /// Host pids of the VM (every process in its cgroup).
 pub fn pids(state_dir: &Path) -> Vec<i32> {
-    let Some(st) = load_state(state_dir) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for d in &st.cgroup_dirs {
-        if let Ok(t) = std::fs::read_to_string(d.join("cgroup.procs")) {
-            for p in t.lines().filter_map(|l| l.trim().parse().ok()) {
-                if !out.contains(&p) {
-                    out.push(p);
-                }
-            }
-        }
-    }
-    out
+    load_state(state_dir)
+        .and_then(|st| st.cgroup?.cgroup().pids().ok())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -1090,6 +1091,7 @@ mod tests {
             vcpus: 1,
             cache_dir: "/c".into(),
             tty: true,
+            cgroups_path: None,
         }
     }
 
