@@ -23,6 +23,9 @@ pub enum Op {
     ExecTty,
     /// ps / top of the container.
     Ps,
+    /// The container's pid lives in the cgroup config.json's `linux.cgroupsPath` names, in every
+    /// hierarchy (where the engine and the kubelet look for it).
+    Cgroup,
     /// pause then unpause, seen in the freezer cgroup.
     Pause,
     /// Raising the memory limit, seen in the cgroup's memory.limit_in_bytes.
@@ -44,6 +47,7 @@ impl Op {
             Op::Exec => "exec",
             Op::ExecTty => "exec -t",
             Op::Ps => "ps/top",
+            Op::Cgroup => "cgroup",
             Op::Pause => "pause/unpause",
             Op::Update => "update memory",
             Op::Stop => "stop",

@@ -45,6 +45,7 @@ pub const ALL_OPS: &[Op] = &[
     Op::Exec,
     Op::ExecTty,
     Op::Ps,
+    Op::Cgroup,
     Op::Pause,
     Op::Update,
     Op::Stop,
@@ -118,6 +119,50 @@ pub fn cgroup_v1_dir(pid: i32, controller: &str) -> Result<PathBuf, String> {
         }
     }
     Err(format!("pid {pid} has no {controller} cgroup in:\n{text}"))
+}
+
+/// The cgroup of `pid` in the hierarchy holding `controller` (`""`: cgroup2), as
+/// /proc/PID/cgroup says.
+fn cgroup_line(pid: i32, controller: &str) -> Result<String, String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("read /proc/{pid}/cgroup: {e}"))?;
+    text.lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_string())
+        })
+        .ok_or_else(|| format!("pid {pid} has no {controller:?} cgroup in:\n{text}"))
+}
+
+/// `linux.cgroupsPath` of the config.json the engine gave the runtime in its first `create` after
+/// `mark` (the bundle is `--bundle`/`-b` of that call).
+fn engine_cgroups_path(rt: &Runtime, mark: usize) -> Result<String, String> {
+    let calls = rt.calls_since(mark);
+    let bundle = calls
+        .lines()
+        .filter_map(|l| {
+            let args: Vec<&str> = l.split_whitespace().collect();
+            args.iter().position(|a| *a == "create")?;
+            let i = args.iter().position(|a| *a == "--bundle" || *a == "-b")?;
+            args.get(i + 1).map(|b| b.to_string())
+        })
+        .next()
+        .ok_or_else(|| format!("no `create --bundle` call among:\n{calls}"))?;
+    let p = PathBuf::from(bundle).join("config.json");
+    let text = read_trim(&p)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("parse {}: {e}", p.display()))?;
+    match v["linux"]["cgroupsPath"].as_str() {
+        Some(c) if c.starts_with('/') => Ok(c.to_string()),
+        other => Err(format!(
+            "{}: cgroupsPath {other:?} is not an absolute cgroupfs path",
+            p.display()
+        )),
+    }
 }
 
 fn read_trim(p: &PathBuf) -> Result<String, String> {
@@ -238,14 +283,16 @@ pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer,
         Op::Exec,
         Op::ExecTty,
         Op::Ps,
+        Op::Cgroup,
         Op::Pause,
         Op::Update,
         Op::Stop,
         Op::Rm,
     ];
+    let main_mark = rt.mark();
     let main_pid: Result<i32, String> = if dependents.iter().any(|&op| m.will_run(rt, passing, op))
     {
-        let mark = rt.mark();
+        let mark = main_mark;
         e.start_detached(
             rt,
             layer,
@@ -312,6 +359,24 @@ pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer,
                 "ps lists neither `sleep 1000` nor its pid {sleeper}:\n{}",
                 o.describe()
             ));
+        }
+        Ok(())
+    });
+
+    m.check(rt, layer, passing, Op::Cgroup, || {
+        let pid = main_pid.clone()?;
+        let want = engine_cgroups_path(rt, main_mark)?;
+        let mut hierarchies = vec!["memory", "pids", "cpu", "freezer"];
+        if std::path::Path::new("/sys/fs/cgroup/unified").is_dir() {
+            hierarchies.push(""); // cgroup2 (`0::/path`) on this hybrid host
+        }
+        for h in hierarchies {
+            let got = cgroup_line(pid, h)?;
+            if got != want {
+                return Err(format!(
+                    "pid {pid} is in {h:?} cgroup {got}, but config.json's cgroupsPath is {want}"
+                ));
+            }
         }
         Ok(())
     });
