@@ -194,6 +194,8 @@ impl Engine for Ctr {
             .ok_or_else(|| format!("no task {name}"))
     }
 
+    // No `has_stats`: ctr 1.6's `tasks metrics` answers "no metrics received" here, for runc too.
+
     fn update_memory_cmd(&self, _name: &str, _bytes: u64) -> Option<Command> {
         // ctr 1.6 has no `tasks update`; the shim's Update is driven by dockerd in engines_docker.rs.
         None

@@ -191,6 +191,24 @@ impl Engine for CliEngine {
         }
     }
 
+    fn has_stats(&self) -> bool {
+        true
+    }
+
+    fn memory_usage(&self, name: &str) -> Result<u64, String> {
+        let o = sh(self.cmd(Some(name)).args([
+            "stats",
+            "--no-stream",
+            "--format",
+            "{{.MemUsage}}",
+            name,
+        ]))
+        .ok()?;
+        // `31.51MB / 25.28GB` (podman: decimal units) or `31.1MiB / 25.28GiB` (docker).
+        let used = o.stdout.split('/').next().unwrap_or("").trim();
+        parse_size(used).ok_or_else(|| format!("cannot read a size from stats:\n{}", o.describe()))
+    }
+
     fn update_memory_cmd(&self, name: &str, bytes: u64) -> Option<Command> {
         let mut c = self.cmd(Some(name));
         c.arg("update")
@@ -226,4 +244,24 @@ impl Engine for CliEngine {
     fn force_remove(&self, name: &str) {
         let _ = run(self.cmd(Some(name)).args(["rm", "-f", name]), cmd_timeout());
     }
+}
+
+/// `31.51MB`, `1.2kB`, `31.1MiB`, `0B` → bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: f64 = match unit.trim() {
+        "B" | "" => 1.0,
+        "kB" | "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((number * factor) as u64)
 }

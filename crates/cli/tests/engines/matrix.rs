@@ -26,6 +26,9 @@ pub enum Op {
     /// The container's pid lives in the cgroup config.json's `linux.cgroupsPath` names, in every
     /// hierarchy (where the engine and the kubelet look for it).
     Cgroup,
+    /// The engine's own statistics (`stats --no-stream`, `ctr task metrics`) report the
+    /// container's memory (a VM's: its guest kernel's, several MiB).
+    Stats,
     /// pause then unpause, seen in the freezer cgroup.
     Pause,
     /// Raising the memory limit, seen in the cgroup's memory.limit_in_bytes.
@@ -48,6 +51,7 @@ impl Op {
             Op::ExecTty => "exec -t",
             Op::Ps => "ps/top",
             Op::Cgroup => "cgroup",
+            Op::Stats => "stats memory",
             Op::Pause => "pause/unpause",
             Op::Update => "update memory",
             Op::Stop => "stop",

@@ -46,6 +46,7 @@ pub const ALL_OPS: &[Op] = &[
     Op::ExecTty,
     Op::Ps,
     Op::Cgroup,
+    Op::Stats,
     Op::Pause,
     Op::Update,
     Op::Stop,
@@ -76,6 +77,14 @@ pub trait Engine {
     fn status(&self, name: &str) -> Result<String, String>;
     /// The host pid of the container's init process.
     fn init_pid(&self, name: &str) -> Result<i32, String>;
+    /// Whether the engine's client reports a container's statistics ([`Engine::memory_usage`]).
+    fn has_stats(&self) -> bool {
+        false
+    }
+    /// The container's memory usage in bytes as the engine's own statistics report it.
+    fn memory_usage(&self, _name: &str) -> Result<u64, String> {
+        Err(format!("{} has no stats command", self.name()))
+    }
     /// The engine's command to set the memory limit; None when its client has none.
     fn update_memory_cmd(&self, name: &str, bytes: u64) -> Option<Command>;
     /// Graceful stop (SIGTERM, SIGKILL after a grace period); returns the exit code.
@@ -284,6 +293,7 @@ pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer,
         Op::ExecTty,
         Op::Ps,
         Op::Cgroup,
+        Op::Stats,
         Op::Pause,
         Op::Update,
         Op::Stop,
@@ -380,6 +390,34 @@ pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer,
         }
         Ok(())
     });
+
+    if e.has_stats() {
+        m.check(rt, layer, passing, Op::Stats, || {
+            main_pid.clone()?;
+            let bytes = e.memory_usage(&main)?;
+            // A VM's host processes hold its guest kernel's touched memory (tens of MiB here). A
+            // container's sh and sleep may read 0 B (docker subtracts the page cache): for it the
+            // cell checks that the engine answers with a size.
+            let least = match layer {
+                Layer::Container => 0,
+                Layer::Vm => 8 << 20,
+            };
+            if bytes < least {
+                return Err(format!(
+                    "{} reports {bytes} bytes of memory for {main}, want at least {least}",
+                    e.name()
+                ));
+            }
+            Ok(())
+        });
+    } else {
+        m.skip(
+            rt,
+            layer,
+            &[Op::Stats],
+            &format!("{}: no statistics command that works here", e.name()),
+        );
+    }
 
     m.check(rt, layer, passing, Op::Pause, || {
         let pid = main_pid.clone()?;
