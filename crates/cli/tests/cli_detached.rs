@@ -450,3 +450,32 @@ fn detached_interactive_keeps_stdin_open() {
     s.ok(&["rm", "dn"]);
     s.assert_nothing_left(&[]);
 }
+
+/// Container-only: a `strata run` killed after the runtime made the container's cgroups but
+/// before it saved its state leaves cgroups and a state directory no runtime record names;
+/// `rm -f` removes them by the paths strata gives every container.
+#[test]
+fn rm_force_removes_what_a_killed_run_left_unrecorded() {
+    let s = Sandbox::new("container");
+    s.ok(&["create", "--name", "k", "busybox", "true"]);
+    let id = s.inspect("k")["Id"].as_str().unwrap().to_string();
+    // What the killed run left: the cgroup in every mounted hierarchy, a state dir without state.
+    let mut made = Vec::new();
+    for ctrl in ["memory", "pids", "cpu", "freezer", "unified"] {
+        let d = std::path::Path::new("/sys/fs/cgroup")
+            .join(ctrl)
+            .join("strata")
+            .join(&id);
+        if d.parent()
+            .is_some_and(|p| p.parent().is_some_and(|h| h.exists()))
+        {
+            std::fs::create_dir_all(&d).unwrap();
+            made.push(d);
+        }
+    }
+    assert!(!made.is_empty());
+    std::fs::create_dir_all(s.root.path().join(&id)).unwrap();
+    std::fs::write(s.root.path().join(&id).join("lock"), b"").unwrap();
+    s.ok(&["rm", "-f", "k"]);
+    s.assert_nothing_left(&made);
+}

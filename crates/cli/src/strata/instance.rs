@@ -212,7 +212,46 @@ impl Backend for ContainerBackend {
     }
 
     fn delete(&self, id: &str) {
-        let _ = self.runtime.delete(id, true);
+        if let Err(ContainerError::NotExist(_)) = self.runtime.delete(id, true) {
+            // A `strata run` killed between making the container's cgroup and saving the
+            // runtime state leaves an unrecorded cgroup (and state directory) behind: they are
+            // at the paths strata gives every container, so remove them by those.
+            remove_unrecorded_cgroups(id);
+            let _ = std::fs::remove_dir_all(self.root.join(id));
+        }
+    }
+}
+
+/// `linux.cgroupsPath` of every container the strata CLI makes.
+pub fn container_cgroups_path(id: &str) -> String {
+    format!("/strata/{id}")
+}
+
+/// Kills what is left in a container's cgroups (its init dies with the runtime that was
+/// building it, but only once the channel closes) and removes the leaf directories.
+fn remove_unrecorded_cgroups(id: &str) {
+    let path = container_cgroups_path(id);
+    let Ok(cg) = strata_container::cgroups::Cgroup::resolve(Some(Path::new(&path)), id) else {
+        return;
+    };
+    for _ in 0..50 {
+        let mut left = false;
+        for dir in cg.paths() {
+            if !dir.exists() {
+                continue;
+            }
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: plain kill(2) of a pid read from the container's own cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            left |= std::fs::remove_dir(dir).is_err() && dir.exists();
+        }
+        if !left {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -514,7 +514,7 @@ fn prepare(g: &Global, c: &CreateArgs, foreground: bool) -> anyhow::Result<(Cont
         etc_files: Some(etc),
         mounts,
         annotations: BTreeMap::from([("dev.strata.isolation".into(), isolation.into())]),
-        cgroups_path: Some(format!("/strata/{id}")),
+        cgroups_path: Some(instance::container_cgroups_path(&id)),
         resources,
     };
     let spec = strata_image::bundle::generate_config(&image, &opts)?;
