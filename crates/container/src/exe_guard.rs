@@ -52,6 +52,11 @@ pub fn exe_is_readonly() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether this process already runs from a protected image (read-only mount or sealed copy).
+pub fn is_protected() -> bool {
+    exe_is_readonly() || crate::exe_clone::is_cloned_binary()
+}
+
 /// Makes sure the runtime runs from a binary that cannot be opened for writing through
 /// /proc/<pid>/exe. Re-executes itself (same argv and environment) when needed; returns once
 /// the process is protected. Call first thing in commands that enter a container.
@@ -61,7 +66,7 @@ pub fn protect_runtime_binary() -> Result<(), ExeGuardError> {
 
 /// [`protect_runtime_binary`] with a choice of fallbacks.
 pub fn protect_binary(fallback: Fallback) -> Result<(), ExeGuardError> {
-    if exe_is_readonly() || crate::exe_clone::is_cloned_binary() {
+    if is_protected() {
         return Ok(());
     }
     let exec = match exec_args() {

@@ -52,6 +52,11 @@ fn dispatch(cli: Cli, logger: &log::Logger) -> Result<i32> {
         cli.command,
         Command::Create(_) | Command::Run(_) | Command::Exec(_)
     ) {
+        // These commands move a process into cgroups ~2 ms from now: start the kernel's grace
+        // period for that already, while we re-execute (cgroups/prewarm.rs).
+        if !strata_container::exe_guard::is_protected() {
+            strata_container::cgroups::prewarm::start();
+        }
         if std::env::var_os("STRATA_EXE_PROTECTION").is_some_and(|v| v == "memfd") {
             strata_container::exe_clone::ensure_cloned_binary()?;
         } else {

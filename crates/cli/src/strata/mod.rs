@@ -70,6 +70,12 @@ pub fn init_logging() {
 /// visible on the host), or from a sealed memfd copy where that is not possible or
 /// `STRATA_EXE_PROTECTION=memfd` asks for it. Returns in the protected process.
 pub fn protect_binary() -> anyhow::Result<()> {
+    if strata_container::exe_guard::is_protected() {
+        return Ok(());
+    }
+    // Each of these commands moves a container's init into cgroups a few milliseconds from
+    // now: start the kernel's grace period for that already (cgroups/prewarm.rs).
+    strata_container::cgroups::prewarm::start();
     // The re-executed image has no directory of its own (/proc/self/exe no longer names the
     // install path): find the guest agent beside the real binary now.
     if std::env::var_os("STRATA_AGENT").is_none() {

@@ -34,6 +34,7 @@ mod freezer;
 mod fuzz;
 mod mountinfo;
 mod path;
+pub mod prewarm;
 mod resources;
 mod stats;
 mod v1;
