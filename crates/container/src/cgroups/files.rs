@@ -1,30 +1,52 @@
 //! Reading and writing cgroup control files, with errors that name the file.
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::CgroupError;
 
 /// Writes `value` to `dir/file` in one write(2), as the kernel expects.
 pub(crate) fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
+    write_each(dir, file, &[value])
+}
+
+/// Writes each value to `dir/file` with its own write(2) on one open file: cgroupfs takes
+/// every write as one command (e.g. one `devices.allow` rule), and the container start
+/// saves an open and a path walk per value.
+pub(crate) fn write_each(dir: &Path, file: &str, values: &[&str]) -> Result<(), CgroupError> {
     let path = dir.join(file);
     // O_TRUNC as `echo >` does: cgroupfs ignores it, plain files (tests) need it.
-    let result = std::fs::OpenOptions::new()
+    let mut f = match std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(&path)
-        .and_then(|mut f| f.write_all(value.as_bytes()));
-    result.map_err(|source| {
-        let hint = match source.raw_os_error() {
-            Some(libc::ENOENT) if !dir.is_dir() => " (the cgroup directory does not exist: was the container deleted, or its cgroup removed?)",
-            Some(libc::ENOENT) => " (the controller owning this file is not available here: not mounted, or not enabled in the parent's cgroup.subtree_control)",
-            Some(libc::EINVAL) => " (the kernel rejected the value: out of range, or inconsistent with the parent's or current limits)",
-            Some(libc::EBUSY) => " (the cgroup is in use: current usage exceeds the new limit, or a child cgroup depends on it)",
-            Some(libc::ENOSPC) => " (cpuset.cpus/mems of this cgroup are empty)",
-            _ => "",
-        };
-        CgroupError::Write { path, value: value.to_owned(), hint, source }
-    })
+    {
+        Ok(f) => f,
+        Err(source) => return Err(write_error(dir, path, values.first().copied(), source)),
+    };
+    for value in values {
+        if let Err(source) = f.write_all(value.as_bytes()) {
+            return Err(write_error(dir, path, Some(value), source));
+        }
+    }
+    Ok(())
+}
+
+fn write_error(dir: &Path, path: PathBuf, value: Option<&str>, source: io::Error) -> CgroupError {
+    let hint = match source.raw_os_error() {
+        Some(libc::ENOENT) if !dir.is_dir() => " (the cgroup directory does not exist: was the container deleted, or its cgroup removed?)",
+        Some(libc::ENOENT) => " (the controller owning this file is not available here: not mounted, or not enabled in the parent's cgroup.subtree_control)",
+        Some(libc::EINVAL) => " (the kernel rejected the value: out of range, or inconsistent with the parent's or current limits)",
+        Some(libc::EBUSY) => " (the cgroup is in use: current usage exceeds the new limit, or a child cgroup depends on it)",
+        Some(libc::ENOSPC) => " (cpuset.cpus/mems of this cgroup are empty)",
+        _ => "",
+    };
+    CgroupError::Write {
+        path,
+        value: value.unwrap_or_default().to_owned(),
+        hint,
+        source,
+    }
 }
 
 /// Reads `dir/file` whole.

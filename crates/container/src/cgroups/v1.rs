@@ -111,8 +111,9 @@ pub(crate) fn apply(dirs: &[V1Dir], r: &LinuxResources) -> Result<(), CgroupErro
         let starts_with_deny_all = rules
             .first()
             .is_some_and(|r| !r.allow && r.v1_line() == "a");
+        let mut writes: Vec<(&str, String)> = Vec::with_capacity(rules.len() + 1);
         if !starts_with_deny_all {
-            write(d, "devices.deny", "a")?;
+            writes.push(("devices.deny", "a".into()));
         }
         for rule in &rules {
             let file = if rule.allow {
@@ -120,7 +121,13 @@ pub(crate) fn apply(dirs: &[V1Dir], r: &LinuxResources) -> Result<(), CgroupErro
             } else {
                 "devices.deny"
             };
-            write(d, file, &rule.v1_line())?;
+            writes.push((file, rule.v1_line()));
+        }
+        // In order, one open per run of rules for the same file (usually: deny all, then
+        // every allow rule through one fd).
+        for run in writes.chunk_by(|a, b| a.0 == b.0) {
+            let lines: Vec<&str> = run.iter().map(|(_, l)| l.as_str()).collect();
+            files::write_each(d, run[0].0, &lines)?;
         }
     }
     Ok(())
