@@ -16,10 +16,9 @@ if [ -z "${STRATA_BIN:-}" ]; then
   STRATA_BINS=strata bash scripts/build-release.sh -q
   STRATA_BIN=${CARGO_TARGET_DIR:-target}/release/strata
 fi
-strata_bin=$(realpath "$STRATA_BIN")
-
 work=$(mktemp -d /tmp/strata-run-bench-XXXXXX)
 name=$(basename "$work")
+strata_bin=$work/strata
 dockerd_pid=
 
 cleanup() {
@@ -34,6 +33,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# Measured as installed: a copy, not the linker's output file (see bench/oci-run.sh).
+install -m 0755 "$STRATA_BIN" "$strata_bin"
 
 # The image: busybox-static as one layer, the same tar for every engine.
 img=localhost/strata-busybox:bench
