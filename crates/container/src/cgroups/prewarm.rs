@@ -28,7 +28,8 @@ const HELPER_STACK: usize = 16 * 1024;
 /// The helper shares our memory (`CLONE_VM`, like posix_spawn's child) instead of being a fork:
 /// no page tables to copy and no copy-on-write faults in the caller afterwards, which made a
 /// forked helper cost ~0.3 ms on a 2 ms start. It runs on its own stack and only makes raw
-/// syscalls (rustix: no errno, no allocation, no lock), so it cannot disturb the caller, and
+/// syscalls (rustix, one inline `syscall`: no errno, no allocation, no lock), so it cannot
+/// disturb the caller; it first closes its copies of the caller's fds; and
 /// when the caller execs (the CVE-2019-5736 re-exec) the helper keeps the old memory alive
 /// until it exits.
 pub fn start() -> Option<i32> {
@@ -55,6 +56,9 @@ pub fn start() -> Option<i32> {
 
 /// The helper: writes "0" (= the writer) to the `cgroup.procs` of its own cgroup.
 extern "C" fn helper(arg: *mut c_void) -> c_int {
+    // Our copies of the caller's fds (an engine's pipes, sockets) must not keep them open
+    // after the caller is done with them.
+    close_all_fds();
     // SAFETY: `arg` is the leaked, NUL-terminated path passed by `start`.
     let path = unsafe { CStr::from_ptr(arg as *const c_char) };
     use rustix::fs::{Mode, OFlags};
@@ -63,6 +67,30 @@ extern "C" fn helper(arg: *mut c_void) -> c_int {
     }
     0
 }
+
+/// `close_range(0, ~0, 0)` as a raw syscall: the libc wrapper would write errno, which lives in
+/// the memory the helper shares with the caller.
+#[cfg(target_arch = "x86_64")]
+fn close_all_fds() {
+    // SAFETY: the close_range syscall with integer arguments only; it reads and writes none of
+    // our memory; rcx and r11 are clobbered by `syscall`.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") libc::SYS_close_range => _,
+            in("rdi") 0usize,
+            in("rsi") u32::MAX as usize,
+            in("rdx") 0usize,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+}
+
+/// Elsewhere the fds stay until the helper exits (a grace period at most).
+#[cfg(not(target_arch = "x86_64"))]
+fn close_all_fds() {}
 
 /// The `cgroup.procs` of our cgroup: a v1 `pids` or `memory` hierarchy when there is one (the
 /// lock is global, any hierarchy will do), else cgroup2 (at /sys/fs/cgroup/unified on a hybrid
