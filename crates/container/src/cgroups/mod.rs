@@ -93,10 +93,17 @@ pub struct V1Dir {
 }
 
 fn read_proc(path: &str) -> Result<String, CgroupError> {
-    std::fs::read_to_string(path).map_err(|source| CgroupError::ReadProc {
+    let err = |source| CgroupError::ReadProc {
         path: path.into(),
         source,
-    })
+    };
+    // proc files report size 0, so read_to_string would start with a 32-byte buffer and
+    // double it: 8 read(2) calls for a 3 KB mountinfo. One buffer that usually fits it all.
+    let mut s = String::with_capacity(16 * 1024);
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_to_string(&mut f, &mut s))
+        .map_err(err)?;
+    Ok(s)
 }
 
 impl Cgroup {

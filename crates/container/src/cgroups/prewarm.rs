@@ -33,7 +33,13 @@ const HELPER_STACK: usize = 16 * 1024;
 /// when the caller execs (the CVE-2019-5736 re-exec) the helper keeps the old memory alive
 /// until it exits.
 pub fn start() -> Option<i32> {
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    // One read (proc files report size 0: read_to_string alone would grow from 32 bytes).
+    let mut own = String::with_capacity(4096);
+    std::io::Read::read_to_string(
+        &mut std::fs::File::open("/proc/self/cgroup").ok()?,
+        &mut own,
+    )
+    .ok()?;
     let file = CString::new(own_procs_file(&own)?).ok()?;
     // Leaked on purpose: the helper reads the path and runs on the stack after we return, and
     // possibly after this image is gone (an exec keeps the memory mapped for the helper).
