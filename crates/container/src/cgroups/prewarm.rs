@@ -18,7 +18,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
-/// Stack of the helper: it only makes three syscalls.
+/// Stack of the helper: it only makes a few raw syscalls.
 const HELPER_STACK: usize = 16 * 1024;
 
 /// Starts the helper (see the module doc) and returns its pid (None if there is no cgroup file
