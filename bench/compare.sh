@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-10}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-cargo build -q --release -p strata-cli --bin strata
+STRATA_BINS=strata bash scripts/build-release.sh -q
 bash scripts/build-agent.sh >/dev/null
 strata="$CARGO_TARGET_DIR/release/strata"
 work=$(mktemp -d /var/tmp/strata-bench-compare.XXXXXX)
