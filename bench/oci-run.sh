@@ -31,7 +31,15 @@ cleanup() {
     umount /sys/fs/cgroup/hugetlb 2>/dev/null || true
     rmdir /sys/fs/cgroup/hugetlb 2>/dev/null || true
   fi
-  if [ "$v2_hugetlb_off" = 1 ]; then echo +hugetlb > "$v2ctl" || true; fi
+  if [ "$v2_hugetlb_off" = 1 ]; then
+    # The unmounted v1 hierarchy is released asynchronously (after an RCU grace period): until
+    # then the cgroup2 root refuses the controller (EBUSY). Retry briefly, quietly.
+    for _ in $(seq 100); do
+      if (echo +hugetlb > "$v2ctl") 2>/dev/null; then break; fi
+      sleep 0.02
+    done
+    grep -qw hugetlb "$v2ctl" || echo "bench/oci-run.sh: could not re-enable hugetlb in $v2ctl" >&2
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT

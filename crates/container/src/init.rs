@@ -104,15 +104,26 @@ pub fn run(cfg: &InitConfig, ch: &Channel) -> ! {
 }
 
 fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, InitError> {
-    // 1. The runtime's go-ahead (`Proceed`) means: uid/gid maps written, we are in our cgroup.
-    // Only a new user namespace (the maps) or a cgroup2 mount in a new cgroup namespace need it
-    // before set-up; otherwise the runtime moves us into our cgroups while we build the rootfs
-    // (in parallel on another core) and we wait for it only before unsharing the cgroup
-    // namespace and before anything of the workload's runs.
+    // 1. The runtime sends two go-aheads (`Proceed`): the first once our cgroup directories
+    // exist (it creates them after the clone, while we mount), the second once the uid/gid
+    // maps are written and we are in our cgroup. Only a new user namespace (the maps) or a
+    // cgroup2 mount in a new cgroup namespace need both before set-up; otherwise we wait for
+    // the first only where the rootfs binds the cgroup directories (or before the second),
+    // and for the second only before unsharing the cgroup namespace and before anything of
+    // the workload's runs: the runtime's cgroup work runs in parallel on another core.
     let pure_v2_cgroupns =
         cfg.plan.new_cgroup && cfg.cgroup_dirs.len() == 1 && cfg.cgroup_dirs[0].0.is_empty();
     let early = cfg.plan.new_user || pure_v2_cgroupns;
+    let cgroups_created = std::cell::Cell::new(false);
+    let wait_cgroups_created = || -> Result<(), InitError> {
+        if !cgroups_created.get() {
+            wait_proceed(ch)?;
+            cgroups_created.set(true);
+        }
+        Ok(())
+    };
     if early {
+        wait_cgroups_created()?;
         wait_proceed(ch)?;
     }
     let process = cfg
@@ -168,12 +179,16 @@ fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, Init
         cgroup_dirs: &cfg.cgroup_dirs,
         cgroup_ns: cfg.plan.new_cgroup,
         user_ns,
+        cgroups_created: &|| {
+            wait_cgroups_created().map_err(|e| RootfsError::CgroupsNotCreated(e.to_string()))
+        },
     })?;
     rootfs::set_sysctls(root.as_fd(), cfg.spec)?;
     rootfs::readonly_paths(root.as_fd(), cfg.spec)?;
     rootfs::masked_paths(root.as_fd(), cfg.spec, host_null.as_fd())?;
     drop(host_null);
     if !early {
+        wait_cgroups_created()?;
         wait_proceed(ch)?;
         if cfg.plan.new_cgroup {
             unshare_cgroup_ns()?;

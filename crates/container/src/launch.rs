@@ -1,6 +1,7 @@
 //! The runtime side of starting processes: clone the container's init straight into its new
 //! namespaces (single-threaded caller: no re-exec, no intermediate unless namespaces must be
-//! joined), write the id maps, put it in its cgroup, and talk to it over the typed channel.
+//! joined), create its cgroup while it does its first mounts, write the id maps, put it in its
+//! cgroup, and talk to it over the typed channel.
 
 use std::io::Write;
 use std::path::Path;
@@ -129,13 +130,19 @@ pub struct Spawned {
     pub exec_time: Option<std::time::SystemTime>,
 }
 
-/// Clones the container's init, gives it its id maps and cgroup, and waits until it is ready
-/// (blocked on exec.fifo for `create`; for `run`, until the workload's execve took effect).
-pub fn spawn_init(
-    cfg: &InitConfig,
-    cg: &Cgroup,
-    hooks: RuntimeHooks,
-) -> Result<Spawned, LaunchError> {
+/// A cloned container init that has not been given its cgroup yet. It builds its rootfs
+/// meanwhile and waits for `cgroups_created` only where it binds its cgroup directories.
+/// Killed and reaped on drop unless `finish` succeeded.
+pub struct Cloned {
+    pid: i32,
+    ch: Channel,
+    armed: bool,
+}
+
+/// Clones the container's init into its namespaces (through an intermediate process when
+/// namespaces must be joined). The caller creates the cgroup while the init does its first
+/// mounts, then calls [`Cloned::cgroups_created`] and [`Cloned::finish`].
+pub fn clone_init(cfg: &InitConfig) -> Result<Cloned, LaunchError> {
     let (parent, child) = channel::pair()?;
     let plan = cfg.plan;
     let pid = if plan.join.is_empty() {
@@ -170,23 +177,55 @@ pub fn spawn_init(
         }
     };
     drop(child);
-    if let Err(e) = finish_init(cfg, cg, pid, &parent, hooks) {
-        kill_and_reap(pid);
-        return Err(e);
+    Ok(Cloned {
+        pid,
+        ch: parent,
+        armed: true,
+    })
+}
+
+impl Cloned {
+    /// Tells the init that its cgroup directories exist (the first of its two `Proceed`s): it
+    /// may bind them into its `/sys/fs/cgroup` now.
+    pub fn cgroups_created(&self) {
+        // The child may already have failed while building its rootfs: its message is still
+        // queued for `finish`, so a failed send is not the error to report.
+        let _ = self.ch.send(&Message::Proceed);
     }
-    // `run`: nothing is left to do but exec: the init sends the time it read right before
-    // execve, and the channel's close by that execve confirms it (a late failure instead sends
-    // `Failed`, and the init's exit code reports it).
-    let exec_time = match cfg.exec_fifo {
-        Some(_) => None,
-        None => match (parent.recv(), parent.recv()) {
-            (Ok(Some(Message::Exec(ns))), Ok(None)) => {
-                Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns))
-            }
-            _ => None,
-        },
-    };
-    Ok(Spawned { pid, exec_time })
+
+    /// Gives the init its id maps and cgroup, and waits until it is ready (blocked on
+    /// exec.fifo for `create`; for `run`, until the workload's execve took effect).
+    pub fn finish(
+        mut self,
+        cfg: &InitConfig,
+        cg: &Cgroup,
+        hooks: RuntimeHooks,
+    ) -> Result<Spawned, LaunchError> {
+        let (pid, parent) = (self.pid, &self.ch);
+        finish_init(cfg, cg, pid, parent, hooks)?;
+        self.armed = false;
+        // `run`: nothing is left to do but exec: the init sends the time it read right before
+        // execve, and the channel's close by that execve confirms it (a late failure instead
+        // sends `Failed`, and the init's exit code reports it).
+        let exec_time = match cfg.exec_fifo {
+            Some(_) => None,
+            None => match (parent.recv(), parent.recv()) {
+                (Ok(Some(Message::Exec(ns))), Ok(None)) => {
+                    Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns))
+                }
+                _ => None,
+            },
+        };
+        Ok(Spawned { pid, exec_time })
+    }
+}
+
+impl Drop for Cloned {
+    fn drop(&mut self) {
+        if self.armed {
+            kill_and_reap(self.pid);
+        }
+    }
 }
 
 fn intermediate(cfg: &InitConfig, ch: &Channel) -> ! {
@@ -239,8 +278,8 @@ fn finish_init(
         }
         return Err(e.into());
     }
-    // The child may already have failed (it builds its rootfs while we work): its message
-    // is still queued, so a failed send is not the error to report.
+    // The second `Proceed`. The child may already have failed (it builds its rootfs while we
+    // work): its message is still queued, so a failed send is not the error to report.
     let _ = parent.send(&Message::Proceed);
     loop {
         match parent.recv()? {

@@ -27,6 +27,9 @@ pub enum RootfsError {
     },
     #[error("rootfs {0}: not a directory (check root.path in config.json)")]
     NotDir(PathBuf),
+    /// The runtime did not report the container's cgroup directories created.
+    #[error("mount cgroup: waiting for the runtime to create the cgroups: {0}")]
+    CgroupsNotCreated(String),
 }
 
 fn err(step: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(nix::Error) -> RootfsError {
@@ -45,6 +48,9 @@ pub struct RootfsContext<'a> {
     pub cgroup_ns: bool,
     /// In a user namespace: device nodes are bind-mounted from the host (mknod is refused).
     pub user_ns: bool,
+    /// Waits until the runtime created the container's cgroup directories (it does so while
+    /// we mount): called before a `cgroup` mount binds them.
+    pub cgroups_created: &'a dyn Fn() -> Result<(), RootfsError>,
 }
 
 /// Prepares everything under the rootfs, up to (not including) pivot. Returns an fd of the
@@ -214,21 +220,20 @@ fn locked_flags(path: &str) -> MsFlags {
 fn remount(root: BorrowedFd, dest: &Path, flags: MsFlags) -> Result<(), RootfsError> {
     // Reopen: the fd used for the first mount still points at the covered directory.
     let t = resolve::open_path(root, dest).map_err(err("reopen mount", dest))?;
-    let p = fd_path(&t);
+    remount_at(&fd_path(&t), dest, flags)
+}
+
+/// Remounts the (bind) mount at the host path `p` (a /proc/self/fd path) that the container
+/// sees at `dest`.
+fn remount_at(p: &str, dest: &Path, flags: MsFlags) -> Result<(), RootfsError> {
     let flags = flags - MsFlags::MS_REC;
     let base = MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
-    match mount(
-        None::<&str>,
-        p.as_str(),
-        None::<&str>,
-        base | flags,
-        None::<&str>,
-    ) {
+    match mount(None::<&str>, p, None::<&str>, base | flags, None::<&str>) {
         Err(nix::Error::EPERM) => {
-            let keep = locked_flags(&p);
+            let keep = locked_flags(p);
             mount(
                 None::<&str>,
-                p.as_str(),
+                p,
                 None::<&str>,
                 base | flags | keep,
                 None::<&str>,
@@ -251,6 +256,7 @@ fn mount_cgroup(
     let dest = m.destination();
     let target = resolve::mkdir_all(root, dest, 0o755).map_err(err("create mount target", dest))?;
     let flags = opts.flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    (ctx.cgroups_created)()?;
     let only_unified = ctx.cgroup_dirs.len() == 1 && ctx.cgroup_dirs[0].0.is_empty();
     if only_unified && ctx.cgroup_ns {
         return mount(
@@ -281,18 +287,36 @@ fn mount_cgroup(
         Some("mode=755"),
     )
     .map_err(err("mount cgroup tmpfs", dest))?;
+    // The tmpfs is ours, new and empty, and nothing of the container runs yet: each hierarchy
+    // is one name created and bound in it through the tmpfs's fd (3 syscalls a hierarchy, not
+    // a resolve inside the root for each of mkdir, bind and remount).
+    let tmpfs = resolve::open_path(root, dest).map_err(err("reopen mount", dest))?;
+    let dir = fd_path(&tmpfs);
     for (name, host_dir) in ctx.cgroup_dirs {
         let sub = dest.join(name);
-        let t = resolve::mkdir_all(root, &sub, 0o755).map_err(err("create cgroup dir", &sub))?;
+        let one_name = matches!(
+            Path::new(name).components().collect::<Vec<_>>().as_slice(),
+            [std::path::Component::Normal(_)]
+        );
+        if !one_name {
+            return Err(err("create cgroup dir", &sub)(nix::Error::EINVAL));
+        }
+        nix::sys::stat::mkdirat(
+            Some(tmpfs.as_raw_fd()),
+            name.as_str(),
+            Mode::from_bits_truncate(0o755),
+        )
+        .map_err(err("create cgroup dir", &sub))?;
+        let p = format!("{dir}/{name}");
         mount(
             Some(host_dir),
-            fd_path(&t).as_str(),
+            p.as_str(),
             None::<&str>,
             MsFlags::MS_BIND,
             None::<&str>,
         )
         .map_err(err("bind mount cgroup", &sub))?;
-        remount(root, &sub, flags)?;
+        remount_at(&p, &sub, flags)?;
     }
     if opts.readonly {
         remount(root, dest, flags)?;
