@@ -94,6 +94,9 @@ pub fn prepare(ctx: &RootfsContext) -> Result<OwnedFd, RootfsError> {
         m.destination() == Path::new("/dev")
             && parse_options(m.options().as_deref().unwrap_or_default()).bind
     });
+    // Like runc: nodes get their exact mode from mknod itself (no chmod after each); the umask
+    // is restored at once (the workload's is set in process.rs).
+    let umask = ZeroUmask::new();
     if !dev_is_bind {
         create_default_devices(root.as_fd(), ctx.user_ns)?;
     }
@@ -104,7 +107,23 @@ pub fn prepare(ctx: &RootfsContext) -> Result<OwnedFd, RootfsError> {
     {
         create_device(root.as_fd(), d, ctx.user_ns)?;
     }
+    drop(umask);
     Ok(root)
+}
+
+/// A umask of 0 while it lives (single-threaded init); the previous one is restored on drop.
+struct ZeroUmask(Mode);
+
+impl ZeroUmask {
+    fn new() -> ZeroUmask {
+        ZeroUmask(nix::sys::stat::umask(Mode::empty()))
+    }
+}
+
+impl Drop for ZeroUmask {
+    fn drop(&mut self) {
+        nix::sys::stat::umask(self.0);
+    }
 }
 
 fn mount_entry(ctx: &RootfsContext, root: BorrowedFd, m: &Mount) -> Result<(), RootfsError> {
@@ -364,20 +383,28 @@ const DEFAULT_DEVICES: [DefaultDevice; 6] = [
 ];
 
 fn create_default_devices(root: BorrowedFd, user_ns: bool) -> Result<(), RootfsError> {
-    for d in &DEFAULT_DEVICES {
-        let path = Path::new("/dev").join(d.name);
-        make_node(
-            root,
-            &path,
-            SFlag::S_IFCHR,
-            d.major,
-            d.minor,
-            0o666,
-            None,
-            user_ns,
-        )?;
-    }
     let dev = resolve::mkdir_all(root, Path::new("/dev"), 0o755).map_err(err("create", "/dev"))?;
+    if user_ns {
+        for d in &DEFAULT_DEVICES {
+            let path = Path::new("/dev").join(d.name);
+            bind_host_node(root, &path)?;
+        }
+    } else {
+        // One directory fd for all of them (they share /dev).
+        let dirfd = open_dir(&dev).map_err(err("open device dir", "/dev"))?;
+        for d in &DEFAULT_DEVICES {
+            let path = Path::new("/dev").join(d.name);
+            node_at(
+                dirfd.as_fd(),
+                std::ffi::OsStr::new(d.name),
+                &path,
+                SFlag::S_IFCHR,
+                nix::sys::stat::makedev(d.major, d.minor),
+                0o666,
+                None,
+            )?;
+        }
+    }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -429,58 +456,65 @@ fn make_node(
         .ok_or_else(|| err("device path", path)(nix::Error::EINVAL))?;
     let pfd = resolve::mkdir_all(root, parent, 0o755).map_err(err("create device dir", parent))?;
     if user_ns {
-        // mknod is not allowed in a user namespace: bind the host's node, as runc does.
-        let target = resolve::create_file(root, path).map_err(err("create device target", path))?;
-        return mount(
-            Some(path),
-            fd_path(&target).as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(err("bind mount device", path));
+        return bind_host_node(root, path);
     }
-    // O_PATH fds cannot be used as *at() dirfds for mknod; reopen the directory for real.
+    let dirfd = open_dir(&pfd).map_err(err("open device dir", parent))?;
+    let dev = nix::sys::stat::makedev(major, minor);
+    node_at(dirfd.as_fd(), name, path, kind, dev, mode, owner)
+}
+
+/// In a user namespace mknod is not allowed: binds the host's node, as runc does.
+fn bind_host_node(root: BorrowedFd, path: &Path) -> Result<(), RootfsError> {
+    let target = resolve::create_file(root, path).map_err(err("create device target", path))?;
+    mount(
+        Some(path),
+        fd_path(&target).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(err("bind mount device", path))
+}
+
+/// Reopens an O_PATH directory fd for real (O_PATH fds cannot be used as *at() dirfds for
+/// mknod).
+fn open_dir(pfd: &OwnedFd) -> Result<OwnedFd, nix::Error> {
     let dirfd = nix::fcntl::open(
-        fd_path(&pfd).as_str(),
+        fd_path(pfd).as_str(),
         nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_RDONLY,
         Mode::empty(),
-    )
-    .map_err(err("open device dir", parent))?;
+    )?;
     // SAFETY: open returned a fresh fd we own.
-    let dirfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dirfd) };
-    let dev = nix::sys::stat::makedev(major, minor);
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dirfd) })
+}
+
+/// Replaces `name` in `dir` (the container's `path`) with a new node. The caller set the
+/// umask to 0 (`ZeroUmask`), so mknod gives it exactly `mode`.
+fn node_at(
+    dir: BorrowedFd,
+    name: &std::ffi::OsStr,
+    path: &Path,
+    kind: SFlag,
+    dev: libc::dev_t,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), RootfsError> {
     let _ = nix::unistd::unlinkat(
-        Some(dirfd.as_raw_fd()),
+        Some(dir.as_raw_fd()),
         name,
         nix::unistd::UnlinkatFlags::NoRemoveDir,
     );
     nix::sys::stat::mknodat(
-        Some(dirfd.as_raw_fd()),
+        Some(dir.as_raw_fd()),
         name,
         kind,
         Mode::from_bits_truncate(mode),
         dev,
     )
     .map_err(err("mknod", path))?;
-    // mknod applied the umask: set the exact mode and the owner.
-    nix::sys::stat::fchmodat(
-        Some(dirfd.as_raw_fd()),
-        name,
-        Mode::from_bits_truncate(mode),
-        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
-    )
-    .or_else(|e| {
-        if e == nix::Error::EOPNOTSUPP {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    })
-    .map_err(err("chmod device", path))?;
     if let Some((uid, gid)) = owner {
         nix::unistd::fchownat(
-            Some(dirfd.as_raw_fd()),
+            Some(dir.as_raw_fd()),
             name,
             Some(nix::unistd::Uid::from_raw(uid)),
             Some(nix::unistd::Gid::from_raw(gid)),
