@@ -193,3 +193,25 @@ fn commands_on_unknown_container() {
         );
     }
 }
+
+/// Cgroups are made after the init is cloned (it builds its rootfs meanwhile): a resource the
+/// kernel refuses (a cpuset of CPUs this host lacks) fails `create` and `run` with the cgroup
+/// file named, and the cloned init, its state dir and every cgroup directory are gone.
+#[test]
+fn refused_cgroup_resource_after_the_clone_leaves_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let oci = Oci::new();
+    let id = unique_id("badcpuset");
+    let mut b = Bundle::sh(&id, "true");
+    b.edit(|c| c["linux"]["resources"]["cpu"] = json!({"cpus": "4000"}));
+    let cpuset_dir =
+        std::path::Path::new("/sys/fs/cgroup/cpuset").join(format!("strata-test-{id}"));
+    create_fails(&oci, &b, &id, "cpuset.cpus");
+    assert!(!cpuset_dir.exists(), "{} left behind", cpuset_dir.display());
+    let err = oci.fails(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert!(err.contains("cpuset.cpus"), "{err}");
+    assert_clean(&oci, &b, &id);
+    assert!(!cpuset_dir.exists(), "{} left behind", cpuset_dir.display());
+}
