@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 /// Everything that crosses the channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
-    /// runtime → child: uid/gid maps are written and the child is in its cgroup; go on.
+    /// runtime → init, twice: first "your cgroup directories exist" (the init waits for it only
+    /// before it binds them into its rootfs), then "uid/gid maps are written and you are in your
+    /// cgroups" (see init.rs step 1); runtime → exec'd process: go on.
     Proceed,
     /// intermediate → runtime: the pid (in the runtime's pid namespace) of the process it cloned.
     ChildPid(i32),
