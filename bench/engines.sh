@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 bash scripts/engines-deps.sh
 runs=${RUNS:-20}
 warmup=${WARMUP:-3}
-cargo build -q --release -p strata-cli --bin strata-oci
+STRATA_BINS=strata-oci bash scripts/build-release.sh -q
 # The VM rows need the static guest agent (found next to the release target) and a guest kernel.
 bash scripts/build-agent.sh >/dev/null
 target=${CARGO_TARGET_DIR:-target}

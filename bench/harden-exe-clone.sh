@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 . bench/vm-section.sh
 runs=${RUNS:-50}
 if [ -z "${STRATA_OCI:-}" ]; then
-  cargo build -q --release -p strata-cli --bin strata-oci
+  STRATA_BINS=strata-oci bash scripts/build-release.sh -q
   STRATA_OCI=${CARGO_TARGET_DIR:-target}/release/strata-oci
 fi
 oci=$(realpath "$STRATA_OCI")

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/image-store.sh: needs root (file ownership, device nodes)" >&2; exit 1; }
 runs=${RUNS:-10}
-cargo build -q --release -p strata-cli --bin strata
+STRATA_BINS=strata bash scripts/build-release.sh -q
 target=${CARGO_TARGET_DIR:-target}
 strata=$(realpath "$target/release/strata")
 

@@ -18,7 +18,7 @@ export STRATA_STORE=$work/store STRATA_ROOT=$work/root
 trap 'for i in $("$strata" ps -aq 2>/dev/null); do "$strata" rm -f "$i" >/dev/null 2>&1; done; rm -rf "$work"' EXIT
 
 bash scripts/build-guest-kernel.sh >/dev/null
-cargo build -q --release -p strata-cli --bin strata
+STRATA_BINS=strata bash scripts/build-release.sh -q
 bash scripts/build-agent.sh >/dev/null 2>&1
 strata=$CARGO_TARGET_DIR/release/strata
 "$strata" --quiet image build-default >/dev/null
