@@ -226,6 +226,30 @@ fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
     let host = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
     assert_ne!(oci.ok(&["exec", &id, "uname", "-r"]), host, "runs in a VM");
 
+    // list shows VMs with containers; events --stats reads the VM's cgroups.
+    let list: serde_json::Value =
+        serde_json::from_str(&oci.ok(&["list", "--format", "json"])).unwrap();
+    let me = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not in {list}"));
+    assert_eq!(me["status"], "running", "{me}");
+    assert_eq!(me["pid"], pid, "{me}");
+    assert!(oci.ok(&["list", "-q"]).lines().any(|l| l == id));
+    let ev: serde_json::Value = serde_json::from_str(&oci.ok(&["events", "--stats", &id])).unwrap();
+    assert_eq!(ev["type"], "stats", "{ev}");
+    assert_eq!(ev["id"], id.as_str(), "{ev}");
+    assert!(
+        ev["data"]["memory"]["usage"]["usage"].as_u64().unwrap_or(0) > 8 << 20,
+        "a booted VM holds more than 8 MiB: {ev}"
+    );
+    assert!(
+        ev["data"]["pids"]["current"].as_u64().unwrap_or(0) >= 2,
+        "{ev}"
+    );
+
     // The engine's pid (the keeper) is in the VM's cgroups: what engines read from it is the VM's.
     let memory = cgroup_of(pid, "memory");
     let freezer = cgroup_of(pid, "freezer");

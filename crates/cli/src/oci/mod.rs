@@ -44,9 +44,9 @@ fn dispatch(cli: Cli, logger: &log::Logger) -> Result<i32> {
     if let Some(code) = vm::dispatch(&cli)? {
         return Ok(code);
     }
-    // CVE-2019-5736: whatever enters a container runs from a read-only bind mount of this
-    // binary in a private mount namespace (default: runc 1.2's scheme, ~4 ms) or, with
-    // STRATA_EXE_PROTECTION=memfd, from a sealed memfd copy (~20 ms: see docs/benchmarks.md),
+    // CVE-2019-5736: whatever enters a container runs from a detached read-only mount of this
+    // binary (exe_guard.rs: open_tree + mount_setattr + execveat, one extra exec) or, with
+    // STRATA_EXE_PROTECTION=memfd, from a sealed memfd copy (slower: see docs/benchmarks.md),
     // so /proc/<pid>/exe never gives a container a writable handle on the host's strata-oci.
     if matches!(
         cli.command,
@@ -88,7 +88,7 @@ fn dispatch(cli: Cli, logger: &log::Logger) -> Result<i32> {
             rt.delete(&a.id, a.force)?;
             Ok(0)
         }
-        Command::List(a) => list(&rt, a),
+        Command::List(a) => list(&rt, &cli.root, a),
         Command::Ps(a) => ps(&rt, a),
         Command::Exec(a) => exec(&rt, a),
         Command::Pause(a) => {
@@ -145,11 +145,18 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
     Signal::from_str(&name).map_err(|_| anyhow!("unknown signal {s:?}"))
 }
 
-fn list(rt: &Runtime, a: args::ListArgs) -> Result<i32> {
-    let all = rt.list()?;
+fn list(rt: &Runtime, root: &std::path::Path, a: args::ListArgs) -> Result<i32> {
+    // Containers and VMs (the VM path keeps its state under ROOT/vm), in one listing.
+    let mut all = rt
+        .list()?
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()?;
+    all.extend(vm::states(root));
+    all.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     if a.quiet {
         for s in &all {
-            println!("{}", s.id);
+            println!("{}", s["id"].as_str().unwrap_or_default());
         }
         return Ok(0);
     }
@@ -160,15 +167,19 @@ fn list(rt: &Runtime, a: args::ListArgs) -> Result<i32> {
                 "{:<12} {:<8} {:<10} {:<40} {:<32} OWNER",
                 "ID", "PID", "STATUS", "BUNDLE", "CREATED"
             );
+            let text = |v: &serde_json::Value| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
             for s in &all {
                 println!(
                     "{:<12} {:<8} {:<10} {:<40} {:<32} {}",
-                    s.id,
-                    s.pid,
-                    s.status.to_string(),
-                    s.bundle.display(),
-                    s.created,
-                    s.owner
+                    text(&s["id"]),
+                    text(&s["pid"]),
+                    text(&s["status"]),
+                    text(&s["bundle"]),
+                    text(&s["created"]),
+                    text(&s["owner"])
                 );
             }
         }
@@ -394,7 +405,7 @@ fn parse_resources(a: &args::UpdateArgs) -> Result<LinuxResources> {
     })
 }
 
-fn parse_interval(s: &str) -> Result<std::time::Duration> {
+pub fn parse_interval(s: &str) -> Result<std::time::Duration> {
     let t = s.trim();
     let (num, mul) = if let Some(n) = t.strip_suffix("ms") {
         (n, 0.001)

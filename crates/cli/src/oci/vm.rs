@@ -154,6 +154,22 @@ pub fn dispatch(cli: &Cli) -> Result<Option<i32>> {
             0
         }
         Command::Exec(a) if is_vm(&a.id) => exec(root, a)?,
+        Command::Events(a) if is_vm(&a.id) => {
+            let interval = super::parse_interval(&a.interval)?;
+            loop {
+                let st = running_vm(root, &a.id)?;
+                let stats = vm_cgroup(&st)?
+                    .cgroup()
+                    .stats()
+                    .with_context(|| format!("read the statistics of VM {}", a.id))?;
+                let ev = serde_json::json!({"type": "stats", "id": a.id, "data": stats});
+                println!("{ev}");
+                if a.stats {
+                    break 0;
+                }
+                std::thread::sleep(interval);
+            }
+        }
         _ => return Ok(None),
     }))
 }
@@ -235,6 +251,20 @@ fn kill_paused(
 }
 
 /// The OCI state of a VM container; `pid` is the keeper's (it exits with the workload).
+/// The `state` of every VM under `root` (for `list`), in id order; unreadable entries skipped.
+pub fn states(root: &Path) -> Vec<serde_json::Value> {
+    let mut ids: Vec<String> = std::fs::read_dir(root.join("vm"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("state.json").exists())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids.iter().filter_map(|id| state(root, id).ok()).collect()
+}
+
 fn state(root: &Path, id: &str) -> Result<serde_json::Value> {
     let st = vm_keeper::load_state(&state_dir(root, id)).context("read VM state")?;
     let status = if !vm_keeper::alive(st.keeper_pid) {
