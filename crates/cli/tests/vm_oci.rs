@@ -478,3 +478,54 @@ fn a_terminal_vm_gets_its_pty_through_the_console_socket_and_leaves_nothing() {
     ) = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
     {}
 }
+
+/// A keeper that stops answering (here: SIGSTOPped) does not hang the engine: `kill` and
+/// `start` give up after the keeper timeout with a message saying what to do, and
+/// `delete --force` still ends the VM and leaves nothing.
+#[test]
+fn an_unresponsive_keeper_times_out_instead_of_hanging() {
+    if !root_or_skip() {
+        return;
+    }
+    // SAFETY: prctl with integer arguments (we reap the keeper, as an engine's shim does).
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let oci = Oci::new();
+    let id = unique_id("vmto");
+    let _cleanup = Cleanup {
+        oci: &oci,
+        id: id.clone(),
+    };
+    let b = Bundle::sh(&id, "sleep 1000");
+    let bp = b.path().to_str().unwrap().to_string();
+    let pidf = format!("{bp}/init.pid");
+    oci.ok(&["--vm", "create", "--bundle", &bp, "--pid-file", &pidf, &id]);
+    let keeper: i32 = read_file(std::path::Path::new(&pidf)).parse().unwrap();
+    // SAFETY: stopping (later continuing) the keeper this test created.
+    unsafe { libc::kill(keeper, libc::SIGSTOP) };
+    for args in [
+        vec!["kill", id.as_str(), "TERM"],
+        vec!["start", id.as_str()],
+    ] {
+        let o = Command::new(oci_bin())
+            .arg("--root")
+            .arg(oci.root.path())
+            .args(&args)
+            .env("STRATA_KEEPER_TIMEOUT_MS", "300")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains("did not answer in time") && err.contains("delete --force"),
+            "{args:?}: {err}"
+        );
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(keeper, libc::SIGCONT) };
+    oci.ok(&["delete", "--force", &id]);
+    // The keeper still gets the requests queued on its socket (a late start races the delete),
+    // so only "it ended, not cleanly" is certain.
+    assert_ne!(wait_exit_code(keeper), 0);
+    assert!(!oci.root.path().join("vm").join(&id).exists());
+    assert_no_vm_cgroups(&id, &id);
+}

@@ -999,15 +999,44 @@ impl SocketPath {
 pub fn answer(r: &mut BufReader<UnixStream>) -> Result<serde_json::Value, String> {
     let mut line = String::new();
     match r.read_line(&mut line) {
-        Ok(0) | Err(_) => Err("the VM keeper closed the connection".into()),
+        Ok(0) => Err("the VM keeper closed the connection".into()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err("the VM keeper did not answer in time".into())
+        }
+        Err(e) => Err(format!("read the VM keeper's answer: {e}")),
         Ok(_) => serde_json::from_str(&line).map_err(|e| format!("bad keeper answer: {e}")),
     }
+}
+
+/// How long `simple_request` waits for the keeper's one-line answer (start, kill), unless
+/// STRATA_KEEPER_TIMEOUT_MS says otherwise.
+fn simple_request_timeout() -> Duration {
+    std::env::var("STRATA_KEEPER_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map_or(Duration::from_secs(60), Duration::from_millis)
 }
 
 /// A request that expects `{"ok": true}`.
 pub fn simple_request(state_dir: &Path, req: &Request) -> Result<(), String> {
     let mut r = request(state_dir, req, &[])?;
-    let v = answer(&mut r)?;
+    let timeout = simple_request_timeout();
+    // A keeper that stopped answering (a stuck guest) must not hang the engine calling us.
+    r.get_ref()
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| format!("set a timeout on the VM keeper's socket: {e}"))?;
+    let v = answer(&mut r).map_err(|e| {
+        format!(
+            "{e} (waited {} ms; `delete --force` ends the VM)",
+            timeout.as_millis()
+        )
+    })?;
     if v["ok"] == true {
         Ok(())
     } else {
