@@ -294,6 +294,22 @@ fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
     }
     let err = oci.fails(&["update", "--memory", "0", &id]);
     assert!(err.contains("invalid memory limit"), "{err}");
+    // CPU and pids limits apply to the VM's host processes, as to a container's.
+    oci.ok(&[
+        "update",
+        "--pids-limit",
+        "777",
+        "--cpu-quota",
+        "50000",
+        "--cpu-period",
+        "100000",
+        &id,
+    ]);
+    assert_eq!(read_file(&cgroup_of(pid, "pids").join("pids.max")), "777");
+    let cpu = cgroup_of(pid, "cpu");
+    assert_eq!(read_file(&cpu.join("cpu.cfs_quota_us")), "50000");
+    assert_eq!(read_file(&cpu.join("cpu.cfs_period_us")), "100000");
+    assert_eq!(read_file(&limit), (200u64 << 20).to_string(), "memory kept");
 
     // SIGTERM to a paused VM waits on its keeper and reaches the workload on resume.
     oci.ok(&["pause", &id]);

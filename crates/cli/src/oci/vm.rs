@@ -213,6 +213,15 @@ fn running_vm(root: &Path, id: &str) -> Result<vm_keeper::KeeperState> {
 /// applied to VMs (the VM's pids and CPU limits are fixed at boot; docs/engines.md).
 fn update(root: &Path, id: &str, r: &oci_spec::runtime::LinuxResources) -> Result<()> {
     let st = running_vm(root, id)?;
+    // CPU, pids and block I/O apply to the VM's host processes as to a container's; memory has
+    // its own rules below (the guest keeps the RAM it booted with).
+    let mut rest = r.clone();
+    rest.set_memory(None);
+    rest.set_devices(None);
+    vm_cgroup(&st)?
+        .cgroup()
+        .update(&rest)
+        .with_context(|| format!("update VM {id}"))?;
     let Some(limit) = r.memory().as_ref().and_then(|m| m.limit()) else {
         return Ok(());
     };
@@ -250,7 +259,6 @@ fn kill_paused(
     }
 }
 
-/// The OCI state of a VM container; `pid` is the keeper's (it exits with the workload).
 /// The `state` of every VM under `root` (for `list`), in id order; unreadable entries skipped.
 pub fn states(root: &Path) -> Vec<serde_json::Value> {
     let mut ids: Vec<String> = std::fs::read_dir(root.join("vm"))
@@ -265,6 +273,7 @@ pub fn states(root: &Path) -> Vec<serde_json::Value> {
     ids.iter().filter_map(|id| state(root, id).ok()).collect()
 }
 
+/// The OCI state of a VM container; `pid` is the keeper's (it exits with the workload).
 fn state(root: &Path, id: &str) -> Result<serde_json::Value> {
     let st = vm_keeper::load_state(&state_dir(root, id)).context("read VM state")?;
     let status = if !vm_keeper::alive(st.keeper_pid) {
