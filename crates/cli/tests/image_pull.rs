@@ -365,8 +365,14 @@ fn pulls_with_credentials() {
 
     // Without flags, login asks on its terminal and does not echo the password.
     let screen = login_on_a_terminal(&s, &reg.addr, "alice", PASSWORD);
-    assert!(screen.contains("alice"), "the user name is echoed: {screen}");
-    assert!(!screen.contains(PASSWORD), "the password was echoed: {screen}");
+    assert!(
+        screen.contains("alice"),
+        "the user name is echoed: {screen}"
+    );
+    assert!(
+        !screen.contains(PASSWORD),
+        "the password was echoed: {screen}"
+    );
     assert!(screen.contains("Login Succeeded"), "{screen}");
     s.ok(&["pull", &image("c")]);
     s.ok(&["rmi", &image("c")]);
