@@ -352,3 +352,28 @@ fn compare_bad_input_fails_and_cleans_up() {
         .unwrap();
     assert!(!o.status.success());
 }
+
+/// `--memory` reaches every instance: a CMD that succeeds only under a 100 MiB limit (the
+/// container's memory cgroup, or the VM's guest RAM) passes with `--memory 100m` in every layer
+/// and fails without it, and the failing compare leaves nothing behind.
+#[test]
+fn compare_memory_reaches_every_layer() {
+    let s = Sandbox::new("container");
+    let check = "lim=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max); \
+                 kb=$(awk '/MemTotal/{print $2}' /proc/meminfo); \
+                 [ \"$lim\" = 104857600 ] || [ \"$kb\" -lt 100000 ]";
+    let out = s.ok(&[
+        "compare", "--runs", "1", "--memory", "100m", "--json", "busybox", "sh", "-c", check,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["layers"].as_array().unwrap().len(),
+        1 + platforms().len(),
+        "{v}"
+    );
+    fails_cleanly(
+        &s,
+        &["--runs", "1", "busybox", "sh", "-c", check],
+        "the workload failed with exit code 1",
+    );
+}
