@@ -1,17 +1,24 @@
 //! The VM jail: confines the guest kernel process the way Firecracker's jailer confines its VMM.
 //!
 //! A UML kernel is an ordinary host process with the privileges of whoever starts it, and a guest
-//! that compromises it gets those privileges. So it starts as PID 1 of fresh pid, mount, ipc, net
-//! and uts namespaces; its root is a small tmpfs holding only bind mounts of the files the VM
+//! that compromises it gets those privileges. So it starts in fresh pid, mount, ipc, net and uts
+//! namespaces; its root is a small tmpfs holding only bind mounts of the files the VM
 //! needs (kernel, disks, initrd) plus a private /tmp for the guest memory file; it joins its
 //! cgroup, sets rlimits, drops every capability and switches to an unprivileged uid with
 //! no_new_privs and a seccomp deny list (crate::seccomp) before it executes the kernel.
 //! Nothing of the host's file tree is reachable.
 //!
-//! The child is created with a raw `clone` (fork semantics plus new namespaces) so that the
-//! kernel process itself is PID 1: when it exits, the kernel kills every helper it forked. The
-//! caller may be multi-threaded, so the child only makes system calls on data prepared before the
-//! clone: no allocation, no locks. A failing step reports (step, errno) on a close-on-exec pipe.
+//! The child is created with a raw `clone` (fork semantics plus new namespaces) and becomes PID 1
+//! of the jail: after the last jail step it forks the kernel process (PID 2) and only reaps. When
+//! the kernel exits, PID 1 exits with its status (128 + signal if it was killed), which ends every
+//! helper the kernel forked; killing PID 1 kills the whole VM. The kernel must not be PID 1
+//! itself: a panicking UML kernel aborts with `kill(getpid(), SIGABRT)` in a loop, and a pid
+//! namespace's init ignores that signal, so a guest panic (e.g. its init exiting) would spin at
+//! 100 % CPU forever instead of ending the VM. The jail has its own session, so the kernel's
+//! `kill(0, SIGTERM)` on panic reaches nothing outside it.
+//!
+//! The caller may be multi-threaded, so the child only makes system calls on data prepared before
+//! the clone: no allocation, no locks. A failing step reports (step, errno) on a close-on-exec pipe.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -85,6 +92,8 @@ const STEPS: &[&str] = &[
     "sethostname",
     "create directory",
     "install seccomp filter",
+    "setsid",
+    "fork the kernel process",
 ];
 
 const S_PRIVATE: u32 = 0;
@@ -114,6 +123,8 @@ const S_EXEC: u32 = 23;
 const S_HOSTNAME: u32 = 24;
 const S_MKDIR: u32 = 25;
 const S_SECCOMP: u32 = 26;
+const S_SETSID: u32 = 27;
+const S_FORK: u32 = 28;
 
 /// Data of one bind mount, as C strings prepared before the clone.
 struct PreparedFile {
@@ -479,6 +490,7 @@ unsafe fn child(p: &Prepared, err: RawFd) -> ! {
         libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len()),
         S_HOSTNAME
     );
+    check!(libc::setsid(), S_SETSID);
     let zero = b"0";
     for &fd in &p.cgroup_fds {
         check!(
@@ -564,8 +576,51 @@ unsafe fn child(p: &Prepared, err: RawFd) -> ! {
         ),
         S_SECCOMP
     );
-    libc::execve(p.exe.as_ptr(), p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr());
-    fail(err, S_EXEC)
+    // A raw fork: glibc's fork() would run atfork handlers that take locks the parent's other
+    // threads may have held at the clone.
+    let kernel = libc::syscall(
+        libc::SYS_clone,
+        libc::SIGCHLD as libc::c_ulong,
+        0usize,
+        0usize,
+        0usize,
+        0usize,
+    ) as libc::pid_t;
+    check!(kernel, S_FORK);
+    if kernel == 0 {
+        libc::execve(p.exe.as_ptr(), p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr());
+        fail(err, S_EXEC)
+    }
+    reaper(kernel)
+}
+
+/// PID 1 of the jail once the kernel process runs: holds no file (so the channel and console
+/// close when the kernel ends), reaps every child, and exits with the kernel's status.
+///
+/// # Safety
+/// Only for the jail's PID 1, after the fork of the kernel process.
+unsafe fn reaper(kernel: libc::pid_t) -> ! {
+    libc::syscall(
+        libc::SYS_close_range,
+        0 as libc::c_uint,
+        libc::c_uint::MAX,
+        0,
+    );
+    loop {
+        let mut status = 0;
+        let pid = libc::waitpid(-1, &mut status, 0);
+        if pid == kernel {
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+            libc::_exit(code)
+        }
+        if pid < 0 && *libc::__errno_location() != libc::EINTR {
+            libc::_exit(127)
+        }
+    }
 }
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
@@ -614,7 +669,8 @@ mod tests {
         assert_eq!(STEPS[S_PIVOT as usize], "pivot_root");
         assert_eq!(STEPS[S_MKDIR as usize], "create directory");
         assert_eq!(STEPS[S_SECCOMP as usize], "install seccomp filter");
-        assert_eq!(STEPS.len(), S_SECCOMP as usize + 1);
+        assert_eq!(STEPS[S_FORK as usize], "fork the kernel process");
+        assert_eq!(STEPS.len(), S_FORK as usize + 1);
     }
 
     #[test]

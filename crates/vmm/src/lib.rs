@@ -3,8 +3,9 @@
 //! - [`Platform`] (`uml` today, `kvm` later) boots a [`VmConfig`] into a [`Vm`]; [`detect`] picks
 //!   the best platform of this host and [`info`] explains the choice for `strata info`.
 //! - On `uml` the guest kernel is a User-Mode Linux process confined by [`jail`](crate::jail):
-//!   PID 1 of fresh pid/mount/ipc/net/uts namespaces, a tmpfs root holding only its kernel, disks
-//!   and initrd, its own cgroup, an unprivileged uid, no capabilities, no_new_privs.
+//!   fresh pid/mount/ipc/net/uts namespaces (a reaper is PID 1, the kernel PID 2), a tmpfs root
+//!   holding only its kernel, disks and initrd, its own cgroup, an unprivileged uid, no
+//!   capabilities, no_new_privs.
 //! - The agent reaches the guest in a tiny initramfs ([`initramfs::agent_initramfs`]) and runs as
 //!   PID 1 via `rdinit=/strata-agent`; it reads the [`GuestContract`] from /proc/cmdline and talks
 //!   strata-proto over the channel (`Vm::take_channel` on the host, `/dev/ttyS1` in a UML guest).

@@ -39,8 +39,8 @@ impl Vm {
         self.platform
     }
 
-    /// The host pid of the VM's leader process (the UML kernel, PID 1 of the VM's pid namespace:
-    /// killing it ends every process of the VM).
+    /// The host pid of the VM's leader process: the jail's reaper, PID 1 of the VM's pid namespace,
+    /// whose child is the UML kernel. Killing it ends every process of the VM.
     pub fn pid(&self) -> i32 {
         self.pid
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use strata_vmm::{Platform, UmlPlatform, VmConfig, VmmError};
 
-const TIMEOUT: Duration = Duration::from_secs(120);
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn host_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -35,7 +35,7 @@ poweroff -f
         let base_before = sha256(&disk);
         let cfg = config(&format!("boot-{name}"), &kernel, dir.path(), &disk);
         let mut vm = UmlPlatform::new().boot(&cfg).unwrap();
-        let out = read_all(vm.take_channel().unwrap(), TIMEOUT);
+        let out = read_all(vm.take_channel().unwrap(), TIMEOUT, dir.path());
         vm.wait().unwrap();
         let log = console(dir.path());
         assert!(
@@ -107,7 +107,7 @@ poweroff -f
     );
     let token = format!("ping-{}-{}", std::process::id(), "x".repeat(300));
     send(&mut ch, &format!("{token}\n"));
-    let rest = read_all(ch, TIMEOUT);
+    let rest = read_all(ch, TIMEOUT, dir.path());
     vm.wait().unwrap();
     assert!(
         rest.contains(&format!("ECHO:{token}:{}", token.len() + 1)),
@@ -240,7 +240,7 @@ poweroff -f
 
         // From the guest, as root: no route reaches the host's files.
         send(&mut ch, "go\n");
-        let out = read_all(ch, TIMEOUT);
+        let out = read_all(ch, TIMEOUT, dir.path());
         vm.wait().unwrap();
         eprintln!("{name} guest report:\n{out}");
         assert!(
@@ -349,6 +349,38 @@ fn dropping_a_vm_kills_it() {
     drop(vm);
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
     assert!(!cfg.runtime_dir.exists());
+}
+
+#[test]
+fn a_guest_kernel_panic_ends_the_vm() {
+    // The guest's init exits: its kernel panics ("Attempted to kill init!") and aborts. The VM
+    // must end with a failure status, not spin (a UML kernel that is its namespace's PID 1 would
+    // loop forever on a SIGABRT the namespace ignores), and leave nothing behind.
+    for (name, kernel) in kernels() {
+        let dir = tempfile::tempdir().unwrap();
+        let init = format!("{INIT_PRELUDE}\necho READY >&3\nexit 3\n");
+        let disk = busybox_disk(dir.path(), &init);
+        let cfg = config(&format!("panic-{name}"), &kernel, dir.path(), &disk);
+        let mut vm = UmlPlatform::new().boot(&cfg).unwrap();
+        let pid = vm.pid();
+        let out = read_all(vm.take_channel().unwrap(), TIMEOUT, dir.path());
+        assert!(out.contains("READY"), "{name}: {out:?}");
+        let status = vm.wait().unwrap();
+        assert!(
+            !status.success(),
+            "{name}: a panicked VM reported {status:?}"
+        );
+        let log = console(dir.path());
+        assert!(
+            log.contains("Attempted to kill init"),
+            "{name}: console {log}"
+        );
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{name}: VM process left"
+        );
+        assert!(!cfg.runtime_dir.exists(), "{name}: runtime dir left");
+    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -103,8 +103,8 @@ pub fn config(name: &str, kernel: &Path, dir: &Path, disk: &Path) -> VmConfig {
 }
 
 /// Reads everything the guest writes on the channel until it closes (the VM ended), or fails
-/// after `timeout`.
-pub fn read_all(channel: UnixStream, timeout: Duration) -> String {
+/// after `timeout` with the console of the VM whose files are in `dir`.
+pub fn read_all(channel: UnixStream, timeout: Duration, dir: &Path) -> String {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut s = channel;
@@ -112,9 +112,12 @@ pub fn read_all(channel: UnixStream, timeout: Duration) -> String {
         let _ = s.read_to_end(&mut buf);
         let _ = tx.send(buf);
     });
-    let buf = rx
-        .recv_timeout(timeout)
-        .expect("the guest did not finish in time");
+    let buf = rx.recv_timeout(timeout).unwrap_or_else(|_| {
+        panic!(
+            "the guest did not finish in {timeout:?}; console: {}",
+            console(dir)
+        )
+    });
     String::from_utf8_lossy(&buf).into_owned()
 }
 
@@ -127,6 +130,8 @@ pub fn read_until(channel: &mut UnixStream, needle: &str, timeout: Duration) -> 
         match channel.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),
+            // The caller's assertion reports what arrived, with the console.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
             Err(e) => panic!(
                 "reading the channel: {e}; got so far: {}",
                 String::from_utf8_lossy(&got)
