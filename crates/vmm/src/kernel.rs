@@ -25,6 +25,17 @@ pub struct KernelInfo {
     pub size: u64,
 }
 
+/// The config fragment strata's UML kernel is built with (scripts/build-guest-kernel.sh).
+pub const UML_CONFIG_FRAGMENT: &str = include_str!("../../../guest/uml.config");
+
+/// The hash that names a kernel built from this strata's guest/uml.config in the cache (the
+/// first 12 hex digits of its sha256, as the build script computes it).
+pub fn uml_config_hash() -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(UML_CONFIG_FRAGMENT.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
 /// The kernel cache directory (`STRATA_KERNEL_DIR`, else [`DEFAULT_KERNEL_DIR`]).
 pub fn kernel_dir() -> PathBuf {
     std::env::var_os("STRATA_KERNEL_DIR")
@@ -53,12 +64,18 @@ pub fn default_kernel(platform: &str) -> Option<KernelInfo> {
 }
 
 /// Kernels built by scripts/build-guest-kernel.sh in `dir`: `<platform>-<version>-<hash>/linux`
-/// with a `version` file.
+/// with a `version` file. The one built from this strata's guest/uml.config comes first (a
+/// kernel built from an older or newer fragment may lack what this strata needs, or have what
+/// it avoids), then the others, newest first.
 pub fn list_built(dir: &Path) -> Vec<KernelInfo> {
+    list_built_preferring(dir, &uml_config_hash())
+}
+
+fn list_built_preferring(dir: &Path, preferred_hash: &str) -> Vec<KernelInfo> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut found: Vec<(std::time::SystemTime, KernelInfo)> = Vec::new();
+    let mut found: Vec<(bool, std::time::SystemTime, KernelInfo)> = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix("uml-") else {
@@ -73,6 +90,7 @@ pub fn list_built(dir: &Path) -> Vec<KernelInfo> {
             .map(|v| v.trim().to_string())
             .unwrap_or_else(|_| rest.to_string());
         found.push((
+            hash == preferred_hash,
             meta.modified().unwrap_or(std::time::UNIX_EPOCH),
             KernelInfo {
                 platform: "uml",
@@ -83,8 +101,8 @@ pub fn list_built(dir: &Path) -> Vec<KernelInfo> {
             },
         ));
     }
-    found.sort_by_key(|f| std::cmp::Reverse(f.0));
-    found.into_iter().map(|(_, k)| k).collect()
+    found.sort_by_key(|f| std::cmp::Reverse((f.0, f.1)));
+    found.into_iter().map(|(_, _, k)| k).collect()
 }
 
 fn debian_uml(path: &Path) -> Option<KernelInfo> {
@@ -129,6 +147,47 @@ mod tests {
         assert_eq!(list[0].size, 3);
         assert!(list[0].source.contains("abcdef012345"));
         assert!(list_built(&dir.path().join("missing")).is_empty());
+    }
+
+    fn fake_kernel(dir: &Path, hash: &str, age_secs: u64) {
+        let k = dir.join(format!("uml-6.1.192-2-{hash}"));
+        std::fs::create_dir(&k).unwrap();
+        let f = std::fs::File::create(k.join("linux")).unwrap();
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs);
+        f.set_modified(t).unwrap();
+    }
+
+    #[test]
+    fn the_kernel_of_this_config_wins_over_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_kernel(dir.path(), "111111111111", 300);
+        fake_kernel(dir.path(), "222222222222", 10); // newest
+        fake_kernel(dir.path(), "333333333333", 100);
+        let order = |hash: &str| -> Vec<String> {
+            list_built_preferring(dir.path(), hash)
+                .iter()
+                .map(|k| k.source.clone())
+                .collect()
+        };
+        let got = order("333333333333");
+        assert!(got[0].contains("333333333333"), "{got:?}");
+        assert!(got[1].contains("222222222222"), "{got:?}");
+        assert!(got[2].contains("111111111111"), "{got:?}");
+        // No kernel of this config: the newest.
+        let got = order("444444444444");
+        assert!(got[0].contains("222222222222"), "{got:?}");
+    }
+
+    #[test]
+    fn config_hash_is_the_build_scripts() {
+        // scripts/build-guest-kernel.sh names the cache entry with `sha256sum | cut -c1-12`.
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let out = std::process::Command::new("sha256sum")
+            .arg(repo.join("guest/uml.config"))
+            .output()
+            .unwrap();
+        let expected = String::from_utf8(out.stdout).unwrap()[..12].to_string();
+        assert_eq!(uml_config_hash(), expected);
     }
 }
 

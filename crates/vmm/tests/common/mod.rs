@@ -132,6 +132,9 @@ pub fn read_until(channel: &mut UnixStream, needle: &str, timeout: Duration) -> 
             Ok(n) => got.extend_from_slice(&buf[..n]),
             // The caller's assertion reports what arrived, with the console.
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            // A socket with SO_RCVTIMEO returns EINTR even without a signal handler when the
+            // process was stopped and continued (signal(7)).
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => panic!(
                 "reading the channel: {e}; got so far: {}",
                 String::from_utf8_lossy(&got)
