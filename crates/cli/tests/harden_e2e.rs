@@ -988,9 +988,9 @@ fn ready_from_the_container_reaches_the_notify_socket() {
     let started = start.join().unwrap();
     assert!(started.status.success(), "{}", text(&started.stderr));
     let mut buf = [0u8; 128];
-    let n = host.recv(&mut buf).unwrap();
+    let n = recv_retrying(&host, &mut buf);
     assert_eq!(&buf[..n], b"READY=1\n");
-    let n = host.recv(&mut buf).unwrap();
+    let n = recv_retrying(&host, &mut buf);
     let pid = oci.pid(&id);
     assert_eq!(text(&buf[..n]), format!("MAINPID={pid}\n"));
     // The container prints concurrently with the READY the test sent for it.
@@ -1282,9 +1282,9 @@ fn notify_socket_works_for_run_in_the_foreground_and_detached() {
         .stderr(std::fs::File::create(dir.path().join("run.stderr")).unwrap());
     let mut run = cmd.spawn().unwrap();
     send_ready_when_bound(&oci.state_dir(&id).join("notify/notify.sock"));
-    let n = host.recv(&mut buf).unwrap();
+    let n = recv_retrying(&host, &mut buf);
     assert_eq!(&buf[..n], b"READY=1\n");
-    let n = host.recv(&mut buf).unwrap();
+    let n = recv_retrying(&host, &mut buf);
     assert_eq!(text(&buf[..n]), format!("MAINPID={}\n", run.id()));
     oci.ok(&["exec", &id, "touch", "/dev/shm/done"]);
     assert!(run.wait().unwrap().success());
@@ -1316,9 +1316,9 @@ fn notify_socket_works_for_run_in_the_foreground_and_detached() {
     );
     send_ready_when_bound(&relay);
     assert!(run.wait().unwrap().success());
-    let n = host.recv(&mut buf).unwrap();
+    let n = recv_retrying(&host, &mut buf);
     assert_eq!(&buf[..n], b"READY=1\n");
-    let n = host.recv(&mut buf).unwrap();
+    let n = recv_retrying(&host, &mut buf);
     assert_eq!(text(&buf[..n]), format!("MAINPID={}\n", oci.pid(&id)));
     oci.ok(&["delete", "--force", &id]);
     assert_clean(&oci, &b, &id);
@@ -1424,4 +1424,16 @@ fn the_exec_process_is_not_dumpable_until_it_execs_the_workload() {
     oci.ok(&["exec", &id, "touch", "/dev/shm/done"]);
     oci.ok(&["delete", "--force", &id]);
     assert_clean(&oci, &b, &id);
+}
+
+/// `recv` on a socket with SO_RCVTIMEO, retried when a stop and continue of the test process
+/// interrupts it (such sockets return EINTR even without a signal handler, signal(7)).
+fn recv_retrying(sock: &std::os::unix::net::UnixDatagram, buf: &mut [u8]) -> usize {
+    loop {
+        match sock.recv(buf) {
+            Ok(n) => return n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("receiving on the notify socket: {e}"),
+        }
+    }
 }
