@@ -3,246 +3,25 @@
 //! that the defence holds, and where it can, also shows that the same bundle without the
 //! defence would have let the escape through (so the test can fail).
 
+mod common;
+mod pty;
+
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::*;
+use pty::{wait_exit, Terminal};
 use serde_json::{json, Value};
 
 const DOCKER_CONFIG: &str = include_str!("../../container/src/seccomp/testdata/docker-config.json");
 
-fn oci_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_strata-oci")
-}
-
-/// Skips (returns false) when not root or without busybox-static.
-fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() && Path::new("/bin/busybox").exists() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("STRATA_REQUIRE_E2E").is_none(),
-        "end-to-end tests need root and /bin/busybox"
-    );
-    eprintln!("skipping: needs root and /bin/busybox");
-    false
-}
-
-fn unique_id(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "hd-{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// A busybox bundle with `strata-oci spec`'s config running `sh -c script`.
-struct Bundle {
-    dir: tempfile::TempDir,
-    config: Value,
-}
-
-impl Bundle {
-    fn sh(id: &str, script: &str) -> Bundle {
-        let dir = tempfile::Builder::new()
-            .prefix("strata-harden-")
-            .tempdir()
-            .unwrap();
-        let rootfs = dir.path().join("rootfs");
-        for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
-            std::fs::create_dir_all(rootfs.join(d)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-        for applet in text(&list.stdout).lines() {
-            if applet != "busybox" {
-                let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
-            }
-        }
-        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        let out = Command::new(oci_bin())
-            .args(["spec", "--bundle"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "spec: {}", text(&out.stderr));
-        let mut config: Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap())
-                .unwrap();
-        config["process"]["terminal"] = json!(false);
-        config["process"]["args"] = json!(["sh", "-c", script]);
-        config["linux"]["cgroupsPath"] = json!(format!("/strata-test-{id}"));
-        let b = Bundle { dir, config };
-        b.save();
-        b
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn rootfs(&self) -> PathBuf {
-        self.dir.path().join("rootfs")
-    }
-
-    fn save(&self) {
-        std::fs::write(
-            self.dir.path().join("config.json"),
-            serde_json::to_vec_pretty(&self.config).unwrap(),
-        )
-        .unwrap();
-    }
-
-    fn edit(&mut self, f: impl FnOnce(&mut Value)) {
-        f(&mut self.config);
-        self.save();
-    }
-}
-
-/// A state root; on drop force-deletes every container it ran.
-struct Oci {
-    root: tempfile::TempDir,
-    ids: std::sync::Mutex<Vec<String>>,
-}
-
-impl Oci {
-    fn new() -> Oci {
-        Oci {
-            root: tempfile::Builder::new()
-                .prefix("strata-harden-root-")
-                .tempdir()
-                .unwrap(),
-            ids: Default::default(),
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(oci_bin());
-        c.arg("--root").arg(self.root.path()).args(args);
-        if let Some(id) = args.last() {
-            self.ids.lock().unwrap().push(id.to_string());
-        }
-        c.stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "strata-oci {args:?} failed ({:?}): {}{}",
-            out.status.code(),
-            text(&out.stderr),
-            text(&out.stdout)
-        );
-        text(&out.stdout)
-    }
-
-    /// `create` with stdout/stderr in files: the container inherits them and outlives the
-    /// command, so pipes would never reach EOF. Returns (success, stderr, stdout file).
-    fn create(
-        &self,
-        b: &Bundle,
-        id: &str,
-        extra: &[&str],
-        env: &[(&str, &Path)],
-    ) -> (bool, String, PathBuf) {
-        let out = b.path().join(format!("{id}.stdout"));
-        let err = b.path().join(format!("{id}.stderr"));
-        let mut args = vec!["create", "--bundle", b.path().to_str().unwrap()];
-        args.extend_from_slice(extra);
-        args.push(id);
-        let mut cmd = self.cmd(&args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let status = cmd
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .status()
-            .unwrap();
-        (
-            status.success(),
-            std::fs::read_to_string(&err).unwrap_or_default(),
-            out,
-        )
-    }
-
-    fn create_ok(&self, b: &Bundle, id: &str, extra: &[&str]) -> PathBuf {
-        let (ok, err, out) = self.create(b, id, extra, &[]);
-        assert!(ok, "create {id}: {err}");
-        out
-    }
-
-    /// `run` in the foreground: (exit code, stdout, stderr).
-    fn run_bundle(&self, b: &Bundle, id: &str) -> (i32, String, String) {
-        let out = self.run(&["run", "--bundle", b.path().to_str().unwrap(), id]);
-        (
-            out.status.code().unwrap_or(-1),
-            text(&out.stdout),
-            text(&out.stderr),
-        )
-    }
-
-    fn state_dir(&self, id: &str) -> PathBuf {
-        self.root.path().join(id)
-    }
-
-    fn pid(&self, id: &str) -> i32 {
-        let v: Value = serde_json::from_str(&self.ok(&["state", id])).unwrap();
-        v["pid"].as_i64().unwrap() as i32
-    }
-}
-
-impl Drop for Oci {
-    fn drop(&mut self) {
-        for id in std::mem::take(&mut *self.ids.lock().unwrap()) {
-            if self.root.path().join(&id).exists() {
-                let _ = Command::new(oci_bin())
-                    .arg("--root")
-                    .arg(self.root.path())
-                    .args(["delete", "--force", &id])
-                    .output();
-            }
-        }
-    }
-}
-
-/// Nothing of container `id` is left: no state dir, no cgroup, no process in the rootfs.
-fn assert_clean(oci: &Oci, b: &Bundle, id: &str) {
-    assert!(!oci.state_dir(id).exists(), "state dir of {id} left behind");
-    for ctrl in ["memory", "pids", "devices", "cpu", "freezer", "unified"] {
-        let p = Path::new("/sys/fs/cgroup")
-            .join(ctrl)
-            .join(format!("strata-test-{id}"));
-        assert!(!p.exists(), "cgroup {} left behind", p.display());
-    }
-    let rootfs = b.rootfs();
-    for _ in 0..100 {
-        let leftover = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .any(|e| std::fs::read_link(e.path().join("root")).is_ok_and(|r| r == rootfs));
-        if !leftover {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("a process rooted in {} is still alive", rootfs.display());
 }
 
 fn docker_seccomp() -> Value {
@@ -299,7 +78,7 @@ fn docker_seccomp_profile_refuses_namespace_and_mount_syscalls_like_runc() {
     let id = unique_id("nosec");
     let mut open = Bundle::sh(&id, SECCOMP_PROBE);
     open.edit(all_caps_with_sys_admin);
-    let (code, out, err) = oci.run_bundle(&open, &id);
+    let (code, out, err) = oci.run_container(&open, &id);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("unshare=allowed") && out.contains("mount=allowed"),
@@ -312,7 +91,7 @@ fn docker_seccomp_profile_refuses_namespace_and_mount_syscalls_like_runc() {
         all_caps_with_sys_admin(c);
         c["linux"]["seccomp"] = docker_seccomp();
     });
-    let (code, out, err) = oci.run_bundle(&b, &id);
+    let (code, out, err) = oci.run_container(&b, &id);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("unshare=refused") && out.contains("mount=refused"),
@@ -369,7 +148,7 @@ fn docker_fixture_config_runs_with_its_seccomp_profile() {
         serde_json::to_vec(&config).unwrap(),
     )
     .unwrap();
-    let (code, out, err) = oci.run_bundle(&b, &id);
+    let (code, out, err) = oci.run_container(&b, &id);
     assert_eq!(code, 0, "docker's config.json failed: {err}");
     // Docker's capabilities lack CAP_SYS_ADMIN; its profile refuses these with EPERM too.
     assert!(
@@ -800,7 +579,7 @@ fn socket_activation_fds_are_passed_with_listen_env() {
     .arg(oci.root.path())
     .args(["run", "--bundle", b.path().to_str().unwrap(), &id])
     .stdin(Stdio::null());
-    oci.ids.lock().unwrap().push(id.clone());
+    oci.track(&id);
     let src = sockfile.as_raw_fd();
     // SAFETY: dup2/fcntl between fork and exec only.
     unsafe {
@@ -882,7 +661,7 @@ fn symlinks_in_the_rootfs_cannot_redirect_mounts_or_devices_to_the_host() {
         mounts.push(json!({"destination": "/data/sub", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]}));
         c["linux"]["maskedPaths"] = json!(["/proc/kcore"]);
     });
-    let (code, out, err) = oci.run_bundle(&b, &id);
+    let (code, out, err) = oci.run_container(&b, &id);
     // Either refused with a clear error, or contained inside the rootfs.
     if code == 0 {
         assert!(out.contains("proc-ok") && out.contains("data-ok"), "{out}");
@@ -1008,102 +787,6 @@ fn ready_from_the_container_reaches_the_notify_socket() {
     assert_clean(&oci, &b, &id);
 }
 
-/// A terminal the test owns: strata-oci runs on its slave as session leader with it as its
-/// controlling terminal (stdin, stdout, stderr), like a user typing in a shell.
-struct TestTerminal {
-    master: std::fs::File,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-}
-
-fn set_winsize(fd: i32, rows: u16, cols: u16) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ with a valid winsize on a pty fd.
-    assert_eq!(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }, 0);
-}
-
-impl TestTerminal {
-    fn spawn(mut cmd: Command, rows: u16, cols: u16) -> (std::process::Child, TestTerminal) {
-        let pty = nix::pty::openpty(None, None).unwrap();
-        set_winsize(pty.master.as_raw_fd(), rows, cols);
-        let slave = pty.slave;
-        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
-            .stdout(Stdio::from(slave.try_clone().unwrap()))
-            .stderr(Stdio::from(slave));
-        // SAFETY: setsid and TIOCSCTTY are async-signal-safe; fd 0 is the pty slave here.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().unwrap();
-        drop(cmd);
-        let master = std::fs::File::from(pty.master);
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (mut r, buf) = (master.try_clone().unwrap(), seen.clone());
-        std::thread::spawn(move || {
-            let mut b = [0u8; 4096];
-            while let Ok(n) = r.read(&mut b) {
-                if n == 0 {
-                    break;
-                }
-                buf.lock().unwrap().extend_from_slice(&b[..n]);
-            }
-        });
-        (child, TestTerminal { master, seen })
-    }
-
-    fn text(&self) -> String {
-        text(&self.seen.lock().unwrap())
-    }
-
-    fn wait_for(&self, what: &str) {
-        let t = Instant::now();
-        while !self.text().contains(what) {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "no {what:?} on the terminal: {:?}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Whether the terminal is in canonical (cooked) mode; the master reads the slave's termios.
-    fn canonical(&self) -> bool {
-        nix::sys::termios::tcgetattr(&self.master)
-            .unwrap()
-            .local_flags
-            .contains(nix::sys::termios::LocalFlags::ICANON)
-    }
-
-    fn type_in(&self, bytes: &[u8]) {
-        use std::io::Write;
-        (&self.master).write_all(bytes).unwrap();
-    }
-}
-
-fn wait_exit(child: &mut std::process::Child) -> i32 {
-    let t = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code().unwrap_or(-1);
-        }
-        if t.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("strata-oci did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn foreground_run_with_a_terminal_relays_a_pty_to_our_own_terminal() {
     if !root_or_skip() {
@@ -1126,8 +809,8 @@ fn foreground_run_with_a_terminal_relays_a_pty_to_our_own_terminal() {
         b.path().to_str().unwrap(),
         &id,
     ]);
-    oci.ids.lock().unwrap().push(id.clone());
-    let (mut child, term) = TestTerminal::spawn(cmd, 30, 100);
+    oci.track(&id);
+    let (mut child, term) = Terminal::spawn(cmd, 30, 100);
     term.wait_for("30 100");
     // Raw mode: our terminal passes keys through; the container's pty does the line editing.
     assert!(
@@ -1136,7 +819,7 @@ fn foreground_run_with_a_terminal_relays_a_pty_to_our_own_terminal() {
     );
     term.type_in(b"hello\r");
     term.wait_for("got:hello");
-    set_winsize(term.master.as_raw_fd(), 40, 120);
+    term.resize(40, 120);
     term.wait_for("40 120");
     assert_eq!(wait_exit(&mut child), 7, "{:?}", term.text());
     let out = term.text();
@@ -1171,7 +854,7 @@ fn foreground_exec_t_relays_a_pty_and_detached_terminals_need_a_socket() {
         "-c",
         "tty; stty size; read line; echo got:$line; exit 3",
     ]);
-    let (mut child, term) = TestTerminal::spawn(cmd, 25, 90);
+    let (mut child, term) = Terminal::spawn(cmd, 25, 90);
     term.wait_for("25 90");
     term.type_in(b"typed\r");
     term.wait_for("got:typed");
@@ -1230,7 +913,7 @@ fn poststop_hooks_run_after_a_foreground_run_ends() {
     let id = unique_id("poststop-run");
     let mut b = Bundle::sh(&id, "exit 4");
     b.edit(|c| c["hooks"] = json!({"poststop": [hook(out.path(), "poststop")]}));
-    let (code, _, err) = oci.run_bundle(&b, &id);
+    let (code, _, err) = oci.run_container(&b, &id);
     assert_eq!(code, 4, "{err}");
     let p = out.path().join("poststop.json");
     let s: Value = serde_json::from_slice(

@@ -2,6 +2,8 @@
 //! busybox-static, a per-test state root, and checks that nothing is left behind.
 #![allow(dead_code)]
 
+pub mod proc_cgroup;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -140,13 +142,21 @@ impl Oci {
         }
     }
 
-    fn cmd(&self, args: &[&str]) -> Command {
+    /// `strata-oci --root R args`, stdin closed; its last arg is taken as a container id to
+    /// delete on drop.
+    pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(oci_bin());
         c.arg("--root").arg(self.root.path()).args(args);
-        if let Some(id) = args.last() {
+        self.track(args.last().copied().unwrap_or_default());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Deletes container `id` on drop too (for a test running strata-oci with its own Command).
+    pub fn track(&self, id: &str) {
+        if !id.is_empty() {
             self.ids.lock().unwrap().push(id.to_string());
         }
-        c
     }
 
     /// Runs strata-oci with `args` (after --root), stdin closed. Output goes through files,
@@ -217,6 +227,50 @@ impl Oci {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// `create --bundle B extra.. id` with stdout/stderr in files: the container inherits them
+    /// and outlives the command, so pipes would never reach EOF. Returns (success, stderr,
+    /// path of the stdout file).
+    pub fn create(
+        &self,
+        b: &Bundle,
+        id: &str,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> (bool, String, PathBuf) {
+        let out = b.path().join(format!("{id}.stdout"));
+        let err = b.path().join(format!("{id}.stderr"));
+        let mut args = vec!["create", "--bundle", b.path().to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(id);
+        let mut cmd = self.cmd(&args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let status = cmd
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        (
+            status.success(),
+            std::fs::read_to_string(&err).unwrap_or_default(),
+            out,
+        )
+    }
+
+    /// [`Oci::create`], asserting success; returns the path of the stdout file.
+    pub fn create_ok(&self, b: &Bundle, id: &str, extra: &[&str]) -> PathBuf {
+        let (ok, err, out) = self.create(b, id, extra, &[]);
+        assert!(ok, "create {id}: {err}");
+        out
+    }
+
+    /// The container's host pid from `state`.
+    pub fn pid(&self, id: &str) -> i32 {
+        let v: Value = serde_json::from_str(&self.ok(&["state", id])).unwrap();
+        v["pid"].as_i64().unwrap() as i32
     }
 
     /// `run`, asserting exit 0; returns the container's stdout.
