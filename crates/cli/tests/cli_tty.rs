@@ -2,98 +2,18 @@
 //! runs with that pty as its controlling terminal.
 
 mod cli_common;
+mod pty;
 
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cli_common::Sandbox;
+use pty::{wait_exit, Terminal};
 
-struct Terminal {
-    master: std::fs::File,
-    seen: Arc<Mutex<Vec<u8>>>,
-}
-
-fn set_size(fd: i32, rows: u16, cols: u16) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ with a valid winsize on a pty fd.
-    assert_eq!(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }, 0);
-}
-
-/// Spawns strata on a new pty of `rows`×`cols`, as the session leader owning it.
+/// Spawns strata with `args` on a new pty of `rows`×`cols`, as the session leader owning it.
 fn spawn(s: &Sandbox, args: &[&str], rows: u16, cols: u16) -> (std::process::Child, Terminal) {
-    let pty = nix::pty::openpty(None, None).unwrap();
-    set_size(pty.master.as_raw_fd(), rows, cols);
-    let slave: OwnedFd = pty.slave;
     let mut c = s.cmd();
-    c.args(args)
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave));
-    // SAFETY: setsid and TIOCSCTTY are async-signal-safe; fd 0 is the pty slave here.
-    unsafe {
-        c.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = c.spawn().unwrap();
-    drop(c);
-    let master = std::fs::File::from(pty.master);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (mut r, buf) = (master.try_clone().unwrap(), seen.clone());
-    std::thread::spawn(move || {
-        let mut b = [0u8; 4096];
-        while let Ok(n) = r.read(&mut b) {
-            if n == 0 {
-                break;
-            }
-            buf.lock().unwrap().extend_from_slice(&b[..n]);
-        }
-    });
-    (child, Terminal { master, seen })
-}
-
-impl Terminal {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
-    }
-
-    fn wait_for(&self, what: &str) {
-        let t = Instant::now();
-        while !self.text().contains(what) {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "no {what:?} on the terminal: {:?}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn wait_exit(child: &mut std::process::Child) -> i32 {
-    let t = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code().unwrap_or(-1);
-        }
-        if t.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("strata -t did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    c.args(args);
+    Terminal::spawn(c, rows, cols)
 }
 
 fn tty_and_resize(iso: &str) {
@@ -106,7 +26,7 @@ fn tty_and_resize(iso: &str) {
         100,
     );
     term.wait_for("30 100");
-    set_size(term.master.as_raw_fd(), 40, 120);
+    term.resize(40, 120);
     term.wait_for("40 120");
     assert_eq!(wait_exit(&mut child), 0);
     let out = term.text();
@@ -121,23 +41,22 @@ fn tty_and_resize(iso: &str) {
 
 fn interactive_tty(iso: &str) {
     let s = Sandbox::new(iso);
-    let (mut child, mut term) = spawn(&s, &["run", "--rm", "-it", "busybox", "sh"], 24, 80);
+    let (mut child, term) = spawn(&s, &["run", "--rm", "-it", "busybox", "sh"], 24, 80);
     std::thread::sleep(Duration::from_millis(300));
-    term.master.write_all(b"echo $((6*7))\n").unwrap();
+    term.type_in(b"echo $((6*7))\n");
     term.wait_for("42");
     if iso == "container" {
         // ^C interrupts the shell's foreground job: the pty is the controlling terminal.
-        term.master.write_all(b"sleep 100\n").unwrap();
+        term.type_in(b"sleep 100\n");
         std::thread::sleep(Duration::from_millis(500));
-        term.master.write_all(b"\x03").unwrap();
-        term.master.write_all(b"echo after-$((1+1))\n").unwrap();
+        term.type_in(b"\x03");
+        term.type_in(b"echo after-$((1+1))\n");
         term.wait_for("after-2");
     }
-    term.master.write_all(b"exit 5\n").unwrap();
+    term.type_in(b"exit 5\n");
     assert_eq!(wait_exit(&mut child), 5);
     // strata restored the terminal's mode: ECHO is back on.
-    let t = nix::sys::termios::tcgetattr(&term.master).unwrap();
-    assert!(t.local_flags.contains(nix::sys::termios::LocalFlags::ECHO));
+    assert!(term.echoes());
     s.assert_nothing_left(&[]);
 }
 
@@ -191,29 +110,28 @@ fn attach_tty(iso: &str) {
     s.eventually(30, "running", || {
         s.inspect("at")["State"]["Running"] == true
     });
-    let (mut child, mut term) = spawn(&s, &["attach", "at"], 33, 99);
+    let (mut child, term) = spawn(&s, &["attach", "at"], 33, 99);
     // Typed before attach reads its terminal: it sends its size first, then what we typed.
-    term.master.write_all(b"stty size\n").unwrap();
+    term.type_in(b"stty size\n");
     term.wait_for("33 99");
-    set_size(term.master.as_raw_fd(), 40, 120);
+    term.resize(40, 120);
     // SIGWINCH reaches attach asynchronously: ask until the new size shows.
     let t = Instant::now();
     while !term.text().contains("40 120") {
         assert!(t.elapsed() < Duration::from_secs(30), "{:?}", term.text());
-        term.master.write_all(b"stty size\n").unwrap();
+        term.type_in(b"stty size\n");
         std::thread::sleep(Duration::from_millis(300));
     }
-    term.master.write_all(b"\x10\x11").unwrap();
+    term.type_in(b"\x10\x11");
     assert_eq!(wait_exit(&mut child), 0);
     assert_eq!(s.inspect("at")["State"]["Running"], true);
     // What went through the pty is in the log.
     assert!(s.ok(&["logs", "at"]).contains("33 99"));
-    let (mut child, mut term) = spawn(&s, &["attach", "at"], 24, 80);
-    term.master.write_all(b"exit 5\n").unwrap();
+    let (mut child, term) = spawn(&s, &["attach", "at"], 24, 80);
+    term.type_in(b"exit 5\n");
     assert_eq!(wait_exit(&mut child), 5);
     // attach restored the terminal's mode.
-    let t = nix::sys::termios::tcgetattr(&term.master).unwrap();
-    assert!(t.local_flags.contains(nix::sys::termios::LocalFlags::ECHO));
+    assert!(term.echoes());
     assert_eq!(s.ok(&["wait", "at"]), "5\n");
     s.ok(&["rm", "at"]);
     s.assert_nothing_left(&[]);
