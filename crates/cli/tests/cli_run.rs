@@ -251,16 +251,24 @@ fn rm_leaves_nothing(iso: &str) {
     s.assert_nothing_left(&[]);
 }
 
-fn signals_are_forwarded(iso: &str) {
+/// Runs `strata run <isolation flags> <opts> busybox sh -c ...` in the foreground with a
+/// workload that answers SIGTERM with "got TERM" and exit 9; once it printed "ready", sends
+/// SIGTERM to strata. Returns strata and the rest of its stdout.
+fn run_and_send_term(
+    s: &Sandbox,
+    opts: &[&str],
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
     use std::io::BufRead;
-    let s = Sandbox::new(iso);
     let mut c = s.cmd();
     c.args(s.iso_flags().iter().fold(vec!["run"], |mut v, f| {
         v.push(f);
         v
     }))
+    .args(opts)
     .args([
-        "--rm",
         "busybox",
         "sh",
         "-c",
@@ -278,7 +286,14 @@ fn signals_are_forwarded(iso: &str) {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    line.clear();
+    (child, out)
+}
+
+fn signals_are_forwarded(iso: &str) {
+    use std::io::BufRead;
+    let s = Sandbox::new(iso);
+    let (mut child, mut out) = run_and_send_term(&s, &["--rm"]);
+    let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "got TERM\n");
     assert_eq!(child.wait().unwrap().code(), Some(9));
@@ -313,31 +328,7 @@ fn foreground_runs_are_logged(iso: &str) {
     assert_eq!(s.inspect("fg")["State"]["ExitCode"], 3);
 
     // Signals reach the workload through the relay too.
-    let mut c = s.cmd();
-    c.args(s.iso_flags().iter().fold(vec!["run"], |mut v, f| {
-        v.push(f);
-        v
-    }))
-    .args([
-        "--name",
-        "sig",
-        "busybox",
-        "sh",
-        "-c",
-        "trap 'echo got TERM; exit 9' TERM; echo ready; while true; do sleep 0.1; done",
-    ])
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::null());
-    let mut child = c.spawn().unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    let (mut child, _out) = run_and_send_term(&s, &["--name", "sig"]);
     assert_eq!(child.wait().unwrap().code(), Some(9));
     assert_eq!(
         text(&s.strata(&["logs", "sig"]).stdout),
@@ -356,7 +347,7 @@ fn foreground_runs_are_logged(iso: &str) {
     .stderr(std::process::Stdio::null());
     let mut child = c.spawn().unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    line.clear();
+    let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "y\n");
     drop(out);

@@ -2,6 +2,7 @@
 //! filled by skopeo with an image made from the default image (as root, no outside network).
 
 mod image_common;
+mod pty;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -10,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use image_common::{run, TestStore};
+use pty::Terminal;
 
 /// A docker-registry process with its own config, port and storage; killed on drop.
 struct Registry {
@@ -324,15 +326,18 @@ fn pulls_with_credentials() {
 
     // login checks the password with the registry first: a wrong one stores nothing.
     let auth_file = s.path().join("auth.json");
-    let mut c = strata(&s);
-    c.args([
-        "login",
-        "--username",
-        "alice",
-        "--password-stdin",
-        &reg.addr,
-    ]);
-    let o = with_stdin(c, b"wrong-pw\n");
+    let login = |password: &[u8]| {
+        let mut c = strata(&s);
+        c.args([
+            "login",
+            "--username",
+            "alice",
+            "--password-stdin",
+            &reg.addr,
+        ]);
+        with_stdin(c, password)
+    };
+    let o = login(b"wrong-pw\n");
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -340,15 +345,7 @@ fn pulls_with_credentials() {
         "{err}"
     );
     assert!(!auth_file.exists());
-    let mut c = strata(&s);
-    c.args([
-        "login",
-        "--username",
-        "alice",
-        "--password-stdin",
-        &reg.addr,
-    ]);
-    let o = with_stdin(c, format!("{PASSWORD}\n").as_bytes());
+    let o = login(format!("{PASSWORD}\n").as_bytes());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "Login Succeeded\n");
     use std::os::unix::fs::PermissionsExt;
@@ -404,57 +401,15 @@ fn pulls_with_credentials() {
 /// Runs `strata login REGISTRY` on a new pty (its controlling terminal), answers the prompts,
 /// and returns everything the terminal showed.
 fn login_on_a_terminal(s: &TestStore, registry: &str, user: &str, password: &str) -> String {
-    use std::os::unix::process::CommandExt;
-    use std::sync::{Arc, Mutex};
-    let pty = nix::pty::openpty(None, None).unwrap();
     let mut c = strata(s);
-    c.args(["login", registry])
-        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stderr(Stdio::from(pty.slave));
-    // SAFETY: setsid and TIOCSCTTY are async-signal-safe; fd 0 is the pty slave here.
-    unsafe {
-        c.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = c.spawn().unwrap();
-    drop(c);
-    let mut master = std::fs::File::from(pty.master);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (mut r, buf) = (master.try_clone().unwrap(), seen.clone());
-    std::thread::spawn(move || {
-        let mut b = [0u8; 1024];
-        while let Ok(n) = r.read(&mut b) {
-            if n == 0 {
-                break;
-            }
-            buf.lock().unwrap().extend_from_slice(&b[..n]);
-        }
-    });
-    let screen = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
-    let wait_for = |what: &str| {
-        let t = Instant::now();
-        while !screen().contains(what) {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "no {what:?}: {}",
-                screen()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for("Username: ");
-    master.write_all(format!("{user}\n").as_bytes()).unwrap();
-    wait_for("Password: ");
-    master
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
+    c.args(["login", registry]);
+    let (mut child, term) = Terminal::spawn(c, 24, 80);
+    term.wait_for("Username: ");
+    term.type_in(format!("{user}\n").as_bytes());
+    term.wait_for("Password: ");
+    term.type_in(format!("{password}\n").as_bytes());
     let status = child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    assert!(status.success(), "{}", screen());
-    screen()
+    assert!(status.success(), "{}", term.text());
+    term.text()
 }

@@ -9,6 +9,7 @@ mod common;
 
 use std::process::Command;
 
+use common::proc_cgroup;
 use common::*;
 use serde_json::{json, Value};
 
@@ -26,17 +27,7 @@ impl Drop for Cleanup<'_> {
 
 /// The cgroup of `pid` in a v1 hierarchy, as /proc/PID/cgroup gives it (`/a/b`).
 fn cgroup_line(pid: i32, ctrl: &str) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    text.lines()
-        .find_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-            ctrls
-                .split(',')
-                .any(|c| c == ctrl)
-                .then(|| path.to_string())
-        })
-        .unwrap_or_else(|| panic!("pid {pid} has no {ctrl} cgroup:\n{text}"))
+    proc_cgroup::cgroup_line(pid, ctrl).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The cgroup directory of `pid` in a v1 hierarchy (`/sys/fs/cgroup/<ctrl><path>`).
