@@ -51,7 +51,7 @@ fn mutate(v: &mut Value, rng: &mut Rng) {
         Value::Object(m) if !m.is_empty() => {
             let keys: Vec<String> = m.keys().cloned().collect();
             let k = &keys[(rng.next() as usize) % keys.len()];
-            if rng.next() % 3 == 0 {
+            if rng.next().is_multiple_of(3) {
                 m.insert(
                     k.clone(),
                     hostile[(rng.next() as usize) % hostile.len()].clone(),
@@ -62,7 +62,7 @@ fn mutate(v: &mut Value, rng: &mut Rng) {
         }
         Value::Array(a) if !a.is_empty() => {
             let i = (rng.next() as usize) % a.len();
-            if rng.next() % 3 == 0 {
+            if rng.next().is_multiple_of(3) {
                 a[i] = hostile[(rng.next() as usize) % hostile.len()].clone();
             } else {
                 mutate(&mut a[i], rng);
