@@ -14,6 +14,7 @@ pub mod monitor;
 pub mod output;
 pub mod progress;
 pub mod ps;
+pub mod relay;
 pub mod run;
 pub mod tty;
 pub mod vm;

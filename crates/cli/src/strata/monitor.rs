@@ -8,13 +8,14 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use anyhow::{bail, Context};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::unistd::ForkResult;
 
 use super::attach;
 use super::containers::{self, Containers, Record, State};
 use super::instance::{self, Stdio};
 use super::logs::{LogWriter, Stream};
-use super::{lifecycle, run, tty, Global};
+use super::{lifecycle, relay, run, tty, Global};
 
 /// Starts `rec` under a new monitor; returns once the workload runs (or failed to start, with
 /// the reason).
@@ -227,91 +228,92 @@ fn wait(pid: i32) -> i32 {
 fn serve(
     sources: Vec<(OwnedFd, Stream)>,
     log: &mut LogWriter,
-    mut server: Option<attach::Server>,
+    server: Option<attach::Server>,
     stdin: Option<OwnedFd>,
     pty: Option<OwnedFd>,
 ) -> Option<attach::Server> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut open = sources;
-    let mut stdin = stdin.filter(|f| set_nonblocking(f.as_fd()));
-    let mut pending: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    while !open.is_empty() {
-        // Input waits while the workload does not read what it has (back-pressure).
-        let want_input = pending.len() < 1 << 20;
-        let mut fds: Vec<PollFd> = open
-            .iter()
-            .map(|(f, _)| PollFd::new(f.as_fd(), PollFlags::POLLIN))
-            .collect();
-        let n_src = fds.len();
-        if let Some(s) = &server {
-            fds.extend(s.poll_fds(want_input));
+    let mut front = Monitor {
+        server,
+        stdin: stdin.filter(|f| set_nonblocking(f.as_fd())),
+        pending: Vec::new(),
+        pty,
+    };
+    relay::run(sources, Some(log), &mut front);
+    if let Some(s) = &front.server {
+        s.close();
+    }
+    front.server
+}
+
+/// The relay's front end of the monitor: attach clients, their input and window sizes.
+struct Monitor {
+    server: Option<attach::Server>,
+    /// The workload's stdin (non-blocking) while it takes input.
+    stdin: Option<OwnedFd>,
+    /// Input from clients the workload has not read yet.
+    pending: Vec<u8>,
+    /// The workload's pty (-t), for window sizes.
+    pty: Option<OwnedFd>,
+}
+
+impl Monitor {
+    /// Whether `poll_fds` adds the workload's stdin (last).
+    fn polls_stdin(&self) -> bool {
+        self.stdin.is_some() && !self.pending.is_empty()
+    }
+}
+
+impl relay::Front for Monitor {
+    fn poll_fds<'f>(&'f self, fds: &mut Vec<PollFd<'f>>) {
+        if let Some(s) = &self.server {
+            // Input waits while the workload does not read what it has (back-pressure).
+            fds.extend(s.poll_fds(self.pending.len() < 1 << 20));
         }
-        let n_srv = fds.len();
-        if let (Some(t), false) = (&stdin, pending.is_empty()) {
+        if let (Some(t), true) = (&self.stdin, self.polls_stdin()) {
             fds.push(PollFd::new(t.as_fd(), PollFlags::POLLOUT));
         }
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::Error::EINTR) => continue,
-            Err(_) => break,
+    }
+
+    fn output(&mut self, stream: Stream, data: &[u8]) -> bool {
+        if let Some(s) = &mut self.server {
+            s.broadcast(stream, data);
         }
-        let rev: Vec<PollFlags> = fds
-            .iter()
-            .map(|p| p.revents().unwrap_or(PollFlags::empty()))
-            .collect();
-        drop(fds);
-        let mut closed = Vec::new();
-        for (i, (fd, stream)) in open.iter().enumerate() {
-            if rev[i].is_empty() {
-                continue;
-            }
-            match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
-                Ok(0) | Err(nix::Error::EIO) => closed.push(i),
-                Ok(n) => {
-                    log.write(*stream, &buf[..n]);
-                    if let Some(s) = &mut server {
-                        s.broadcast(*stream, &buf[..n]);
-                    }
-                }
-                Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => {}
-                Err(_) => closed.push(i),
-            }
-        }
-        for i in closed.into_iter().rev() {
-            let (_, stream) = open.remove(i);
-            log.end(stream);
-        }
-        if let Some(s) = &mut server {
+        true
+    }
+
+    fn handle(&mut self, revents: &[PollFlags], _buf: &mut [u8]) {
+        let n_srv = revents.len() - usize::from(self.polls_stdin());
+        if let Some(s) = &mut self.server {
             let mut input = attach::Input::default();
-            s.handle(&rev[n_src..n_srv], &mut input);
-            if stdin.is_some() {
-                pending.extend_from_slice(&input.stdin);
+            s.handle(&revents[..n_srv], &mut input);
+            if self.stdin.is_some() {
+                self.pending.extend_from_slice(&input.stdin);
             }
-            if let (Some((rows, cols)), Some(p)) = (input.resize, &pty) {
+            if let (Some((rows, cols)), Some(p)) = (input.resize, &self.pty) {
                 set_size(p.as_fd(), rows, cols);
             }
         }
-        if let Some(t) = &stdin {
-            if rev.get(n_srv).is_some_and(|r| !r.is_empty()) || !pending.is_empty() {
-                match nix::unistd::write(t.as_fd(), &pending) {
+        if let Some(t) = &self.stdin {
+            if revents.get(n_srv).is_some_and(|r| !r.is_empty()) || !self.pending.is_empty() {
+                match nix::unistd::write(t.as_fd(), &self.pending) {
                     Ok(n) => {
-                        pending.drain(..n);
+                        self.pending.drain(..n);
                     }
                     Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => {}
                     // The workload closed its stdin: what clients type goes nowhere.
                     Err(_) => {
-                        pending.clear();
-                        stdin = None;
+                        self.pending.clear();
+                        self.stdin = None;
                     }
                 }
             }
         }
     }
-    if let Some(s) = &server {
-        s.close();
+
+    fn linger(&self) -> Option<PollTimeout> {
+        // The workload is reaped after the relay: every source's EOF ends it.
+        None
     }
-    server
 }
 
 fn set_nonblocking(fd: std::os::fd::BorrowedFd) -> bool {

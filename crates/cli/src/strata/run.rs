@@ -3,18 +3,19 @@
 //! detached under a monitor.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use strata_image::bundle::{EtcFiles, Network, RunOptions};
 use strata_image::rootfs::ContainerRootfs;
 
 use super::containers::{self, Containers, Record, State};
 use super::instance::{self, Stdio};
 use super::logs::{LogWriter, Stream};
-use super::{lifecycle, monitor, tty, Global};
+use super::{lifecycle, monitor, relay, tty, Global};
 
 /// Options shared by `run` and `create`.
 #[derive(Args, Debug, Clone)]
@@ -122,10 +123,8 @@ pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<()> {
     if a.detach {
         let (containers, rec) = prepare(g, &c, false)?;
         let id = rec.id.clone();
-        if let Err(e) = monitor::spawn(g, &containers, rec) {
-            // The monitor removed an --rm container; otherwise the record says it failed.
-            return Err(e);
-        }
+        // On failure the monitor removed an --rm container; otherwise the record says it failed.
+        monitor::spawn(g, &containers, rec)?;
         println!("{id}");
         return Ok(());
     }
@@ -284,101 +283,53 @@ fn relay_logged(
     signals: &nix::sys::signal::SigSet,
     log: &mut LogWriter,
 ) -> i32 {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use nix::sys::signal::Signal;
-    use nix::sys::signalfd::{SfdFlags, SignalFd};
     // A closed stdout of ours must not kill us (the container would go unrecorded); the
     // workload, already started, keeps its own SIGPIPE disposition.
     // SAFETY: changing a signal disposition of this single-threaded process.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    let sfd = SignalFd::with_flags(signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
-    let mut open = sources;
-    let mut code = None;
-    let mut buf = vec![0u8; 64 * 1024];
-    while !open.is_empty() {
-        let mut fds: Vec<PollFd> = open
-            .iter()
-            .map(|(f, _)| PollFd::new(f.as_fd(), PollFlags::POLLIN))
-            .collect();
-        if let Some(s) = &sfd {
-            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
-        }
-        // After the exit, whatever is still in the pipes arrives at once; a pipe some
-        // escaped process keeps open must not hold us forever.
-        let timeout = if code.is_some() {
-            PollTimeout::from(2000u16)
-        } else {
-            PollTimeout::NONE
-        };
-        match poll(&mut fds, timeout) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(nix::Error::EINTR) => continue,
-            Err(_) => break,
-        }
-        let rev: Vec<PollFlags> = fds
-            .iter()
-            .map(|p| p.revents().unwrap_or(PollFlags::empty()))
-            .collect();
-        drop(fds);
-        let mut closed = Vec::new();
-        for (i, (fd, stream)) in open.iter().enumerate() {
-            if rev[i].is_empty() {
-                continue;
-            }
-            match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
-                Ok(0) => closed.push(i),
-                Ok(n) => {
-                    log.write(*stream, &buf[..n]);
-                    let ours = match stream {
-                        Stream::Stdout => std::io::stdout().as_raw_fd(),
-                        Stream::Stderr => std::io::stderr().as_raw_fd(),
-                    };
-                    // SAFETY: our stdout/stderr stay open for the life of the process.
-                    let ours = unsafe { std::os::fd::BorrowedFd::borrow_raw(ours) };
-                    if !write_all(ours, &buf[..n]) {
-                        // Our reader went away (`strata run ... | head`): close the pipe so
-                        // the workload sees the same, as with our stdio passed straight on.
-                        closed.push(i);
-                    }
-                }
-                Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => {}
-                Err(_) => closed.push(i),
-            }
-        }
-        for i in closed.into_iter().rev() {
-            let (_, stream) = open.remove(i);
-            log.end(stream);
-        }
-        if let Some(s) = &sfd {
-            while let Ok(Some(info)) = s.read_signal() {
-                match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGCHLD) => {
-                        if let Some(c) = tty::reap(pid) {
-                            code = Some(c);
-                        }
-                    }
-                    Ok(sig) => {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-                    }
-                    Err(_) => {}
-                }
-            }
-        }
-    }
-    code.unwrap_or_else(|| strata_container::launch::wait_forwarding(pid, signals))
+    let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+    let mut front = Foreground {
+        stdout: stdout.as_fd(),
+        stderr: stderr.as_fd(),
+        signals: relay::Signals::new(pid, signals),
+    };
+    relay::run(sources, Some(log), &mut front);
+    front.signals.finish()
 }
 
-/// Writes all of `b`; false when the reader is gone.
-fn write_all(fd: std::os::fd::BorrowedFd, mut b: &[u8]) -> bool {
-    while !b.is_empty() {
-        match nix::unistd::write(fd, b) {
-            Ok(n) => b = &b[n..],
-            Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => {}
-            Err(_) => return false,
+/// The relay's front end for a logged foreground container: our stdout/stderr, signals.
+struct Foreground<'a> {
+    stdout: BorrowedFd<'a>,
+    stderr: BorrowedFd<'a>,
+    signals: relay::Signals<'a>,
+}
+
+impl relay::Front for Foreground<'_> {
+    fn poll_fds<'f>(&'f self, fds: &mut Vec<PollFd<'f>>) {
+        fds.extend(self.signals.poll_fd());
+    }
+
+    fn output(&mut self, stream: Stream, data: &[u8]) -> bool {
+        let ours = match stream {
+            Stream::Stdout => self.stdout,
+            Stream::Stderr => self.stderr,
+        };
+        // Our reader went away (`strata run ... | head`): false closes the pipe so the
+        // workload sees the same, as with our stdio passed straight on.
+        relay::write_all(ours, data)
+    }
+
+    fn handle(&mut self, revents: &[PollFlags], _buf: &mut [u8]) {
+        if let Some(r) = revents.first() {
+            self.signals.handle(*r, None);
         }
     }
-    true
+
+    fn linger(&self) -> Option<PollTimeout> {
+        // After the exit, whatever is still in the pipes arrives at once; a pipe some
+        // escaped process keeps open must not hold us forever.
+        self.signals.exited().then(|| PollTimeout::from(2000u16))
+    }
 }
 
 /// A workload that could not start: say why, record or remove the container, pick the code.
@@ -741,7 +692,9 @@ mod tests {
             "/a:/b:ro:x".to_string(),
             "justone".to_string(),
         ] {
-            let e = mounts(&[bad.clone()], &[]).unwrap_err().to_string();
+            let e = mounts(std::slice::from_ref(&bad), &[])
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("bad -v"), "{bad}: {e}");
         }
         assert!(mounts(&[], &["tmp".into()]).is_err());

@@ -12,14 +12,14 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use anyhow::Context;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::SigSet;
 use nix::sys::termios::{self, SetArg, Termios};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::logs::{LogWriter, Stream};
+use super::relay;
 
 /// A host pty pair.
 pub struct Pty {
@@ -112,104 +112,70 @@ pub fn relay(
     pid: i32,
     forward_stdin: bool,
     signals: &SigSet,
-    mut log: Option<&mut LogWriter>,
+    log: Option<&mut LogWriter>,
 ) -> i32 {
-    let stdin = std::io::stdin();
-    let stdout = std::io::stdout();
-    let sfd = match SignalFd::with_flags(signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
-        Ok(s) => s,
-        Err(_) => return wait_blocking(pid),
+    let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+    let mut front = Terminal {
+        master: master.as_fd(),
+        host: stdin.as_fd(),
+        stdin: forward_stdin.then(|| stdin.as_fd()),
+        stdout: stdout.as_fd(),
+        signals: relay::Signals::new(pid, signals),
     };
-    let mut stdin_open = forward_stdin;
-    let mut master_open = true;
-    let mut code: Option<i32> = None;
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        if !master_open || (code.is_some() && !drain_ready(master.as_fd())) {
-            break;
-        }
-        let mut fds = vec![
-            PollFd::new(master.as_fd(), PollFlags::POLLIN),
-            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
-        ];
-        if stdin_open {
-            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
-        }
-        // Once the workload exited, only drain what is left in the pty.
-        let timeout = if code.is_some() {
-            PollTimeout::ZERO
-        } else {
-            PollTimeout::NONE
-        };
-        match poll(&mut fds, timeout) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(nix::Error::EINTR) => continue,
-            Err(_) => break,
-        }
-        let rev = |i: usize| fds[i].revents().unwrap_or(PollFlags::empty());
-        let (m, s) = (rev(0), rev(1));
-        let i = if stdin_open {
-            rev(2)
-        } else {
-            PollFlags::empty()
-        };
-        if m.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-            match nix::unistd::read(master.as_raw_fd(), &mut buf) {
-                Ok(0) | Err(nix::Error::EIO) => master_open = false,
-                Ok(n) => {
-                    write_all(stdout.as_fd(), &buf[..n]);
-                    if let Some(l) = log.as_deref_mut() {
-                        l.write(Stream::Stdout, &buf[..n]);
+    // The master stays ours (the front end writes input and sizes to it): the relay reads it
+    // borrowed, and it closes when this returns.
+    relay::run(vec![(master.as_fd(), Stream::Stdout)], log, &mut front);
+    front.signals.finish()
+}
+
+/// The relay's front end for `-t`: our terminal ↔ the pty master, signals, window size.
+struct Terminal<'a> {
+    master: BorrowedFd<'a>,
+    /// Our terminal, whose size the pty follows.
+    host: BorrowedFd<'a>,
+    /// Our stdin while it is forwarded and open.
+    stdin: Option<BorrowedFd<'a>>,
+    stdout: BorrowedFd<'a>,
+    signals: relay::Signals<'a>,
+}
+
+impl relay::Front for Terminal<'_> {
+    fn poll_fds<'f>(&'f self, fds: &mut Vec<PollFd<'f>>) {
+        fds.extend(self.signals.poll_fd());
+        fds.extend(self.stdin.map(|i| PollFd::new(i, PollFlags::POLLIN)));
+    }
+
+    fn output(&mut self, _stream: Stream, data: &[u8]) -> bool {
+        // Our terminal gone is no reason to stop reading: the workload would block on a full
+        // pty.
+        relay::write_all(self.stdout, data);
+        true
+    }
+
+    fn handle(&mut self, revents: &[PollFlags], buf: &mut [u8]) {
+        let n_sig = usize::from(self.signals.polled());
+        if let (Some(i), Some(r)) = (self.stdin, revents.get(n_sig)) {
+            if r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+                match nix::unistd::read(i.as_raw_fd(), buf) {
+                    Ok(0) | Err(_) => {
+                        self.stdin = None;
+                        // End of input: send the terminal's EOF character, like a user typing ^D.
+                        relay::write_all(self.master, &[4]);
+                    }
+                    Ok(n) => {
+                        relay::write_all(self.master, &buf[..n]);
                     }
                 }
-                Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => {}
-                Err(_) => master_open = false,
             }
         }
-        if i.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
-            match nix::unistd::read(stdin.as_raw_fd(), &mut buf) {
-                Ok(0) | Err(_) => {
-                    stdin_open = false;
-                    // End of input: send the terminal's EOF character, like a user typing ^D.
-                    write_all(master.as_fd(), &[4]);
-                }
-                Ok(n) => write_all(master.as_fd(), &buf[..n]),
-            }
-        }
-        if s.contains(PollFlags::POLLIN) {
-            while let Ok(Some(info)) = sfd.read_signal() {
-                match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGCHLD) => {
-                        if let Some(c) = reap(pid) {
-                            code = Some(c);
-                        }
-                    }
-                    Ok(Signal::SIGWINCH) => copy_size(stdin.as_fd(), master.as_fd()),
-                    Ok(sig) => {
-                        let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
-                    }
-                    Err(_) => {}
-                }
-            }
+        if let (1, Some(r)) = (n_sig, revents.first()) {
+            self.signals.handle(*r, Some((self.host, self.master)));
         }
     }
-    // Every slave fd closed before SIGCHLD arrived: the workload is exiting; wait for it.
-    code.unwrap_or_else(|| wait_blocking(pid))
-}
 
-fn drain_ready(fd: BorrowedFd) -> bool {
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
-}
-
-fn write_all(fd: BorrowedFd, mut b: &[u8]) {
-    while !b.is_empty() {
-        match nix::unistd::write(fd, b) {
-            Ok(n) => b = &b[n..],
-            Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => {}
-            Err(_) => return,
-        }
+    fn linger(&self) -> Option<PollTimeout> {
+        // Once the workload exited, only drain what is already in the pty.
+        self.signals.exited().then_some(PollTimeout::ZERO)
     }
 }
 
@@ -221,18 +187,6 @@ pub fn reap(pid: i32) -> Option<i32> {
             Ok(WaitStatus::Signaled(p, s, _)) if p.as_raw() == pid => return Some(128 + s as i32),
             Ok(WaitStatus::StillAlive) | Err(_) => return None,
             Ok(_) => continue,
-        }
-    }
-}
-
-fn wait_blocking(pid: i32) -> i32 {
-    loop {
-        match waitpid(Pid::from_raw(pid), None) {
-            Ok(WaitStatus::Exited(_, c)) => return c,
-            Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
-            Err(nix::Error::EINTR) => continue,
-            Ok(_) => continue,
-            Err(_) => return 255,
         }
     }
 }
