@@ -280,18 +280,22 @@ fn console_reader(listener: UnixListener) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let (master, name) = strata_container::console::accept_master(&listener).unwrap();
         assert_eq!(name, "/dev/ptmx");
-        let mut f = std::fs::File::from(master);
-        let mut out = Vec::new();
-        let mut buf = [0u8; 1024];
-        // EIO once every slave fd is closed.
-        while let Ok(n) = f.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-        text(&out)
+        read_to_eio(master)
     })
+}
+
+/// Everything read from a pty master until EIO, which it reads once every slave fd is closed.
+fn read_to_eio(master: std::os::fd::OwnedFd) -> String {
+    let mut f = std::fs::File::from(master);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = f.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    text(&out)
 }
 
 #[test]
@@ -371,16 +375,7 @@ fn console_reader_until(listener: UnixListener) -> std::thread::JoinHandle<Resul
         stream.set_nonblocking(false).unwrap();
         let (master, _) =
             strata_container::console::receive_master(&stream).map_err(|e| e.to_string())?;
-        let mut f = std::fs::File::from(master);
-        let mut out = Vec::new();
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = f.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-        Ok(text(&out))
+        Ok(read_to_eio(master))
     })
 }
 
@@ -731,10 +726,7 @@ fn ready_from_the_container_reaches_the_notify_socket() {
     }
     let oci = Oci::new();
     let dir = tempfile::tempdir().unwrap();
-    let host_sock = dir.path().join("notify.sock");
-    let host = std::os::unix::net::UnixDatagram::bind(&host_sock).unwrap();
-    host.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    let (host_sock, host) = bind_notify_socket(dir.path(), 20);
     let id = unique_id("notify");
     // busybox has no sd_notify client: inside, the env and the socket are checked; READY is
     // sent to the relay socket by the test (the same socket, seen from the host).
@@ -758,20 +750,10 @@ fn ready_from_the_container_reaches_the_notify_socket() {
             .unwrap()
     });
     // The container's side: send READY to the relay socket once `start` bound it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let c = std::os::unix::net::UnixDatagram::unbound().unwrap();
-    while c.send_to(b"STATUS=up\nREADY=1", &relay).is_err() {
-        assert!(Instant::now() < deadline, "the relay socket never appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    send_ready_when_bound(&relay);
     let started = start.join().unwrap();
     assert!(started.status.success(), "{}", text(&started.stderr));
-    let mut buf = [0u8; 128];
-    let n = recv_retrying(&host, &mut buf);
-    assert_eq!(&buf[..n], b"READY=1\n");
-    let n = recv_retrying(&host, &mut buf);
-    let pid = oci.pid(&id);
-    assert_eq!(text(&buf[..n]), format!("MAINPID={pid}\n"));
+    expect_ready(&host, oci.pid(&id));
     // The container prints concurrently with the READY the test sent for it.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut inside = String::new();
@@ -832,6 +814,9 @@ fn foreground_run_with_a_terminal_relays_a_pty_to_our_own_terminal() {
     assert_clean(&oci, &b, &id);
 }
 
+/// runc's refusal of a terminal nobody could use (no console socket, detached).
+const DETACHED_TTY: &str = "cannot allocate tty if runc will detach without setting console socket";
+
 #[test]
 fn foreground_exec_t_relays_a_pty_and_detached_terminals_need_a_socket() {
     if !root_or_skip() {
@@ -874,8 +859,7 @@ fn foreground_exec_t_relays_a_pty_and_detached_terminals_need_a_socket() {
     ]);
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr)
-            .contains("cannot allocate tty if runc will detach without setting console socket"),
+        text(&out.stderr).contains(DETACHED_TTY),
         "{}",
         text(&out.stderr)
     );
@@ -892,8 +876,7 @@ fn foreground_exec_t_relays_a_pty_and_detached_terminals_need_a_socket() {
         let out = oci.run(&args);
         assert!(!out.status.success(), "{detached:?}");
         assert!(
-            text(&out.stderr)
-                .contains("cannot allocate tty if runc will detach without setting console socket"),
+            text(&out.stderr).contains(DETACHED_TTY),
             "{detached:?}: {}",
             text(&out.stderr)
         );
@@ -944,11 +927,7 @@ fn notify_socket_works_for_run_in_the_foreground_and_detached() {
     }
     let oci = Oci::new();
     let dir = tempfile::tempdir().unwrap();
-    let host_sock = dir.path().join("notify.sock");
-    let host = std::os::unix::net::UnixDatagram::bind(&host_sock).unwrap();
-    host.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut buf = [0u8; 128];
+    let (host_sock, host) = bind_notify_socket(dir.path(), 30);
 
     // Foreground: READY reaches the host socket while the workload runs, with MAINPID = the
     // runtime's pid (runc: the foreground runtime stays the process systemd watches).
@@ -965,10 +944,7 @@ fn notify_socket_works_for_run_in_the_foreground_and_detached() {
         .stderr(std::fs::File::create(dir.path().join("run.stderr")).unwrap());
     let mut run = cmd.spawn().unwrap();
     send_ready_when_bound(&oci.state_dir(&id).join("notify/notify.sock"));
-    let n = recv_retrying(&host, &mut buf);
-    assert_eq!(&buf[..n], b"READY=1\n");
-    let n = recv_retrying(&host, &mut buf);
-    assert_eq!(text(&buf[..n]), format!("MAINPID={}\n", run.id()));
+    expect_ready(&host, run.id());
     oci.ok(&["exec", &id, "touch", "/dev/shm/done"]);
     assert!(run.wait().unwrap().success());
     assert_eq!(
@@ -999,10 +975,7 @@ fn notify_socket_works_for_run_in_the_foreground_and_detached() {
     );
     send_ready_when_bound(&relay);
     assert!(run.wait().unwrap().success());
-    let n = recv_retrying(&host, &mut buf);
-    assert_eq!(&buf[..n], b"READY=1\n");
-    let n = recv_retrying(&host, &mut buf);
-    assert_eq!(text(&buf[..n]), format!("MAINPID={}\n", oci.pid(&id)));
+    expect_ready(&host, oci.pid(&id));
     oci.ok(&["delete", "--force", &id]);
     assert_clean(&oci, &b, &id);
 }
@@ -1107,6 +1080,25 @@ fn the_exec_process_is_not_dumpable_until_it_execs_the_workload() {
     oci.ok(&["exec", &id, "touch", "/dev/shm/done"]);
     oci.ok(&["delete", "--force", &id]);
     assert_clean(&oci, &b, &id);
+}
+
+/// The host's notify socket `dir/notify.sock` (what systemd would listen on), bound, with a
+/// receive timeout of `secs`.
+fn bind_notify_socket(dir: &Path, secs: u64) -> (PathBuf, std::os::unix::net::UnixDatagram) {
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(secs)))
+        .unwrap();
+    (path, sock)
+}
+
+/// The host's notify socket receives READY=1, then MAINPID=`mainpid`.
+fn expect_ready(host: &std::os::unix::net::UnixDatagram, mainpid: impl std::fmt::Display) {
+    let mut buf = [0u8; 128];
+    let n = recv_retrying(host, &mut buf);
+    assert_eq!(&buf[..n], b"READY=1\n");
+    let n = recv_retrying(host, &mut buf);
+    assert_eq!(text(&buf[..n]), format!("MAINPID={mainpid}\n"));
 }
 
 /// `recv` on a socket with SO_RCVTIMEO, retried when a stop and continue of the test process
