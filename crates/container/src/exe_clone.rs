@@ -92,36 +92,59 @@ pub fn ensure_cloned_binary() -> Result<(), ExeCloneError> {
         return Ok(());
     }
     let memfd = sealed_copy(Path::new("/proc/self/exe"))?;
-    let args: Vec<CString> = std::env::args_os()
-        .map(|a: OsString| CString::new(a.into_vec()))
-        .collect::<Result<_, _>>()
-        .map_err(|_| sys("collect argv")(io::ErrorKind::InvalidInput.into()))?;
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let env: Vec<CString> = std::env::vars_os()
-        .map(|(k, v)| {
-            let mut kv = k.into_vec();
-            kv.push(b'=');
-            kv.extend(v.into_vec());
-            CString::new(kv)
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|_| sys("collect the environment")(io::ErrorKind::InvalidInput.into()))?;
-    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    // SAFETY: argv and envp are NULL-terminated arrays of valid C strings that outlive the call;
-    // execveat with AT_EMPTY_PATH executes the memfd itself. It only returns on failure.
-    unsafe {
-        libc::syscall(
-            libc::SYS_execveat,
-            memfd.as_raw_fd(),
-            c"".as_ptr(),
-            argv.as_ptr(),
-            envp.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    Err(sys("execveat the sealed copy")(io::Error::last_os_error()))
+    let exec = ExecArgs::of_this_process()
+        .map_err(|_| sys("collect argv and environment")(io::ErrorKind::InvalidInput.into()))?;
+    Err(sys("execveat the sealed copy")(exec.execveat(&memfd)))
+}
+
+/// argv and environment of this process, for a re-exec of itself (here and in `exe_guard`).
+pub(crate) struct ExecArgs {
+    pub(crate) args: Vec<CString>,
+    pub(crate) env: Vec<CString>,
+}
+
+impl ExecArgs {
+    /// This process's argv and environment; fails when one has a NUL byte.
+    pub(crate) fn of_this_process() -> Result<ExecArgs, &'static str> {
+        let cs = |v: Vec<u8>| CString::new(v).ok();
+        let args: Option<Vec<CString>> = std::env::args_os()
+            .map(|a: OsString| cs(a.into_vec()))
+            .collect();
+        let env: Option<Vec<CString>> = std::env::vars_os()
+            .map(|(k, v)| {
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend(v.into_vec());
+                cs(kv)
+            })
+            .collect();
+        match (args, env) {
+            (Some(args), Some(env)) => Ok(ExecArgs { args, env }),
+            _ => Err("argv or environment has a NUL byte"),
+        }
+    }
+
+    /// Executes the file `fd` refers to with these arguments; returns only on failure.
+    pub(crate) fn execveat(&self, fd: &OwnedFd) -> io::Error {
+        let mut argv: Vec<*const libc::c_char> = self.args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = self.env.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // SAFETY: argv and envp are NULL-terminated arrays of valid C strings that outlive the
+        // call; execveat with AT_EMPTY_PATH executes the file the fd refers to. It only returns
+        // on failure.
+        unsafe {
+            libc::syscall(
+                libc::SYS_execveat,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        io::Error::last_os_error()
+    }
 }
 
 /// Sets or clears the dumpable flag of the calling process (PR_SET_DUMPABLE).
@@ -134,13 +157,38 @@ pub fn set_dumpable(dumpable: bool) -> Result<(), ExeCloneError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
     use std::process::Command;
 
     const CHILD_ENV: &str = "STRATA_TEST_EXE_CLONE_CHILD";
+
+    /// Runs the ignored helper test `test` of this binary in a child process with `env` set
+    /// (the helper re-executes itself, which the test process must not); returns the child's
+    /// stdout and its `RESULT ` line.
+    pub(crate) fn run_child(test: &str, env: &str) -> (String, String) {
+        let me = std::env::current_exe().unwrap();
+        let out = Command::new(&me)
+            .args([
+                "--ignored",
+                "--exact",
+                test,
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(env, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.contains("RESULT "))
+            .unwrap_or_else(|| panic!("no result: {text} {}", String::from_utf8_lossy(&out.stderr)))
+            .to_string();
+        (text, line)
+    }
 
     #[test]
     fn a_sealed_copy_cannot_be_written_or_resized() {
@@ -185,24 +233,7 @@ mod tests {
     fn runs_from_a_sealed_copy_after_ensure_cloned_binary() {
         let me = std::env::current_exe().unwrap();
         let mtime_before = std::fs::metadata(&me).unwrap().mtime();
-        let out = Command::new(&me)
-            .args([
-                "--ignored",
-                "--exact",
-                "exe_clone::tests::reexec_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, "1")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .find(|l| l.contains("RESULT cloned="))
-            .unwrap_or_else(|| {
-                panic!("no result: {text} {}", String::from_utf8_lossy(&out.stderr))
-            });
+        let (text, line) = run_child("exe_clone::tests::reexec_child", CHILD_ENV);
         assert!(text.contains("BEFORE cloned=false"), "{text}");
         assert!(line.contains("RESULT cloned=true"), "{line}");
         assert!(line.contains("exe=/memfd:strata-oci"), "{line}");

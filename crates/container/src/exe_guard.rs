@@ -19,13 +19,15 @@
 //! 3. Otherwise `exe_clone`'s sealed memfd copy (~10-20 ms for a 6-15 MiB binary here, see
 //!    docs/benchmarks.md).
 
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
+
+use crate::exe_clone::ExecArgs;
 
 /// The binary could not be protected either way.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +71,7 @@ pub fn protect_binary(fallback: Fallback) -> Result<(), ExeGuardError> {
     if is_protected() {
         return Ok(());
     }
-    let exec = match exec_args() {
+    let exec = match ExecArgs::of_this_process() {
         Ok(a) => a,
         Err(e) => {
             return Err(ExeGuardError::Failed {
@@ -90,31 +92,6 @@ pub fn protect_binary(fallback: Fallback) -> Result<(), ExeGuardError> {
         bind,
         memfd: e.to_string(),
     })
-}
-
-/// argv and environment of this process, for the re-exec.
-struct ExecArgs {
-    args: Vec<CString>,
-    env: Vec<CString>,
-}
-
-fn exec_args() -> Result<ExecArgs, &'static str> {
-    let cs = |v: Vec<u8>| CString::new(v).ok();
-    let args: Option<Vec<CString>> = std::env::args_os()
-        .map(|a: OsString| cs(a.into_vec()))
-        .collect();
-    let env: Option<Vec<CString>> = std::env::vars_os()
-        .map(|(k, v)| {
-            let mut kv = k.into_vec();
-            kv.push(b'=');
-            kv.extend(v.into_vec());
-            cs(kv)
-        })
-        .collect();
-    match (args, env) {
-        (Some(args), Some(env)) => Ok(ExecArgs { args, env }),
-        _ => Err("argv or environment has a NUL byte"),
-    }
 }
 
 /// `struct mount_attr` of mount_setattr(2).
@@ -166,29 +143,8 @@ fn detached_ro_reexec(exec: &ExecArgs) -> String {
     if r < 0 {
         return err("mount_setattr(MOUNT_ATTR_RDONLY) on the detached clone");
     }
-    let e = execveat(&tree, exec);
+    let e = exec.execveat(&tree);
     format!("execveat the read-only clone: {e}")
-}
-
-fn execveat(fd: &OwnedFd, exec: &ExecArgs) -> std::io::Error {
-    let mut argv: Vec<*const libc::c_char> = exec.args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = exec.env.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    // SAFETY: argv and envp are NULL-terminated arrays of valid C strings that outlive the
-    // call; execveat with AT_EMPTY_PATH executes the file the fd refers to. It only returns
-    // on failure.
-    unsafe {
-        libc::syscall(
-            libc::SYS_execveat,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            argv.as_ptr(),
-            envp.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    std::io::Error::last_os_error()
 }
 
 /// Way 2. Returns only on failure (the message); on success the process image is replaced.
@@ -251,7 +207,6 @@ fn locked(p: &Path) -> MsFlags {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::process::Command;
 
     const CHILD_ENV: &str = "STRATA_TEST_EXE_GUARD_CHILD";
 
@@ -287,24 +242,8 @@ mod tests {
             return;
         }
         let me = std::env::current_exe().unwrap();
-        let out = Command::new(&me)
-            .args([
-                "--ignored",
-                "--exact",
-                "exe_guard::tests::guard_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, "1")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .find(|l| l.contains("RESULT "))
-            .unwrap_or_else(|| {
-                panic!("no result: {text} {}", String::from_utf8_lossy(&out.stderr))
-            });
+        let (text, line) =
+            crate::exe_clone::tests::run_child("exe_guard::tests::guard_child", CHILD_ENV);
         assert!(text.contains("BEFORE readonly=false"), "{text}");
         // Not the memfd fallback: the read-only mount itself.
         assert!(line.contains("readonly=true memfd=false"), "{line}");
