@@ -86,6 +86,19 @@ impl Registry {
         let mut buf = [0u8; 12];
         s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
     }
+
+    /// `skopeo copy` of the layout's `tag` to `repo` (`name:tag`) on this registry, over plain
+    /// HTTP, with `extra` skopeo flags.
+    fn push(&self, layout: &str, tag: &str, repo: &str, extra: &[&str]) {
+        let (src, dest) = (
+            format!("oci:{layout}:{tag}"),
+            format!("docker://{}/{repo}", self.addr),
+        );
+        let mut args = vec!["copy", "-q", "--dest-tls-verify=false"];
+        args.extend_from_slice(extra);
+        args.extend([src.as_str(), dest.as_str()]);
+        run("skopeo", &args);
+    }
 }
 
 impl Drop for Registry {
@@ -156,27 +169,8 @@ fn pulls_from_a_loopback_registry() {
     let fixtures = tempfile::tempdir().unwrap();
     let lay = layout(fixtures.path());
     let reg = Registry::start("127.0.0.1");
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "-q",
-            "--dest-tls-verify=false",
-            &format!("oci:{lay}:t"),
-            &format!("docker://{}/test/pull:v1", reg.addr),
-        ],
-    );
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "-q",
-            "--all",
-            "--dest-tls-verify=false",
-            &format!("oci:{lay}:multi"),
-            &format!("docker://{}/test/multi:v1", reg.addr),
-        ],
-    );
+    reg.push(&lay, "t", "test/pull:v1", &[]);
+    reg.push(&lay, "multi", "test/multi:v1", &["--all"]);
 
     let s = TestStore::new();
     let name = format!("{}/test/pull:v1", reg.addr);
@@ -217,16 +211,7 @@ fn plain_http_needs_loopback_or_insecure() {
     let fixtures = tempfile::tempdir().unwrap();
     let lay = layout(fixtures.path());
     let reg = Registry::start(&ip);
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "-q",
-            "--dest-tls-verify=false",
-            &format!("oci:{lay}:t"),
-            &format!("docker://{}/test/remote:v1", reg.addr),
-        ],
-    );
+    reg.push(&lay, "t", "test/remote:v1", &[]);
     let s = TestStore::new();
     s.ok(&["images"]);
     let name = format!("{}/test/remote:v1", reg.addr);
@@ -289,17 +274,12 @@ fn pulls_with_credentials() {
     );
     let reg = Registry::start_with_auth("127.0.0.1", Some(&htpasswd));
     for repo in ["a", "b", "c"] {
-        run(
-            "skopeo",
-            &[
-                "copy",
-                "-q",
-                "--dest-tls-verify=false",
-                "--dest-creds",
-                &format!("alice:{PASSWORD}"),
-                &format!("oci:{lay}:t"),
-                &format!("docker://{}/test/{repo}:v1", reg.addr),
-            ],
+        let creds = format!("alice:{PASSWORD}");
+        reg.push(
+            &lay,
+            "t",
+            &format!("test/{repo}:v1"),
+            &["--dest-creds", &creds],
         );
     }
     let image = |repo: &str| format!("{}/test/{repo}:v1", reg.addr);
