@@ -10,11 +10,14 @@ pub mod command;
 pub mod daemons;
 pub mod image;
 pub mod matrix;
+#[path = "../common/proc_cgroup.rs"]
+mod proc_cgroup;
 pub mod runtime;
 pub mod sandbox;
 
 use command::{run, run_in_pty, wait_for, Outcome};
 use matrix::{Layer, Matrix, Op};
+use proc_cgroup::cgroup_line;
 use runtime::Runtime;
 use std::fs;
 use std::path::PathBuf;
@@ -128,23 +131,6 @@ pub fn cgroup_v1_dir(pid: i32, controller: &str) -> Result<PathBuf, String> {
         }
     }
     Err(format!("pid {pid} has no {controller} cgroup in:\n{text}"))
-}
-
-/// The cgroup of `pid` in the hierarchy holding `controller` (`""`: cgroup2), as
-/// /proc/PID/cgroup says.
-fn cgroup_line(pid: i32, controller: &str) -> Result<String, String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .map_err(|e| format!("read /proc/{pid}/cgroup: {e}"))?;
-    text.lines()
-        .find_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-            ctrls
-                .split(',')
-                .any(|c| c == controller)
-                .then(|| path.to_string())
-        })
-        .ok_or_else(|| format!("pid {pid} has no {controller:?} cgroup in:\n{text}"))
 }
 
 /// `linux.cgroupsPath` of the config.json the engine gave the runtime in its first `create` after
