@@ -124,8 +124,10 @@ fn strata_cli_runs_containers_from_a_readonly_image() {
     let exe = format!("/proc/{pid}/exe");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let o = strata(&["ps", "-q"]).output().unwrap();
-        if !text(&o.stdout).trim().is_empty() {
+        // This container by name: other containers may run on the host meanwhile.
+        let o = strata(&["ps", "--format", "json"]).output().unwrap();
+        let running: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if running.iter().any(|c| c["Name"] == name.as_str()) {
             break;
         }
         assert!(
