@@ -180,3 +180,120 @@ pub fn write_all(fd: BorrowedFd, mut b: &[u8]) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use super::*;
+    use crate::strata::logs::LogLine;
+
+    /// Records what the relay hands over; `refuse` makes `output` say its reader is gone.
+    #[derive(Default)]
+    struct Recorder {
+        out: Vec<(Stream, Vec<u8>)>,
+        refuse: bool,
+        exited: bool,
+        handled: usize,
+    }
+
+    impl Front for Recorder {
+        fn poll_fds<'f>(&'f self, _fds: &mut Vec<PollFd<'f>>) {}
+        fn output(&mut self, stream: Stream, data: &[u8]) -> bool {
+            self.out.push((stream, data.to_vec()));
+            !self.refuse
+        }
+        fn handle(&mut self, revents: &[PollFlags], _buf: &mut [u8]) {
+            assert!(revents.is_empty(), "only the sources were polled");
+            self.handled += 1;
+        }
+        fn linger(&self) -> Option<PollTimeout> {
+            self.exited.then_some(PollTimeout::ZERO)
+        }
+    }
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap()
+    }
+
+    fn log_lines(path: &std::path::Path) -> Vec<LogLine> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn both_streams_reach_the_log_and_the_front_until_eof() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("container.log");
+        let mut log = LogWriter::open(&path).unwrap();
+        let ((out_r, out_w), (err_r, err_w)) = (pipe(), pipe());
+        assert!(write_all(out_w.as_fd(), b"one\ntwo"));
+        assert!(write_all(err_w.as_fd(), b"oops\n"));
+        drop((out_w, err_w));
+        let mut front = Recorder::default();
+        run(
+            vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+            Some(&mut log),
+            &mut front,
+        );
+        drop(log);
+        let got: Vec<u8> = front
+            .out
+            .iter()
+            .filter(|(s, _)| *s == Stream::Stdout)
+            .flat_map(|(_, d)| d.clone())
+            .collect();
+        assert_eq!(got, b"one\ntwo");
+        assert!(front.handled > 0);
+        let lines = log_lines(&path);
+        let text = |stream: &str| -> Vec<String> {
+            lines
+                .iter()
+                .filter(|l| l.stream == stream)
+                .map(|l| l.log.clone())
+                .collect()
+        };
+        // The partial last line is written once its stream ended.
+        assert_eq!(text("stdout"), ["one\n", "two"]);
+        assert_eq!(text("stderr"), ["oops\n"]);
+    }
+
+    #[test]
+    fn a_refused_chunk_closes_its_source() {
+        let (r, w) = pipe();
+        assert!(write_all(w.as_fd(), b"x"));
+        let mut front = Recorder {
+            refuse: true,
+            ..Recorder::default()
+        };
+        // The write end stays open: only the refusal can end the relay.
+        run(vec![(r, Stream::Stdout)], None, &mut front);
+        assert_eq!(front.out.len(), 1);
+        // The read end is closed, so the writer (the workload) sees EPIPE like a closed stdout.
+        // SAFETY: ignoring SIGPIPE in this test process so the write reports EPIPE.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        assert_eq!(nix::unistd::write(w.as_fd(), b"y"), Err(nix::Error::EPIPE));
+    }
+
+    #[test]
+    fn after_the_exit_a_source_held_open_ends_the_relay_once_silent() {
+        let (r, w) = pipe();
+        assert!(write_all(w.as_fd(), b"last words\n"));
+        let mut front = Recorder {
+            exited: true,
+            ..Recorder::default()
+        };
+        // `w` stays open (an escaped process): what was written still arrives, then the
+        // linger ends the relay instead of waiting for EOF forever.
+        run(vec![(r.as_fd(), Stream::Stdout)], None, &mut front);
+        assert_eq!(front.out, [(Stream::Stdout, b"last words\n".to_vec())]);
+        assert_eq!(
+            front.handled, 0,
+            "nothing but the sources is polled after the exit"
+        );
+        drop(w);
+    }
+}
