@@ -15,7 +15,7 @@ use super::attach;
 use super::containers::{self, Containers, Record, State};
 use super::instance::{self, Stdio};
 use super::logs::{LogWriter, Stream};
-use super::{lifecycle, relay, run, tty, Global};
+use super::{relay, run, tty, Global};
 
 /// Starts `rec` under a new monitor; returns once the workload runs (or failed to start, with
 /// the reason).
@@ -65,14 +65,7 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
     let dir = containers.dir(&rec.id);
     let fail = |rec: &mut Record, status: &mut std::fs::File, code: i32, msg: &str| {
         let _ = write!(status, "err {msg}");
-        if rec.auto_remove {
-            lifecycle::remove_all(g, containers, rec);
-        } else {
-            rec.state = State::Exited;
-            rec.exit_code = Some(code);
-            rec.finished = Some(containers::now());
-            let _ = containers.save(rec);
-        }
+        run::settle(g, containers, rec, code);
         1
     };
     let backend = match instance::backend(&rec.isolation, &g.root) {
@@ -197,16 +190,7 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
         s.finish(code);
     }
     backend.delete(&rec.id);
-    if rec.auto_remove {
-        lifecycle::remove_all(g, containers, &rec);
-    } else {
-        // Re-read: `stop` may have recorded that it asked for the stop.
-        rec.state = State::Exited;
-        rec.exit_code = Some(code);
-        rec.pid = None;
-        rec.finished = Some(containers::now());
-        let _ = containers.save(&rec);
-    }
+    run::settle(g, containers, &mut rec, code);
     0
 }
 

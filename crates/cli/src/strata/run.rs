@@ -262,16 +262,22 @@ fn foreground(
     };
     drop(log);
     backend.delete(&rec.id);
+    settle(g, containers, &mut rec, code);
+    code
+}
+
+/// The end of a container this process ran (foreground `run` or the monitor): removed with
+/// `--rm`, else recorded as exited with `code`.
+pub(super) fn settle(g: &Global, containers: &Containers, rec: &mut Record, code: i32) {
     if rec.auto_remove {
-        lifecycle::remove_all(g, containers, &rec);
+        lifecycle::remove_all(g, containers, rec);
     } else {
         rec.state = State::Exited;
         rec.exit_code = Some(code);
         rec.pid = None;
         rec.finished = Some(containers::now());
-        let _ = containers.save(&rec);
+        let _ = containers.save(rec);
     }
-    code
 }
 
 /// The foreground output of a logged container: its stdout and stderr pipes copied to ours
@@ -335,15 +341,7 @@ impl relay::Front for Foreground<'_> {
 /// A workload that could not start: say why, record or remove the container, pick the code.
 fn fail(g: &Global, containers: &Containers, rec: &Record, code: i32, msg: &str) -> i32 {
     eprintln!("strata: error: {msg}");
-    let mut rec = rec.clone();
-    if rec.auto_remove {
-        lifecycle::remove_all(g, containers, &rec);
-    } else {
-        rec.state = State::Exited;
-        rec.exit_code = Some(code);
-        rec.finished = Some(containers::now());
-        let _ = containers.save(&rec);
-    }
+    settle(g, containers, &mut rec.clone(), code);
     code
 }
 
