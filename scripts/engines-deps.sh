@@ -19,7 +19,9 @@ if [ ! -e "$policy" ]; then
   chmod +x "$policy"
   own_policy=1
 fi
-cleanup() { [ "$own_policy" = 1 ] && rm -f "$policy"; }
+# An if, not `[ ] && rm`: under set -e a false test as the trap's last command would make the script
+# exit 1 after a successful install on a machine that already has a policy-rc.d.
+cleanup() { if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi; }
 trap cleanup EXIT
 apt-get update -q >/dev/null
 DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
