@@ -17,7 +17,12 @@ fn exit_codes(iso: &str) {
     );
     // Not executable (a regular file) → 126; missing (by PATH lookup or by path) → 127.
     let o = s.strata(&["run", "--rm", "busybox", "/etc/passwd"]);
-    assert_eq!(o.status.code(), Some(126), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(126), "{err}");
+    assert!(
+        err.contains("/etc/passwd") && err.to_lowercase().contains("permission denied"),
+        "the error must say what failed: {err:?}"
+    );
     let o = s.strata(&["run", "--rm", "busybox", "no-such-command"]);
     assert_eq!(o.status.code(), Some(127));
     assert!(
@@ -25,9 +30,14 @@ fn exit_codes(iso: &str) {
         "{}",
         text(&o.stderr)
     );
-    assert_eq!(
-        code(&["run", "--rm", "busybox", "/no/such/file"]),
-        Some(127)
+    // A missing program by path: 127, and the error names it and the cause, as Docker's
+    // `exec: "/no/such/file": stat /no/such/file: no such file or directory`.
+    let o = s.strata(&["run", "--rm", "busybox", "/no/such/file"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(127), "{err}");
+    assert!(
+        err.contains("/no/such/file") && err.to_lowercase().contains("no such file or directory"),
+        "the error must say what failed: {err:?}"
     );
     s.assert_nothing_left(&[]);
 }

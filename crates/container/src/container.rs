@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
@@ -36,7 +38,7 @@ pub enum ContainerError {
     Spec(#[from] SpecError),
     #[error("rootfs ({0}) does not exist; create it or fix root.path in config.json")]
     NoRootfs(PathBuf),
-    #[error("config.json: the container needs a mount namespace (add {{\"type\": \"mount\"}} to linux.namespaces)")]
+    #[error("config.json: the container needs a mount namespace (add {{\"type\": \"mount\"}} to linux.namespaces): strata does not mount the rootfs, /proc and /dev in the host's mount namespace")]
     NoMountNamespace,
     #[error(transparent)]
     State(#[from] StateError),
@@ -116,6 +118,10 @@ pub struct ContainerState {
     pub owner: String,
     #[serde(skip_serializing_if = "HashMap::is_empty")]
     pub annotations: HashMap<String, String>,
+    /// Why the init died before the workload's execve (recorded by a failed `start`); a
+    /// strata extension, absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A loaded container: its record and cgroup.
@@ -126,6 +132,16 @@ struct Loaded {
 }
 
 impl Loaded {
+    /// The config the container was created with (the bundle's for a container created
+    /// before the copy was kept).
+    fn spec(&self) -> Result<Spec, SpecError> {
+        if self.dir.join(state::CONFIG_FILE).exists() {
+            spec::load(&self.dir)
+        } else {
+            spec::load(&self.rec.bundle)
+        }
+    }
+
     fn status(&self) -> Status {
         if !state::init_alive(&self.rec) {
             return Status::Stopped;
@@ -155,6 +171,7 @@ impl Loaded {
             created: self.rec.created.clone(),
             owner: owner_name(self.rec.owner),
             annotations: self.rec.annotations.clone(),
+            error: self.rec.error.clone().filter(|_| status == Status::Stopped),
         }
     }
 }
@@ -281,7 +298,8 @@ impl Runtime {
         _forwarding: Option<&nix::sys::signal::SigSet>,
     ) -> Result<Started, ContainerError> {
         let dir = self.dir(id)?;
-        let mut spec = spec::load(&opts.bundle)?;
+        let config_bytes = spec::read(&opts.bundle)?;
+        let mut spec = spec::parse(&config_bytes)?;
         // Nobody reads the runtime's stdio after `create` or `run -d`.
         let detached = mode == Mode::Create || _forwarding.is_none();
         let terminal = match spec.process() {
@@ -331,6 +349,11 @@ impl Runtime {
             armed: true,
         };
         let lock = state::lock(&dir)?;
+        // The config as created: the spec's lifecycle says updates to config.json after
+        // `create` must not affect the container (start's, exec's and delete's hooks and
+        // seccomp profile come from this copy).
+        std::fs::write(dir.join(state::CONFIG_FILE), &config_bytes)
+            .map_err(io("save config", &dir.join(state::CONFIG_FILE)))?;
         let linux = spec.linux().as_ref();
         let mut cg = Cgroup::resolve(linux.and_then(|l| l.cgroups_path().as_deref()), id)?;
         // sd_notify, runc's scheme: the relay directory is bind-mounted into the container.
@@ -355,6 +378,10 @@ impl Runtime {
         if mode == Mode::Create {
             nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
                 .map_err(|e| io("mkfifo", &fifo)(e.into()))?;
+            // 0622 whatever our umask: a user namespace's root (a host uid that is not ours)
+            // opens it for writing. Nobody else reaches it: the state root is 0700.
+            std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+                .map_err(io("chmod", &fifo))?;
         }
         let cfg = InitConfig {
             id,
@@ -407,6 +434,7 @@ impl Runtime {
                     .iter()
                     .any(|(t, _)| *t == LinuxNamespaceType::User),
             owner: nix::unistd::geteuid().as_raw(),
+            error: None,
             started: spawned.exec_time.map(|t| {
                 chrono::DateTime::<chrono::Utc>::from(t)
                     .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
@@ -466,20 +494,19 @@ impl Runtime {
             }
             None => None,
         };
-        let fifo = l.dir.join(EXEC_FIFO);
-        let mut f = std::fs::File::open(&fifo).map_err(io("open exec fifo", &fifo))?;
-        let mut b = [0u8; 1];
-        let n = f.read(&mut b).map_err(io("read exec fifo", &fifo))?;
-        let _ = std::fs::remove_file(&fifo);
-        if n == 0 {
-            return Err(ContainerError::StartStopped);
+        if let Err(e) = release_init(&l) {
+            // `state` shows why the container stopped before its workload ran.
+            let mut rec = l.rec.clone();
+            rec.error = Some(e.to_string());
+            let _ = state::save(&l.dir, &rec);
+            return Err(e);
         }
         if let Some((n, sock)) = notify {
             // Like runc, `start` returns once the container reported READY (or exited).
             n.relay_ready(&sock, l.rec.pid)
                 .map_err(|e| ContainerError::Launch(LaunchError::Child(e.to_string())))?;
         }
-        if let Ok(spec) = spec::load(&l.rec.bundle) {
+        if let Ok(spec) = l.spec() {
             hooks_poststart(&spec, id, l.rec.pid, &l.rec.bundle);
         }
         Ok(())
@@ -564,8 +591,9 @@ impl Runtime {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let _ = l.cg.destroy();
+        let spec = l.spec();
         let _ = std::fs::remove_dir_all(&l.dir);
-        if let Ok(spec) = spec::load(&l.rec.bundle) {
+        if let Ok(spec) = spec {
             hooks_poststop(&spec, &l.rec.id, &l.rec.bundle);
         }
     }
@@ -631,7 +659,7 @@ impl Runtime {
         let caps = CapSets::from_spec(process.capabilities().as_ref())
             .map_err(|e| ContainerError::Launch(LaunchError::Child(e.to_string())))?;
         let child_err = |e: String| ContainerError::Launch(LaunchError::Child(e));
-        let spec = spec::load(&l.rec.bundle)?;
+        let spec = l.spec()?;
         let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
             Some(p) => Some(crate::seccomp::compile(p).map_err(|e| child_err(e.to_string()))?),
             None => None,
@@ -680,9 +708,57 @@ impl Runtime {
 
     /// The bundle's spec of an existing container (for `exec` defaults).
     pub fn spec_of(&self, id: &str) -> Result<Spec, ContainerError> {
-        let l = self.load(id)?;
-        Ok(spec::load(&l.rec.bundle)?)
+        Ok(self.load(id)?.spec()?)
     }
+}
+
+/// Releases a created container's init through exec.fifo and waits until the workload's
+/// execve took effect: the init keeps the fifo's (close-on-exec) write end until then and
+/// writes there why it failed, if it does. An init that died before the release, or failed
+/// after it, fails `start` with its cause.
+fn release_init(l: &Loaded) -> Result<(), ContainerError> {
+    use std::os::fd::AsRawFd;
+    let fifo = l.dir.join(EXEC_FIFO);
+    // Non-blocking: the open must not wait for an init that is gone.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .map_err(io("open exec fifo", &fifo))?;
+    loop {
+        let mut pfd = [nix::poll::PollFd::new(
+            f.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ready = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(100u16))
+            .map_err(|e| io("poll exec fifo", &fifo)(e.into()))?;
+        if ready > 0 {
+            break;
+        }
+        if !state::init_alive(&l.rec) {
+            let _ = std::fs::remove_file(&fifo);
+            return Err(ContainerError::Launch(LaunchError::Child(
+                "the container's init exited before start released it".into(),
+            )));
+        }
+    }
+    let mut b = [0u8; 1];
+    let n = f.read(&mut b).map_err(io("read exec fifo", &fifo))?;
+    let _ = std::fs::remove_file(&fifo);
+    if n == 0 {
+        return Err(ContainerError::StartStopped);
+    }
+    // SAFETY: F_SETFL on an fd we own: back to blocking reads until the init's end closes.
+    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, 0) };
+    let mut why = Vec::new();
+    f.read_to_end(&mut why)
+        .map_err(io("read exec fifo", &fifo))?;
+    if why.is_empty() {
+        return Ok(());
+    }
+    Err(ContainerError::Launch(LaunchError::Child(
+        String::from_utf8_lossy(&why).into_owned(),
+    )))
 }
 
 fn create_root_dir(root: &Path) -> Result<(), ContainerError> {

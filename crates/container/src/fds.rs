@@ -121,7 +121,7 @@ pub fn prepare_exec_fds(extra: u32) -> Result<(), FdError> {
 }
 
 /// Marks every fd >= `first` close-on-exec (close_range(CLOSE_RANGE_CLOEXEC), Linux 5.11+,
-/// falling back to walking /proc/self/fd).
+/// falling back to walking /proc/self/fd whenever close_range fails).
 pub fn mark_cloexec_from(first: RawFd) -> Result<(), FdError> {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     // SAFETY: close_range only changes flags of fds in the range; no memory is passed.
@@ -136,13 +136,8 @@ pub fn mark_cloexec_from(first: RawFd) -> Result<(), FdError> {
     if rc == 0 {
         return Ok(());
     }
-    let e = io::Error::last_os_error();
-    if !matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EINVAL)) {
-        return Err(FdError::Sys {
-            step: "close_range(CLOSE_RANGE_CLOEXEC)",
-            source: e,
-        });
-    }
+    // ENOSYS/EINVAL (kernels before 5.11) or EPERM/any errno a seccomp profile that does not
+    // list close_range returns: walk /proc/self/fd instead, as runc does.
     for fd in open_fds()? {
         if fd >= first {
             // SAFETY: setting a flag on an fd number; EBADF (the dir fd itself, gone) is ignored.

@@ -152,12 +152,14 @@ pub fn state_json(spec: &Spec, id: &str, status: &str, pid: Option<i32>, bundle:
     serde_json::to_vec(&state).unwrap_or_default()
 }
 
-/// prestart then createRuntime, from the runtime while init waits (status "creating").
+/// prestart then createRuntime, from the runtime while init waits (status "created": the
+/// runtime spec's lifecycle runs them at steps 3 and 4, after the environment was created at
+/// step 2, and its state "creating" is step 2 itself; crun passes "created", runc "creating").
 pub fn run_runtime_hooks(spec: &Spec, id: &str, pid: i32, bundle: &Path) -> Result<(), HookError> {
     let Some(hooks) = spec.hooks().as_ref() else {
         return Ok(());
     };
-    let state = state_json(spec, id, "creating", Some(pid), bundle);
+    let state = state_json(spec, id, "created", Some(pid), bundle);
     for kind in [HookKind::Prestart, HookKind::CreateRuntime] {
         run_hooks(kind, kind.select(hooks), &state)?;
     }

@@ -91,7 +91,9 @@ pub fn run(cfg: &InitConfig, ch: &Channel) -> ! {
     let code = match init(cfg, ch) {
         Ok(never) => match never {},
         Err(e) => {
-            let _ = ch.send(&Message::Failed(e.to_string()));
+            let msg = e.to_string();
+            let _ = ch.send(&Message::Failed(msg.clone()));
+            report_to_start(&msg);
             // After `Ready` nobody reads the channel: the exit code tells what failed.
             match &e {
                 InitError::Process(p) => p.exit_code(),
@@ -104,6 +106,22 @@ pub fn run(cfg: &InitConfig, ch: &Channel) -> ! {
 }
 
 fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, InitError> {
+    // The host paths init needs (exec fifo, rootfs, /dev/null) are opened first, while our
+    // ids are still the runtime's: in a user namespace the mapped root may not walk a 0700
+    // state root or bundle directory. Opened here, after the clone, so the rootfs fd belongs
+    // to our own mount namespace (a bind mount refuses a source from another).
+    let fifo: Option<OwnedFd> = match cfg.exec_fifo {
+        Some(p) => Some(open_opath(p).map_err(sys("open exec.fifo"))?),
+        None => None,
+    };
+    let host_null = open_opath(Path::new("/dev/null")).map_err(sys("open /dev/null"))?;
+    let rootfs_dir = open_opath(cfg.rootfs).map_err(|e| {
+        InitError::Rootfs(RootfsError::Sys {
+            step: "open rootfs",
+            path: cfg.rootfs.to_path_buf(),
+            source: e,
+        })
+    })?;
     // 1. The runtime sends two go-aheads (`Proceed`): the first once our cgroup directories
     // exist (it creates them after the clone, while we mount), the second once the uid/gid
     // maps are written and we are in our cgroup. Only a new user namespace (the maps) or a
@@ -137,8 +155,10 @@ fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, Init
             .join
             .iter()
             .any(|(t, _)| *t == LinuxNamespaceType::User);
-    if cfg.plan.new_user {
-        // Become root of the new user namespace (the maps exist now).
+    if user_ns {
+        // Become root of the user namespace (the maps exist now: we waited for a new one's,
+        // a joined one has them): files we create on our own mounts must be owned by an id
+        // mapped there (EOVERFLOW otherwise).
         let root_u = nix::unistd::Uid::from_raw(0);
         let root_g = nix::unistd::Gid::from_raw(0);
         nix::unistd::setresgid(root_g, root_g, root_g)
@@ -165,16 +185,12 @@ fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, Init
         }
     }
     // 4. Root filesystem: mounts, /dev, sysctls, readonly and masked paths, then pivot.
-    // The exec fifo and /dev/null are opened from the host side before any container path
+    // The exec fifo and /dev/null were opened from the host side before any container path
     // is trusted.
-    let fifo: Option<OwnedFd> = match cfg.exec_fifo {
-        Some(p) => Some(open_opath(p).map_err(sys("open exec.fifo"))?),
-        None => None,
-    };
-    let host_null = open_opath(Path::new("/dev/null")).map_err(sys("open /dev/null"))?;
     let root = rootfs::prepare(&RootfsContext {
         spec: cfg.spec,
         rootfs: cfg.rootfs,
+        rootfs_dir: rootfs_dir.as_fd(),
         bundle: cfg.bundle,
         cgroup_dirs: &cfg.cgroup_dirs,
         cgroup_ns: cfg.plan.new_cgroup,
@@ -202,8 +218,14 @@ fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, Init
         }
     }
     hooks_create_container(cfg)?;
+    drop(rootfs_dir);
+    rootfs::enter(
+        root.as_fd(),
+        cfg.rootfs,
+        cfg.no_pivot,
+        rootfs::root_propagation(cfg.spec),
+    )?;
     drop(root);
-    rootfs::enter(cfg.rootfs, cfg.no_pivot)?;
     // The pty comes from the container's own devpts, so it is allocated after pivot_root.
     setup_console(cfg, process)?;
     if cfg
@@ -222,6 +244,10 @@ fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, Init
     // CVE-2024-21626: a cwd reached through a still-open host fd is outside the root.
     crate::fds::verify_cwd_inside_root(process.cwd())?;
     let caps = CapSets::from_spec(process.capabilities().as_ref())?;
+    // The fds are marked close-on-exec before any seccomp filter: a profile need not allow
+    // close_range (nor the /proc/self/fd walk behind it). Every fd opened from here on is
+    // close-on-exec itself.
+    close_fds(cfg)?;
     apply_seccomp_before_identity(cfg)?;
     process::set_identity(process, &caps, false)?;
     let program = process::resolve_program(process)?;
@@ -231,7 +257,6 @@ fn init(cfg: &InitConfig, ch: &Channel) -> Result<std::convert::Infallible, Init
         wait_for_start(&fifo)?;
     }
     hooks_start_container(cfg)?;
-    close_fds(cfg)?;
     apply_seccomp(cfg)?;
     if cfg.exec_fifo.is_none() {
         // The runtime's "first instruction" marker (`state.json` "started"). A seccomp profile
@@ -283,7 +308,32 @@ fn wait_for_start(fifo: &OwnedFd) -> Result<(), InitError> {
     // SAFETY: open returned a fresh fd we own.
     let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     nix::unistd::write(&fd, b"0").map_err(sys("write exec.fifo"))?;
+    // Kept open (close-on-exec) until the workload's execve: `start` reads the fifo to EOF,
+    // so it learns that the execve happened, or reads why we failed before it.
+    START_REPORT.store(
+        std::os::fd::IntoRawFd::into_raw_fd(fd),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     Ok(())
+}
+
+/// The write end of exec.fifo once `start` released us (-1 before): the runtime that created
+/// us is gone by then, so a failure before the workload's execve is written here for `start`.
+static START_REPORT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Writes `msg` to `start` when it is waiting on exec.fifo (see [`START_REPORT`]).
+fn report_to_start(msg: &str) {
+    let fd = START_REPORT.load(std::sync::atomic::Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: ignoring SIGPIPE (a `start` that stopped reading must not turn our exit code
+    // into a signal); we exit right after.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // One write below PIPE_BUF is atomic: `start` reads the whole message or nothing.
+    let b = &msg.as_bytes()[..msg.len().min(4000)];
+    // SAFETY: writing a live buffer to an fd we own.
+    unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
 }
 
 /// A new session keyring named after the container, so containers do not share the host's

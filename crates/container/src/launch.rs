@@ -207,14 +207,28 @@ impl Cloned {
         // `run`: nothing is left to do but exec: the init sends the time it read right before
         // execve, and the channel's close by that execve confirms it (a late failure instead
         // sends `Failed`, and the init's exit code reports it).
+        // A failure between `Ready` and the execve is the run's failure: reported with its
+        // cause, never as a workload that exited 1. A channel closed without a word is the
+        // execve (or an init a seccomp profile kept from sending: its exit code tells).
         let exec_time = match cfg.exec_fifo {
             Some(_) => None,
-            None => match (parent.recv(), parent.recv()) {
-                (Ok(Some(Message::Exec(ns))), Ok(None)) => {
-                    Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns))
+            None => {
+                let mut exec_time = None;
+                loop {
+                    match parent.recv() {
+                        Ok(Some(Message::Exec(ns))) => {
+                            exec_time =
+                                Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns));
+                        }
+                        Ok(Some(Message::Failed(m))) => {
+                            kill_and_reap(pid);
+                            return Err(LaunchError::Child(m));
+                        }
+                        Ok(None) => break exec_time,
+                        _ => break None,
+                    }
                 }
-                _ => None,
-            },
+            }
         };
         Ok(Spawned { pid, exec_time })
     }
@@ -359,7 +373,16 @@ pub fn spawn_exec(cfg: &ExecConfig, cg: &Cgroup) -> Result<i32, LaunchError> {
                 }
             }
         }
-        pid.ok_or(LaunchError::ChildDied)
+        let pid = pid.ok_or(LaunchError::ChildDied)?;
+        // Until its execve the process may still fail (fds, a seccomp filter, the execve
+        // itself): wait for the channel to close on exec, or for the reason.
+        match parent.recv() {
+            Ok(Some(Message::Failed(m))) => {
+                kill_and_reap(pid);
+                Err(LaunchError::Child(m))
+            }
+            _ => Ok(pid),
+        }
     })();
     if r.is_err() {
         let _ = nix::sys::signal::kill(Pid::from_raw(mid), Signal::SIGKILL);
@@ -436,6 +459,8 @@ fn exec_process(
     process::set_rlimits(cfg.process)?;
     process::set_cwd(cfg.process)?;
     crate::fds::verify_cwd_inside_root(cfg.process.cwd())?;
+    // Before any seccomp filter, as in init: a profile need not allow close_range.
+    crate::fds::prepare_exec_fds(cfg.preserve_fds.max(0) as u32)?;
     // seccomp as in init: before the capabilities are dropped unless no_new_privs is set.
     let nnp = cfg.process.no_new_privileges().unwrap_or(false);
     if let (Some(filter), false) = (cfg.seccomp, nnp) {
@@ -444,7 +469,6 @@ fn exec_process(
     process::set_identity(cfg.process, cfg.caps, false)?;
     let program = process::resolve_program(cfg.process)?;
     ch.send(&Message::Ready)?;
-    crate::fds::prepare_exec_fds(cfg.preserve_fds.max(0) as u32)?;
     if let (Some(filter), true) = (cfg.seccomp, nnp) {
         filter.apply()?;
     }

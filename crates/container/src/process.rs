@@ -31,6 +31,14 @@ pub enum ProcessError {
     NotFound(String),
     #[error("exec: {0:?}: {1}")]
     Exec(String, nix::Error),
+    /// args[0] names a path that cannot be executed, found before the workload's execve (as
+    /// runc's and Docker's `exec: "/x": stat /x: no such file or directory`).
+    #[error("exec: {name:?}: stat {name}: {}", .source.desc())]
+    Stat {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
     #[error("{0}: contains a NUL byte")]
     Nul(&'static str),
 }
@@ -40,8 +48,13 @@ impl ProcessError {
     /// the program does not exist, 126 when it exists but cannot be executed, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ProcessError::NotFound(_) | ProcessError::Exec(_, nix::Error::ENOENT) => 127,
-            ProcessError::Exec(..) => 126,
+            ProcessError::NotFound(_)
+            | ProcessError::Exec(_, nix::Error::ENOENT | nix::Error::ENOTDIR)
+            | ProcessError::Stat {
+                source: nix::Error::ENOENT | nix::Error::ENOTDIR,
+                ..
+            } => 127,
+            ProcessError::Exec(..) | ProcessError::Stat { .. } => 126,
             _ => 1,
         }
     }
@@ -178,7 +191,22 @@ pub fn resolve_program(p: &Process) -> Result<Program, ProcessError> {
     let name = args.first().cloned().unwrap_or_default();
     let env: Vec<&str> = p.env().iter().flatten().map(String::as_str).collect();
     let path = if name.contains('/') {
-        PathBuf::from(&name)
+        // Checked now, so a missing or non-executable program fails `create` (or `run`) with
+        // its cause instead of an init that dies at execve after reporting ready.
+        let path = PathBuf::from(&name);
+        let stat = |source| ProcessError::Stat {
+            name: name.clone(),
+            source,
+        };
+        let st = nix::sys::stat::stat(&path).map_err(stat)?;
+        if nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT
+            == nix::sys::stat::SFlag::S_IFDIR
+        {
+            return Err(ProcessError::Exec(name.clone(), nix::Error::EACCES));
+        }
+        nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK)
+            .map_err(|e| ProcessError::Exec(name.clone(), e))?;
+        path
     } else {
         let search = env
             .iter()

@@ -5,7 +5,7 @@
 //! opened inside the rootfs with `resolve` (RESOLVE_IN_ROOT) and mounted through
 //! /proc/self/fd/N, so symlinks in the image cannot redirect a mount onto the host.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -41,6 +41,9 @@ fn err(step: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(nix::Error) 
 pub struct RootfsContext<'a> {
     pub spec: &'a Spec,
     pub rootfs: &'a Path,
+    /// The rootfs directory, opened by init before it took its user namespace's ids (the
+    /// mapped root may not be allowed to walk the host path of a bundle in a 0700 directory).
+    pub rootfs_dir: BorrowedFd<'a>,
     pub bundle: &'a Path,
     /// Host directories of the container's cgroup, per hierarchy mount point name.
     pub cgroup_dirs: &'a [(String, PathBuf)],
@@ -57,34 +60,19 @@ pub struct RootfsContext<'a> {
 /// rootfs mount.
 pub fn prepare(ctx: &RootfsContext) -> Result<OwnedFd, RootfsError> {
     let linux = ctx.spec.linux().as_ref();
-    let prop = linux
-        .and_then(|l| l.rootfs_propagation().as_deref())
-        .and_then(propagation_flag)
-        .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
-    // Nothing we mount may propagate back to the host.
-    mount(None::<&str>, "/", None::<&str>, prop, None::<&str>)
-        .map_err(err("make / propagation", "/"))?;
-    if !ctx.rootfs.is_dir() {
-        return Err(RootfsError::NotDir(ctx.rootfs.to_path_buf()));
-    }
+    // Nothing we mount may propagate back to the host, and pivot_root refuses shared mounts
+    // (the new root, its parent, the old root's parent) and a bind needs a bindable source:
+    // everything is a slave of the host until pivot_root; linux.rootfsPropagation is applied
+    // to the new root after it (`enter`), as runc does.
     mount(
-        Some(ctx.rootfs),
-        ctx.rootfs,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
         None::<&str>,
     )
-    .map_err(err("bind mount rootfs", ctx.rootfs))?;
-    let root: OwnedFd = nix::fcntl::open(
-        ctx.rootfs,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map(|fd| {
-        // SAFETY: open returned a fresh fd we own.
-        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
-    })
-    .map_err(err("open rootfs", ctx.rootfs))?;
+    .map_err(err("make / propagation", "/"))?;
+    let root = bind_rootfs(ctx.rootfs_dir, ctx.rootfs)?;
 
     let mounts = ctx.spec.mounts().as_deref().unwrap_or_default();
     for m in mounts {
@@ -109,6 +97,53 @@ pub fn prepare(ctx: &RootfsContext) -> Result<OwnedFd, RootfsError> {
     }
     drop(umask);
     Ok(root)
+}
+
+/// Binds the rootfs onto itself (recursively) by its fd, never by path, and returns the root
+/// of that new mount: `open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)` + `move_mount` onto the
+/// directory. The fd is what `enter` pivots into.
+fn bind_rootfs(dir: BorrowedFd, rootfs: &Path) -> Result<OwnedFd, RootfsError> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    let st = nix::sys::stat::fstat(dir.as_raw_fd()).map_err(err("stat rootfs", rootfs))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
+        return Err(RootfsError::NotDir(rootfs.to_path_buf()));
+    }
+    // SAFETY: open_tree on an fd we hold with an empty C string and AT_EMPTY_PATH; it returns
+    // a new fd (a detached recursive bind of the rootfs) that we own.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            dir.as_raw_fd(),
+            c"".as_ptr(),
+            OPEN_TREE_CLONE
+                | AT_RECURSIVE
+                | libc::O_CLOEXEC as libc::c_uint
+                | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    };
+    if tree < 0 {
+        return Err(err("bind mount rootfs", rootfs)(nix::Error::last()));
+    }
+    // SAFETY: a new fd we own.
+    let tree = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(tree as RawFd) };
+    // SAFETY: move_mount between two fds we hold, with empty C strings and *_EMPTY_PATH.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            dir.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(err("bind mount rootfs", rootfs)(nix::Error::last()));
+    }
+    Ok(tree)
 }
 
 /// A umask of 0 while it lives (single-threaded init); the previous one is restored on drop.
@@ -421,18 +456,19 @@ fn create_default_devices(root: BorrowedFd, user_ns: bool) -> Result<(), RootfsE
 }
 
 fn create_device(root: BorrowedFd, d: &LinuxDevice, user_ns: bool) -> Result<(), RootfsError> {
-    let kind = match d.typ() {
-        LinuxDeviceType::B => SFlag::S_IFBLK,
-        LinuxDeviceType::P => SFlag::S_IFIFO,
-        _ => SFlag::S_IFCHR,
+    let (kind, major, minor) = match d.typ() {
+        LinuxDeviceType::B => (SFlag::S_IFBLK, d.major(), d.minor()),
+        // A FIFO has no device number.
+        LinuxDeviceType::P => (SFlag::S_IFIFO, 0, 0),
+        _ => (SFlag::S_IFCHR, d.major(), d.minor()),
     };
     let owner = Some((d.uid().unwrap_or(0), d.gid().unwrap_or(0)));
     make_node(
         root,
         d.path(),
         kind,
-        d.major() as u64,
-        d.minor() as u64,
+        major as u64,
+        minor as u64,
         d.file_mode().unwrap_or(0o666),
         owner,
         user_ns,
@@ -455,7 +491,9 @@ fn make_node(
         .file_name()
         .ok_or_else(|| err("device path", path)(nix::Error::EINVAL))?;
     let pfd = resolve::mkdir_all(root, parent, 0o755).map_err(err("create device dir", parent))?;
-    if user_ns {
+    // mknod of a FIFO needs no privilege, so a user namespace makes it too; device nodes are
+    // bound from the host there.
+    if user_ns && kind != SFlag::S_IFIFO {
         return bind_host_node(root, path);
     }
     let dirfd = open_dir(&pfd).map_err(err("open device dir", parent))?;
@@ -618,19 +656,29 @@ pub fn masked_paths(
     Ok(())
 }
 
+/// linux.rootfsPropagation as mount flags (`None`: runc's default, the rslave set before
+/// pivot_root stays).
+pub fn root_propagation(spec: &Spec) -> Option<MsFlags> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .and_then(propagation_flag)
+}
+
 /// Makes the rootfs the process's root: pivot_root(".", ".") then a lazy unmount of the old
-/// root stacked on top, or with `no_pivot` MS_MOVE + chroot (for ramfs roots).
-pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<(), RootfsError> {
-    nix::unistd::chdir(rootfs).map_err(err("chdir", rootfs))?;
+/// root stacked on top, or with `no_pivot` MS_MOVE + chroot (for ramfs roots); then gives the
+/// new root linux.rootfsPropagation (`propagation`): a shared root is a new peer group of the
+/// container's own, not the host's.
+pub fn enter(
+    root: BorrowedFd,
+    rootfs: &Path,
+    no_pivot: bool,
+    propagation: Option<MsFlags>,
+) -> Result<(), RootfsError> {
+    nix::unistd::fchdir(root.as_raw_fd()).map_err(err("chdir", rootfs))?;
     if no_pivot {
-        mount(
-            Some(rootfs),
-            "/",
-            None::<&str>,
-            MsFlags::MS_MOVE,
-            None::<&str>,
-        )
-        .map_err(err("move rootfs to /", rootfs))?;
+        mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(err("move rootfs to /", rootfs))?;
         nix::unistd::chroot(".").map_err(err("chroot", rootfs))?;
     } else {
         nix::unistd::pivot_root(".", ".").map_err(err("pivot_root", rootfs))?;
@@ -647,6 +695,10 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<(), RootfsError> {
         umount2(".", MntFlags::MNT_DETACH).map_err(err("unmount old root", "/"))?;
     }
     nix::unistd::chdir("/").map_err(err("chdir", "/"))?;
+    if let Some(flags) = propagation {
+        mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)
+            .map_err(err("set linux.rootfsPropagation on", "/"))?;
+    }
     Ok(())
 }
 

@@ -35,6 +35,11 @@ fn invalid(msg: impl Into<String>) -> SpecError {
 
 /// Reads and validates `<bundle>/config.json`.
 pub fn load(bundle: &Path) -> Result<Spec, SpecError> {
+    parse(&read(bundle)?)
+}
+
+/// The bytes of `<bundle>/config.json` (size-checked, not parsed).
+pub fn read(bundle: &Path) -> Result<Vec<u8>, SpecError> {
     let path = bundle.join("config.json");
     let meta = std::fs::metadata(&path).map_err(|source| SpecError::Read {
         path: path.clone(),
@@ -43,11 +48,10 @@ pub fn load(bundle: &Path) -> Result<Spec, SpecError> {
     if meta.len() > MAX_CONFIG_BYTES {
         return Err(SpecError::TooLarge { path });
     }
-    let bytes = std::fs::read(&path).map_err(|source| SpecError::Read {
+    std::fs::read(&path).map_err(|source| SpecError::Read {
         path: path.clone(),
         source,
-    })?;
-    parse(&bytes)
+    })
 }
 
 /// Parses and validates config.json bytes (the fuzzing entry point).

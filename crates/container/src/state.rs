@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 /// The file `start` opens to release a created container's init.
 pub const EXEC_FIFO: &str = "exec.fifo";
 const STATE_FILE: &str = "state.json";
+/// The bundle's config.json as `create` read it.
+pub const CONFIG_FILE: &str = "config.json";
 const LOCK_FILE: &str = "lock";
 
 /// Container status as the OCI spec (plus runc's `paused`) names it.
@@ -64,6 +66,10 @@ pub struct Record {
     /// init's close-on-exec channel closed). Recorded by `run`; `None` for `create`+`start`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,
+    /// Why the init failed between `start` releasing it and the workload's execve (the init
+    /// wrote it to exec.fifo; `start` records it here for `state`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// State-file errors.
@@ -208,6 +214,7 @@ mod tests {
             user_ns: false,
             owner: 0,
             started: Some("2026-01-01T00:00:00.000000001Z".into()),
+            error: None,
         };
         save(d.path(), &rec).unwrap();
         assert_eq!(load(d.path()).unwrap().started, rec.started);

@@ -162,7 +162,12 @@ pub fn with_runc_default_devices(
     rules.push(rule(C, Some(136), None, "rwm"));
     rules.push(rule(C, Some(5), Some(2), "rwm"));
     rules.push(rule(C, Some(10), Some(200), "rwm"));
-    for d in linux_devices {
+    // A FIFO (type p) is a plain file for the device cgroup: it needs no rule, and "p" is not a
+    // rule type (a, b, c).
+    for d in linux_devices
+        .iter()
+        .filter(|d| d.typ() != LinuxDeviceType::P)
+    {
         rules.push(rule(d.typ(), Some(d.major()), Some(d.minor()), "rwm"));
     }
     r.set_devices(Some(rules));
