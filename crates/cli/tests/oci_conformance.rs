@@ -26,9 +26,9 @@ fn text(b: &[u8]) -> String {
 }
 
 /// The syscalls a default-deny profile must allow for strata's init after its filter is in
-/// place (no_new_privs false: set the ids and capabilities, report ready, wait for `start`,
-/// exec) and for `sh -c 'echo ...'` from busybox-static. Recorded from a run, the way a profile
-/// recorded from an application is made; it has no close_range.
+/// place (no_new_privs false: set the ids and capabilities, report ready with write(2), wait
+/// for `start`, exec) and for `sh -c 'echo ...'` from busybox-static. Recorded from a run, the
+/// way a profile recorded from an application is made: no close_range, no sendto.
 const MINIMAL_ALLOW: &[&str] = &[
     "access",
     "arch_prctl",
@@ -66,8 +66,6 @@ const MINIMAL_ALLOW: &[&str] = &[
     "rt_sigaction",
     "rt_sigprocmask",
     "rt_sigreturn",
-    "sendto",
-    "sendmsg",
     "set_robust_list",
     "set_tid_address",
     "rseq",
@@ -212,6 +210,30 @@ fn a_failure_after_start_released_the_init_fails_start_and_run_with_its_cause() 
     assert!(
         err.contains("exec") && err.contains("Operation not permitted"),
         "run must say why: {err}"
+    );
+    assert_clean(&oci, &b, &id);
+
+    // An init a profile kills before it could say anything: its wait status is the cause.
+    let id = unique_id("killed");
+    let mut b = Bundle::sh(&id, "echo must not run");
+    let mut profile =
+        serde_json::from_str::<Value>(DOCKER_CONFIG).unwrap()["linux"]["seccomp"].clone();
+    for name in ["write", "sendto"] {
+        remove_syscall(&mut profile, name);
+    }
+    profile["syscalls"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"names": ["write", "sendto"], "action": "SCMP_ACT_KILL_PROCESS"}));
+    b.edit(|c| {
+        c["linux"]["seccomp"] = profile.clone();
+        c["process"]["noNewPrivileges"] = json!(false);
+    });
+    let (code, _, err) = oci.run_container(&b, &id);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("SIGSYS") && err.contains("linux.seccomp"),
+        "{err}"
     );
     assert_clean(&oci, &b, &id);
 
@@ -373,8 +395,7 @@ fn user_namespace_with_id_mappings_new_or_joined_by_path() {
 fn propagation_of(mountinfo: &str, mount_point: &str) -> Vec<String> {
     mountinfo
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(mount_point))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(mount_point))
         .map(|l| {
             l.split(' ')
                 .skip(6)

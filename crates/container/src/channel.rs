@@ -63,6 +63,19 @@ impl Channel {
         loop {
             match socket::send(self.fd.as_raw_fd(), &buf, MsgFlags::MSG_NOSIGNAL) {
                 Err(nix::Error::EINTR) => continue,
+                // Refused by something else than the peer: a seccomp profile (recorded from an
+                // application, say) that allows write(2) but not sendto(2). write sends the same
+                // datagram; a closed peer's EPIPE was answered above, without a SIGPIPE.
+                Err(e)
+                    if !matches!(
+                        e,
+                        nix::Error::EPIPE | nix::Error::ECONNRESET | nix::Error::EAGAIN
+                    ) =>
+                {
+                    return nix::unistd::write(&self.fd, &buf)
+                        .map(|_| ())
+                        .map_err(|_| e.into());
+                }
                 r => return r.map(|_| ()).map_err(Into::into),
             }
         }

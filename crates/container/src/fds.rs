@@ -1,8 +1,9 @@
 //! File-descriptor hygiene before exec, and the working directory check (CVE-2024-21626).
 //!
 //! Only stdio, the socket-activation fds (LISTEN_FDS) and `--preserve-fds` reach the workload:
-//! every other fd is marked close-on-exec just before exec, so the runtime can keep using its
-//! own fds (sync pipes, the exec-failure channel) up to the last moment. runc's CVE-2024-21626
+//! every other fd is marked close-on-exec before the seccomp filter goes in (no profile has to
+//! allow close_range), so the runtime can keep using its own fds (sync pipes, the exec-failure
+//! channel) up to the exec itself. runc's CVE-2024-21626
 //! leaked an fd to the host's /sys/fs/cgroup into the container, and `process.cwd` of
 //! `/proc/self/fd/N` turned it into a working directory outside the rootfs; closing fds alone is
 //! not enough because they are still open when the init chdirs, so the cwd is also verified

@@ -42,6 +42,10 @@ pub enum LaunchError {
     Child(String),
     #[error("unable to start container process: the process exited during set-up")]
     ChildDied,
+    /// The init died without a word (it could not even write its error: a seccomp profile
+    /// that refuses write, or kills); its wait status is the only cause left to report.
+    #[error("unable to start container process: the process exited during set-up without reporting why ({0})")]
+    ChildDiedWith(String),
     #[error("{0}")]
     Hook(String),
 }
@@ -113,6 +117,20 @@ fn write_time_offsets(spec: &Spec) -> Result<(), LaunchError> {
 pub fn kill_and_reap(pid: i32) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     let _ = waitpid(Pid::from_raw(pid), None);
+}
+
+/// Waits for our child `pid` (killing it if it still runs) and describes how it ended.
+fn reap_status(pid: i32) -> String {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    match waitpid(Pid::from_raw(pid), None) {
+        Ok(WaitStatus::Exited(_, c)) => format!("exit status {c}"),
+        Ok(WaitStatus::Signaled(_, Signal::SIGSYS, _)) => {
+            "killed by SIGSYS: check linux.seccomp".to_string()
+        }
+        Ok(WaitStatus::Signaled(_, s, _)) => format!("killed by {s}"),
+        Ok(other) => format!("{other:?}"),
+        Err(e) => format!("wait: {e}"),
+    }
 }
 
 /// What the runtime does while init waits at the hooks point (prestart/createRuntime).
@@ -202,7 +220,14 @@ impl Cloned {
         hooks: RuntimeHooks,
     ) -> Result<Spawned, LaunchError> {
         let (pid, parent) = (self.pid, &self.ch);
-        finish_init(cfg, cg, pid, parent, hooks)?;
+        if let Err(e) = finish_init(cfg, cg, pid, parent, hooks) {
+            if matches!(e, LaunchError::ChildDied) {
+                // Our child: its wait status says how it ended.
+                self.armed = false;
+                return Err(LaunchError::ChildDiedWith(reap_status(pid)));
+            }
+            return Err(e);
+        }
         self.armed = false;
         // `run`: nothing is left to do but exec: the init sends the time it read right before
         // execve, and the channel's close by that execve confirms it (a late failure instead
