@@ -307,9 +307,12 @@ mod tests {
         }
     }
 
+    /// A named edit that makes a config invalid.
+    type Case = (&'static str, Box<dyn Fn(&mut serde_json::Value)>);
+
     #[test]
     fn rejects_hostile_configs() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "missing root",
                 Box::new(|v| {
