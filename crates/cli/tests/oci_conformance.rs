@@ -406,8 +406,10 @@ fn propagation_of(mountinfo: &str, mount_point: &str) -> Vec<String> {
         .unwrap_or_else(|| panic!("no {mount_point} in {mountinfo}"))
 }
 
-/// Moves the rootfs's files into the bundle directory itself and sets root.path ".".
+/// Moves the rootfs's files into the bundle directory itself (0700, as engines make their
+/// temp dirs) and sets root.path ".".
 fn make_bundle_its_own_root(b: &mut Bundle) {
+    std::fs::set_permissions(b.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     for e in std::fs::read_dir(b.rootfs()).unwrap().flatten() {
         std::fs::rename(e.path(), b.path().join(e.file_name())).unwrap();
     }
@@ -441,6 +443,20 @@ fn every_root_propagation_mode_with_a_rootfs_dir_or_the_bundle_as_root() {
             b.edit(|c| c["linux"]["rootfsPropagation"] = json!(mode));
             let (code, out, err) = oci.run_container(&b, &id);
             assert_eq!(code, 0, "{mode}, own root {own_root}: {err}");
+            if own_root {
+                // As an engine runs it: create, then start.
+                // The kinds (shared, master, unbindable), not the peer group numbers.
+                let kinds = |v: Vec<String>| -> Vec<String> {
+                    v.iter()
+                        .map(|f| f.split(':').next().unwrap().to_string())
+                        .collect()
+                };
+                assert_eq!(
+                    kinds(propagation_of(&create_start_output(&oci, &b, &id), "/")),
+                    kinds(propagation_of(&out, "/")),
+                    "{mode}: create+start and run differ"
+                );
+            }
             let root = propagation_of(&out, "/");
             let proc = propagation_of(&out, "/proc");
             let has = |v: &[String], p: &str| v.iter().any(|f| f.starts_with(p));
