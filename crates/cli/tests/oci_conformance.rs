@@ -35,6 +35,7 @@ const MINIMAL_ALLOW: &[&str] = &[
     "brk",
     "capget",
     "capset",
+    "clock_nanosleep",
     "close",
     "execve",
     "exit",
@@ -57,6 +58,7 @@ const MINIMAL_ALLOW: &[&str] = &[
     "mmap",
     "mprotect",
     "munmap",
+    "nanosleep",
     "newfstatat",
     "openat",
     "pread64",
@@ -160,6 +162,18 @@ fn seccomp_profiles_without_close_range_run_with_and_without_no_new_privileges()
                 out, "workload ran\n",
                 "create+start, {name} profile, noNewPrivileges {nnp}"
             );
+            assert_clean(&oci, &b, &id);
+            // `exec` applies the container's filter the same way.
+            b.edit(|c| c["process"]["args"] = json!(["sleep", "60"]));
+            oci.ok(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]);
+            let o = oci.run(&["exec", &id, "sh", "-c", "echo exec ran"]);
+            assert_eq!(
+                (o.status.code(), text(&o.stdout).as_str()),
+                (Some(0), "exec ran\n"),
+                "exec, {name} profile, noNewPrivileges {nnp}: {}",
+                text(&o.stderr)
+            );
+            oci.ok(&["delete", "--force", &id]);
             assert_clean(&oci, &b, &id);
         }
     }
