@@ -6,7 +6,15 @@ use oci_spec::image::{ImageConfiguration, ImageManifest};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::store::Store;
+
+/// Where images are read from: the blobs and unpacked layers of a store (store.rs implements
+/// it for `Store`).
+pub(crate) trait StoredImages {
+    /// A JSON blob (manifest, config), its digest verified.
+    fn read_json_blob(&self, d: &Digest) -> Result<Vec<u8>>;
+    /// The directory of an unpacked layer, by its diff id.
+    fn layer_path(&self, diff_id: &Digest) -> PathBuf;
+}
 
 /// An image in the store, ready to be turned into a root filesystem and a config.json.
 #[derive(Debug, Clone)]
@@ -21,7 +29,11 @@ pub struct Image {
 
 impl Image {
     /// Loads the image whose manifest is `digest`; every layer must be unpacked.
-    pub(crate) fn load(store: &Store, name: Option<String>, digest: Digest) -> Result<Image> {
+    pub(crate) fn load(
+        store: &impl StoredImages,
+        name: Option<String>,
+        digest: Digest,
+    ) -> Result<Image> {
         let (manifest, config_digest) = read_manifest(store, &digest)?;
         let config = read_config(store, &config_digest)?;
         let mut layers = Vec::new();
@@ -77,7 +89,10 @@ impl Image {
 }
 
 /// Reads and validates a manifest blob; returns it with its config digest.
-pub(crate) fn read_manifest(store: &Store, d: &Digest) -> Result<(ImageManifest, Digest)> {
+pub(crate) fn read_manifest(
+    store: &impl StoredImages,
+    d: &Digest,
+) -> Result<(ImageManifest, Digest)> {
     let bytes = store.read_json_blob(d)?;
     parse_manifest(&bytes, d.as_str())
 }
@@ -94,7 +109,7 @@ pub(crate) fn parse_manifest(bytes: &[u8], what: &str) -> Result<(ImageManifest,
     Ok((m, cd))
 }
 
-pub(crate) fn read_config(store: &Store, d: &Digest) -> Result<ImageConfiguration> {
+pub(crate) fn read_config(store: &impl StoredImages, d: &Digest) -> Result<ImageConfiguration> {
     let bytes = store.read_json_blob(d)?;
     parse_config(&bytes, d.as_str())
 }
@@ -110,6 +125,6 @@ pub(crate) fn parse_config(bytes: &[u8], what: &str) -> Result<ImageConfiguratio
     Ok(c)
 }
 
-pub(crate) fn config_digest_of(store: &Store, manifest: &Digest) -> Result<Digest> {
+pub(crate) fn config_digest_of(store: &impl StoredImages, manifest: &Digest) -> Result<Digest> {
     Ok(read_manifest(store, manifest)?.1)
 }

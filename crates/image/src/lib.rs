@@ -22,6 +22,7 @@ pub mod progress;
 #[cfg(feature = "pull")]
 pub mod pull;
 pub mod reference;
+mod resolve;
 pub mod rootfs;
 mod store;
 mod sys;

@@ -171,20 +171,8 @@ impl Store {
         read_verified(&self.blob_path(d), d)
     }
 
-    /// Finds an image by name (`busybox`, `repo:tag`), manifest digest or ID prefix.
-    ///
-    /// The name `busybox` builds the default image on first use when it is absent.
-    pub fn resolve(&self, name: &str) -> Result<Image> {
-        match self.resolve_existing(name) {
-            Err(Error::ImageNotFound(_)) if crate::default_image::is_default_name(name) => {
-                crate::default_image::build(self, &crate::progress::NoProgress)?;
-                self.resolve_existing(name)
-            }
-            r => r,
-        }
-    }
-
-    fn resolve_existing(&self, name: &str) -> Result<Image> {
+    /// Finds an image that is in the store (resolve.rs adds the default image).
+    pub(crate) fn resolve_existing(&self, name: &str) -> Result<Image> {
         let index = self.read_index()?;
         let key = reference::normalize(name)?;
         if let Some(e) = index.images.get(&key) {
@@ -293,21 +281,6 @@ impl Store {
     pub fn hold(&self, holder: &str, image: &Image) -> Result<()> {
         let p = self.hold_path(holder)?;
         write_atomic(&p, image.digest().as_str().as_bytes())
-    }
-
-    /// Resolves `name` and holds it for `holder` in one step, under the store lock, so an
-    /// `image prune` running at the same time cannot remove its layers in between.
-    pub fn resolve_and_hold(&self, name: &str, holder: &str) -> Result<Image> {
-        let found = self.resolve(name)?;
-        let _lock = self.store_lock(false)?;
-        // Reload under the lock: a prune may have run since `resolve` returned.
-        let image = Image::load(
-            self,
-            found.name().map(str::to_string),
-            found.digest().clone(),
-        )?;
-        self.hold(holder, &image)?;
-        Ok(image)
     }
 
     /// Drops a hold taken with [`Store::hold`].
@@ -441,6 +414,16 @@ pub struct Transaction<'s> {
     layers_lock: Option<FileLock>,
     tags: Vec<(String, Digest)>,
     manifests: Vec<Digest>,
+}
+
+impl image::StoredImages for Store {
+    fn read_json_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+        Store::read_json_blob(self, d)
+    }
+
+    fn layer_path(&self, diff_id: &Digest) -> PathBuf {
+        Store::layer_path(self, diff_id)
+    }
 }
 
 impl<'s> Transaction<'s> {

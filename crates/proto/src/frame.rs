@@ -8,6 +8,7 @@
 //! that lost sync (line noise on a serial line, a hostile peer) find the next frame boundary.
 
 use crate::message::{Message, PayloadError};
+pub use crate::wire::{FrameType, MAX_PAYLOAD};
 
 /// First four bytes of every frame ("\xF7STR"): 0xF7 is not valid UTF-8 on its own, so it is rare in text.
 pub const MAGIC: [u8; 4] = [0xF7, b'S', b'T', b'R'];
@@ -15,66 +16,12 @@ pub const MAGIC: [u8; 4] = [0xF7, b'S', b'T', b'R'];
 pub const WIRE_VERSION: u8 = 1;
 /// Size of the fixed frame header.
 pub const HEADER_LEN: usize = 16;
-/// Hard maximum payload size of any frame (control or data). Larger lengths are refused unread.
-pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Largest data chunk a sender puts in one stdin/stdout/stderr frame.
 pub const DATA_CHUNK: usize = 32 * 1024;
 /// Bytes a receiver buffers per data stream before the sender must wait for credit.
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
 /// Upper bound on buffered undecoded input the decoder accepts (one maximal frame plus slack).
 const MAX_BUFFERED: usize = HEADER_LEN + MAX_PAYLOAD + 64 * 1024;
-
-/// The frame types on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum FrameType {
-    Hello = 0x01,
-    Error = 0x02,
-    Shutdown = 0x03,
-    LinkAck = 0x04,
-    Create = 0x10,
-    Created = 0x11,
-    Start = 0x12,
-    Started = 0x13,
-    Exec = 0x14,
-    Stdin = 0x20,
-    Stdout = 0x21,
-    Stderr = 0x22,
-    Close = 0x23,
-    Credit = 0x24,
-    Resize = 0x25,
-    Signal = 0x26,
-    Exit = 0x27,
-    ExitAck = 0x28,
-}
-
-impl FrameType {
-    /// Maps a wire byte to a frame type.
-    pub fn from_u8(b: u8) -> Option<Self> {
-        use FrameType::*;
-        Some(match b {
-            0x01 => Hello,
-            0x02 => Error,
-            0x03 => Shutdown,
-            0x04 => LinkAck,
-            0x10 => Create,
-            0x11 => Created,
-            0x12 => Start,
-            0x13 => Started,
-            0x14 => Exec,
-            0x20 => Stdin,
-            0x21 => Stdout,
-            0x22 => Stderr,
-            0x23 => Close,
-            0x24 => Credit,
-            0x25 => Resize,
-            0x26 => Signal,
-            0x27 => Exit,
-            0x28 => ExitAck,
-            _ => return None,
-        })
-    }
-}
 
 /// One decoded frame: the session it belongs to and its typed message.
 #[derive(Debug, Clone, PartialEq)]

@@ -29,6 +29,7 @@ pub mod client;
 pub mod frame;
 pub mod guest;
 pub mod message;
+pub mod wire;
 
 pub use client::{
     Client, ClientError, ExecHandle, OutputReader, Session, StdinWriter, MAIN_SESSION,

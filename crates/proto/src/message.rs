@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::{FrameType, MAX_PAYLOAD};
+use crate::wire::{FrameType, MAX_PAYLOAD};
 
 /// Which standard stream of a session a data, close or credit message refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

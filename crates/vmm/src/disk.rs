@@ -7,7 +7,7 @@
 //! built under a temporary name and renamed into place: readers see a complete image or none.
 
 use std::ffi::CString;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
+use crate::cache_file;
 use crate::error::{Result, VmmError};
 
 /// The filesystem of a VM disk image.
@@ -112,15 +113,15 @@ pub fn build_disk(
     let tmp = cache_dir.join(format!(
         ".tmp-{}-{}",
         out.file_name().unwrap_or_default().to_string_lossy(),
-        unique()
+        cache_file::unique()
     ));
-    let merge_dir = cache_dir.join(format!(".merge-{}", unique()));
+    let merge_dir = cache_dir.join(format!(".merge-{}", cache_file::unique()));
     let result = build_into(layers, format, &tmp, &merge_dir, &out);
     let _ = std::fs::remove_dir(&merge_dir);
     match result {
         Ok(()) => {
             std::fs::rename(&tmp, &out).map_err(|e| disk_err(&out, "rename into place", e))?;
-            sync_dir(cache_dir);
+            cache_file::sync_dir(cache_dir);
             Ok(out)
         }
         Err(e) => {
@@ -177,8 +178,7 @@ fn build_into(
             // Room for metadata (inode tables, directories, extent blocks): measured sizes fit
             // with 15% + 256 bytes per inode + 4 MiB.
             let size = (bytes + bytes / 7 + inodes * 256 + (4 << 20)).div_ceil(1 << 20) << 20;
-            let f =
-                crate::initramfs::create_new(tmp, 0o644).map_err(|e| disk_err(tmp, "create", e))?;
+            let f = cache_file::create_new(tmp, 0o644).map_err(|e| disk_err(tmp, "create", e))?;
             f.set_len(size).map_err(|e| disk_err(tmp, "size", e))?;
             drop(f);
             let mut c = Command::new("mkfs.ext4");
@@ -301,41 +301,6 @@ fn tree_usage(dirs: &[PathBuf]) -> io::Result<(u64, u64)> {
         }
     }
     Ok((bytes, inodes))
-}
-
-fn unique() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{}-{nanos:x}", std::process::id())
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Writes `data` to `path` atomically (temp file, fsync, rename) with `mode`.
-pub(crate) fn write_atomic(path: &Path, mode: u32, data: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        unique()
-    ));
-    let result = (|| {
-        let mut f = crate::initramfs::create_new(&tmp, mode)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    sync_dir(dir);
-    result
 }
 
 #[cfg(test)]

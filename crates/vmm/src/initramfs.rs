@@ -7,11 +7,11 @@
 //! (keyed by its sha256) and cached.
 
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::cache_file;
 use crate::error::{Result, VmmError};
 
 /// The agent's path inside the guest (`VmConfig::init`).
@@ -152,19 +152,9 @@ pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf> {
     .map_err(|e| VmmError::file("initramfs", &out, e))?;
     std::fs::create_dir_all(cache_dir)
         .map_err(|e| VmmError::file("initramfs cache", cache_dir, e))?;
-    crate::disk::write_atomic(&out, 0o644, &archive)
+    cache_file::write_atomic(&out, 0o644, &archive)
         .map_err(|e| VmmError::file("initramfs", &out, e))?;
     Ok(out)
-}
-
-/// Opens a new file for writing with `mode` (used by the atomic writers).
-pub(crate) fn create_new(path: &Path, mode: u32) -> io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
 }
 
 #[cfg(test)]

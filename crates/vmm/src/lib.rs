@@ -12,6 +12,7 @@
 //! - Image disks come from [`disk::build_disk`]; guest kernels from [`kernel::list_kernels`]
 //!   (scripts/build-guest-kernel.sh builds strata's own UML kernel).
 
+mod cache_file;
 pub mod cgroup;
 pub mod contract;
 mod cow;
@@ -22,6 +23,7 @@ mod jail;
 pub mod kernel;
 mod kvm;
 mod platform;
+mod platforms;
 mod seccomp;
 mod uml;
 mod vm;
@@ -31,6 +33,7 @@ pub use disk::{build_disk, DiskFormat};
 pub use error::{Result, Unavailable, VmmError};
 pub use kernel::{default_kernel, list_kernels, KernelInfo};
 pub use kvm::KvmPlatform;
-pub use platform::{detect, info, platform, platforms, Console, Disk, Platform, VmConfig};
+pub use platform::{Console, Disk, Platform, VmConfig};
+pub use platforms::{detect, info, platform, platforms};
 pub use uml::{UmlPlatform, CHANNEL_DEVICE as UML_CHANNEL_DEVICE};
 pub use vm::{MemoryStats, Vm};

@@ -1,11 +1,9 @@
 //! The platform-neutral VM interface: a [`Platform`] boots a [`VmConfig`] into a running [`Vm`].
-//! `uml` (User-Mode Linux) works everywhere; `kvm` needs hardware virtualization and our monitor.
+//! The platforms themselves, by name, are in platforms.rs.
 
 use std::path::PathBuf;
 
 use crate::error::{Result, Unavailable, VmmError};
-use crate::kvm::KvmPlatform;
-use crate::uml::UmlPlatform;
 use crate::vm::Vm;
 
 /// One block device of a VM, in the order the guest sees them (index 0 is the first disk).
@@ -154,60 +152,6 @@ pub trait Platform: Send + Sync {
     fn channel_device(&self) -> &'static str;
 }
 
-/// Every platform strata knows, in order of preference.
-pub fn platforms() -> Vec<Box<dyn Platform>> {
-    vec![Box::new(KvmPlatform::new()), Box::new(UmlPlatform::new())]
-}
-
-/// The platform named `name` (`--platform uml|kvm`), whether or not it is available.
-pub fn platform(name: &str) -> Result<Box<dyn Platform>> {
-    platforms()
-        .into_iter()
-        .find(|p| p.name() == name)
-        .ok_or_else(|| {
-            VmmError::InvalidConfig(format!("unknown VM platform {name:?}: use uml or kvm"))
-        })
-}
-
-/// Picks the best available platform: kvm where hardware virtualization and the KVM monitor
-/// exist, uml otherwise. Errors list why each platform is unavailable.
-pub fn detect() -> Result<Box<dyn Platform>, Vec<Unavailable>> {
-    let mut why = Vec::new();
-    for p in platforms() {
-        match p.check() {
-            Ok(()) => return Ok(p),
-            Err(u) => why.push(u),
-        }
-    }
-    Err(why)
-}
-
-/// Text for `strata info`: each platform, whether it is usable, and why not.
-pub fn info() -> String {
-    let mut out = String::from("VM platforms:\n");
-    let chosen = detect().ok().map(|p| p.name());
-    for p in platforms() {
-        let line = match p.check() {
-            Ok(()) if chosen == Some(p.name()) => format!("  {}: available (default)\n", p.name()),
-            Ok(()) => format!("  {}: available\n", p.name()),
-            Err(u) => format!("  {}: unavailable: {}\n", p.name(), u.reason),
-        };
-        out.push_str(&line);
-    }
-    out.push_str("Guest kernels:\n");
-    for k in crate::kernel::list_kernels() {
-        out.push_str(&format!(
-            "  {} {} {} ({}, {} bytes)\n",
-            k.platform,
-            k.version,
-            k.path.display(),
-            k.source,
-            k.size
-        ));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,19 +192,5 @@ mod tests {
         let mut c = config();
         c.init = Some("relative".into());
         assert!(c.validate().is_err());
-    }
-
-    #[test]
-    fn info_explains_every_platform() {
-        let text = info();
-        assert!(text.contains("  kvm: unavailable: "), "{text}");
-        assert!(text.contains("  uml: "), "{text}");
-        assert!(text.contains("Guest kernels:"), "{text}");
-    }
-
-    #[test]
-    fn unknown_platform_is_an_error() {
-        assert!(platform("xen").is_err());
-        assert_eq!(platform("uml").unwrap().name(), "uml");
     }
 }
