@@ -2,24 +2,21 @@
 //! bundle when `STRATA_ISOLATION=vm` or the global `--vm` flag is given) runs in a VM instead of
 //! a container.
 //!
-//! `create` builds a disk of the bundle's rootfs, forks the per-VM keeper (vm_keeper.rs), which
-//! boots the VM, joins the VM's cgroups, sends config.json and holds the workload; the keeper's
-//! pid goes to --pid-file and exits with the workload's exit code, so engines reap it as they reap
+//! `create` builds a disk of the bundle's rootfs, forks the per-VM keeper (strata-engine's
+//! vm_keeper.rs), which boots the VM, joins the VM's cgroups, sends config.json and holds the
+//! workload; the keeper's pid goes to --pid-file and exits with the workload's exit code, so engines reap it as they reap
 //! runc's init. `start`, `kill` and `exec` are requests to the keeper over
 //! `<root>/vm/<id>/keeper.sock`; `state` reads the keeper's state file and the VM's freezer;
 //! `pause`/`resume` freeze and thaw the VM's cgroup (guest kernel, its host helpers and the
 //! keeper), `update` sets the memory limit of that cgroup; `delete` kills what is left and
 //! removes the cgroups and the state.
 
-#[path = "../strata/vm_keeper.rs"]
-#[allow(dead_code)]
-mod vm_keeper;
-
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use vm_keeper::{Request, VmSpec};
+use strata_engine::vm_keeper::{self, Request, VmSpec};
+use strata_engine::{reap, vm_backend};
 
 use super::args::{Cli, Command, OutputFormat};
 
@@ -66,7 +63,7 @@ pub fn dispatch(cli: &Cli) -> Result<Option<i32>> {
             if a.detach {
                 0
             } else {
-                wait_child(pid)
+                reap::wait(pid)
             }
         }
         Command::Start(a) if is_vm(&a.id) => {
@@ -183,18 +180,6 @@ pub fn advertise(features: &mut serde_json::Value) {
         .collect();
     features["annotations"][ISOLATION_ANNOTATION] = serde_json::json!("container|vm");
     features["annotations"]["dev.strata.vm.platforms"] = serde_json::json!(platforms.join(","));
-}
-
-fn wait_child(pid: i32) -> i32 {
-    use nix::sys::wait::{waitpid, WaitStatus};
-    loop {
-        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
-            Ok(WaitStatus::Exited(_, c)) => return c,
-            Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
-            Ok(_) | Err(nix::Error::EINTR) => continue,
-            Err(_) => return 255,
-        }
-    }
 }
 
 /// The state of a VM that is created, running or paused; an error saying so otherwise.
@@ -484,37 +469,13 @@ fn exec(root: &Path, a: &super::args::ExecArgs) -> Result<i32> {
         Some(s) => [s.as_raw_fd(); 3],
         None => [0, 1, 2],
     };
-    let pid = crate_exec(&dir, process, tty, fds)?;
+    let pid = vm_backend::exec_via_keeper(&dir, process, tty, fds)
+        .map_err(|e| anyhow::anyhow!("exec failed: {}", e.message))?;
     if let Some(p) = &a.pid_file {
         write_pid_file(p, pid)?;
     }
     if a.detach {
         return Ok(0);
     }
-    Ok(wait_child(pid))
-}
-
-/// Passes the exec to the keeper; returns the pid of our child that exits with its code.
-fn crate_exec(dir: &Path, process: serde_json::Value, tty: bool, fds: [i32; 3]) -> Result<i32> {
-    let mut conn = vm_keeper::request(dir, &Request::Exec { process, tty }, &fds)
-        .map_err(anyhow::Error::msg)?;
-    let first = vm_keeper::answer(&mut conn).map_err(anyhow::Error::msg)?;
-    if first["ok"] != true {
-        bail!(
-            "exec failed: {}",
-            first["message"].as_str().unwrap_or("refused")
-        );
-    }
-    // SAFETY: strata-oci is single-threaded; the child reads one line and _exits.
-    match unsafe { nix::unistd::fork() }.context("fork")? {
-        nix::unistd::ForkResult::Child => {
-            let code = vm_keeper::answer(&mut conn)
-                .ok()
-                .and_then(|v| v["exit"].as_i64())
-                .unwrap_or(255) as i32;
-            // SAFETY: _exit in the forked child.
-            unsafe { libc::_exit(code) }
-        }
-        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
-    }
+    Ok(reap::wait(pid))
 }

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use serde::Serialize;
 
 use super::compare_chart;
-use super::compare_probes::{self, ProbeResult};
+use super::compare_probes;
+use super::compare_report::{LayerResult, Report, SizeParts, Stats};
 use super::Global;
 
 /// The JSON schema name; bump the version when a key changes meaning or goes away.
@@ -59,100 +59,6 @@ pub struct CompareArgs {
         value_name = "IMAGE [CMD]..."
     )]
     pub image_and_cmd: Vec<String>,
-}
-
-/// min / median / max of a series, plus the samples.
-#[derive(Debug, Clone, Serialize)]
-pub struct Stats {
-    pub min: f64,
-    pub median: f64,
-    pub max: f64,
-    pub samples: Vec<f64>,
-}
-
-impl Stats {
-    /// None for an empty series.
-    pub fn of(samples: &[f64]) -> Option<Stats> {
-        if samples.is_empty() {
-            return None;
-        }
-        let mut s = samples.to_vec();
-        s.sort_by(|a, b| a.total_cmp(b));
-        let n = s.len();
-        let median = if n % 2 == 1 {
-            s[n / 2]
-        } else {
-            (s[n / 2 - 1] + s[n / 2]) / 2.0
-        };
-        Some(Stats {
-            min: s[0],
-            median,
-            max: s[n - 1],
-            samples: samples.to_vec(),
-        })
-    }
-}
-
-/// Bytes on the host that must exist to start an instance, by part.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct SizeParts {
-    pub image_layers: u64,
-    pub guest_kernel: u64,
-    pub initramfs: u64,
-    pub vm_disk: u64,
-}
-
-impl SizeParts {
-    pub fn total(&self) -> u64 {
-        self.image_layers + self.guest_kernel + self.initramfs + self.vm_disk
-    }
-}
-
-/// One row of the table.
-#[derive(Debug, Clone, Serialize)]
-pub struct LayerResult {
-    /// `container` or `vm`.
-    pub layer: String,
-    /// The VM platform (`uml`, `kvm`); null for the container.
-    pub platform: Option<String>,
-    /// `uname -r` inside the instance.
-    pub kernel: String,
-    pub start_bytes: u64,
-    pub start_parts: SizeParts,
-    /// Allocated bytes of the upper dir / COW file after the run (median over runs).
-    pub per_instance_bytes: u64,
-    /// Spawn → the workload's execve took effect (recorded by the runtime / agent), milliseconds.
-    pub start_ms: Stats,
-    /// Spawn → CMD exited, milliseconds.
-    pub exit_ms: Stats,
-    /// Peak memory this instance added on the host: its cgroup's memory.max_usage_in_bytes
-    /// (workload; for a VM every UML process incl. guest memory touched) plus the peak RSS
-    /// (VmHWM) of the host processes outside it (the `strata run` monitor, the VM keeper).
-    pub memory_peak_bytes: Stats,
-    /// The part of `memory_peak_bytes` from the monitor and keeper processes.
-    pub memory_monitor_bytes: Stats,
-    pub probes: Vec<ProbeResult>,
-}
-
-impl LayerResult {
-    /// `container` or `vm-uml`.
-    pub fn label(&self) -> String {
-        match &self.platform {
-            Some(p) => format!("{}-{p}", self.layer),
-            None => self.layer.clone(),
-        }
-    }
-}
-
-/// Everything `--json` prints.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub schema: &'static str,
-    pub image: String,
-    pub command: Vec<String>,
-    pub runs: u32,
-    pub host_kernel: String,
-    pub layers: Vec<LayerResult>,
 }
 
 /// Where an instance runs.

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use plotters::prelude::*;
 
-use super::compare::Report;
+use super::compare_report::{Report, Stats};
 
 const COLORS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),
@@ -122,7 +122,7 @@ fn panel(
                 Circle::new((x + dx, *v), 4, c.mix(0.7).filled())
             }))
             .map_err(e)?;
-        if let Some(st) = super::compare::Stats::of(s) {
+        if let Some(st) = Stats::of(s) {
             chart
                 .draw_series(std::iter::once(PathElement::new(
                     vec![(x - 0.3, st.median), (x + 0.3, st.median)],

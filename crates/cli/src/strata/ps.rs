@@ -5,9 +5,11 @@ use anyhow::bail;
 use clap::Args;
 use serde_json::json;
 
-use super::containers::{short, Containers, Record, State};
+use strata_engine::records::{short, Containers, Record, State};
+use strata_engine::{isolation, Backend};
+
 use super::output::{print_table, FormatArgs};
-use super::{instance, Global};
+use super::Global;
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
@@ -136,7 +138,7 @@ pub fn inspect(g: &Global, keys: &[String]) -> anyhow::Result<()> {
         // The runtime's (or agent's) own exec timestamp while the instance exists; the record's
         // time (taken by this CLI around the start) otherwise.
         let started = match r.live_state() {
-            State::Running => instance::backend(&r.isolation, &g.root)
+            State::Running => isolation::backend(&r.isolation, &g.root)
                 .ok()
                 .and_then(|b| b.exec_time(&r.id)),
             _ => None,
@@ -162,7 +164,7 @@ pub fn inspect(g: &Global, keys: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn running(g: &Global, key: &str) -> anyhow::Result<(Record, Box<dyn instance::Backend>)> {
+fn running(g: &Global, key: &str) -> anyhow::Result<(Record, Box<dyn Backend>)> {
     let r = Containers::new(&g.store).find(key)?;
     if r.live_state() != State::Running {
         bail!(
@@ -171,7 +173,7 @@ fn running(g: &Global, key: &str) -> anyhow::Result<(Record, Box<dyn instance::B
             r.name
         );
     }
-    let b = instance::backend(&r.isolation, &g.root)?;
+    let b = isolation::backend(&r.isolation, &g.root)?;
     Ok((r, b))
 }
 
@@ -255,7 +257,7 @@ pub fn stats(g: &Global, a: StatsArgs) -> anyhow::Result<()> {
     };
     let mut out = Vec::new();
     for r in &recs {
-        let b = instance::backend(&r.isolation, &g.root)?;
+        let b = isolation::backend(&r.isolation, &g.root)?;
         let s = b.stats(&r.id)?;
         out.push(json!({
             "Id": r.id,

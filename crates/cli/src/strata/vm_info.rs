@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::vm_keeper;
+use strata_engine::vm_keeper;
 
 #[derive(Subcommand, Debug)]
 pub enum KernelCommand {

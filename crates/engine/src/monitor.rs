@@ -1,6 +1,6 @@
 //! The per-container monitor of detached containers (what conmon is to podman): a fork of
 //! `strata` in its own session that starts the workload as its child, holds its stdio, writes
-//! its output to the log file as JSON lines, serves `strata attach` clients (attach.rs), reaps
+//! its output to the log file as JSON lines, serves `strata attach` clients (attach_server.rs), reaps
 //! it and records the exit code (or removes an `--rm` container). No re-exec: forking the
 //! already-loaded binary is cheaper.
 
@@ -11,22 +11,23 @@ use anyhow::{bail, Context};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::unistd::ForkResult;
 
-use super::attach;
-use super::containers::{self, Containers, Record, State};
-use super::instance::{self, Stdio};
-use super::logs::{LogWriter, Stream};
-use super::{relay, run, tty, Global};
+use crate::attach_server;
+use crate::backend::Stdio;
+use crate::container_log::{LogWriter, Stream};
+use crate::paths::Paths;
+use crate::records::{self, Containers, Record, State};
+use crate::{config_json, isolation, pty, reap, relay, removal};
 
 /// Starts `rec` under a new monitor; returns once the workload runs (or failed to start, with
 /// the reason).
-pub fn spawn(g: &Global, containers: &Containers, rec: Record) -> anyhow::Result<()> {
+pub fn spawn(paths: &Paths, containers: &Containers, rec: Record) -> anyhow::Result<()> {
     let (status_r, status_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create status pipe")?;
     // SAFETY: strata is single-threaded; the child only runs the monitor and _exits.
     match unsafe { nix::unistd::fork() }.context("fork the monitor")? {
         ForkResult::Child => {
             drop(status_r);
-            let code = monitor(g, containers, rec, status_w);
+            let code = monitor(paths, containers, rec, status_w);
             // SAFETY: _exit in the forked child; nothing of the parent must run at exit.
             unsafe { libc::_exit(code) }
         }
@@ -45,7 +46,7 @@ pub fn spawn(g: &Global, containers: &Containers, rec: Record) -> anyhow::Result
     }
 }
 
-fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd) -> i32 {
+fn monitor(paths: &Paths, containers: &Containers, mut rec: Record, status: OwnedFd) -> i32 {
     let _ = nix::unistd::setsid();
     let mut status = std::fs::File::from(status);
     // Our stdio belonged to the `strata` that started us: let it go (the caller may be waiting
@@ -65,10 +66,10 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
     let dir = containers.dir(&rec.id);
     let fail = |rec: &mut Record, status: &mut std::fs::File, code: i32, msg: &str| {
         let _ = write!(status, "err {msg}");
-        run::settle(g, containers, rec, code);
+        removal::settle(paths, containers, rec, code);
         1
     };
-    let backend = match instance::backend(&rec.isolation, &g.root) {
+    let backend = match isolation::backend(&rec.isolation, &paths.root) {
         Ok(b) => b,
         Err(e) => return fail(&mut rec, &mut status, 125, &format!("{e:#}")),
     };
@@ -99,8 +100,8 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
         started = Ok(pid);
         sources.push((master, Stream::Stdout));
     } else if rec.tty {
-        let pty = match tty::open(null.as_fd()).and_then(|p| {
-            run::set_console(&dir, Some(&p.slave_path))?;
+        let pty = match pty::open(null.as_fd()).and_then(|p| {
+            config_json::set_console(&dir, Some(&p.slave_path))?;
             Ok(p)
         }) {
             Ok(p) => p,
@@ -155,7 +156,7 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
     };
     // Attach clients write the workload's stdin (-i: the pipe we hold, or the pty) and size
     // its pty (-t). Without the socket the container still runs; only attach is missing.
-    let server = match attach::Server::bind(&dir) {
+    let server = match attach_server::Server::bind(&dir) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "no attach socket");
@@ -175,7 +176,7 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
     rec.state = State::Running;
     rec.pid = Some(pid);
     rec.monitor_pid = Some(std::process::id() as i32);
-    rec.started = Some(containers::now());
+    rec.started = Some(records::now());
     rec.exit_code = None;
     rec.finished = None;
     let _ = containers.save(&rec);
@@ -184,26 +185,14 @@ fn monitor(g: &Global, containers: &Containers, mut rec: Record, status: OwnedFd
 
     let server = serve(sources, &mut log, server, stdin_target, pty_master);
     drop(log);
-    let code = wait(pid);
+    let code = reap::wait(pid);
     drop(held_stdin);
     if let Some(s) = server {
         s.finish(code);
     }
     backend.delete(&rec.id);
-    run::settle(g, containers, &mut rec, code);
+    removal::settle(paths, containers, &mut rec, code);
     0
-}
-
-fn wait(pid: i32) -> i32 {
-    use nix::sys::wait::{waitpid, WaitStatus};
-    loop {
-        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
-            Ok(WaitStatus::Exited(_, c)) => return c,
-            Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
-            Ok(_) | Err(nix::Error::EINTR) => continue,
-            Err(_) => return 255,
-        }
-    }
 }
 
 /// Until every source reaches EOF (the workload and everything it started exited: the pid
@@ -212,10 +201,10 @@ fn wait(pid: i32) -> i32 {
 fn serve(
     sources: Vec<(OwnedFd, Stream)>,
     log: &mut LogWriter,
-    server: Option<attach::Server>,
+    server: Option<attach_server::Server>,
     stdin: Option<OwnedFd>,
     pty: Option<OwnedFd>,
-) -> Option<attach::Server> {
+) -> Option<attach_server::Server> {
     let mut front = Monitor {
         server,
         stdin: stdin.filter(|f| set_nonblocking(f.as_fd())),
@@ -231,7 +220,7 @@ fn serve(
 
 /// The relay's front end of the monitor: attach clients, their input and window sizes.
 struct Monitor {
-    server: Option<attach::Server>,
+    server: Option<attach_server::Server>,
     /// The workload's stdin (non-blocking) while it takes input.
     stdin: Option<OwnedFd>,
     /// Input from clients the workload has not read yet.
@@ -268,13 +257,13 @@ impl relay::Front for Monitor {
     fn handle(&mut self, revents: &[PollFlags], _buf: &mut [u8]) {
         let n_srv = revents.len() - usize::from(self.polls_stdin());
         if let Some(s) = &mut self.server {
-            let mut input = attach::Input::default();
+            let mut input = attach_server::Input::default();
             s.handle(&revents[..n_srv], &mut input);
             if self.stdin.is_some() {
                 self.pending.extend_from_slice(&input.stdin);
             }
             if let (Some((rows, cols)), Some(p)) = (input.resize, &self.pty) {
-                set_size(p.as_fd(), rows, cols);
+                pty::set_size(p.as_fd(), rows, cols);
             }
         }
         if let Some(t) = &self.stdin {
@@ -310,15 +299,4 @@ fn set_nonblocking(fd: std::os::fd::BorrowedFd) -> bool {
             )
         })
         .is_ok()
-}
-
-fn set_size(pty: std::os::fd::BorrowedFd, rows: u16, cols: u16) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ with a valid winsize on a pty master we hold; failure is harmless.
-    unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }

@@ -1,14 +1,25 @@
 //! `strata`: the user command line. main() only parses arguments and dispatches to the command
-//! modules in src/strata/.
+//! modules beside it, which call strata-engine and render what it returns.
 
-#[path = "../strata/mod.rs"]
-mod strata;
+mod attach;
+mod compare;
+mod compare_chart;
+mod compare_probes;
+mod compare_report;
+mod exec;
+mod image;
+mod lifecycle;
+mod logs;
+mod output;
+mod progress;
+mod ps;
+mod run;
+mod vm_info;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-use strata::{attach, compare, exec, image, lifecycle, logs, ps, run, vm_info};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -18,7 +29,7 @@ use strata::{attach, compare, exec, image, lifecycle, logs, ps, run, vm_info};
 )]
 struct Cli {
     #[command(flatten)]
-    global: strata::Global,
+    global: Global,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,10 +95,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    strata::init();
+    init();
     // CVE-2019-5736: a container's init is a fork of this process, so a workload could reach
     // this binary through /proc/<pid>/exe: commands that start processes in containers re-exec
-    // from a read-only mount of it first (strata/mod.rs).
+    // from a read-only mount of it first (protect_binary below).
     if matches!(
         cli.command,
         Command::Run(_)
@@ -96,7 +107,7 @@ fn main() -> ExitCode {
             | Command::Restart(_)
             | Command::Exec(_)
     ) {
-        if let Err(e) = strata::protect_binary() {
+        if let Err(e) = protect_binary() {
             eprintln!("strata: error: {e}");
             return ExitCode::from(125);
         }
@@ -132,5 +143,98 @@ fn main() -> ExitCode {
         Command::Info(a) => vm_info::info(a),
         Command::Compare(a) => compare::compare(&cli.global, a),
     };
-    strata::exit(result)
+    exit(result)
+}
+
+/// Options every command takes.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Image and container store
+    #[arg(long, global = true, env = "STRATA_STORE", default_value = strata_image::DEFAULT_ROOT)]
+    pub store: PathBuf,
+    /// No progress output
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    /// Runtime state of running containers
+    #[arg(long, global = true, env = "STRATA_ROOT", default_value = strata_container::DEFAULT_ROOT)]
+    pub root: PathBuf,
+}
+
+impl Global {
+    /// Opens the image store.
+    pub fn image_store(&self) -> anyhow::Result<strata_image::Store> {
+        Ok(strata_image::Store::open(&self.store)?)
+    }
+
+    /// The engine's view of the two roots.
+    pub fn paths(&self) -> strata_engine::Paths {
+        strata_engine::Paths {
+            store: self.store.clone(),
+            root: self.root.clone(),
+        }
+    }
+}
+
+/// Process set-up every command needs: default SIGPIPE (so `strata images | head` ends quietly,
+/// like other Unix tools) and logging.
+pub fn init() {
+    // SAFETY: setting a signal disposition to SIG_DFL at start-up, before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    init_logging();
+}
+
+/// Logs go to stderr, filtered by STRATA_LOG (default: warnings).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+}
+
+/// CVE-2019-5736 for the user CLI: re-executes this process from a detached read-only mount
+/// of its binary (`exe_guard`; no mount namespace, so the overlay mounts `strata` makes stay
+/// visible on the host), or from a sealed memfd copy where that is not possible or
+/// `STRATA_EXE_PROTECTION=memfd` asks for it. Returns in the protected process.
+pub fn protect_binary() -> anyhow::Result<()> {
+    if strata_container::exe_guard::is_protected() {
+        return Ok(());
+    }
+    // Each of these commands moves a container's init into cgroups a few milliseconds from
+    // now: start the kernel's grace period for that already (cgroups/prewarm.rs).
+    strata_container::cgroups::prewarm::start();
+    // The re-executed image has no directory of its own (/proc/self/exe no longer names the
+    // install path): find the guest agent beside the real binary now.
+    if std::env::var_os("STRATA_AGENT").is_none() {
+        if let Ok(agent) = strata_engine::vm_keeper::agent_path() {
+            std::env::set_var("STRATA_AGENT", agent);
+        }
+    }
+    if std::env::var_os("STRATA_EXE_PROTECTION").is_some_and(|v| v == "memfd") {
+        strata_container::exe_clone::ensure_cloned_binary()?;
+    } else {
+        strata_container::exe_guard::protect_binary(strata_container::exe_guard::Fallback::Memfd)?;
+    }
+    Ok(())
+}
+
+/// Prints an error the way every strata command does and picks the exit code: a workload that
+/// could not start exits with its [`strata_engine::StartError`]'s code (Docker's 125/126/127).
+pub fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<strata_engine::StartError>() {
+            Some(s) => {
+                eprintln!("strata: error: {}", s.message);
+                // As exit(2) would take it: the low byte.
+                ExitCode::from((s.code & 0xff) as u8)
+            }
+            None => {
+                eprintln!("strata: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }

@@ -1,5 +1,6 @@
-//! `strata-oci`: runc's command line over strata-container. Thin glue: parse, call the
-//! library, print, map errors to runc's messages and exit codes.
+//! `strata-oci`: runc's command line over strata-container (containers) and strata-engine
+//! (VMs). Thin glue: parse, call the libraries, print, map errors to runc's messages and exit
+//! codes.
 
 mod args;
 mod default_spec;
@@ -18,8 +19,12 @@ use strata_container::{CreateOptions, ExecOptions, Runtime};
 
 use args::{Cli, Command, OutputFormat};
 
+fn main() {
+    std::process::exit(run());
+}
+
 /// Runs the CLI; returns the process exit code.
-pub fn main() -> i32 {
+fn run() -> i32 {
     let cli = Cli::parse();
     let logger = log::Logger::new(
         cli.log.clone(),

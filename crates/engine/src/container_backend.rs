@@ -1,97 +1,32 @@
-//! The isolation backend behind the container commands: one small trait, [`Backend`], with
-//! the container implementation here. The VM layer adds a second implementation; the commands
-//! (run, exec, stop, ps, ...) only talk to the trait.
-//!
-//! Contract: `start` runs the workload of an OCI bundle with the given stdio and returns the
-//! host pid of a process that is a child of the caller and exits with the workload's exit
-//! code (the container init; for a VM, the VM's leader process). `exec` does the same for an
-//! extra process. The caller reaps both.
+//! Containers as an isolation [`Backend`]: strata-container's `Runtime` called in-process (no
+//! strata-oci exec), the pty allocated inside the container for `-t` (runc's console-socket
+//! protocol), and Docker's exit codes for start failures.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::sys::signal::Signal;
 use oci_spec::runtime::Process;
 use strata_container::{ContainerError, CreateOptions, ExecOptions, Runtime};
 
-/// The three fds a workload gets as stdin, stdout and stderr.
-#[derive(Clone, Copy)]
-pub struct Stdio<'a> {
-    pub stdin: BorrowedFd<'a>,
-    pub stdout: BorrowedFd<'a>,
-    pub stderr: BorrowedFd<'a>,
-}
-
-/// Starting a workload failed. `code` is what `strata run` exits with: 127 when the command
-/// does not exist, 126 when it cannot be executed, 125 for any other set-up failure (Docker's
-/// convention).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct StartError {
-    pub code: i32,
-    pub message: String,
-}
-
-/// An isolation backend: how a bundle becomes running processes.
-pub trait Backend {
-    /// What `ps` shows in the ISOLATION column.
-    fn isolation(&self) -> &'static str;
-    /// Runs the bundle's process; returns the host pid of our child that exits with it.
-    fn start(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<i32, StartError>;
-    /// Sends a signal to the workload.
-    fn kill(&self, id: &str, sig: Signal) -> anyhow::Result<()>;
-    /// Runs another process in the running workload's environment; returns the pid of our
-    /// child that exits with it.
-    fn exec(&self, id: &str, process: &Process, stdio: Stdio) -> Result<i32, StartError>;
-    /// `start` on a terminal the backend allocates in the workload's own environment (so it is
-    /// the workload's controlling terminal); returns the pid and the pty master. `Ok(None)`:
-    /// no such terminal here, the caller passes a host pty slave as stdio to `start` instead.
-    fn start_with_terminal(
-        &self,
-        _id: &str,
-        _bundle: &Path,
-    ) -> Result<Option<(i32, OwnedFd)>, StartError> {
-        Ok(None)
-    }
-    /// `exec` on a terminal, as [`Backend::start_with_terminal`].
-    fn exec_with_terminal(
-        &self,
-        _id: &str,
-        _process: &Process,
-    ) -> Result<Option<(i32, OwnedFd)>, StartError> {
-        Ok(None)
-    }
-    /// Host pids of every process of the workload.
-    fn pids(&self, id: &str) -> anyhow::Result<Vec<i32>>;
-    /// Resource usage as JSON (cpu, memory, pids).
-    fn stats(&self, id: &str) -> anyhow::Result<serde_json::Value>;
-    /// Whether the workload is running.
-    fn running(&self, id: &str) -> bool;
-    /// RFC 3339 time at which the workload's execve took effect, as the runtime (container) or
-    /// the guest agent (VM, stamped on the host when the agent's reply arrives) reported it.
-    fn exec_time(&self, _id: &str) -> Option<String> {
-        None
-    }
-    /// Kills whatever is left and removes the runtime state (idempotent).
-    fn delete(&self, id: &str);
-}
-
-/// The backend for an isolation name ("container"; "vm" comes with the VM layer).
-pub fn backend(isolation: &str, runtime_root: &Path) -> anyhow::Result<Box<dyn Backend>> {
-    match isolation {
-        "container" => Ok(Box::new(ContainerBackend {
-            runtime: Runtime::new(runtime_root),
-            root: runtime_root.to_path_buf(),
-        })),
-        "vm" => Ok(Box::new(super::vm::VmBackend::new(runtime_root))),
-        other => anyhow::bail!("isolation {other:?} is not supported by this strata build"),
-    }
-}
+use crate::backend::{Backend, StartError, Stdio};
+use crate::config_json;
+use crate::pty;
 
 /// Containers through strata-container's runtime, called in-process (no strata-oci exec).
 pub struct ContainerBackend {
     runtime: Runtime,
     root: std::path::PathBuf,
+}
+
+impl ContainerBackend {
+    /// Containers whose runtime state lives under `runtime_root`.
+    pub fn new(runtime_root: &Path) -> ContainerBackend {
+        ContainerBackend {
+            runtime: Runtime::new(runtime_root),
+            root: runtime_root.to_path_buf(),
+        }
+    }
 }
 
 impl Backend for ContainerBackend {
@@ -139,8 +74,8 @@ impl Backend for ContainerBackend {
         // when process.terminal is set; a host pty bound at /dev/console is not needed then.
         // The pty starts at our terminal's size (process.consoleSize): the workload may ask
         // for it before we could resize.
-        let size = super::tty::size(std::io::stdin().as_fd());
-        set_terminal(bundle, size).map_err(start_error)?;
+        let size = pty::size(std::io::stdin().as_fd());
+        config_json::set_terminal(bundle, size).map_err(start_error)?;
         let (listener, sock) = self.console_listener(id)?;
         let opts = CreateOptions {
             bundle: bundle.to_path_buf(),
@@ -165,7 +100,7 @@ impl Backend for ContainerBackend {
     ) -> Result<Option<(i32, OwnedFd)>, StartError> {
         let mut process = process.clone();
         process.set_terminal(Some(true));
-        if let Some((rows, cols)) = super::tty::size(std::io::stdin().as_fd()) {
+        if let Some((rows, cols)) = pty::size(std::io::stdin().as_fd()) {
             process.set_console_size(Some(
                 oci_spec::runtime::BoxBuilder::default()
                     .height(rows as u64)
@@ -274,29 +209,6 @@ impl ContainerBackend {
             .map_err(|e| start_error(anyhow::anyhow!("console socket {}: {e}", sock.display())))?;
         Ok((l, sock))
     }
-}
-
-/// Sets process.terminal and consoleSize in the bundle's config.json (and drops the host-pty
-/// /dev/console bind a previous start may have added).
-fn set_terminal(bundle: &Path, size: Option<(u16, u16)>) -> anyhow::Result<()> {
-    let p = bundle.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p)?)?;
-    v["process"]["terminal"] = serde_json::json!(true);
-    match size {
-        Some((rows, cols)) => {
-            v["process"]["consoleSize"] = serde_json::json!({"height": rows, "width": cols})
-        }
-        None => {
-            if let Some(p) = v["process"].as_object_mut() {
-                p.remove("consoleSize");
-            }
-        }
-    }
-    if let Some(m) = v["mounts"].as_array_mut() {
-        m.retain(|m| m["destination"] != "/dev/console");
-    }
-    std::fs::write(&p, serde_json::to_vec(&v)?)?;
-    Ok(())
 }
 
 impl From<ContainerError> for StartError {

@@ -1,4 +1,4 @@
-//! The VM isolation backend of `strata`: `run --vm` turns the image into a cached root disk
+//! The VM isolation backend: `run --vm` turns the image into a cached root disk
 //! (ext4, built once per image digest) and `<container dir>/vm.json`; `start` hands the same
 //! config.json the container path generated to a per-VM keeper (vm_keeper.rs) that boots the
 //! guest and relays the workload. Volumes are block devices (docs/security.md).
@@ -11,8 +11,9 @@ use nix::sys::signal::Signal;
 use oci_spec::runtime::Process;
 use strata_vmm::DiskFormat;
 
-use super::instance::{Backend, StartError, Stdio};
-use super::vm_keeper::{self, Request, VmSpec, VolumeDisk};
+use crate::backend::{Backend, StartError, Stdio};
+use crate::options;
+use crate::vm_keeper::{self, Request, VmSpec, VolumeDisk};
 
 /// Default guest memory when `--memory` is not given.
 pub const DEFAULT_MEMORY_MIB: u32 = 128;
@@ -56,7 +57,7 @@ pub fn prepare(
     let memory_mib = match o.memory {
         None => DEFAULT_MEMORY_MIB,
         Some(m) => {
-            let bytes = super::run::parse_size(m).context("--memory")?;
+            let bytes = options::parse_size(m).context("--memory")?;
             let mib = (bytes >> 20).max(1);
             // Measured: a 32 MiB UML guest sometimes dies in early boot (devtmpfs allocation).
             if mib < 64 {

@@ -1,9 +1,9 @@
-//! The one output relay of the `strata` commands: a workload's stdout/stderr (pipes or a pty
-//! master) read as they become readable, each chunk appended to the container log (when there
-//! is one) and handed to a front end, until every source reached EOF. The front ends:
-//! the foreground `run` (our own stdout/stderr, signals forwarded; `run.rs`), the `-t` relay
-//! (host terminal ↔ pty, window size; `tty.rs`) and the detached monitor (attach clients,
-//! their input and window sizes; `monitor.rs`).
+//! The one output relay of the engine: a workload's stdout/stderr (pipes or a pty master) read
+//! as they become readable, each chunk appended to the container log (when there is one) and
+//! handed to a front end, until every source reached EOF. The front ends: the foreground `run`
+//! (our own stdout/stderr, signals forwarded; `run.rs`), the `-t` relay (host terminal ↔ pty,
+//! window size; `terminal_relay.rs`) and the detached monitor (attach clients, their input and
+//! window sizes; `monitor.rs`).
 //!
 //! One buffer for the whole relay and no per-chunk allocation: the foreground relay is on
 //! `strata run`'s path.
@@ -14,7 +14,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use super::logs::{LogWriter, Stream};
+use crate::container_log::{LogWriter, Stream};
+use crate::{pty, reap};
 
 /// Bytes read from a source at once.
 const CHUNK: usize = 64 * 1024;
@@ -138,11 +139,11 @@ impl<'a> Signals<'a> {
         while let Ok(Some(info)) = sfd.read_signal() {
             match (Signal::try_from(info.ssi_signo as i32), resize) {
                 (Ok(Signal::SIGCHLD), _) => {
-                    if let Some(c) = super::tty::reap(self.pid) {
+                    if let Some(c) = reap::try_reap(self.pid) {
                         self.code = Some(c);
                     }
                 }
-                (Ok(Signal::SIGWINCH), Some((from, to))) => super::tty::copy_size(from, to),
+                (Ok(Signal::SIGWINCH), Some((from, to))) => pty::copy_size(from, to),
                 (Ok(sig), _) => {
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig);
                 }
@@ -186,7 +187,7 @@ mod tests {
     use std::os::fd::OwnedFd;
 
     use super::*;
-    use crate::strata::logs::LogLine;
+    use crate::container_log::LogLine;
 
     /// Records what the relay hands over; `refuse` makes `output` say its reader is gone.
     #[derive(Default)]

@@ -5,7 +5,7 @@
 //! commands (`strata exec/kill`, `strata-oci start/kill/exec/state`) reach it over a Unix socket
 //! in the VM's state directory.
 //!
-//! Shared by `strata` (crates/cli/src/strata/vm.rs) and `strata-oci` (crates/cli/src/oci/vm.rs).
+//! Used by `strata` (through vm_backend.rs) and `strata-oci` (crates/cli/src/oci/vm.rs).
 //!
 //! State directory `<root>/vm/<id>/`: `state.json` (keeper and VM pids, cgroups, status, exit
 //! code), `keeper.sock`, `run/` (the jail's mount point), `root.cow` (the VM's writes over the
@@ -1075,7 +1075,6 @@ pub fn destroy(state_dir: &Path) {
 
 /// Kills a VM and its keeper but keeps the state (strata-oci `kill` of a created VM: `state`
 /// then says stopped, `delete` removes it).
-#[allow(dead_code)] // used by strata-oci only
 pub fn destroy_vm_only(state_dir: &Path) {
     let Some(st) = load_state(state_dir) else {
         return;
