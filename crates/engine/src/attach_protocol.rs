@@ -92,10 +92,7 @@ mod tests {
         assert_eq!(take_frame(&mut b), Ok(None));
         let mut huge = vec![STDIN];
         huge.extend_from_slice(&(MAX_FRAME as u32 + 1).to_le_bytes());
-        assert_eq!(
-            take_frame(&mut huge),
-            Err(FrameTooLarge(MAX_FRAME + 1))
-        );
+        assert_eq!(take_frame(&mut huge), Err(FrameTooLarge(MAX_FRAME + 1)));
         // Random bytes never panic and never yield a frame past the limit.
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..2000 {

@@ -20,6 +20,17 @@ use strata_container::cgroups::{Cgroup, CgroupError};
 
 use crate::error::{Result, VmmError};
 
+/// Memory use of a VM's host processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes charged to the VM's cgroup now (guest memory it touched plus host-side overhead).
+    pub current_bytes: u64,
+    /// The peak of `current_bytes`.
+    pub peak_bytes: u64,
+    /// The cgroup's memory limit.
+    pub limit_bytes: u64,
+}
+
 /// Parent of the VM cgroups strata names itself (no `cgroupsPath`); the last VM out removes it.
 const DEFAULT_PARENT: &str = "strata-vm";
 
@@ -151,12 +162,12 @@ impl VmCgroup {
 
     /// Memory charged to the VM now, its peak and the limit (guest memory it touched plus
     /// host-side overhead).
-    pub fn memory(&self) -> Result<crate::MemoryStats> {
+    pub fn memory(&self) -> Result<MemoryStats> {
         let s = self
             .cgroup
             .stats()
             .map_err(|e| op_err(&self.id, "read memory statistics", e))?;
-        Ok(crate::MemoryStats {
+        Ok(MemoryStats {
             current_bytes: s.memory.usage.usage,
             peak_bytes: s.memory.usage.max,
             limit_bytes: s.memory.usage.limit,

@@ -28,6 +28,7 @@ mod seccomp;
 mod uml;
 mod vm;
 
+pub use cgroup::MemoryStats;
 pub use contract::GuestContract;
 pub use disk::{build_disk, DiskFormat};
 pub use error::{Result, Unavailable, VmmError};
@@ -36,4 +37,4 @@ pub use kvm::KvmPlatform;
 pub use platform::{Console, Disk, Platform, VmConfig};
 pub use platforms::{detect, info, platform, platforms};
 pub use uml::{UmlPlatform, CHANNEL_DEVICE as UML_CHANNEL_DEVICE};
-pub use vm::{MemoryStats, Vm};
+pub use vm::Vm;

@@ -5,19 +5,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
-use crate::cgroup::VmCgroup;
+use crate::cgroup::{MemoryStats, VmCgroup};
 use crate::error::{Result, VmmError};
-
-/// Memory use of a VM's host processes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryStats {
-    /// Bytes charged to the VM's cgroup now (guest memory it touched plus host-side overhead).
-    pub current_bytes: u64,
-    /// The peak of `current_bytes`.
-    pub peak_bytes: u64,
-    /// The cgroup's memory limit.
-    pub limit_bytes: u64,
-}
 
 /// A booted VM. Dropping it kills the VM (use [`Vm::wait`] to let it finish).
 #[derive(Debug)]

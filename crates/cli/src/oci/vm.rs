@@ -83,7 +83,7 @@ pub fn dispatch(cli: &Cli) -> Result<Option<i32>> {
             0
         }
         Command::Kill(a) if is_vm(&a.id) => {
-            let sig = super::parse_signal(&a.signal)?;
+            let sig = super::arg_values::parse_signal(&a.signal)?;
             let dir = state_dir(root, &a.id);
             let st = vm_keeper::load_state(&dir).context("read VM state")?;
             if !vm_keeper::alive(st.keeper_pid) || st.status == "stopped" {
@@ -134,7 +134,7 @@ pub fn dispatch(cli: &Cli) -> Result<Option<i32>> {
             0
         }
         Command::Update(a) if is_vm(&a.id) => {
-            let resources = super::parse_resources(a)?;
+            let resources = super::arg_values::parse_resources(a)?;
             update(root, &a.id, &resources)?;
             0
         }
@@ -152,7 +152,7 @@ pub fn dispatch(cli: &Cli) -> Result<Option<i32>> {
         }
         Command::Exec(a) if is_vm(&a.id) => exec(root, a)?,
         Command::Events(a) if is_vm(&a.id) => {
-            let interval = super::parse_interval(&a.interval)?;
+            let interval = super::arg_values::parse_interval(&a.interval)?;
             loop {
                 let st = running_vm(root, &a.id)?;
                 let stats = vm_cgroup(&st)?

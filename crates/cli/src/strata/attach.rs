@@ -18,7 +18,7 @@ use strata_engine::attach_protocol::{
 use strata_engine::records::State;
 use strata_engine::{isolation, lifecycle, pty};
 
-use super::Global;
+use super::global_args::Global;
 
 #[derive(Args, Debug)]
 pub struct AttachArgs {

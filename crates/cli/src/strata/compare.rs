@@ -27,7 +27,7 @@ use clap::Args;
 use super::compare_chart;
 use super::compare_probes;
 use super::compare_report::{LayerResult, Report, SizeParts, Stats};
-use super::Global;
+use super::global_args::Global;
 
 /// The JSON schema name; bump the version when a key changes meaning or goes away.
 pub const SCHEMA: &str = "strata.compare/v2";

@@ -4,7 +4,7 @@
 use clap::Args;
 use strata_engine::exec::ExecRequest;
 
-use super::Global;
+use super::global_args::Global;
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {

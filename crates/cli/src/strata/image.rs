@@ -10,9 +10,9 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use strata_image::auth::Credentials;
 
+use super::global_args::Global;
 use super::output::{human_size, print_table, FormatArgs};
 use super::progress::reporter;
-use super::Global;
 
 #[derive(Args)]
 pub struct ImagesArgs {

@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::Args;
 use strata_engine::lifecycle;
 
-use super::Global;
+use super::global_args::Global;
 
 #[derive(Args, Debug)]
 pub struct StartArgs {

@@ -9,7 +9,7 @@ use clap::Args;
 use strata_engine::container_log::LogLine;
 use strata_engine::records::State;
 
-use super::Global;
+use super::global_args::Global;
 
 #[derive(Args, Debug)]
 pub struct LogsArgs {

@@ -7,6 +7,7 @@ mod compare_chart;
 mod compare_probes;
 mod compare_report;
 mod exec;
+mod global_args;
 mod image;
 mod lifecycle;
 mod logs;
@@ -16,10 +17,11 @@ mod ps;
 mod run;
 mod vm_info;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+
+use global_args::Global;
 
 #[derive(Parser)]
 #[command(
@@ -144,35 +146,6 @@ fn main() -> ExitCode {
         Command::Compare(a) => compare::compare(&cli.global, a),
     };
     exit(result)
-}
-
-/// Options every command takes.
-#[derive(Args, Debug, Clone)]
-pub struct Global {
-    /// Image and container store
-    #[arg(long, global = true, env = "STRATA_STORE", default_value = strata_image::DEFAULT_ROOT)]
-    pub store: PathBuf,
-    /// No progress output
-    #[arg(long, global = true)]
-    pub quiet: bool,
-    /// Runtime state of running containers
-    #[arg(long, global = true, env = "STRATA_ROOT", default_value = strata_container::DEFAULT_ROOT)]
-    pub root: PathBuf,
-}
-
-impl Global {
-    /// Opens the image store.
-    pub fn image_store(&self) -> anyhow::Result<strata_image::Store> {
-        Ok(strata_image::Store::open(&self.store)?)
-    }
-
-    /// The engine's view of the two roots.
-    pub fn paths(&self) -> strata_engine::Paths {
-        strata_engine::Paths {
-            store: self.store.clone(),
-            root: self.root.clone(),
-        }
-    }
 }
 
 /// Process set-up every command needs: default SIGPIPE (so `strata images | head` ends quietly,

@@ -8,8 +8,8 @@ use serde_json::json;
 use strata_engine::records::{short, Containers, Record, State};
 use strata_engine::{isolation, Backend};
 
+use super::global_args::Global;
 use super::output::{print_table, FormatArgs};
-use super::Global;
 
 #[derive(Args, Debug)]
 pub struct PsArgs {

@@ -7,7 +7,7 @@ use clap::Args;
 use strata_engine::monitor;
 use strata_engine::run::{foreground, prepare, ContainerRequest};
 
-use super::Global;
+use super::global_args::Global;
 
 /// Options shared by `run` and `create`.
 #[derive(Args, Debug, Clone)]

@@ -47,6 +47,7 @@ pub use error::CgroupError;
 pub use fuzz::fuzz_one;
 pub use mountinfo::Layout;
 pub use stats::{Blkio, BlkioEntry, Cpu, CpuUsage, Memory, MemoryEntry, Pids, Stats, Throttling};
+pub use v1::V1Dir;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -79,17 +80,6 @@ pub struct Cgroup {
     /// Directories `create` made, parents before children.
     #[serde(default)]
     pub created: Vec<PathBuf>,
-}
-
-/// The container's directory in one v1 hierarchy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct V1Dir {
-    /// Controllers of this hierarchy (`cpu`, `cpuacct`, ... or `name=systemd`).
-    pub controllers: Vec<String>,
-    /// Where the hierarchy is mounted.
-    pub mountpoint: PathBuf,
-    /// The container's cgroup directory in it.
-    pub path: PathBuf,
 }
 
 fn read_proc(path: &str) -> Result<String, CgroupError> {

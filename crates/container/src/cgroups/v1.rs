@@ -1,14 +1,26 @@
 //! Applying resources to cgroup v1 hierarchies (also the v1 half of hybrid hosts),
 //! file by file as runc's `libcontainer/cgroups/fs` does.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxResources, LinuxThrottleDevice};
+use serde::{Deserialize, Serialize};
 
 use super::devices;
 use super::files::{self, write};
 use super::resources::{self, BlockIo, Cpu, Memory};
-use super::{CgroupError, V1Dir};
+use super::CgroupError;
+
+/// The container's directory in one v1 hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct V1Dir {
+    /// Controllers of this hierarchy (`cpu`, `cpuacct`, ... or `name=systemd`).
+    pub controllers: Vec<String>,
+    /// Where the hierarchy is mounted.
+    pub mountpoint: PathBuf,
+    /// The container's cgroup directory in it.
+    pub path: PathBuf,
+}
 
 /// The container's directory in the hierarchy holding `controller`.
 pub(crate) fn dir<'a>(dirs: &'a [V1Dir], controller: &str) -> Option<&'a Path> {
@@ -304,7 +316,6 @@ fn blkio(d: &Path, b: &BlockIo) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     fn fake(files: &[(&str, &str)]) -> (tempfile::TempDir, Vec<V1Dir>) {
         let d = tempfile::tempdir().unwrap();
