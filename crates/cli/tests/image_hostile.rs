@@ -237,3 +237,142 @@ fn hostile_manifests() {
         assert_eq!(before, s.listing(), "store changed after {needle}");
     }
 }
+
+/// Whether `err` is safe to print on a terminal: UTF-8 with no control character but newlines,
+/// no DEL, no C1 control, no bidi or zero-width character (non-ASCII only as letters/digits),
+/// and short.
+fn assert_inert(what: &str, err: &[u8]) {
+    let s = std::str::from_utf8(err).unwrap_or_else(|_| panic!("{what}: not UTF-8: {err:?}"));
+    let bad: Vec<char> = s
+        .chars()
+        .filter(|&c| {
+            !(c == '\n' || (' '..='~').contains(&c) || (!c.is_ascii() && c.is_alphanumeric()))
+        })
+        .collect();
+    assert!(bad.is_empty(), "{what}: raw {bad:?} in {s:?}");
+    assert!(s.len() < 2000, "{what}: {} bytes of error: {s}", s.len());
+}
+
+fn stderr_of(s: &TestStore, args: &[&str]) -> Vec<u8> {
+    let o = s.strata(args);
+    assert!(!o.status.success(), "strata {args:?} succeeded");
+    o.stderr
+}
+
+/// `strata load -i` of random bytes (and of bytes made to look like a tar header with terminal
+/// escapes in its name and checksum) says what is wrong without printing the file's bytes raw.
+#[test]
+fn load_of_random_bytes_quotes_them_escaped() {
+    let s = TestStore::new();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("random.bin");
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    for seed in 0..20u64 {
+        x ^= seed.wrapping_mul(0x9e3779b97f4a7c15);
+        let mut v = Vec::with_capacity(1000);
+        while v.len() < 1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.push((x >> 32) as u8);
+        }
+        if seed == 0 {
+            // A header-shaped start: the name and checksum fields hold escape sequences.
+            let name = b"\x1b[2J\x1b]0;owned\x07\x9b31mX";
+            v[..name.len()].copy_from_slice(name);
+            v[148..156].copy_from_slice(b"\x1b[5m\x1b[0m");
+            v[257..263].copy_from_slice(b"ustar\0");
+        }
+        std::fs::write(&f, &v).unwrap();
+        let err = stderr_of(&s, &["load", "-i", f.to_str().unwrap()]);
+        assert_inert(&format!("random file {seed}"), &err);
+        let text = String::from_utf8_lossy(&err);
+        assert!(
+            text.starts_with("strata: error: load ") && text.contains("not a tar archive"),
+            "{text}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(s.path().join("tmp")).unwrap().count(), 0);
+}
+
+/// Hostile tar entry names and manifest fields reach the error escaped and cut short.
+#[test]
+fn hostile_names_and_fields_are_quoted_escaped() {
+    let s = TestStore::new();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("a.tar");
+    // A layer entry whose name carries escapes and climbs out of the layer.
+    let name = "\x1b]0;pwned\x07\x1b[2J/../x";
+    oci_archive(
+        &archive,
+        "hostile:v1",
+        &[plain(RawTar::new().file(name, b"1").finish())],
+        |_| {},
+    );
+    let err = stderr_of(&s, &["load", "-i", archive.to_str().unwrap()]);
+    assert_inert("tar entry name", &err);
+    let text = String::from_utf8_lossy(&err);
+    assert!(
+        text.contains("\\u{1b}]0;pwned\\u{7}") && text.contains("`..`"),
+        "{text}"
+    );
+
+    // A media type of 100 KB with escapes.
+    let layer = RawTar::new().file("a", b"1").finish();
+    let config = serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]}}))
+    .unwrap();
+    let evil = format!("application/x-\x1b[31m{}", "\u{202e}A".repeat(50_000));
+    let manifest = serde_json::json!({"schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": evil, "digest": sha256(&layer), "size": layer.len()}]});
+    archive_with_manifest(&archive, &manifest, &[config, layer]);
+    let err = stderr_of(&s, &["load", "-i", archive.to_str().unwrap()]);
+    assert_inert("media type", &err);
+    let text = String::from_utf8_lossy(&err);
+    assert!(
+        text.contains("unsupported media type application/x-\\u{1b}[31m\\u{202e}A")
+            && text.contains("bytes)"),
+        "{text}"
+    );
+}
+
+/// A registry whose error response carries terminal escapes: `strata pull` quotes it escaped.
+#[test]
+fn registry_error_bodies_are_quoted_escaped() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = r.read_line(&mut first);
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                    break;
+                }
+            }
+            let (status, body) = if first.starts_with("GET /v2/ ") {
+                ("200 OK", "{}".to_string())
+            } else {
+                (
+                    "404 Not Found",
+                    "{\"errors\":[{\"code\":\"MANIFEST_UNKNOWN\",\"message\":\"\u{1b}[2J\u{1b}]0;owned\u{7}gone\"}]}".to_string(),
+                )
+            };
+            let mut c = conn;
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let s = TestStore::new();
+    let err = stderr_of(&s, &["pull", &format!("{addr}/evil/image:v1")]);
+    assert_inert("registry error", &err);
+    let text = String::from_utf8_lossy(&err);
+    assert!(text.contains("pull ") && text.contains("gone"), "{text}");
+}

@@ -41,7 +41,7 @@ impl BlobSource for Staged {
         _size: Option<u64>,
         _p: &dyn Progress,
     ) -> Result<()> {
-        if tx.has_blob(d) {
+        if tx.has_blob(d)? {
             Ok(())
         } else {
             Err(Error::MissingBlob(d.to_string()))
@@ -59,7 +59,7 @@ impl BlobSource for LayoutDir<'_> {
         size: Option<u64>,
         progress: &dyn Progress,
     ) -> Result<()> {
-        if tx.has_blob(d) {
+        if tx.has_blob(d)? {
             return Ok(());
         }
         let p = self.0.join("blobs/sha256").join(d.hex());
@@ -170,8 +170,14 @@ fn load_archive(
     let entries = archive
         .entries()
         .map_err(|e| unsupported(format!("not a tar archive: {e}")))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| unsupported(format!("truncated or corrupt tar: {e}")))?;
+    for (seen, entry) in entries.enumerate() {
+        let mut entry = entry.map_err(|e| {
+            unsupported(if seen == 0 {
+                format!("not a tar archive (strata loads oci-archive and docker-archive tars, plain or gzip/zstd compressed, and OCI layout directories): {e}")
+            } else {
+                format!("truncated or corrupt tar: {e}")
+            })
+        })?;
         let name = clean(&entry.path_bytes());
         let kind = entry.header().entry_type();
         if kind.is_symlink() || kind.is_hard_link() {
@@ -191,7 +197,7 @@ fn load_archive(
         }
         if let Some(hex) = name.strip_prefix("blobs/sha256/") {
             let d = Digest::parse(&format!("sha256:{hex}"))?;
-            if !tx.has_blob(&d) {
+            if !tx.has_blob(&d)? {
                 let size = entry.size();
                 tx.put_blob_verified(
                     &mut entry,

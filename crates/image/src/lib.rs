@@ -21,15 +21,17 @@ pub mod passwd;
 pub mod progress;
 #[cfg(feature = "pull")]
 pub mod pull;
+pub mod quote;
 pub mod reference;
 mod resolve;
 pub mod rootfs;
 mod store;
 mod sys;
+pub mod tree;
 pub mod unpack;
 
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use image::Image;
 pub use progress::{NoProgress, Progress};
-pub use store::{ImageSummary, PruneStats, Store, Transaction, DEFAULT_ROOT};
+pub use store::{ImageSummary, PruneStats, Store, Transaction, VerifyReport, DEFAULT_ROOT};

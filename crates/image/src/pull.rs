@@ -263,7 +263,7 @@ impl BlobSource for Registry<'_> {
         size: Option<u64>,
         progress: &dyn Progress,
     ) -> Result<()> {
-        if tx.has_blob(d) {
+        if tx.has_blob(d)? {
             return Ok(());
         }
         let fail = |reason: String| Error::Pull {

@@ -15,11 +15,10 @@ pub fn normalize(name: &str) -> Result<String> {
     if name.len() > 512 {
         return Err(bad("longer than 512 characters"));
     }
-    if name
-        .bytes()
-        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-    {
-        return Err(bad("contains whitespace or control characters"));
+    // Names are printed raw by `strata images` and `load`: printable ASCII only (as in
+    // Docker's grammar), so no escape sequence, 8-bit control or bidi override gets in.
+    if name.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(bad("contains whitespace, control or non-ASCII characters"));
     }
     let mut n = name;
     for prefix in [
@@ -81,7 +80,17 @@ mod tests {
             "127.0.0.1:5000/x/y:v1"
         );
         assert_eq!(split("127.0.0.1:5000/x/y:v1"), ("127.0.0.1:5000/x/y", "v1"));
-        for bad in ["", "a b", "x:", "/x", "x//y", "a\n"] {
+        for bad in [
+            "",
+            "a b",
+            "x:",
+            "/x",
+            "x//y",
+            "a\n",
+            "a\u{9b}1m",
+            "x\u{202e}y",
+            "\u{1b}[2J",
+        ] {
             assert!(normalize(bad).is_err(), "{bad:?}");
         }
     }

@@ -3,6 +3,7 @@
 //! ```text
 //! <root>/blobs/sha256/<hex>     manifests, configs, layer blobs (verified sha256)
 //! <root>/layers/sha256/<hex>/   layers unpacked once per diffID (overlay lowerdirs)
+//! <root>/layers/tree/<hex>      the tree digest of each unpacked layer ([`crate::tree`])
 //! <root>/images.json            name:tag → manifest digest
 //! <root>/holds/<id>             manifest digests in use by containers (kept by prune)
 //! <root>/lock                   shared by imports, exclusive for prune
@@ -12,7 +13,12 @@
 //!
 //! Imports stage everything (blobs, unpacked layers) under `tmp/` and only move it into place in
 //! [`Transaction::commit`], so a failed import (bad digest, corrupt layer, full disk) leaves the
-//! store exactly as it was.
+//! store exactly as it was. A killed import leaves its staging directory, which the next import
+//! that finds no other one running removes (and `image prune` does).
+//!
+//! Stored blobs and layers are checked against their digests before an import reuses them: a
+//! corrupt one is fetched or unpacked again and replaced at commit, so loading or pulling an
+//! image again repairs it. [`Store::verify`] checks every image on request.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -67,6 +73,33 @@ pub struct ImageSummary {
     pub created: Option<String>,
     /// Sum of the layer blob sizes.
     pub size: u64,
+    /// Why the image's manifest or config cannot be read (a corrupt blob), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
+}
+
+/// What [`Store::verify`] found for one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// `repo:tag`, or the manifest digest of an untagged image.
+    pub name: String,
+    pub manifest: String,
+    /// How many digests were checked (manifest, config, layer blobs, unpacked layers).
+    pub checked: u32,
+    /// Each corrupt or missing part; empty when the image is intact.
+    pub problems: Vec<String>,
+}
+
+/// An unpacked layer against its recorded tree digest.
+enum LayerState {
+    Intact,
+    /// No digest recorded (unpacked by an older strata): the current one.
+    Unrecorded(Digest),
+    Changed {
+        recorded: Digest,
+        actual: Digest,
+    },
+    Missing,
 }
 
 /// What `image prune` removed.
@@ -88,7 +121,14 @@ impl Store {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
-        for d in ["blobs/sha256", "layers/sha256", "holds", "locks", "tmp"] {
+        for d in [
+            "blobs/sha256",
+            "layers/sha256",
+            "layers/tree",
+            "holds",
+            "locks",
+            "tmp",
+        ] {
             let p = root.join(d);
             fs::DirBuilder::new()
                 .recursive(true)
@@ -123,6 +163,137 @@ impl Store {
     /// Path of an unpacked layer, by diffID (whether or not it exists).
     pub fn layer_path(&self, diff_id: &Digest) -> PathBuf {
         self.root.join("layers/sha256").join(diff_id.hex())
+    }
+
+    /// Where the tree digest of an unpacked layer is recorded.
+    fn tree_path(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("layers/tree").join(diff_id.hex())
+    }
+
+    /// Whether the stored blob `d` exists and hashes to its name.
+    fn blob_intact(&self, d: &Digest) -> Result<Option<bool>> {
+        let p = self.blob_path(d);
+        let f = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).ctx("open blob", p),
+        };
+        let mut r = HashingReader::new(io::BufReader::with_capacity(256 * 1024, f));
+        io::copy(&mut r, &mut io::sink()).ctx("read blob", &p)?;
+        Ok(Some(r.finish().0 == *d))
+    }
+
+    /// The state of an unpacked layer against its recorded tree digest.
+    fn layer_state(&self, diff_id: &Digest) -> Result<LayerState> {
+        let p = self.layer_path(diff_id);
+        if !p.is_dir() {
+            return Ok(LayerState::Missing);
+        }
+        let actual = crate::tree::digest(&p).ctx("hash unpacked layer", &p)?;
+        let recorded = fs::read_to_string(self.tree_path(diff_id))
+            .ok()
+            .and_then(|s| Digest::parse(s.trim()).ok());
+        Ok(match recorded {
+            None => LayerState::Unrecorded(actual),
+            Some(r) if r == actual => LayerState::Intact,
+            Some(r) => LayerState::Changed {
+                recorded: r,
+                actual,
+            },
+        })
+    }
+
+    /// Checks every stored image (or the one `name` resolves to) against its digests: manifest,
+    /// config, layer blobs and unpacked layers. A layer unpacked before tree digests existed
+    /// gets its digest recorded now.
+    pub fn verify(&self, name: Option<&str>) -> Result<Vec<VerifyReport>> {
+        let _lock = self.store_lock(false)?;
+        let mut images: Vec<(String, Digest)> = Vec::new();
+        match name {
+            Some(n) => {
+                let (key, d) = self.find(n)?;
+                images.push((key, d));
+            }
+            None => {
+                for (k, e) in &self.read_index()?.images {
+                    images.push((k.clone(), Digest::parse(&e.manifest)?));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut layers_checked: BTreeMap<Digest, Option<String>> = BTreeMap::new();
+        for (name, md) in images {
+            let mut problems = Vec::new();
+            let mut checked = 0u32;
+            let (manifest, cd) = match image::read_manifest(self, &md) {
+                Ok(m) => m,
+                Err(e) => {
+                    problems.push(format!("manifest: {e}"));
+                    out.push(VerifyReport {
+                        name,
+                        manifest: md.to_string(),
+                        checked,
+                        problems,
+                    });
+                    continue;
+                }
+            };
+            checked += 1;
+            let diff_ids = match image::read_config(self, &cd) {
+                Ok(c) => c.rootfs().diff_ids().clone(),
+                Err(e) => {
+                    problems.push(format!("config: {e}"));
+                    Vec::new()
+                }
+            };
+            checked += 1;
+            for l in manifest.layers() {
+                let d = Digest::parse(l.digest().as_ref())?;
+                checked += 1;
+                match self.blob_intact(&d)? {
+                    Some(true) => {}
+                    Some(false) => problems.push(format!(
+                        "layer blob {d} does not hash to its digest (corrupt)"
+                    )),
+                    None => problems.push(format!("layer blob {d} is missing")),
+                }
+            }
+            for diff in &diff_ids {
+                let d = Digest::parse(diff)?;
+                checked += 1;
+                let verdict = match layers_checked.get(&d) {
+                    Some(v) => v.clone(),
+                    None => {
+                        let v = match self.layer_state(&d)? {
+                            LayerState::Intact => None,
+                            LayerState::Unrecorded(t) => {
+                                write_atomic(
+                                    &self.tree_path(&d),
+                                    format!("{t}\n").as_bytes(),
+                                )?;
+                                None
+                            }
+                            LayerState::Changed { recorded, actual } => Some(format!(
+                                "unpacked layer {d} changed on disk (tree digest {actual}, recorded {recorded})"
+                            )),
+                            LayerState::Missing => {
+                                Some(format!("unpacked layer {d} is missing"))
+                            }
+                        };
+                        layers_checked.insert(d.clone(), v.clone());
+                        v
+                    }
+                };
+                problems.extend(verdict);
+            }
+            out.push(VerifyReport {
+                name,
+                manifest: md.to_string(),
+                checked,
+                problems,
+            });
+        }
+        Ok(out)
     }
 
     fn index_path(&self) -> PathBuf {
@@ -169,6 +340,40 @@ impl Store {
     /// Reads a JSON blob (manifest, config) from the store, verifying its digest.
     pub(crate) fn read_json_blob(&self, d: &Digest) -> Result<Vec<u8>> {
         read_verified(&self.blob_path(d), d)
+    }
+
+    /// The index key and manifest digest an image name resolves to, without reading the image
+    /// (so a damaged one can still be named).
+    fn find(&self, name: &str) -> Result<(String, Digest)> {
+        let index = self.read_index()?;
+        if let Ok(key) = reference::normalize(name) {
+            if let Some(e) = index.images.get(&key) {
+                return Ok((key, Digest::parse(&e.manifest)?));
+            }
+        }
+        let hexpart = name.strip_prefix("sha256:").unwrap_or(name);
+        if hexpart.len() >= 4 && hexpart.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let hits: Vec<(&String, &IndexEntry)> = index
+                .images
+                .iter()
+                .filter(|(_, e)| {
+                    e.manifest
+                        .strip_prefix("sha256:")
+                        .unwrap_or("")
+                        .starts_with(hexpart)
+                })
+                .collect();
+            if let [(k, e)] = hits.as_slice() {
+                return Ok(((*k).clone(), Digest::parse(&e.manifest)?));
+            }
+        }
+        // ID prefixes need the config: resolve the usual way.
+        let img = self.resolve_existing(name)?;
+        let key = img
+            .name()
+            .map(str::to_string)
+            .unwrap_or_else(|| img.digest().to_string());
+        Ok((key, img.digest().clone()))
     }
 
     /// Finds an image that is in the store (resolve.rs adds the default image).
@@ -223,18 +428,35 @@ impl Store {
         let mut out = Vec::new();
         for (name, e) in &index.images {
             let d = Digest::parse(&e.manifest)?;
-            let (manifest, config_digest) = image::read_manifest(self, &d)?;
-            let config = image::read_config(self, &config_digest)?;
-            out.push(ImageSummary {
-                name: if name.starts_with("sha256:") {
-                    None
-                } else {
-                    Some(name.clone())
+            let name = if name.starts_with("sha256:") {
+                None
+            } else {
+                Some(name.clone())
+            };
+            // A damaged image is listed (with what is wrong) rather than hiding the others.
+            let read = image::read_manifest(self, &d).and_then(|(m, cd)| {
+                let c = image::read_config(self, &cd)?;
+                Ok((m, cd, c))
+            });
+            out.push(match read {
+                Ok((manifest, config_digest, config)) => ImageSummary {
+                    name,
+                    manifest_digest: d.to_string(),
+                    id: config_digest.to_string(),
+                    created: config.created().clone(),
+                    size: manifest.layers().iter().map(|l| l.size()).sum(),
+                    damaged: None,
                 },
-                manifest_digest: d.to_string(),
-                id: config_digest.to_string(),
-                created: config.created().clone(),
-                size: manifest.layers().iter().map(|l| l.size()).sum(),
+                Err(e) => ImageSummary {
+                    name,
+                    manifest_digest: d.to_string(),
+                    id: d.to_string(),
+                    created: None,
+                    size: 0,
+                    damaged: Some(format!(
+                        "{e}; `strata image verify` checks it, loading or pulling it again repairs it"
+                    )),
+                },
             });
         }
         Ok(out)
@@ -369,6 +591,14 @@ impl Store {
                 stats.layers += 1;
             }
         }
+        let tdir = self.root.join("layers/tree");
+        for ent in fs::read_dir(&tdir).ctx("list layer digests", &tdir)? {
+            let ent = ent.ctx("list layer digests", &tdir)?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if !layers.contains(&name) {
+                fs::remove_file(ent.path()).ctx("remove layer digest", ent.path())?;
+            }
+        }
         let tmp = self.root.join("tmp");
         for ent in fs::read_dir(&tmp).ctx("list staging", &tmp)? {
             let ent = ent.ctx("list staging", &tmp)?;
@@ -379,8 +609,19 @@ impl Store {
 
     /// Starts an import: everything it adds is staged until [`Transaction::commit`].
     pub fn begin(&self) -> Result<Transaction<'_>> {
-        let lock = self.store_lock(false)?;
         let tmp = self.root.join("tmp");
+        // Every import holds the store lock shared for its whole life: when it can be taken
+        // exclusively, no import is running and whatever is staged was left by a killed one.
+        let lp = self.root.join("lock");
+        if let Some(lock) = FileLock::try_acquire(&lp, true).ctx("lock store", &lp)? {
+            for ent in fs::read_dir(&tmp).ctx("list staging", &tmp)? {
+                let ent = ent.ctx("list staging", &tmp)?;
+                tracing::info!(dir = %ent.path().display(), "removing what a killed import staged");
+                remove_tree(&ent.path())?;
+            }
+            drop(lock);
+        }
+        let lock = self.store_lock(false)?;
         let dir = tempfile::Builder::new()
             .prefix("import-")
             .tempdir_in(&tmp)
@@ -397,6 +638,10 @@ impl Store {
             layers_lock: None,
             tags: Vec::new(),
             manifests: Vec::new(),
+            intact_blobs: BTreeSet::new(),
+            replace_blobs: BTreeSet::new(),
+            trees: BTreeMap::new(),
+            replace_layers: BTreeSet::new(),
         })
     }
 }
@@ -414,6 +659,14 @@ pub struct Transaction<'s> {
     layers_lock: Option<FileLock>,
     tags: Vec<(String, Digest)>,
     manifests: Vec<Digest>,
+    /// Stored blobs checked against their digest by this import.
+    intact_blobs: BTreeSet<Digest>,
+    /// Stored blobs found corrupt: the staged copy replaces them at commit.
+    replace_blobs: BTreeSet<Digest>,
+    /// Tree digests to record at commit, by diffID.
+    trees: BTreeMap<Digest, Digest>,
+    /// Stored layers found changed: the staged unpack replaces them at commit.
+    replace_layers: BTreeSet<Digest>,
 }
 
 impl image::StoredImages for Store {
@@ -461,9 +714,24 @@ impl<'s> Transaction<'s> {
         self.dir.path().join("blobs").join(d.hex())
     }
 
-    /// Whether the blob is already in the store or staged.
-    pub fn has_blob(&self, d: &Digest) -> bool {
-        self.blobs.contains(d) || self.store.blob_path(d).exists()
+    /// Whether the blob is staged, or stored and intact (hashed once per import: a corrupt
+    /// stored blob counts as absent, so the import fetches it again and replaces it).
+    pub fn has_blob(&mut self, d: &Digest) -> Result<bool> {
+        if self.blobs.contains(d) || self.intact_blobs.contains(d) {
+            return Ok(true);
+        }
+        match self.store.blob_intact(d)? {
+            Some(true) => {
+                self.intact_blobs.insert(d.clone());
+                Ok(true)
+            }
+            Some(false) => {
+                tracing::warn!(blob = %d, "stored blob is corrupt: fetching it again");
+                self.replace_blobs.insert(d.clone());
+                Ok(false)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Path to read a blob from (staged or stored).
@@ -472,7 +740,7 @@ impl<'s> Transaction<'s> {
             return Ok(self.staged_blob(d));
         }
         let p = self.store.blob_path(d);
-        if p.exists() {
+        if p.exists() && !self.replace_blobs.contains(d) {
             Ok(p)
         } else {
             Err(Error::MissingBlob(d.to_string()))
@@ -606,8 +874,17 @@ impl<'s> Transaction<'s> {
             let lp = self.store.root.join("locks/layers.lock");
             self.layers_lock = Some(FileLock::acquire(&lp, true).ctx("lock layers", &lp)?);
         }
-        if self.store.layer_path(diff_id).exists() {
-            return Ok(());
+        match self.store.layer_state(diff_id)? {
+            LayerState::Intact => return Ok(()),
+            LayerState::Unrecorded(t) => {
+                self.trees.insert(diff_id.clone(), t);
+                return Ok(());
+            }
+            LayerState::Changed { recorded, actual } => {
+                tracing::warn!(layer = %diff_id, %recorded, %actual, "unpacked layer changed on disk: unpacking it again");
+                self.replace_layers.insert(diff_id.clone());
+            }
+            LayerState::Missing => {}
         }
         let dest = self.dir.path().join("layers").join(diff_id.hex());
         let actual = self.unpack_into(
@@ -623,6 +900,8 @@ impl<'s> Transaction<'s> {
                 actual: actual.to_string(),
             });
         }
+        let tree = crate::tree::digest(&dest).ctx("hash unpacked layer", &dest)?;
+        self.trees.insert(diff_id.clone(), tree);
         self.layers.push(diff_id.clone());
         Ok(())
     }
@@ -645,13 +924,30 @@ impl<'s> Transaction<'s> {
             .join(format!("unknown-{}", blob.hex()));
         let diff_id =
             self.unpack_into(blob, &tmp, &format!("unpack {}", blob.short()), progress)?;
-        if self.layers.contains(&diff_id) || self.store.layer_path(&diff_id).exists() {
+        if self.layers.contains(&diff_id) {
             remove_tree(&tmp)?;
-        } else {
-            let dest = self.dir.path().join("layers").join(diff_id.hex());
-            fs::rename(&tmp, &dest).ctx("rename unpacked layer", &dest)?;
-            self.layers.push(diff_id.clone());
+            return Ok(diff_id);
         }
+        let tree = crate::tree::digest(&tmp).ctx("hash unpacked layer", &tmp)?;
+        match self.store.layer_state(&diff_id)? {
+            LayerState::Intact => {
+                remove_tree(&tmp)?;
+                return Ok(diff_id);
+            }
+            LayerState::Unrecorded(t) => {
+                remove_tree(&tmp)?;
+                self.trees.insert(diff_id.clone(), t);
+                return Ok(diff_id);
+            }
+            LayerState::Changed { .. } => {
+                self.replace_layers.insert(diff_id.clone());
+            }
+            LayerState::Missing => {}
+        }
+        let dest = self.dir.path().join("layers").join(diff_id.hex());
+        fs::rename(&tmp, &dest).ctx("rename unpacked layer", &dest)?;
+        self.trees.insert(diff_id.clone(), tree);
+        self.layers.push(diff_id.clone());
         Ok(diff_id)
     }
 
@@ -715,23 +1011,33 @@ impl<'s> Transaction<'s> {
         for d in &self.blobs {
             let from = self.staged_blob(d);
             let to = bdir.join(d.hex());
-            // Content-addressed: an existing blob is the same bytes; keep it untouched.
-            if !to.exists() {
+            // Content-addressed: an existing intact blob is the same bytes; keep it untouched.
+            // A corrupt one is replaced (rename is atomic: readers see one or the other).
+            let keep = !self.replace_blobs.contains(d)
+                && (self.intact_blobs.contains(d) || self.store.blob_intact(d)? == Some(true));
+            if !keep {
                 fs::rename(&from, &to).ctx("move blob into store", &to)?;
             }
         }
         sys::fsync_dir(&bdir).ctx("fsync", &bdir)?;
+        // Tree digests first: a layer is never published without its digest.
+        for (d, t) in &self.trees {
+            write_atomic(&self.store.tree_path(d), format!("{t}\n").as_bytes())?;
+        }
         let ldir = self.store.root.join("layers/sha256");
         for d in &self.layers {
             let from = self.dir.path().join("layers").join(d.hex());
             let to = ldir.join(d.hex());
+            // syncfs makes the unpacked files durable before the rename publishes them.
+            if let Ok(f) = File::open(&from) {
+                // SAFETY: f is a live fd for the call.
+                unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+            }
             if !to.exists() {
-                // syncfs makes the unpacked files durable before the rename publishes them.
-                if let Ok(f) = File::open(&from) {
-                    // SAFETY: f is a live fd for the call.
-                    unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
-                }
                 fs::rename(&from, &to).ctx("move layer into store", &to)?;
+            } else if self.replace_layers.contains(d) {
+                // Swap the good tree in atomically; the changed one leaves with the staging dir.
+                sys::exchange(&from, &to).ctx("replace changed layer", &to)?;
             }
         }
         sys::fsync_dir(&ldir).ctx("fsync", &ldir)?;

@@ -237,6 +237,51 @@ impl FileLock {
     }
 }
 
+impl FileLock {
+    /// Like [`FileLock::acquire`] but returns None instead of waiting when the lock is taken.
+    pub fn try_acquire(path: &Path, exclusive: bool) -> io::Result<Option<FileLock>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        } | libc::LOCK_NB;
+        loop {
+            // SAFETY: file is a live fd for the duration of the call.
+            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+                return Ok(Some(FileLock { _file: file }));
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+    }
+}
+
+/// Swaps two paths atomically (renameat2 RENAME_EXCHANGE): each then names what the other did.
+pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let ca = cstr(a.as_os_str().as_bytes())?;
+    let cb = cstr(b.as_os_str().as_bytes())?;
+    // SAFETY: valid C strings; AT_FDCWD with absolute or cwd-relative paths.
+    check(unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    })
+    .map(drop)
+}
+
 /// fsync of a directory so a rename into it is durable.
 pub fn fsync_dir(path: &Path) -> io::Result<()> {
     std::fs::File::open(path)?.sync_all()

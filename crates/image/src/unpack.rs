@@ -358,7 +358,7 @@ impl Meta {
                     // Overlay's own xattrs would let a layer redirect lookups or fake opaque dirs
                     // through a channel the whiteout conversion does not control.
                     if name.starts_with(b"trusted.overlay.") {
-                        tracing::warn!(name = %String::from_utf8_lossy(name), "ignoring overlay xattr in layer");
+                        tracing::warn!(name = %crate::quote::untrusted(name), "ignoring overlay xattr in layer");
                         continue;
                     }
                     xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
@@ -433,7 +433,7 @@ fn set_xattr_lenient(f: impl FnOnce() -> io::Result<()>, name: &[u8]) -> io::Res
                 Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
             ) =>
         {
-            tracing::warn!(name = %String::from_utf8_lossy(name), error = %e, "xattr not supported here, skipped");
+            tracing::warn!(name = %crate::quote::untrusted(name), error = %e, "xattr not supported here, skipped");
             Ok(())
         }
         r => r,

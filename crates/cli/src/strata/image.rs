@@ -1,5 +1,5 @@
 //! Image commands: images, rmi, inspect, load, import, pull, login, logout, image prune,
-//! image build-default.
+//! image build-default, image verify.
 
 use std::io::{BufRead, Read, Write};
 use std::os::fd::AsFd;
@@ -108,6 +108,16 @@ pub enum ImageCommand {
     Import(ImportArgs),
     /// Pull an image from a registry
     Pull(PullArgs),
+    /// Check images against their digests (manifest, config, layer blobs, unpacked layers)
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The image to check (all images when absent)
+    pub image: Option<String>,
+    #[command(flatten)]
+    pub format: FormatArgs,
 }
 
 #[derive(Args)]
@@ -126,6 +136,7 @@ pub fn image_command(g: &Global, c: ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Load(a) => load(g, a),
         ImageCommand::Import(a) => import(g, a),
         ImageCommand::Pull(a) => pull(g, a),
+        ImageCommand::Verify(a) => verify(g, a),
     }
 }
 
@@ -248,6 +259,40 @@ pub fn prune(g: &Global, a: PruneArgs) -> anyhow::Result<()> {
             s.blobs,
             s.layers,
             human_size(s.bytes)
+        );
+    }
+    Ok(())
+}
+
+/// `strata image verify [IMAGE]`: every digest of the image(s) checked; fails when one is damaged.
+pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
+    let store = g.image_store()?;
+    let reports = store.verify(a.image.as_deref())?;
+    if a.format.is_json() {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            if r.problems.is_empty() {
+                println!("OK {} ({} digests checked)", r.name, r.checked);
+            } else {
+                println!("DAMAGED {}", r.name);
+                for p in &r.problems {
+                    println!("  {p}");
+                }
+            }
+        }
+    }
+    let damaged: Vec<&str> = reports
+        .iter()
+        .filter(|r| !r.problems.is_empty())
+        .map(|r| r.name.as_str())
+        .collect();
+    if !damaged.is_empty() {
+        bail!(
+            "damaged: {}: load or pull {} again to repair {}",
+            damaged.join(", "),
+            if damaged.len() == 1 { "it" } else { "them" },
+            if damaged.len() == 1 { "it" } else { "them" },
         );
     }
     Ok(())

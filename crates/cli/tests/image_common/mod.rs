@@ -3,9 +3,12 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
@@ -259,4 +262,101 @@ pub fn run(cmd: &str, args: &[&str]) {
         "{cmd} {args:?} failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// A docker-registry process with its own config, port and storage; killed on drop.
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start(ip: &str) -> Registry {
+        Registry::start_with_auth(ip, None)
+    }
+
+    /// With `htpasswd`: basic auth against that file (bcrypt entries).
+    pub fn start_with_auth(ip: &str, htpasswd: Option<&Path>) -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("strata-registry-")
+            .tempdir()
+            .unwrap();
+        let port = TcpListener::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("{ip}:{port}");
+        let config = dir.path().join("config.yml");
+        let mut yml = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let Some(h) = htpasswd {
+            yml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n",
+                h.display()
+            ));
+        }
+        std::fs::write(&config, yml).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry (scripts/deps.sh installs it)");
+        let r = Registry {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !r.answers() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer on {}",
+                r.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(&self.addr) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).as_bytes())
+            .is_err()
+        {
+            return false;
+        }
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
+    }
+
+    /// `skopeo copy` of the layout's `tag` to `repo` (`name:tag`) on this registry, over plain
+    /// HTTP, with `extra` skopeo flags.
+    pub fn push(&self, layout: &str, tag: &str, repo: &str, extra: &[&str]) {
+        self.push_from(&format!("oci:{layout}:{tag}"), repo, extra)
+    }
+
+    /// `skopeo copy` of any skopeo source (`oci-archive:FILE`) to `repo` on this registry.
+    pub fn push_from(&self, src: &str, repo: &str, extra: &[&str]) {
+        let dest = format!("docker://{}/{repo}", self.addr);
+        let mut args = vec!["copy", "-q", "--dest-tls-verify=false"];
+        args.extend_from_slice(extra);
+        args.extend([src, dest.as_str()]);
+        run("skopeo", &args);
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

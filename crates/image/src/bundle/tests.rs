@@ -41,7 +41,7 @@ impl crate::import::BlobSource for StagedForTest {
         _: Option<u64>,
         _: &dyn crate::Progress,
     ) -> Result<()> {
-        assert!(tx.has_blob(d));
+        assert!(tx.has_blob(d).unwrap());
         Ok(())
     }
 }

@@ -38,7 +38,7 @@ impl RawTar {
         self.0.extend_from_slice(h.as_bytes());
         self.0.extend_from_slice(data);
         let pad = (512 - data.len() % 512) % 512;
-        self.0.extend(std::iter::repeat(0).take(pad));
+        self.0.extend(std::iter::repeat_n(0, pad));
         self
     }
     fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
@@ -55,7 +55,7 @@ impl RawTar {
     }
     fn finish(&mut self) -> Vec<u8> {
         let mut v = self.0.clone();
-        v.extend(std::iter::repeat(0).take(1024));
+        v.extend(std::iter::repeat_n(0, 1024));
         v
     }
 }
