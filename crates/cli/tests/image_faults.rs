@@ -325,7 +325,8 @@ fn corruption_is_found_and_repaired_by_load_and_pull() {
             .to_string();
         let config_path = s.path().join("blobs/sha256").join(&config[7..]);
 
-        let damages: [(&str, Box<dyn Fn()>, &str); 5] = [
+        type Damage<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+        let damages: [Damage; 5] = [
             (
                 "layer blob",
                 Box::new(|| flip(&blob_path)),
@@ -428,6 +429,6 @@ fn five_concurrent_pulls_store_the_image_once() {
     assert_eq!(count("layers/sha256"), 1);
     assert_eq!(count("layers/tree"), 1);
     assert_eq!(count("tmp"), 0, "staging left behind");
-    assert_eq!(names(&s), [remote.clone()]);
+    assert_eq!(names(&s), [remote]);
     s.ok(&["image", "verify"]);
 }

@@ -1,9 +1,16 @@
 //! A per-test private directory plus cgroup name that are torn down completely on drop, even when the
 //! test panics: every process that mentions the directory or lives in the test's cgroups is killed,
 //! every mount under the directory is detached, the cgroups are removed, the directory is deleted.
+//!
+//! Drop does not run when the test binary is killed (CI's timeout sends SIGTERM, an OOM kill is
+//! SIGKILL), so each sandbox also starts a watchdog: this test binary again, in its own session,
+//! running only [`sandbox_watchdog`], reading a pipe whose other end only this process holds.
+//! The sandbox tells it what it adopts; when the pipe closes without a final `done` (the test
+//! process died), the watchdog tears the sandbox down the same way Drop does.
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +29,19 @@ pub struct Sandbox {
     daemons: Vec<std::process::Child>,
     /// Host paths outside the sandbox that an engine creates and the sandbox removes.
     host_paths: Vec<PathBuf>,
+    /// Daemons a killed test process left (the watchdog's view: not its children).
+    orphans: Vec<i32>,
+    watchdog: Option<Watchdog>,
 }
+
+/// The watchdog process and the write end of its pipe.
+struct Watchdog {
+    child: std::process::Child,
+    pipe: std::io::PipeWriter,
+}
+
+/// Names the sandbox a watchdog process guards.
+const WATCHDOG_ENV: &str = "STRATA_TEST_SANDBOX_WATCHDOG";
 
 impl Sandbox {
     /// Creates the directory. Short paths: unix socket paths are limited to 108 bytes.
@@ -36,11 +55,39 @@ impl Sandbox {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("create sandbox {}: {e}", dir.display()));
+        let watchdog = Some(start_watchdog(&name));
         Sandbox {
             dir,
             name,
             daemons: Vec::new(),
             host_paths: Vec::new(),
+            orphans: Vec::new(),
+            watchdog,
+        }
+    }
+
+    /// A sandbox named `name` created by another process (the watchdog's, or a test's safety
+    /// net for a sandbox whose watchdog failed): dropping it tears it down.
+    pub fn reclaim(name: &str) -> Sandbox {
+        Sandbox {
+            dir: PathBuf::from("/tmp").join(name),
+            name: name.to_string(),
+            daemons: Vec::new(),
+            host_paths: Vec::new(),
+            orphans: Vec::new(),
+            watchdog: None,
+        }
+    }
+
+    /// The watchdog process's pid.
+    pub fn watchdog_pid(&self) -> Option<u32> {
+        self.watchdog.as_ref().map(|w| w.child.id())
+    }
+
+    /// Tells the watchdog one line (`daemon PID`, `host-path PATH`, `done`).
+    fn tell_watchdog(&mut self, line: &str) {
+        if let Some(w) = &mut self.watchdog {
+            let _ = writeln!(w.pipe, "{line}");
         }
     }
 
@@ -56,6 +103,7 @@ impl Sandbox {
 
     /// Hands a started daemon to the sandbox, which stops it (SIGTERM, then SIGKILL) on drop.
     pub fn adopt(&mut self, child: std::process::Child) {
+        self.tell_watchdog(&format!("daemon {}", child.id()));
         self.daemons.push(child);
     }
 
@@ -64,6 +112,7 @@ impl Sandbox {
     pub fn remove_if_created(&mut self, path: &str) {
         let p = PathBuf::from(path);
         if fs::symlink_metadata(&p).is_err() {
+            self.tell_watchdog(&format!("host-path {path}"));
             self.host_paths.push(p);
         }
     }
@@ -166,7 +215,16 @@ impl Sandbox {
             // SAFETY: kill(2) on a child we spawned; no memory is touched.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         }
+        for &pid in &self.orphans {
+            // SAFETY: kill(2) with a pid the test process reported adopting; no memory is touched.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
+        for &pid in &self.orphans {
+            while Instant::now() < deadline && alive(pid) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         for c in &mut self.daemons {
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -295,6 +353,17 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        self.teardown();
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = writeln!(w.pipe, "done");
+            drop(w.pipe);
+            let _ = w.child.wait();
+        }
+    }
+}
+
+impl Sandbox {
+    fn teardown(&mut self) {
         self.stop_daemons();
         self.kill_everything();
         self.remove_shim_sockets();
@@ -409,4 +478,80 @@ fn unescape_mountinfo(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+/// The libtest name of [`sandbox_watchdog`] in whichever test binary includes this file.
+fn watchdog_test_name() -> String {
+    let module = module_path!();
+    let inner = module.split_once("::").map(|(_, m)| m).unwrap_or("");
+    if inner.is_empty() {
+        "sandbox_watchdog".to_string()
+    } else {
+        format!("{inner}::sandbox_watchdog")
+    }
+}
+
+/// Starts this test binary as the watchdog of sandbox `name`, in its own session (a signal to
+/// the test's process group does not reach it).
+fn start_watchdog(name: &str) -> Watchdog {
+    use std::os::unix::process::CommandExt;
+    let (reader, pipe) = std::io::pipe().expect("create the sandbox watchdog's pipe");
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .arg(watchdog_test_name())
+    .env(WATCHDOG_ENV, name)
+    .stdin(reader)
+    .stdout(std::process::Stdio::null());
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("start the sandbox watchdog");
+    Watchdog { child, pipe }
+}
+
+/// The watchdog process (started by [`Sandbox::new`], not a test of its own): reads what the
+/// test process reports until the pipe closes; without a final `done`, tears the sandbox down.
+#[test]
+#[ignore = "the sandbox watchdog's entry point: Sandbox::new starts it with the sandbox's name"]
+fn sandbox_watchdog() {
+    let Ok(name) = std::env::var(WATCHDOG_ENV) else {
+        return;
+    };
+    let mut sb = Sandbox::reclaim(&name);
+    let mut done = false;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if let Some(pid) = line.strip_prefix("daemon ") {
+            sb.orphans.extend(pid.parse::<i32>().ok());
+        } else if let Some(p) = line.strip_prefix("host-path ") {
+            sb.host_paths.push(PathBuf::from(p));
+        } else if line == "done" {
+            done = true;
+        }
+    }
+    if done {
+        std::mem::forget(sb);
+        return;
+    }
+    eprintln!("sandbox {name}: the test process died: its watchdog tears the sandbox down");
+    drop(sb);
 }
