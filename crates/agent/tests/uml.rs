@@ -71,7 +71,7 @@ impl Guest {
 
 /// A kernel with overlayfs built in (strata's own UML build: Debian's has it as a module), named
 /// by $STRATA_TEST_UML_OVERLAY_KERNEL. The same rootfs code is tested on the host kernel in
-/// tests/rootfs.rs, so this guest variant is opt-in.
+/// tests/rootfs.rs; scripts/test.sh (so CI) points it at the kernel it builds.
 fn overlay_kernel() -> Option<PathBuf> {
     std::env::var_os("STRATA_TEST_UML_OVERLAY_KERNEL").map(PathBuf::from)
 }
@@ -196,7 +196,7 @@ fn process(args: &[&str]) -> serde_json::Value {
 #[test]
 fn the_agent_runs_workloads_as_pid1_of_a_uml_guest() {
     let Some(kernel) = uml_kernel() else {
-        eprintln!("skipped: no UML kernel (install user-mode-linux: scripts/deps.sh)");
+        strata_testkit::skip_or_fail("no UML kernel (install user-mode-linux: scripts/deps.sh)");
         return;
     };
     let mut g = boot(
@@ -341,8 +341,9 @@ fn run_in_guest(g: &Guest, script: &str) -> String {
 #[test]
 fn the_rootfs_is_an_overlay_of_the_read_only_image_and_a_writable_layer() {
     let Some(kernel) = overlay_kernel() else {
-        eprintln!(
-            "skipped: set STRATA_TEST_UML_OVERLAY_KERNEL to a UML kernel with overlayfs built in"
+        strata_testkit::skip_or_fail(
+            "set STRATA_TEST_UML_OVERLAY_KERNEL to a UML kernel with overlayfs built in \
+             (scripts/build-guest-kernel.sh prints one; scripts/test.sh sets it)",
         );
         return;
     };

@@ -7,11 +7,10 @@ mod engines;
 
 use engines::command::run;
 use engines::daemons::start_containerd;
-use engines::image::{self, IMAGE_REF};
-use engines::matrix::{Layer, Matrix, Op};
+use engines::image::IMAGE_REF;
+use engines::matrix::{Layer, Op};
 use engines::runtime::{Runtime, VM_ANNOTATION};
-use engines::sandbox::Sandbox;
-use engines::{cmd_timeout, exercise, exercise_vm, sh, Engine};
+use engines::{cmd_timeout, sh, Engine, Harness};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -244,28 +243,18 @@ impl Engine for Ctr {
 
 #[test]
 fn containerd_drives_runc_and_strata_oci() {
-    let mut sb = Sandbox::new("ctrd");
-    let img = image::build(&sb);
-    let cd = start_containerd(&mut sb, false, "");
+    let mut h = Harness::start("ctrd");
+    let cd = start_containerd(&mut h.sb, false, "");
     let ctr = Ctr {
         socket: cd.socket.clone(),
-        namespace: sb.name.clone(),
-        fifo_dir: sb.path("fifo"),
-        runc_root: sb.path("runc-root"),
-        log_dir: sb.path("logs"),
+        namespace: h.sb.name.clone(),
+        fifo_dir: h.sb.path("fifo"),
+        runc_root: h.sb.path("runc-root"),
+        log_dir: h.sb.path("logs"),
         exec_seq: AtomicU32::new(0),
     };
     std::fs::create_dir_all(&ctr.log_dir).unwrap();
-    let import = sh(ctr.ctr().args(["images", "import"]).arg(&img.archive));
+    let import = sh(ctr.ctr().args(["images", "import"]).arg(&h.img.archive));
     assert_eq!(import.code, 0, "ctr images import: {}", import.describe());
-
-    let mut m = Matrix::new("containerd");
-    let runc = Runtime::runc(&sb);
-    exercise(&ctr, &mut m, &runc, Layer::Container, &[]);
-    let strata = Runtime::strata_oci(&sb);
-    exercise(&ctr, &mut m, &strata, Layer::Container, STRATA_PASSING);
-    exercise_vm(&ctr, &mut m, &strata, &sb, &img.rootfs, STRATA_VM_PASSING);
-    engines::print_calls("containerd", &runc);
-    engines::print_calls("containerd", &strata);
-    m.finish();
+    h.run_matrix(&ctr, STRATA_PASSING, STRATA_VM_PASSING);
 }

@@ -7,11 +7,8 @@ mod engines;
 
 use engines::cli_engine::{CliEngine, RuntimeSelection};
 use engines::daemons::{start_containerd, start_dockerd};
-use engines::image;
-use engines::matrix::{Layer, Matrix, Op};
-use engines::runtime::Runtime;
-use engines::sandbox::Sandbox;
-use engines::{exercise, exercise_vm, sh};
+use engines::matrix::{Layer, Op};
+use engines::{sh, Harness};
 use std::ffi::OsString;
 
 /// strata-oci cells proven to pass under dockerd (container layer). Every cell passes; list the passing ones instead if one regresses.
@@ -33,22 +30,19 @@ fn docker_runtime_name(runtime: &str, layer: Layer) -> String {
 
 #[test]
 fn docker_drives_runc_and_strata_oci() {
-    let mut sb = Sandbox::new("dockerd");
-    let img = image::build(&sb);
-    let runc = Runtime::runc(&sb);
-    let strata = Runtime::strata_oci(&sb);
-    let cd = start_containerd(&mut sb, false, "");
+    let mut h = Harness::start("dockerd");
+    let cd = start_containerd(&mut h.sb, false, "");
     let daemon_json = serde_json::json!({
         "runtimes": {
-            "strata-vm": { "path": strata.wrapper, "runtimeArgs": ["--vm"] }
+            "strata-vm": { "path": h.strata.wrapper, "runtimeArgs": ["--vm"] }
         }
     });
     let dockerd = start_dockerd(
-        &mut sb,
+        &mut h.sb,
         &cd.socket,
         &[
-            ("runc-logged".to_string(), runc.wrapper.clone()),
-            ("strata".to_string(), strata.wrapper.clone()),
+            ("runc-logged".to_string(), h.runc.wrapper.clone()),
+            ("strata".to_string(), h.strata.wrapper.clone()),
         ],
         &daemon_json,
     );
@@ -62,21 +56,7 @@ fn docker_drives_runc_and_strata_oci() {
         vec!["--network".into(), "none".into()],
         RuntimeSelection::DockerNames(docker_runtime_name),
     );
-    let load = sh(docker.cmd(None).arg("load").arg("-i").arg(&img.archive));
+    let load = sh(docker.cmd(None).arg("load").arg("-i").arg(&h.img.archive));
     assert_eq!(load.code, 0, "docker load: {}", load.describe());
-
-    let mut m = Matrix::new("docker");
-    exercise(&docker, &mut m, &runc, Layer::Container, &[]);
-    exercise(&docker, &mut m, &strata, Layer::Container, STRATA_PASSING);
-    exercise_vm(
-        &docker,
-        &mut m,
-        &strata,
-        &sb,
-        &img.rootfs,
-        STRATA_VM_PASSING,
-    );
-    engines::print_calls("docker", &runc);
-    engines::print_calls("docker", &strata);
-    m.finish();
+    h.run_matrix(&docker, STRATA_PASSING, STRATA_VM_PASSING);
 }

@@ -5,11 +5,8 @@
 mod engines;
 
 use engines::cli_engine::{CliEngine, RuntimeSelection};
-use engines::image;
-use engines::matrix::{Layer, Matrix, Op};
-use engines::runtime::Runtime;
-use engines::sandbox::Sandbox;
-use engines::{exercise, exercise_vm, sh};
+use engines::matrix::Op;
+use engines::{sh, Harness};
 use std::ffi::OsString;
 
 /// strata-oci cells proven to pass under podman (container layer). Every cell passes; list the passing ones instead if one regresses.
@@ -19,7 +16,7 @@ const STRATA_VM_PASSING: &[Op] = engines::ALL_OPS;
 
 #[test]
 fn podman_drives_runc_and_strata_oci() {
-    let mut sb = Sandbox::new("podman");
+    let mut h = Harness::start("podman");
     // podman writes its blob-info cache and netavark run dir at fixed host paths.
     for p in [
         "/var/lib/containers/cache/blob-info-cache-v1.boltdb",
@@ -28,9 +25,8 @@ fn podman_drives_runc_and_strata_oci() {
         "/run/containers/networks",
         "/run/containers",
     ] {
-        sb.remove_if_created(p);
+        h.sb.remove_if_created(p);
     }
-    let img = image::build(&sb);
     let mut client = vec![OsString::from("podman")];
     for (flag, rel) in [
         ("--root", "podman/root"),
@@ -40,7 +36,7 @@ fn podman_drives_runc_and_strata_oci() {
         ("--network-config-dir", "podman/networks"),
     ] {
         client.push(flag.into());
-        client.push(sb.path(rel).into());
+        client.push(h.sb.path(rel).into());
     }
     for f in [
         "--storage-driver",
@@ -64,26 +60,10 @@ fn podman_drives_runc_and_strata_oci() {
     ]
     .iter()
     .map(|s| s.to_string())
-    .chain(["--cgroup-parent".to_string(), sb.cgroup_parent()])
+    .chain(["--cgroup-parent".to_string(), h.sb.cgroup_parent()])
     .collect();
     let podman = CliEngine::new("podman", client, run_flags, RuntimeSelection::PodmanPath);
-    let load = sh(podman.cmd(None).arg("load").arg("-i").arg(&img.archive));
+    let load = sh(podman.cmd(None).arg("load").arg("-i").arg(&h.img.archive));
     assert_eq!(load.code, 0, "podman load: {}", load.describe());
-
-    let mut m = Matrix::new("podman");
-    let runc = Runtime::runc(&sb);
-    exercise(&podman, &mut m, &runc, Layer::Container, &[]);
-    let strata = Runtime::strata_oci(&sb);
-    exercise(&podman, &mut m, &strata, Layer::Container, STRATA_PASSING);
-    exercise_vm(
-        &podman,
-        &mut m,
-        &strata,
-        &sb,
-        &img.rootfs,
-        STRATA_VM_PASSING,
-    );
-    engines::print_calls("podman", &runc);
-    engines::print_calls("podman", &strata);
-    m.finish();
+    h.run_matrix(&podman, STRATA_PASSING, STRATA_VM_PASSING);
 }

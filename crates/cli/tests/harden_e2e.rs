@@ -46,25 +46,36 @@ const SECCOMP_PROBE: &str =
      mount -t tmpfs none /tmp 2>/dev/null && echo mount=allowed || echo mount=refused; \
      echo hello | cat; id -u";
 
-/// Runs `b` with runc (for a behavioural comparison); None when runc is unusable here.
+/// Runs `b` with runc (for a behavioural comparison) and returns its stdout; None after a skip
+/// (a failure with STRATA_REQUIRE_E2E=1) when runc is not installed. runc failing on a bundle
+/// strata-oci ran is a disagreement: the test fails with runc's error.
 fn runc_output(b: &Bundle, id: &str) -> Option<String> {
     let root = tempfile::tempdir().unwrap();
-    let out = Command::new("runc")
+    let out = match Command::new("runc")
         .arg("--root")
         .arg(root.path())
         .args(["run", "--bundle", b.path().to_str().unwrap(), id])
         .stdin(Stdio::null())
         .output()
-        .ok()?;
+    {
+        Ok(out) => out,
+        Err(e) => {
+            strata_testkit::skip_or_fail(format!(
+                "the comparison with runc needs runc (scripts/deps.sh): {e}"
+            ));
+            return None;
+        }
+    };
     let _ = Command::new("runc")
         .arg("--root")
         .arg(root.path())
         .args(["delete", "--force", id])
         .output();
-    if !out.status.success() {
-        eprintln!("runc comparison skipped: {}", text(&out.stderr));
-        return None;
-    }
+    assert!(
+        out.status.success(),
+        "runc failed on the bundle strata-oci ran: {}",
+        text(&out.stderr)
+    );
     Some(text(&out.stdout))
 }
 
@@ -730,43 +741,32 @@ fn ready_from_the_container_reaches_the_notify_socket() {
     let dir = tempfile::tempdir().unwrap();
     let (host_sock, host) = bind_notify_socket(dir.path(), 20);
     let id = unique_id("notify");
-    // busybox has no sd_notify client: inside, the env and the socket are checked; READY is
-    // sent to the relay socket by the test (the same socket, seen from the host).
+    // The workload itself sends READY (with a STATUS line the relay drops) over the socket it
+    // sees; the host gets READY=1 and the container's MAINPID from the runtime.
     let b = Bundle::sh(
         &id,
-        "echo $NOTIFY_SOCKET; [ -S $NOTIFY_SOCKET ] && echo socket-ok; sleep 5",
+        "echo $NOTIFY_SOCKET; [ -S $NOTIFY_SOCKET ] && echo socket-ok; \
+         sd-notify STATUS=up READY=1 && echo notified; sleep 5",
     );
+    install_sd_notify(&b);
     let (ok, err, stdout) = oci.create(&b, &id, &[], &[("NOTIFY_SOCKET", &host_sock)]);
     assert!(ok, "{err}");
-    let relay = oci.state_dir(&id).join("notify/notify.sock");
-    let root = oci.root.path().to_path_buf();
-    let sock_for_start = host_sock.clone();
-    let id2 = id.clone();
-    let start = std::thread::spawn(move || {
-        Command::new(oci_bin())
-            .arg("--root")
-            .arg(&root)
-            .args(["start", &id2])
-            .env("NOTIFY_SOCKET", &sock_for_start)
-            .output()
-            .unwrap()
-    });
-    // The container's side: send READY to the relay socket once `start` bound it.
-    send_ready_when_bound(&relay);
-    let started = start.join().unwrap();
+    let started = Command::new(oci_bin())
+        .arg("--root")
+        .arg(oci.root.path())
+        .args(["start", &id])
+        .env("NOTIFY_SOCKET", &host_sock)
+        .output()
+        .unwrap();
     assert!(started.status.success(), "{}", text(&started.stderr));
     expect_ready(&host, oci.pid(&id));
-    // The container prints concurrently with the READY the test sent for it.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut inside = String::new();
-    while !inside.contains("socket-ok") && Instant::now() < deadline {
+    while !inside.contains("notified") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
         inside = std::fs::read_to_string(&stdout).unwrap();
     }
-    assert!(
-        inside.contains("/run/notify/notify.sock\nsocket-ok"),
-        "{inside}"
-    );
+    assert_eq!(inside, "/run/notify/notify.sock\nsocket-ok\nnotified\n");
     oci.ok(&["delete", "--force", &id]);
     assert_clean(&oci, &b, &id);
 }
@@ -911,15 +911,31 @@ fn poststop_hooks_run_after_a_foreground_run_ends() {
     assert_clean(&oci, &b, &id);
 }
 
-/// Sends READY from the container's side: the relay socket in the state dir is the one the
-/// container sees at /run/notify/notify.sock (busybox has no sd_notify client).
-fn send_ready_when_bound(relay: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let c = std::os::unix::net::UnixDatagram::unbound().unwrap();
-    while c.send_to(b"STATUS=up\nREADY=1", relay).is_err() {
-        assert!(Instant::now() < deadline, "the relay socket never appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// `sd-notify` (tests/helpers/sd_notify.c, built static once per test process) in the bundle's
+/// /bin: busybox has no sd_notify client, and the READY under test must come from a process in
+/// the container.
+fn install_sd_notify(b: &Bundle) {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let bin = BUILT.get_or_init(|| {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helpers/sd_notify.c");
+        let bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sd-notify");
+        // Built under a name of this process, then renamed: test processes may race.
+        let tmp = bin.with_extension(std::process::id().to_string());
+        let out = Command::new("cc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&tmp)
+            .arg(src)
+            .output()
+            .expect("run cc (the C compiler cargo links with)");
+        assert!(
+            out.status.success(),
+            "cc -static {src} (libc6-dev has the static libc): {}",
+            text(&out.stderr)
+        );
+        std::fs::rename(&tmp, &bin).unwrap();
+        bin
+    });
+    std::fs::copy(bin, b.rootfs().join("bin/sd-notify")).unwrap();
 }
 
 #[test]
@@ -936,16 +952,16 @@ fn notify_socket_works_for_run_in_the_foreground_and_detached() {
     let id = unique_id("notify-run");
     let b = Bundle::sh(
         &id,
-        "echo $NOTIFY_SOCKET; [ -S $NOTIFY_SOCKET ] && echo socket-ok; \
+        "echo $NOTIFY_SOCKET; [ -S $NOTIFY_SOCKET ] && echo socket-ok; sd-notify READY=1; \
          i=0; while [ ! -e /dev/shm/done ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
     );
+    install_sd_notify(&b);
     let mut cmd = oci.cmd(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
     let stdout = dir.path().join("run.stdout");
     cmd.env("NOTIFY_SOCKET", &host_sock)
         .stdout(std::fs::File::create(&stdout).unwrap())
         .stderr(std::fs::File::create(dir.path().join("run.stderr")).unwrap());
     let mut run = cmd.spawn().unwrap();
-    send_ready_when_bound(&oci.state_dir(&id).join("notify/notify.sock"));
     expect_ready(&host, run.id());
     oci.ok(&["exec", &id, "touch", "/dev/shm/done"]);
     assert!(run.wait().unwrap().success());
@@ -955,9 +971,15 @@ fn notify_socket_works_for_run_in_the_foreground_and_detached() {
     );
     assert_clean(&oci, &b, &id);
 
-    // `run -d` returns only once READY was relayed, with MAINPID = the container's pid.
+    // `run -d` returns only once READY was relayed, with MAINPID = the container's pid. The
+    // workload sends READY when the test creates /tmp/go in its rootfs.
     let id = unique_id("notify-run-d");
-    let b = Bundle::sh(&id, "sleep 30");
+    let b = Bundle::sh(
+        &id,
+        "i=0; while [ ! -e /tmp/go ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; \
+         sd-notify READY=1; sleep 30",
+    );
+    install_sd_notify(&b);
     let mut cmd = oci.cmd(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]);
     cmd.env("NOTIFY_SOCKET", &host_sock)
         .stdout(std::fs::File::create(dir.path().join("d.stdout")).unwrap())
@@ -975,7 +997,7 @@ fn notify_socket_works_for_run_in_the_foreground_and_detached() {
         run.try_wait().unwrap().is_none(),
         "run -d returned before READY"
     );
-    send_ready_when_bound(&relay);
+    std::fs::write(b.rootfs().join("tmp/go"), "").unwrap();
     assert!(run.wait().unwrap().success());
     expect_ready(&host, oci.pid(&id));
     oci.ok(&["delete", "--force", &id]);
@@ -1001,8 +1023,11 @@ fn the_exec_process_is_not_dumpable_until_it_execs_the_workload() {
     if !root_or_skip() {
         return;
     }
-    if Command::new("strace").arg("-V").output().is_err() {
-        eprintln!("skipping: needs strace to hold the exec process before its execve");
+    let strace = Command::new("strace").arg("-V").output();
+    if !strata_testkit::require(
+        strace.is_ok(),
+        "needs strace to hold the exec process before its execve (scripts/deps.sh)",
+    ) {
         return;
     }
     // Between its fork into the container's pid namespace and execve, the process `exec`

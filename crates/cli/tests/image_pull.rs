@@ -109,7 +109,7 @@ fn pulls_from_a_loopback_registry() {
 #[test]
 fn plain_http_needs_loopback_or_insecure() {
     let Some(ip) = non_loopback_ip() else {
-        eprintln!("no non-loopback IPv4 address on this host: skipping");
+        strata_testkit::skip_or_fail("no non-loopback IPv4 address on this host (hostname -I)");
         return;
     };
     let fixtures = tempfile::tempdir().unwrap();

@@ -14,24 +14,7 @@ use std::time::Duration;
 
 use cli_common::{output_timeout, text, Sandbox};
 use serde_json::{json, Value};
-
-/// The repository root.
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Skips (false) when not root: booting the VM and its cgroups need it.
-fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() && Path::new("/bin/busybox").exists() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("STRATA_REQUIRE_E2E").is_none(),
-        "oci_cgroup_v2 needs root and /bin/busybox (busybox-static)"
-    );
-    eprintln!("skipping: needs root and /bin/busybox");
-    false
-}
+use strata_testkit::{guest_kernel, repo, root_and_busybox, skip_or_fail};
 
 /// Whether the ELF file has no program interpreter (static or static-pie): the guest has no
 /// glibc, so a dynamically linked strata-oci cannot run there.
@@ -55,7 +38,7 @@ fn is_static_elf(path: &Path) -> bool {
 /// A statically linked strata-oci of the code under test, built with the same `cargo rustc`
 /// flag as scripts/build-release.sh (debug profile, debuginfo stripped to keep the guest disk
 /// small) into a target dir of its own: the running `cargo test` holds the lock of its own.
-/// None (skip) when cargo cannot be run from here.
+/// None (after a skip, a failure with STRATA_REQUIRE_E2E=1) when cargo cannot be run from here.
 fn static_oci() -> Option<PathBuf> {
     let debug_dir = Path::new(env!("CARGO_BIN_EXE_strata-oci"))
         .parent()
@@ -87,9 +70,9 @@ fn static_oci() -> Option<PathBuf> {
     {
         Ok(o) => o,
         Err(e) => {
-            eprintln!(
-                "skipping: cannot run {cargo:?} to build a static strata-oci for the guest: {e}"
-            );
+            skip_or_fail(format!(
+                "cannot run {cargo:?} to build a static strata-oci for the guest: {e}"
+            ));
             return None;
         }
     };
@@ -110,16 +93,7 @@ fn static_oci() -> Option<PathBuf> {
 /// A kernel dir holding only the guest kernel built from this tree's guest/uml.config, so the
 /// VM boots that kernel and not whichever cached build is newest.
 fn pinned_kernel_dir() -> tempfile::TempDir {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/build-guest-kernel.sh"))
-        .output()
-        .expect("run scripts/build-guest-kernel.sh");
-    assert!(
-        out.status.success(),
-        "build-guest-kernel.sh failed: {}",
-        text(&out.stderr)
-    );
-    let kernel = PathBuf::from(text(&out.stdout).trim());
+    let kernel = guest_kernel();
     let build = kernel.parent().unwrap();
     let dir = tempfile::Builder::new()
         .prefix("strata-v2-kernels-")
@@ -221,7 +195,7 @@ echo done"#;
 
 #[test]
 fn v2_resources_take_effect_in_a_pure_v2_guest() {
-    if !root_or_skip() {
+    if !root_and_busybox() {
         return;
     }
     let Some(oci) = static_oci() else {

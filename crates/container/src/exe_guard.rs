@@ -237,8 +237,10 @@ mod tests {
 
     #[test]
     fn reexecs_from_a_detached_readonly_mount() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: open_tree needs CAP_SYS_ADMIN");
+        if !strata_testkit::require(
+            strata_testkit::is_root(),
+            "open_tree needs CAP_SYS_ADMIN (root)",
+        ) {
             return;
         }
         let me = std::env::current_exe().unwrap();

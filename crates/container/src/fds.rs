@@ -345,7 +345,7 @@ mod tests {
             }
         });
         if code == 77 {
-            eprintln!("skipped: needs root for unshare/chroot");
+            strata_testkit::skip_or_fail("needs root for unshare/chroot");
             return;
         }
         assert_eq!(code, 0);

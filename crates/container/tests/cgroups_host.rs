@@ -10,6 +10,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use oci_spec::runtime::LinuxResources;
 use strata_container::cgroups::{attached_device_programs, Cgroup, CgroupError, Layout};
+use strata_testkit::{is_root, require, skip_or_fail};
 
 /// Kills the children and removes the cgroup even when an assertion fails.
 struct Guard {
@@ -54,27 +55,43 @@ impl Drop for Guard {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A cgroup name unique to this process and test.
 fn unique(test: &str) -> String {
     format!("strata-test-{}-{test}", std::process::id())
 }
 
+/// Root on a v1 or hybrid host; false after a skip (a failure with STRATA_REQUIRE_E2E=1).
+#[track_caller]
 fn host_has_v1() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !require(is_root(), "needs root") {
         return false;
     }
     let cg = Cgroup::resolve(Some(Path::new("/probe")), "probe").expect("resolve");
-    if cg.layout == Layout::V2 {
-        eprintln!("skipped: pure cgroup v2 host; the v1 tests need v1 or hybrid");
-        return false;
-    }
-    true
+    require(
+        cg.layout != Layout::V2,
+        "pure cgroup v2 host: the v1 tests need a v1 or hybrid host",
+    )
+}
+
+/// The container's v1 pids directory; None after a skip of the pids checks (a failure with
+/// STRATA_REQUIRE_E2E=1) when this host has no v1 pids hierarchy.
+fn v1_pids(cg: &Cgroup) -> Option<PathBuf> {
+    let p = cg.v1_path("pids").map(Path::to_path_buf);
+    require(
+        p.is_some(),
+        "no v1 pids hierarchy: the pids checks are left out",
+    );
+    p
+}
+
+/// Whether the memory cgroup `mem` has the memsw files; false after a skip of the swap checks
+/// (a failure with STRATA_REQUIRE_E2E=1) when swap accounting is off.
+fn has_memsw(mem: &Path) -> bool {
+    require(
+        mem.join("memory.memsw.limit_in_bytes").exists(),
+        "no memory.memsw files (swap accounting is off: boot with swapaccount=1): \
+         the swap checks are left out",
+    )
 }
 
 fn read(dir: &Path, file: &str) -> String {
@@ -140,10 +157,12 @@ fn v1_full_lifecycle_with_resources() {
     assert_eq!(mem, Path::new(&format!("/sys/fs/cgroup/memory{path}")));
     assert_eq!(read(mem, "memory.limit_in_bytes"), "67108864");
     assert_eq!(read(mem, "memory.soft_limit_in_bytes"), "33554432");
-    if mem.join("memory.memsw.limit_in_bytes").exists() {
+    let memsw = has_memsw(mem);
+    if memsw {
         assert_eq!(read(mem, "memory.memsw.limit_in_bytes"), "134217728");
     }
-    if let Some(p) = cg.v1_path("pids") {
+    let pids = v1_pids(&cg);
+    if let Some(p) = &pids {
         assert_eq!(read(p, "pids.max"), "20");
     }
     let cpu = cg.v1_path("cpu").unwrap();
@@ -188,7 +207,7 @@ fn v1_full_lifecycle_with_resources() {
 
     let stats = cg.stats().unwrap();
     assert_eq!(stats.memory.usage.limit, 67108864);
-    if cg.v1_path("pids").is_some() {
+    if pids.is_some() {
         assert_eq!(stats.pids.current, 1);
         assert_eq!(stats.pids.limit, 20);
     }
@@ -199,10 +218,10 @@ fn v1_full_lifecycle_with_resources() {
     let update = std::fs::read_to_string("/work/shared/fixtures/docker-update-resources.json")
         .unwrap_or_else(|_| r#"{"memory":{"limit":67108864,"reservation":0,"swap":67108864,"kernel":0},"cpu":{"shares":512,"quota":0,"period":0},"pids":{"limit":50},"blockIO":{"weight":0}}"#.to_owned());
     cg.update(&resources(&update)).unwrap();
-    if let Some(p) = cg.v1_path("pids") {
+    if let Some(p) = &pids {
         assert_eq!(read(p, "pids.max"), "50");
     }
-    if mem.join("memory.memsw.limit_in_bytes").exists() {
+    if memsw {
         assert_eq!(read(mem, "memory.memsw.limit_in_bytes"), "67108864");
     }
     assert_eq!(
@@ -222,7 +241,7 @@ fn v1_full_lifecycle_with_resources() {
     .unwrap();
     assert_eq!(read(mem, "memory.limit_in_bytes"), "268435456");
     cg.update(&resources(r#"{"pids":{"limit":-1}}"#)).unwrap();
-    if let Some(p) = cg.v1_path("pids") {
+    if let Some(p) = &pids {
         assert_eq!(read(p, "pids.max"), "max");
     }
 
@@ -434,9 +453,10 @@ fn destroy_with_a_live_task_reports_busy_and_keeps_state() {
 }
 
 /// The cgroup2 mount to exercise the v2 code path on.
+/// None after a skip (a failure with STRATA_REQUIRE_E2E=1) when not root or no cgroup2 mount.
+#[track_caller]
 fn v2_mount() -> Option<PathBuf> {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !require(is_root(), "needs root") {
         return None;
     }
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -445,9 +465,7 @@ fn v2_mount() -> Option<PathBuf> {
         .filter(|l| l.contains(" - cgroup2 "))
         .map(|l| PathBuf::from(l.split(' ').nth(4).unwrap()))
         .next();
-    if m.is_none() {
-        eprintln!("skipped: no cgroup2 mount");
-    }
+    require(m.is_some(), "no cgroup2 mount");
     m
 }
 
@@ -555,7 +573,11 @@ fn v2_resource_without_controller_is_a_clear_error_and_rolls_back() {
     let Some(mount) = v2_mount() else { return };
     let avail = std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap();
     if avail.split_whitespace().any(|c| c == "pids") {
-        eprintln!("skipped: this cgroup2 mount has the pids controller");
+        skip_or_fail(format!(
+            "the cgroup2 mount {} has the pids controller (this test needs one without it, \
+             as on a hybrid host)",
+            mount.display()
+        ));
         return;
     }
     let leaf = mount.join(unique("v2missing")).join("c");
@@ -582,12 +604,39 @@ fn bad_cgroups_paths_are_refused_before_anything_is_created() {
     assert!(Cgroup::resolve(None, "").is_err());
     assert!(Cgroup::resolve(None, "../x").is_err());
     assert!(Cgroup::resolve(Some(Path::new("/")), "x").is_err());
-    // `..` cannot climb out of the hierarchy.
-    if let Ok(cg) = Cgroup::resolve(Some(Path::new("/../../../etc")), "x") {
-        for p in cg.paths() {
-            assert!(p.starts_with("/sys/fs/cgroup"), "{}", p.display());
+    // `..` cannot climb out of the hierarchy: cleaned like runc's CleanPath, "/../../../etc"
+    // is "/etc" in every hierarchy. Checked on canonical paths (Path::starts_with compares
+    // components and would take `/sys/fs/cgroup/memory/../../../etc` as inside).
+    let cg = Cgroup::resolve(Some(Path::new("/../../../etc")), "x").expect("resolve");
+    let top = std::fs::canonicalize("/sys/fs/cgroup").unwrap();
+    assert!(!cg.paths().is_empty());
+    for p in cg.paths() {
+        let c = canonical(p);
+        assert!(
+            c.starts_with(&top) && c.file_name() == Some("etc".as_ref()),
+            "{} (canonical {}) is not <hierarchy>/etc under {}",
+            p.display(),
+            c.display(),
+            top.display()
+        );
+    }
+}
+
+/// `p` with symlinks and `..` resolved: its deepest existing ancestor canonicalized by the
+/// kernel, the rest (which does not exist, so holds no symlink) cleaned lexically.
+fn canonical(p: &Path) -> PathBuf {
+    let base = p.ancestors().find(|a| a.exists()).expect("/ exists");
+    let mut out = std::fs::canonicalize(base).unwrap();
+    for c in p.strip_prefix(base).unwrap().components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::Normal(n) => out.push(n),
+            _ => {}
         }
     }
+    out
 }
 
 #[test]

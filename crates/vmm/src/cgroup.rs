@@ -306,9 +306,10 @@ fn cpu_quota_us(cpus: f64) -> u64 {
 mod tests {
     use super::*;
 
+    /// Root, which real cgroups need; false after a skip (a failure with STRATA_REQUIRE_E2E=1).
+    #[track_caller]
     fn root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
+        strata_testkit::require(strata_testkit::is_root(), "needs root for cgroups")
     }
 
     /// Removes the cgroup (and so kills the child) even when an assertion fails.
@@ -326,7 +327,6 @@ mod tests {
     #[test]
     fn freeze_limit_join_and_remove_on_real_cgroups() {
         if !root() {
-            eprintln!("skipping: needs root for cgroups");
             return;
         }
         let id = format!("strata-cgtest-{}", std::process::id());
@@ -387,7 +387,6 @@ mod tests {
     #[test]
     fn an_engine_path_is_used_and_its_parent_kept() {
         if !root() {
-            eprintln!("skipping: needs root for cgroups");
             return;
         }
         let n = std::process::id();

@@ -15,17 +15,11 @@ pub fn oci_bin() -> &'static str {
     env!("CARGO_BIN_EXE_strata-oci")
 }
 
-/// Skips (returns false) when not root: every test here needs namespaces, mounts and cgroups.
+/// Root and /bin/busybox, which every test here needs (namespaces, mounts, cgroups, bundles);
+/// false after a skip (a failure with STRATA_REQUIRE_E2E=1) when one is missing.
+#[track_caller]
 pub fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() && Path::new("/bin/busybox").exists() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("STRATA_REQUIRE_E2E").is_none(),
-        "end-to-end tests need root and /bin/busybox (busybox-static)"
-    );
-    eprintln!("skipping: needs root and /bin/busybox");
-    false
+    strata_testkit::root_and_busybox()
 }
 
 /// A unique container id for this test process.

@@ -139,10 +139,17 @@ impl Matrix {
         self.push(rt, layer, op, outcome);
     }
 
-    /// Records a whole layer as skipped (for example: VM isolation unavailable), with the reason.
-    pub fn skip(&mut self, rt: &Runtime, layer: Layer, ops: &[Op], reason: &str) {
+    /// Records cells that cannot run (the engine has no such command, VM isolation is
+    /// unavailable...), with the reason. A strata-oci cell `passing` lists is expected to pass
+    /// here, so not running it is a failure; the others are skipped.
+    pub fn skip(&mut self, rt: &Runtime, layer: Layer, passing: &[Op], ops: &[Op], reason: &str) {
         for &op in ops {
-            self.push(rt, layer, op, Outcome::Skipped(reason.to_string()));
+            let outcome = if rt.name != "runc" && passing.contains(&op) {
+                Outcome::Fail(format!("listed as passing, but it could not run: {reason}"))
+            } else {
+                Outcome::Skipped(reason.to_string())
+            };
+            self.push(rt, layer, op, outcome);
         }
     }
 

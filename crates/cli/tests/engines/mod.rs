@@ -16,9 +16,11 @@ pub mod runtime;
 pub mod sandbox;
 
 use command::{run, run_in_pty, wait_for, Outcome};
+use image::BusyboxImage;
 use matrix::{Layer, Matrix, Op};
 use proc_cgroup::cgroup_line;
 use runtime::Runtime;
+use sandbox::Sandbox;
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
@@ -100,6 +102,52 @@ pub trait Engine {
     fn exists(&self, name: &str) -> Result<bool, String>;
     /// Best-effort removal of whatever is left of a container (between runtimes).
     fn force_remove(&self, name: &str);
+}
+
+/// What every engine test starts from: its sandbox, the busybox image built in it, and both
+/// runtimes behind their logging wrappers (dockerd needs the wrappers before it starts).
+pub struct Harness {
+    pub sb: Sandbox,
+    pub img: BusyboxImage,
+    pub runc: Runtime,
+    pub strata: Runtime,
+}
+
+impl Harness {
+    /// A new sandbox tagged `tag`, with the image and the runtimes in it.
+    pub fn start(tag: &str) -> Harness {
+        let sb = Sandbox::new(tag);
+        let img = image::build(&sb);
+        let runc = Runtime::runc(&sb);
+        let strata = Runtime::strata_oci(&sb);
+        Harness {
+            sb,
+            img,
+            runc,
+            strata,
+        }
+    }
+
+    /// Fills `engine`'s matrix: runc's container rows (all required: they validate the
+    /// harness), then strata-oci's container rows (`passing` required) and VM rows
+    /// (`vm_passing` required); prints the runtime calls the engine made and fails the test
+    /// on a required cell that failed or could not run.
+    pub fn run_matrix(&self, engine: &dyn Engine, passing: &[Op], vm_passing: &[Op]) {
+        let mut m = Matrix::new(engine.name());
+        exercise(engine, &mut m, &self.runc, Layer::Container, &[]);
+        exercise(engine, &mut m, &self.strata, Layer::Container, passing);
+        exercise_vm(
+            engine,
+            &mut m,
+            &self.strata,
+            &self.sb,
+            &self.img.rootfs,
+            vm_passing,
+        );
+        print_calls(engine.name(), &self.runc);
+        print_calls(engine.name(), &self.strata);
+        m.finish();
+    }
 }
 
 /// Runs `cmd` with the default deadline.
@@ -192,6 +240,17 @@ fn host_kernel() -> Result<String, String> {
     Ok(o.stdout.trim().to_string())
 }
 
+/// The long-running container of [`exercise`]: its shell holds 16 MiB of anonymous memory (a
+/// variable; what the Stats cell must see), logs on both streams, traps SIGTERM (exit 7, what
+/// the Stop cell must see) and waits on a `sleep` child (what the Ps cell must see). Last, so
+/// not exec'd by busybox sh: the shell stays the container's init.
+const MAIN_SCRIPT: &str = "x=$(head -c 16777216 /dev/zero | tr '\\0' x); \
+     echo logged-out; echo logged-err >&2; trap 'exit 7' TERM; sleep 1000 & wait";
+
+/// Memory the Stats cell wants the engine to report for [`MAIN_SCRIPT`]'s container: half of
+/// the 16 MiB its shell holds (a VM's host processes hold more: its guest kernel's memory).
+const LEAST_MEMORY: u64 = 8 << 20;
+
 /// The `-t` run: prints its terminal and whether stdin is one. The pause before exiting is for
 /// ctr 1.6, which drops a terminal's last output when the process exits at once (seen here with runc,
 /// 2 runs in 40 under load).
@@ -213,7 +272,12 @@ fn pty_cell(mut run_once: impl FnMut() -> Outcome, code: i32, want: &[&str]) -> 
 /// each cell in `m`. `passing` lists the strata-oci cells known to pass (runc cells are all required).
 pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer, passing: &[Op]) {
     if layer == Layer::Container && only_vm() {
-        m.skip(rt, layer, ALL_OPS, "STRATA_ENGINES_ONLY=vm");
+        strata_testkit::skip_or_fail(format!(
+            "{} {} container rows left out: STRATA_ENGINES_ONLY=vm",
+            engine.name(),
+            rt.name
+        ));
+        m.skip(rt, layer, &[], ALL_OPS, "STRATA_ENGINES_ONLY=vm");
         return;
     }
     let short = match layer {
@@ -296,7 +360,7 @@ pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer,
             &[
                 "sh",
                 "-c",
-                "echo logged-out; echo logged-err >&2; trap 'exit 7' TERM; sleep 1000 & wait",
+                MAIN_SCRIPT,
             ],
         )
         .and_then(|()| wait_status(e, &main, "running"))
@@ -380,26 +444,24 @@ pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer,
     if e.has_stats() {
         m.check(rt, layer, passing, Op::Stats, || {
             main_pid.clone()?;
-            let bytes = e.memory_usage(&main)?;
-            // A VM's host processes hold its guest kernel's touched memory (tens of MiB here). A
-            // container's sh and sleep may read 0 B (docker subtracts the page cache): for it the
-            // cell checks that the engine answers with a size.
-            let least = match layer {
-                Layer::Container => 0,
-                Layer::Vm => 8 << 20,
-            };
-            if bytes < least {
-                return Err(format!(
-                    "{} reports {bytes} bytes of memory for {main}, want at least {least}",
-                    e.name()
-                ));
-            }
-            Ok(())
+            // The shell fills its variable right after it starts.
+            wait_for(Duration::from_secs(20), || {
+                let bytes = e.memory_usage(&main)?;
+                if bytes < LEAST_MEMORY {
+                    return Err(format!(
+                        "{} reports {bytes} bytes of memory for {main}, want at least {LEAST_MEMORY} \
+                         (its shell holds 16 MiB)",
+                        e.name()
+                    ));
+                }
+                Ok(())
+            })
         });
     } else {
         m.skip(
             rt,
             layer,
+            passing,
             &[Op::Stats],
             &format!("{}: no statistics command that works here", e.name()),
         );
@@ -427,6 +489,7 @@ pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer,
         None => m.skip(
             rt,
             layer,
+            passing,
             &[Op::Update],
             &format!("{} has no update command", e.name()),
         ),
@@ -491,7 +554,8 @@ pub fn exercise(engine: &dyn Engine, m: &mut Matrix, rt: &Runtime, layer: Layer,
 }
 
 /// The VM rows: runs [`exercise`] on [`Layer::Vm`] when strata-oci can run a VM here; otherwise
-/// records every VM cell as skipped and prints why once.
+/// prints why once and records every VM cell as not run: a failure for the cells `passing`
+/// lists (they are expected to pass here), skipped for the others.
 pub fn exercise_vm(
     engine: &dyn Engine,
     m: &mut Matrix,
@@ -510,6 +574,7 @@ pub fn exercise_vm(
             m.skip(
                 strata,
                 Layer::Vm,
+                passing,
                 ALL_OPS,
                 "VM isolation unavailable (strata-oci probe failed, reason printed above)",
             );

@@ -324,7 +324,9 @@ fn i386_getpid() -> i64 {
 fn i386_syscalls_get_enosys_when_listed_and_kill_otherwise() {
     // SAFETY: getpid cannot fail.
     if i386_getpid() != i64::from(unsafe { libc::getpid() }) {
-        eprintln!("skipped: this kernel has no i386 syscall emulation");
+        strata_testkit::skip_or_fail(
+            "this kernel has no i386 syscall emulation (CONFIG_IA32_EMULATION, ia32_emulation=1)",
+        );
         return;
     }
     let allow_all = |archs: serde_json::Value| {

@@ -11,26 +11,9 @@ use std::time::Duration;
 
 use strata_vmm::{Console, Disk, DiskFormat, VmConfig};
 
-/// The repository root.
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// strata's own UML kernel, built (once, cached) by scripts/build-guest-kernel.sh.
-pub fn strata_kernel() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/build-guest-kernel.sh"))
-        .output()
-        .expect("run scripts/build-guest-kernel.sh");
-    assert!(
-        out.status.success(),
-        "build-guest-kernel.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    assert!(path.is_file(), "{} missing", path.display());
-    path
-}
+/// strata's own UML kernel (built once, cached) and the repository root.
+#[allow(unused_imports)] // each test file uses a part
+pub use strata_testkit::{guest_kernel as strata_kernel, repo};
 
 /// Debian's user-mode-linux kernel.
 pub fn debian_kernel() -> PathBuf {
