@@ -90,7 +90,7 @@ fn hierarchy() -> PathBuf {
 /// The victim (run only as a child of the test below): builds a sandbox, reports it in the
 /// file the environment names, and waits to be killed.
 #[test]
-#[ignore = "started by killed_test_binaries_leave_nothing as the test binary to kill"]
+#[ignore = "helper: started by killed_test_binaries_leave_nothing as the test binary to kill"]
 fn victim() {
     let Some(report) = std::env::var_os(VICTIM_ENV) else {
         return;

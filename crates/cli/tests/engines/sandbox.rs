@@ -531,7 +531,7 @@ fn start_watchdog(name: &str) -> Watchdog {
 /// The watchdog process (started by [`Sandbox::new`], not a test of its own): reads what the
 /// test process reports until the pipe closes; without a final `done`, tears the sandbox down.
 #[test]
-#[ignore = "the sandbox watchdog's entry point: Sandbox::new starts it with the sandbox's name"]
+#[ignore = "helper: the sandbox watchdog's entry point, Sandbox::new starts it with the sandbox's name"]
 fn sandbox_watchdog() {
     let Ok(name) = std::env::var(WATCHDOG_ENV) else {
         return;
