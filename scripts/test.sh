@@ -17,37 +17,18 @@ bash scripts/build-agent.sh >/dev/null
 # (strata_testkit::skip_or_fail). STRATA_REQUIRE_E2E=0 turns that off on a machine that lacks
 # something (say a pure cgroup v2 host for the v1 tests); the skips are then listed below.
 export STRATA_REQUIRE_E2E=${STRATA_REQUIRE_E2E:-1}
-# The only tests that cannot run on CI's machine, each with why. They print their SKIPPED line
-# and are listed apart at the end.
-allowed=(
-  # It boots its guest un-jailed. strata's UML kernel (guest/uml.config, 6.1.192) has overlayfs
-  # built in but dies there at init's first instructions on this host ("wait_stub_done: failed
-  # to wait for SIGTRAP"; jailed by crates/vmm it boots), and Debian's UML kernel has overlayfs
-  # only as a module. The overlay rootfs is tested jailed in crates/vmm/tests/agent.rs and on the
-  # host kernel in crates/agent/tests/rootfs.rs. Runs with STRATA_TEST_UML_OVERLAY_KERNEL set.
-  the_rootfs_is_an_overlay_of_the_read_only_image_and_a_writable_layer
-)
-[ -n "${STRATA_TEST_UML_OVERLAY_KERNEL:-}" ] && allowed=()
-export STRATA_ALLOWED_SKIPS="${allowed[*]}"
 mkdir -p target
 log=${STRATA_TEST_LOG:-target/test.log}
 status=0
 cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
 
-# Tests that did not run. A skip prints `SKIPPED: <test>: <reason>` (STRATA_REQUIRE_E2E=0, or an
-# allowed skip), or fails with `REQUIRED BUT SKIPPED: ...`; #[ignore] is only for helpers other
-# tests run (their reason starts with "helper:").
-all_skips=$(grep -E '^(REQUIRED BUT )?SKIPPED: ' "$log" | sort -u || true)
-allowed_re="^SKIPPED: (${STRATA_ALLOWED_SKIPS// /|}): "
-allowed_skips=$([ -z "$STRATA_ALLOWED_SKIPS" ] || grep -E "$allowed_re" <<<"$all_skips" || true)
-skipped=$([ -z "$STRATA_ALLOWED_SKIPS" ] && echo "$all_skips" || grep -vE "$allowed_re" <<<"$all_skips" || true)
+# Tests that did not run: a skip prints `SKIPPED: <test>: <reason>` (STRATA_REQUIRE_E2E=0) or
+# fails with `REQUIRED BUT SKIPPED: ...`; #[ignore] is only for helpers other tests run (their
+# reason starts with "helper:").
+skipped=$(grep -E '^(REQUIRED BUT )?SKIPPED: ' "$log" | sort -u || true)
 ignored=$(grep -E '^test .* \.\.\. ignored' "$log" | grep -v ' ignored, helper: ' || true)
 n=$( { [ -z "$skipped" ] || echo "$skipped"; [ -z "$ignored" ] || echo "$ignored"; } | wc -l)
 echo
-if [ -n "$allowed_skips" ]; then
-  echo "== allowed skips (cannot run on CI's machine; why: scripts/test.sh) =="
-  echo "$allowed_skips"
-fi
 echo "== tests that did not run: $n (none expected on CI's machine) =="
 [ -z "$skipped" ] || echo "$skipped"
 [ -z "$ignored" ] || echo "$ignored"

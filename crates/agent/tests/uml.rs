@@ -3,7 +3,11 @@
 //! container rootfs from an image disk and runs workloads over the UML serial line.
 //!
 //! The test binary of the agent is dynamically linked, so its libraries are copied next to it on
-//! the agent disk; the release build from scripts/build-agent.sh is static and needs none.
+//! the agent disk; the release build from scripts/build-agent.sh is static and needs none. The
+//! overlay rootfs test boots the way strata does (crates/vmm, jailed, strata's own kernel, which
+//! has overlayfs built in, and the static agent): strata's kernel booted un-jailed as below dies
+//! at init's first instructions on this kind of host ("wait_stub_done: failed to wait for
+//! SIGTRAP").
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -69,16 +73,42 @@ impl Guest {
     }
 }
 
-/// A kernel with overlayfs built in (strata's own UML build: Debian's has it as a module), named
-/// by $STRATA_TEST_UML_OVERLAY_KERNEL. The same rootfs code is tested on the host kernel in
-/// tests/rootfs.rs. Booted un-jailed as here, strata's own kernel dies on this kind of host
-/// (scripts/test.sh, which allows this test's skip, says why), so CI cannot run it.
-fn overlay_kernel() -> Option<PathBuf> {
-    std::env::var_os("STRATA_TEST_UML_OVERLAY_KERNEL").map(PathBuf::from)
-}
-
 /// Boots `kernel` with the agent disk as ubd0, the busybox image as ubd1, and `extra_disks`
 /// (sizes in MiB, empty ext4) from ubd2 on.
+/// The image disk `d`/img.img: busybox and /etc/marker, ext4.
+fn image_disk(d: &Path) -> PathBuf {
+    let img_root = d.join("img-root");
+    std::fs::create_dir_all(img_root.join("bin")).unwrap();
+    for sub in ["dev", "proc", "sys", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(img_root.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", img_root.join("bin/busybox")).unwrap();
+    for c in [
+        "sh", "echo", "cat", "uname", "id", "stty", "sleep", "ls", "mount", "tr", "head",
+        "hostname", "grep", "test", "[",
+    ] {
+        std::os::unix::fs::symlink("busybox", img_root.join("bin").join(c)).unwrap();
+    }
+    std::fs::write(img_root.join("etc/marker"), "from the image disk\n").unwrap();
+    let img = d.join("img.img");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-d"])
+        .arg(&img_root)
+        .arg(&img)
+        .arg("32M"));
+    img
+}
+
+/// An empty ext4 disk `d`/`name` of `mib` MiB.
+fn empty_disk(d: &Path, name: &str, mib: u32) -> PathBuf {
+    let path = d.join(name);
+    run(Command::new("mkfs.ext4")
+        .arg("-q")
+        .arg(&path)
+        .arg(format!("{mib}M")));
+    path
+}
+
 fn boot(kernel: &Path, params: &[&str]) -> Guest {
     boot_with(kernel, params, &[])
 }
@@ -96,38 +126,16 @@ fn boot_with(kernel: &Path, params: &[&str], extra_disks: &[u32]) -> Guest {
         &agent_root,
         "/strata-agent",
     );
-    // The image disk: busybox.
-    let img_root = d.join("img-root");
-    std::fs::create_dir_all(img_root.join("bin")).unwrap();
-    for sub in ["dev", "proc", "sys", "tmp", "etc", "root"] {
-        std::fs::create_dir_all(img_root.join(sub)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", img_root.join("bin/busybox")).unwrap();
-    for c in [
-        "sh", "echo", "cat", "uname", "id", "stty", "sleep", "ls", "mount", "tr", "head",
-        "hostname", "grep", "test", "[",
-    ] {
-        std::os::unix::fs::symlink("busybox", img_root.join("bin").join(c)).unwrap();
-    }
-    std::fs::write(img_root.join("etc/marker"), "from the image disk\n").unwrap();
     run(Command::new("mkfs.ext4")
         .args(["-q", "-d"])
         .arg(&agent_root)
         .arg(d.join("agent.img"))
         .arg("64M"));
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-d"])
-        .arg(&img_root)
-        .arg(d.join("img.img"))
-        .arg("32M"));
+    image_disk(d);
 
     let mut extra_args = Vec::new();
     for (i, mib) in extra_disks.iter().enumerate() {
-        let path = d.join(format!("extra{i}.img"));
-        run(Command::new("mkfs.ext4")
-            .arg("-q")
-            .arg(&path)
-            .arg(format!("{mib}M")));
+        let path = empty_disk(d, &format!("extra{i}.img"), *mib);
         extra_args.push(format!("ubd{}={}", i + 2, path.display()));
     }
 
@@ -322,10 +330,12 @@ fn the_agent_runs_workloads_as_pid1_of_a_uml_guest() {
     );
 }
 
-/// Runs `script` as the main process of a fresh guest and returns its stdout.
-fn run_in_guest(g: &Guest, script: &str) -> String {
-    let c = g.client.as_ref().unwrap();
-    let config = json!({"process": process(&["sh", "-c", script])});
+/// Runs `script` as the main process of the guest `c` talks to; `console` for failures.
+fn run_script(c: &Client, script: &str, console: &dyn Fn() -> String) -> String {
+    let config = json!({
+        "process": process(&["sh", "-c", script]),
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]
+    });
     let main = c.create(&serde_json::to_vec(&config).unwrap()).unwrap();
     c.start().unwrap();
     let (o, e, st) = main.output().unwrap();
@@ -334,80 +344,131 @@ fn run_in_guest(g: &Guest, script: &str) -> String {
         0,
         "{}\nconsole:\n{}",
         String::from_utf8_lossy(&e),
-        g.console()
+        console()
     );
     String::from_utf8_lossy(&o).into_owned()
 }
 
-#[test]
-fn the_rootfs_is_an_overlay_of_the_read_only_image_and_a_writable_layer() {
-    let Some(kernel) = overlay_kernel() else {
-        strata_testkit::skip_or_fail(
-            "set STRATA_TEST_UML_OVERLAY_KERNEL to a UML kernel with overlayfs built in",
+/// A guest booted as strata boots one (crates/vmm: strata's own kernel, jailed, the static
+/// agent of scripts/build-agent.sh in an initramfs), with the image disk read-only as ubda (the
+/// overlay's lower layer), `upper` (an empty ext4 disk) as ubdb when given, and `params`.
+struct JailedGuest {
+    vm: strata_vmm::Vm,
+    client: Option<Client>,
+    dir: tempfile::TempDir,
+}
+
+impl JailedGuest {
+    fn boot(upper: bool, params: &[&str]) -> JailedGuest {
+        use strata_vmm::{
+            Console, Disk, DiskFormat, GuestContract, Platform, UmlPlatform, VmConfig,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let agent = strata_testkit::static_agent(Path::new(env!("CARGO_TARGET_TMPDIR")));
+        let initrd = strata_vmm::initramfs::agent_initramfs(&agent, &d.join("initramfs")).unwrap();
+        let platform = UmlPlatform::new();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let id = format!(
+            "agent-overlay-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         );
-        return;
-    };
-    // tmpfs upper.
-    let g = boot(
-        &kernel,
-        &[
-            "strata.lower=/dev/ubdb",
-            "strata.lowerfs=ext4",
-            "strata.uppersize=16m",
-        ],
-    );
-    let out = run_in_guest(
-        &g,
-        "echo changed > /etc/marker; cat /etc/marker; cat /proc/mounts",
-    );
-    assert!(out.starts_with("changed\n"), "{out}");
-    assert!(
-        out.contains("overlay / overlay") || out.contains(" overlay "),
-        "{out}"
-    );
-    let img = g.dir.path().join("img.img");
-    drop(g);
-    // The image disk is untouched: debugfs reads the file straight from it.
+        let mut cfg = VmConfig::new(id, strata_testkit::guest_kernel(), d.join("run"));
+        cfg.initrd = Some(initrd);
+        cfg.init = Some(strata_vmm::initramfs::AGENT_GUEST_PATH.into());
+        cfg.disks = vec![Disk {
+            path: image_disk(d),
+            cow: None,
+            read_only: true,
+        }];
+        if upper {
+            cfg.disks.push(Disk {
+                path: empty_disk(d, "upper.img", 32),
+                cow: None,
+                read_only: false,
+            });
+        }
+        cfg.kernel_params = GuestContract {
+            lower: Some((platform.disk_device(0), DiskFormat::Ext4)),
+            upper: upper.then(|| platform.disk_device(1)),
+            rootrw: false,
+        }
+        .kernel_params();
+        cfg.kernel_params
+            .extend(params.iter().map(|p| p.to_string()));
+        cfg.console = Console::File(d.join("console.log"));
+        let mut vm = platform.boot(&cfg).unwrap();
+        let ch = vm.take_channel().unwrap();
+        let mut g = JailedGuest {
+            vm,
+            client: None,
+            dir,
+        };
+        match Client::with_timeout(ch.try_clone().unwrap(), ch, Duration::from_secs(60)) {
+            Ok(c) => g.client = Some(c),
+            Err(e) => panic!(
+                "no handshake from the guest agent: {e}\nconsole:\n{}",
+                g.console()
+            ),
+        }
+        g
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    fn run(&self, script: &str) -> String {
+        run_script(self.client.as_ref().unwrap(), script, &|| self.console())
+    }
+
+    /// Powers the guest off and waits for it (its disks are then consistent).
+    fn shut_down(mut self) -> tempfile::TempDir {
+        let _ = self.client.take().map(|c| c.shutdown());
+        self.vm.wait().unwrap();
+        self.dir
+    }
+}
+
+/// `path` of the ext4 image `disk`, read straight from the disk by debugfs.
+fn debugfs_cat(disk: &Path, path: &str) -> String {
     let cat = Command::new("debugfs")
-        .args(["-R", "cat /etc/marker"])
-        .arg(&img)
+        .args(["-R", &format!("cat {path}")])
+        .arg(disk)
         .output()
         .unwrap();
+    String::from_utf8_lossy(&cat.stdout).into_owned()
+}
+
+#[test]
+fn the_rootfs_is_an_overlay_of_the_read_only_image_and_a_writable_layer() {
+    // tmpfs upper.
+    let g = JailedGuest::boot(false, &["strata.uppersize=16m"]);
+    let out = g.run("echo changed > /etc/marker; cat /etc/marker; cat /proc/mounts");
+    assert!(out.starts_with("changed\n"), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("overlay / overlay ")),
+        "{out}"
+    );
+    let dir = g.shut_down();
     assert_eq!(
-        String::from_utf8_lossy(&cat.stdout),
-        "from the image disk\n"
+        debugfs_cat(&dir.path().join("img.img"), "/etc/marker"),
+        "from the image disk\n",
+        "the image disk is untouched"
     );
 
     // ext4 upper disk: the write lands there.
-    let g = boot_with(
-        &kernel,
-        &[
-            "strata.lower=/dev/ubdb",
-            "strata.lowerfs=ext4",
-            "strata.upper=/dev/ubdc",
-        ],
-        &[32],
-    );
-    let out = run_in_guest(&g, "echo on-upper > /etc/marker; sync; cat /etc/marker");
+    let g = JailedGuest::boot(true, &[]);
+    let out = g.run("echo on-upper > /etc/marker; sync; cat /etc/marker");
     assert_eq!(out, "on-upper\n");
-    let upper = g.dir.path().join("extra0.img");
-    let img = g.dir.path().join("img.img");
-    let mut g = g;
-    g.client = None;
-    g.child.wait().unwrap();
-    let cat = Command::new("debugfs")
-        .args(["-R", "cat /upper/etc/marker"])
-        .arg(&upper)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&cat.stdout), "on-upper\n");
-    let cat = Command::new("debugfs")
-        .args(["-R", "cat /etc/marker"])
-        .arg(&img)
-        .output()
-        .unwrap();
+    let dir = g.shut_down();
     assert_eq!(
-        String::from_utf8_lossy(&cat.stdout),
+        debugfs_cat(&dir.path().join("upper.img"), "/upper/etc/marker"),
+        "on-upper\n"
+    );
+    assert_eq!(
+        debugfs_cat(&dir.path().join("img.img"), "/etc/marker"),
         "from the image disk\n"
     );
 }

@@ -4,11 +4,10 @@
 //! - [`skip_or_fail`] and [`require`]: how a test that cannot run here says so. With
 //!   `STRATA_REQUIRE_E2E=1` (set by scripts/test.sh, so on CI) a missing precondition fails the
 //!   test; otherwise the test prints `SKIPPED: <test>: <reason>` and passes, and scripts/test.sh
-//!   counts those lines. A test named in `STRATA_ALLOWED_SKIPS` (space-separated test names:
-//!   what scripts/test.sh knows cannot run on CI's machine, with the reason there) skips even
-//!   then.
+//!   counts those lines.
 //! - [`guest_kernel`]: strata's own UML guest kernel, built (once, cached) by
-//!   scripts/build-guest-kernel.sh.
+//!   scripts/build-guest-kernel.sh; [`static_agent`]: the static guest agent of
+//!   scripts/build-agent.sh.
 
 use std::fmt::Display;
 use std::io::Write;
@@ -25,21 +24,16 @@ pub fn e2e_required() -> bool {
     std::env::var_os("STRATA_REQUIRE_E2E").is_some_and(|v| v == "1")
 }
 
-/// Whether `test` is in `STRATA_ALLOWED_SKIPS`.
-fn allowed_to_skip(test: &str) -> bool {
-    std::env::var("STRATA_ALLOWED_SKIPS").is_ok_and(|v| v.split_whitespace().any(|t| t == test))
-}
-
 /// This test, or one of its checks, cannot run here because of `reason` (say what is missing
-/// and how to get it). Panics when [`e2e_required`] (unless the test is in
-/// `STRATA_ALLOWED_SKIPS`); otherwise prints one line `SKIPPED: <test>: <reason>` on the
-/// process's stderr, past the test harness's output capture, so that the summary of
-/// scripts/test.sh sees it, and returns (the caller returns or leaves the check out).
+/// and how to get it). Panics when [`e2e_required`]; otherwise prints one line
+/// `SKIPPED: <test>: <reason>` on the process's stderr, past the test harness's output capture,
+/// so that the summary of scripts/test.sh sees it, and returns (the caller returns or leaves the
+/// check out).
 #[track_caller]
 pub fn skip_or_fail(reason: impl Display) {
     let thread = std::thread::current();
     let test = thread.name().unwrap_or("<unnamed test>");
-    if e2e_required() && !allowed_to_skip(test) {
+    if e2e_required() {
         panic!("{REQUIRED}{test}: {reason} (STRATA_REQUIRE_E2E=1: a test that cannot run fails)");
     }
     // One write of a whole line (the harness prints test results concurrently on stdout).
@@ -92,4 +86,22 @@ pub fn guest_kernel() -> PathBuf {
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     assert!(path.is_file(), "{} missing", path.display());
     path
+}
+
+/// The static strata-agent of this tree (PID 1 of strata's guests), built by
+/// scripts/build-agent.sh into `target_tmpdir`/agent-build: a target directory of its own, as a
+/// nested cargo must not wait on the lock of the cargo running the tests. Give the test's
+/// `env!("CARGO_TARGET_TMPDIR")` (one for the workspace, so it is built once for all crates).
+pub fn static_agent(target_tmpdir: &Path) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/build-agent.sh"))
+        .env("CARGO_TARGET_DIR", target_tmpdir.join("agent-build"))
+        .output()
+        .expect("run scripts/build-agent.sh");
+    assert!(
+        out.status.success(),
+        "build-agent.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }

@@ -1,12 +1,10 @@
 //! strata-agent as PID 1 of a jailed UML VM (as root): the initramfs delivery, the guest contract
 //! (image disk as overlay lower), the channel carrying strata-proto, stdout/stderr separation and
-//! the workload's exit code. The agent is built by scripts/build-agent.sh into this test's own
-//! target directory (a nested cargo must not wait on the outer one's lock).
+//! the workload's exit code. The agent is the static one of scripts/build-agent.sh.
 
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -16,18 +14,7 @@ use strata_vmm::{
 };
 
 fn agent() -> PathBuf {
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("agent-build");
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/build-agent.sh"))
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .expect("run scripts/build-agent.sh");
-    assert!(
-        out.status.success(),
-        "build-agent.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    strata_testkit::static_agent(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
 #[test]
