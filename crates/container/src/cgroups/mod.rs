@@ -3,7 +3,7 @@
 //!
 //! CONTRACT used by the rest of strata-container (keep these signatures stable):
 //!
-//! ```ignore
+//! ```text
 //! let mut cg = Cgroup::resolve(spec_cgroups_path, container_id)?; // detect layout, compute paths; creates nothing
 //! cg.create(resources)?;           // mkdir in every controller/hierarchy, apply resources; on error removes what it made
 //! cg.add_process(pid)?;            // move pid into the cgroup(s) (cgroup.procs)
