@@ -534,7 +534,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     }
     report(&mut status, "ok");
     let [i, o, e] = stdio;
-    let code = relay(&session, i, o, e, l.spec.tty);
+    let code = relay_session(&session, i, o, e, l.spec.tty);
     phase("workload exited");
     st.status = "stopped".into();
     st.exit_code = Some(code.unwrap_or(137));
@@ -695,7 +695,7 @@ pub fn guest_config(
 
 /// Relays between host fds and a guest session until the process exits; its exit code (None
 /// when the connection to the VM was lost).
-fn relay(
+fn relay_session(
     session: &Arc<Session>,
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
@@ -873,7 +873,7 @@ fn handle(
             };
             reply(&mut conn, serde_json::json!({"ok": true, "pid": h.pid()}))?;
             let mut it = fds.into_iter();
-            let code = relay(&h, it.next(), it.next(), it.next(), tty);
+            let code = relay_session(&h, it.next(), it.next(), it.next(), tty);
             reply(&mut conn, serde_json::json!({"exit": code.unwrap_or(137)}))
         }
     }

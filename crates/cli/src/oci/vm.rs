@@ -15,8 +15,9 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use strata_engine::reap;
+use strata_engine::vm_backend::{self, KeeperExecError};
 use strata_engine::vm_keeper::{self, Request, VmSpec};
-use strata_engine::{reap, vm_backend};
 
 use super::args::{Cli, Command, OutputFormat};
 
@@ -469,8 +470,10 @@ fn exec(root: &Path, a: &super::args::ExecArgs) -> Result<i32> {
         Some(s) => [s.as_raw_fd(); 3],
         None => [0, 1, 2],
     };
-    let pid = vm_backend::exec_via_keeper(&dir, process, tty, fds)
-        .map_err(|e| anyhow::anyhow!("exec failed: {}", e.message))?;
+    let pid = vm_backend::exec_via_keeper(&dir, process, tty, fds).map_err(|e| match e {
+        KeeperExecError::Unreachable(m) => anyhow::anyhow!("{m}"),
+        KeeperExecError::Refused(e) => anyhow::anyhow!("exec failed: {}", e.message),
+    })?;
     if let Some(p) = &a.pid_file {
         write_pid_file(p, pid)?;
     }
