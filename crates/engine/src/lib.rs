@@ -22,6 +22,7 @@ pub mod exec;
 pub mod isolation;
 pub mod lifecycle;
 pub mod monitor;
+pub mod oci_vm;
 pub mod options;
 pub mod paths;
 pub mod pty;
