@@ -7,7 +7,7 @@
 //! keeper's pid goes to the pid file and exits with the workload's exit code, so engines reap it
 //! as they reap runc's init. [`start`], [`kill`] and [`exec`] are requests to the keeper over
 //! `<root>/vm/<id>/keeper.sock`; [`state`] reads the keeper's state file and the VM's freezer;
-//! [`pause`]/[`resume`] freeze and thaw the VM's cgroup (guest kernel, its host helpers and the
+//! `pause`/`resume` ([`set_paused`]) freeze and thaw the VM's cgroup (guest kernel, its host helpers and the
 //! keeper), [`update`] sets the limits of that cgroup; [`delete`] kills what is left and removes
 //! the cgroups and the state. strata-oci (crates/cli/src/oci/vm.rs) parses and prints.
 
@@ -36,7 +36,7 @@ pub struct BundleExec {
     pub command: Vec<String>,
     pub env: Vec<String>,
     pub cwd: Option<PathBuf>,
-    /// uid[:gid].
+    /// `uid[:gid]`.
     pub user: Option<String>,
     pub tty: bool,
     pub console_socket: Option<PathBuf>,
