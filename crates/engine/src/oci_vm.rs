@@ -7,9 +7,9 @@
 //! keeper's pid goes to the pid file and exits with the workload's exit code, so engines reap it
 //! as they reap runc's init. [`start`], [`kill`] and [`exec`] are requests to the keeper over
 //! `<root>/vm/<id>/keeper.sock`; [`state`] reads the keeper's state file and the VM's freezer;
-//! `pause`/`resume` ([`set_paused`]) freeze and thaw the VM's cgroup (guest kernel, its host helpers and the
-//! keeper), [`update`] sets the limits of that cgroup; [`delete`] kills what is left and removes
-//! the cgroups and the state. strata-oci (crates/cli/src/oci/vm.rs) parses and prints.
+//! `pause`/`resume` ([`set_paused`]) freeze and thaw the VM's cgroup (guest kernel, its host
+//! helpers and the keeper), [`update`] sets the limits of that cgroup; [`delete`] kills what is
+//! left and removes the cgroups and the state. strata-oci (crates/cli/src/oci/vm.rs) parses and prints.
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
