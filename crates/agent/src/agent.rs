@@ -391,14 +391,7 @@ impl Agent {
             }
             Message::Resize { rows, cols } => self.with_session(sid, |s| {
                 if let Some(pty) = &s.pty {
-                    let ws = libc::winsize {
-                        ws_row: rows,
-                        ws_col: cols,
-                        ws_xpixel: 0,
-                        ws_ypixel: 0,
-                    };
-                    // SAFETY: TIOCSWINSZ reads a winsize struct that lives on the stack.
-                    unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                    strata_tty::set_size(pty.as_fd(), rows, cols);
                 }
             }),
             Message::Signal(sig) => self.with_session(sid, |s| {

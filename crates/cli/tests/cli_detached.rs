@@ -130,7 +130,14 @@ fn rm_force(iso: &str) {
     s.assert_nothing_left(&cgroups);
     // --rm with -d: removed by the monitor when it exits.
     s.ok(&["run", "-d", "--rm", "busybox", "true"]);
-    s.eventually(10, "auto-removal", || s.ps().is_empty());
+    // `ps` is empty once the record is gone; the monitor releases the image hold and the name
+    // right after that (removal::remove_all), so wait for those too before checking.
+    let released = |dir: &str| {
+        std::fs::read_dir(s.store.path().join(dir)).map_or(true, |mut rd| rd.next().is_none())
+    };
+    s.eventually(10, "auto-removal", || {
+        s.ps().is_empty() && released("containers/.names") && released("holds")
+    });
     s.assert_nothing_left(&[]);
 }
 

@@ -11,6 +11,10 @@
 //! under a [`monitor`] (log, [`attach_server`]) → [`removal::settle`] records its exit or
 //! removes it. [`lifecycle`] holds start/stop/kill/rm/wait of existing containers, [`exec`]
 //! another process in one.
+//!
+//! strata-oci runs containers through strata-container's `Runtime` directly (runc's lifecycle
+//! is the runtime's) and VMs made from an engine's bundle through [`oci_vm`], which uses the
+//! same [`vm_keeper`].
 
 pub mod attach_protocol;
 pub mod attach_server;
@@ -22,6 +26,7 @@ pub mod exec;
 pub mod isolation;
 pub mod lifecycle;
 pub mod monitor;
+pub mod oci_vm;
 pub mod options;
 pub mod paths;
 pub mod pty;

@@ -250,6 +250,7 @@ impl Backend for VmBackend {
                 stdio.stderr.as_raw_fd(),
             ],
         )
+        .map_err(StartError::from)
     }
 
     fn pids(&self, id: &str) -> anyhow::Result<Vec<i32>> {
@@ -292,6 +293,25 @@ impl Backend for VmBackend {
     }
 }
 
+/// Why a process could not be started through a VM's keeper.
+#[derive(Debug)]
+pub enum KeeperExecError {
+    /// The keeper could not be reached, did not answer, or we could not fork the waiter.
+    Unreachable(String),
+    /// The keeper (the guest agent) refused the process; the code follows Docker (127 not
+    /// found, 126 not executable, 125 otherwise).
+    Refused(StartError),
+}
+
+impl From<KeeperExecError> for StartError {
+    fn from(e: KeeperExecError) -> StartError {
+        match e {
+            KeeperExecError::Unreachable(message) => StartError { code: 125, message },
+            KeeperExecError::Refused(e) => e,
+        }
+    }
+}
+
 /// Runs `process` in the VM through its keeper: forks a small child that passes our stdio to the
 /// keeper and exits with the process's exit code (the Backend contract: a child of ours).
 pub fn exec_via_keeper(
@@ -299,11 +319,8 @@ pub fn exec_via_keeper(
     process: serde_json::Value,
     tty: bool,
     fds: [i32; 3],
-) -> Result<i32, StartError> {
-    let setup = |m: String| StartError {
-        code: 125,
-        message: m,
-    };
+) -> Result<i32, KeeperExecError> {
+    let setup = KeeperExecError::Unreachable;
     let mut conn =
         vm_keeper::request(state_dir, &Request::Exec { process, tty }, &fds).map_err(setup)?;
     let first = vm_keeper::answer(&mut conn).map_err(setup)?;
@@ -319,7 +336,7 @@ pub fn exec_via_keeper(
         } else {
             125
         };
-        return Err(StartError { code, message: m });
+        return Err(KeeperExecError::Refused(StartError { code, message: m }));
     }
     // SAFETY: strata is single-threaded here; the child only reads one line and _exits.
     match unsafe { nix::unistd::fork() }.map_err(|e| setup(format!("fork: {e}")))? {
@@ -349,7 +366,10 @@ mod tests {
             [0, 1, 2],
         )
         .unwrap_err();
-        assert_eq!(e.code, 125);
-        assert!(e.message.contains("not running"), "{}", e.message);
+        let KeeperExecError::Unreachable(m) = &e else {
+            panic!("{e:?}")
+        };
+        assert!(m.contains("not running"), "{m}");
+        assert_eq!(StartError::from(e).code, 125);
     }
 }

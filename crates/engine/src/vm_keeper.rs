@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use strata_proto::{Client, Session};
 use strata_vmm::{Console, Disk, DiskFormat, GuestContract, Platform, VmConfig};
 
+use crate::{pty, relay};
+
 /// How a VM is made: `<bundle>/vm.json` for `strata run --vm`, derived from the bundle by
 /// strata-oci.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -532,7 +534,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     }
     report(&mut status, "ok");
     let [i, o, e] = stdio;
-    let code = relay(&session, i, o, e, l.spec.tty);
+    let code = relay_session(&session, i, o, e, l.spec.tty);
     phase("workload exited");
     st.status = "stopped".into();
     st.exit_code = Some(code.unwrap_or(137));
@@ -693,7 +695,7 @@ pub fn guest_config(
 
 /// Relays between host fds and a guest session until the process exits; its exit code (None
 /// when the connection to the VM was lost).
-fn relay(
+fn relay_session(
     session: &Arc<Session>,
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
@@ -705,12 +707,18 @@ fn relay(
         let done = Arc::clone(&done);
         let session = Arc::clone(session);
         std::thread::spawn(move || {
-            let _raw = if tty { raw_mode(fd.as_fd()) } else { None };
+            // The guest's pty does the line discipline (echo, ^C): the host side passes bytes
+            // through untouched. Restored at once: its reader may be gone by then.
+            let _raw = if tty {
+                pty::RawMode::enable_restoring_now(fd.as_fd())
+            } else {
+                None
+            };
             let mut last = None;
             let mut buf = vec![0u8; 32 * 1024];
             loop {
                 if tty {
-                    let ws = winsize(fd.as_fd());
+                    let ws = pty::size(fd.as_fd());
                     if ws.is_some() && ws != last {
                         last = ws;
                         if let Some((r, c)) = ws {
@@ -759,7 +767,7 @@ fn relay(
                     Ok(n) => {
                         if sink_ok {
                             if let Some(fd) = &fd {
-                                sink_ok = write_all(fd.as_fd(), &buf[..n]);
+                                sink_ok = relay::write_all(fd.as_fd(), &buf[..n]);
                             }
                         }
                     }
@@ -778,58 +786,8 @@ fn relay(
 /// The pty the agent allocates starts at the caller's terminal size (a resize sent after the
 /// start would race with a program that asks for the size at once).
 fn set_console_size(process: &mut serde_json::Value, fd: BorrowedFd, tty: bool) {
-    if let (true, Some((rows, cols))) = (tty, winsize(fd)) {
+    if let (true, Some((rows, cols))) = (tty, pty::size(fd)) {
         process["consoleSize"] = serde_json::json!({"height": rows, "width": cols});
-    }
-}
-
-fn write_all(fd: BorrowedFd, mut b: &[u8]) -> bool {
-    while !b.is_empty() {
-        match nix::unistd::write(fd, b) {
-            Ok(n) => b = &b[n..],
-            Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => {}
-            Err(_) => return false,
-        }
-    }
-    true
-}
-
-fn winsize(fd: BorrowedFd) -> Option<(u16, u16)> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ fills the winsize we pass; failure (not a tty) is checked.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
-}
-
-/// Raw mode on the host side of a relayed terminal: the guest's pty does the line discipline
-/// (echo, ^C), so the host pty must pass bytes through untouched.
-fn raw_mode(fd: BorrowedFd) -> Option<RawGuard> {
-    use nix::sys::termios;
-    let saved = termios::tcgetattr(fd).ok()?;
-    let mut raw = saved.clone();
-    termios::cfmakeraw(&mut raw);
-    termios::tcsetattr(fd, termios::SetArg::TCSANOW, &raw).ok()?;
-    Some(RawGuard {
-        fd: fd.as_raw_fd(),
-        saved,
-    })
-}
-
-struct RawGuard {
-    fd: RawFd,
-    saved: nix::sys::termios::Termios,
-}
-
-impl Drop for RawGuard {
-    fn drop(&mut self) {
-        // SAFETY: the fd outlives the guard (it is owned by the same relay thread).
-        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        let _ = nix::sys::termios::tcsetattr(fd, nix::sys::termios::SetArg::TCSANOW, &self.saved);
     }
 }
 
@@ -915,7 +873,7 @@ fn handle(
             };
             reply(&mut conn, serde_json::json!({"ok": true, "pid": h.pid()}))?;
             let mut it = fds.into_iter();
-            let code = relay(&h, it.next(), it.next(), it.next(), tty);
+            let code = relay_session(&h, it.next(), it.next(), it.next(), tty);
             reply(&mut conn, serde_json::json!({"exit": code.unwrap_or(137)}))
         }
     }

@@ -107,7 +107,7 @@ fn dispatch(cli: Cli, logger: &log::Logger) -> Result<i32> {
         Command::Events(a) => events(&rt, a),
         Command::Features => {
             let mut f = default_spec::features();
-            vm::advertise(&mut f);
+            strata_engine::oci_vm::advertise(&mut f);
             println!("{}", serde_json::to_string_pretty(&f)?);
             Ok(0)
         }
@@ -142,7 +142,7 @@ fn list(rt: &Runtime, root: &std::path::Path, a: args::ListArgs) -> Result<i32> 
         .iter()
         .map(serde_json::to_value)
         .collect::<Result<Vec<_>, _>>()?;
-    all.extend(vm::states(root));
+    all.extend(strata_engine::oci_vm::states(root));
     all.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     if a.quiet {
         for s in &all {

@@ -4,7 +4,7 @@
 //! the detach keys and exits with the workload's exit code.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 
 use anyhow::{bail, Context};
@@ -16,7 +16,7 @@ use strata_engine::attach_protocol::{
     frame, open_dir, socket_path, take_frame, EXIT, MAX_FRAME, RESIZE, STDERR, STDIN, STDOUT,
 };
 use strata_engine::records::State;
-use strata_engine::{isolation, lifecycle, pty};
+use strata_engine::{isolation, lifecycle, pty, relay};
 
 use super::global_args::Global;
 
@@ -142,8 +142,12 @@ pub fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<()> {
             }
             loop {
                 match take_frame(&mut inbuf) {
-                    Ok(Some((STDOUT, p))) => write_out(stdout.as_fd(), &p),
-                    Ok(Some((STDERR, p))) => write_out(stderr.as_fd(), &p),
+                    Ok(Some((STDOUT, p))) => {
+                        relay::write_all(stdout.as_fd(), &p);
+                    }
+                    Ok(Some((STDERR, p))) => {
+                        relay::write_all(stderr.as_fd(), &p);
+                    }
                     Ok(Some((EXIT, p))) if p.len() == 4 => {
                         break 'relay Some(i32::from_le_bytes([p[0], p[1], p[2], p[3]]))
                     }
@@ -198,16 +202,6 @@ pub fn attach(g: &Global, a: AttachArgs) -> anyhow::Result<()> {
         None => lifecycle::recorded_exit_code(&containers, &rec.id),
     };
     std::process::exit(code)
-}
-
-fn write_out(fd: BorrowedFd, mut b: &[u8]) {
-    while !b.is_empty() {
-        match nix::unistd::write(fd, b) {
-            Ok(n) => b = &b[n..],
-            Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => {}
-            Err(_) => return,
-        }
-    }
 }
 
 /// Watches stdin for the detach sequence. Bytes that may start it are held back until it is
