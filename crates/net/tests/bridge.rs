@@ -155,6 +155,19 @@ fn in_ns(netns: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Pings `ip` from inside `netns` (bounded retries: the first packet can wait for ARP on a loaded
+/// machine).
+fn ping(netns: &Path, ip: &str) -> Output {
+    let mut o = in_ns(netns, &["busybox", "ping", "-c", "1", "-W", "2", ip]);
+    for _ in 0..4 {
+        if o.status.success() {
+            break;
+        }
+        o = in_ns(netns, &["busybox", "ping", "-c", "1", "-W", "2", ip]);
+    }
+    o
+}
+
 /// Runs `sh -c script` inside `netns` with `hosts` bind-mounted on /etc/hosts (a private mount
 /// namespace), the way a container sees its hosts file.
 fn in_ns_with_hosts(netns: &Path, hosts: &Path, script: &str) -> Output {
@@ -328,35 +341,13 @@ fn two_namespaces_reach_each_other_by_address_and_name() {
     env.nets.check(&name, &a_id).unwrap();
 
     // By address: ping both ways, HTTP from a to b.
-    let o = in_ns(
-        &a_ns,
-        &[
-            "busybox",
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &b.address.addr().to_string(),
-        ],
-    );
+    let o = ping(&a_ns, &b.address.addr().to_string());
     assert!(
         o.status.success(),
         "a pings b: {}",
         String::from_utf8_lossy(&o.stdout)
     );
-    let o = in_ns(
-        &b_ns,
-        &[
-            "busybox",
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &a.address.addr().to_string(),
-        ],
-    );
+    let o = ping(&b_ns, &a.address.addr().to_string());
     assert!(o.status.success(), "b pings a");
     env.httpd(&b_ns, 80, "hello from b\n");
     assert_eq!(
@@ -542,19 +533,8 @@ fn twenty_concurrent_attaches_get_twenty_addresses() {
     let distinct: BTreeSet<_> = addrs.iter().collect();
     assert_eq!(distinct.len(), 20, "{addrs:?}");
     // Each one really holds its address.
-    let o = in_ns(
-        &nss[19],
-        &[
-            "busybox",
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &addrs[0].to_string(),
-        ],
-    );
-    assert!(o.status.success());
+    let o = ping(&nss[19], &addrs[0].to_string());
+    assert!(o.status.success(), "the last member reaches the first");
     std::thread::scope(|s| {
         for id in &ids {
             let nets = env.nets.clone();
@@ -835,18 +815,7 @@ fn prune_undoes_an_attachment_whose_owner_was_killed() {
         .collect();
     assert_eq!(ports.len(), 1, "only the live member's veth remains");
     assert_eq!(env.nets.records(Some(&name)).unwrap().len(), 1);
-    let o = in_ns(
-        &live_ns,
-        &[
-            "busybox",
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &net.gateway().unwrap().to_string(),
-        ],
-    );
+    let o = ping(&live_ns, &net.gateway().unwrap().to_string());
     assert!(o.status.success(), "the live member still works");
 
     // A second prune finds nothing more.
