@@ -11,12 +11,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{json, Value};
 
 use crate::cni::{self, AddResult, Dns, Invocation};
 use crate::names::{self, HostEntry};
 use crate::ports::{PortSpec, Protocol};
+use crate::record::{validate_container_id, AttachmentRecord, PublishedPort};
 use crate::{lock, Error, Networks, Owner};
 
 /// What joining a network takes.
@@ -62,99 +63,6 @@ impl AttachRequest {
     }
 }
 
-/// A published port as set up (the host port chosen when the request left it open).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublishedPort {
-    /// Host address (`None` = all).
-    pub host_ip: Option<IpAddr>,
-    /// Host port.
-    pub host_port: u16,
-    /// Port inside the instance.
-    pub container_port: u16,
-    /// tcp or udp.
-    pub protocol: Protocol,
-}
-
-impl std::fmt::Display for PublishedPort {
-    /// `strata port`'s form: `80/tcp -> 0.0.0.0:8080`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ip = self.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        write!(
-            f,
-            "{}/{} -> {}",
-            self.container_port,
-            self.protocol,
-            SocketAddr::new(ip, self.host_port)
-        )
-    }
-}
-
-/// The persistent record of one attachment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttachmentRecord {
-    /// Network name.
-    pub network: String,
-    /// Container id.
-    pub container_id: String,
-    /// Interface inside the namespace.
-    pub ifname: String,
-    /// The namespace.
-    pub netns: PathBuf,
-    /// The owner process.
-    pub owner: Owner,
-    /// Requested fixed address.
-    pub requested_ip: Option<Ipv4Addr>,
-    /// Published ports.
-    pub ports: Vec<PublishedPort>,
-    /// Host name.
-    pub hostname: Option<String>,
-    /// Names peers resolve this member by.
-    pub names: Vec<String>,
-    /// The member's /etc/hosts, kept current.
-    pub hosts_file: Option<PathBuf>,
-    /// The conflist as it was used (DEL needs the same config even if the network changed).
-    pub conflist: Value,
-    /// ADD's result; `None` while ADD runs (or if it crashed).
-    pub result: Option<Value>,
-}
-
-impl AttachmentRecord {
-    fn typed(&self) -> Option<AddResult> {
-        serde_json::from_value(self.result.clone()?).ok()
-    }
-
-    /// The address assigned (first IPv4 of the result).
-    pub fn address(&self) -> Option<Ipv4Net> {
-        self.typed()?
-            .ips
-            .iter()
-            .find_map(|i| i.address.parse::<Ipv4Net>().ok())
-    }
-
-    fn runtime_config(&self) -> Map<String, Value> {
-        let mut rc = Map::new();
-        let maps: Vec<Value> = self
-            .ports
-            .iter()
-            .map(|p| {
-                let mut m = json!({"hostPort": p.host_port, "containerPort": p.container_port, "protocol": p.protocol.as_str()});
-                if let Some(ip) = p.host_ip {
-                    m["hostIP"] = json!(ip.to_string());
-                }
-                m
-            })
-            .collect();
-        rc.insert("portMappings".into(), Value::Array(maps));
-        rc
-    }
-
-    fn args(&self) -> Vec<(String, String)> {
-        self.requested_ip
-            .map(|ip| vec![("IP".to_string(), ip.to_string())])
-            .unwrap_or_default()
-    }
-}
-
 /// What the member got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Attachment {
@@ -172,24 +80,6 @@ pub struct Attachment {
     pub dns: Dns,
     /// Published ports.
     pub ports: Vec<PublishedPort>,
-}
-
-/// Container ids: 1-128 of `[A-Za-z0-9_.-]`, starting with a letter or digit (they name files).
-pub fn validate_container_id(id: &str) -> Result<(), Error> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidName(format!(
-            "invalid container id {:?}: 1-128 letters, digits, '_', '.' or '-'",
-            id.chars().take(140).collect::<String>()
-        )))
-    }
 }
 
 fn validate_ifname(name: &str) -> Result<(), Error> {
@@ -594,7 +484,7 @@ impl Networks {
             conflist: conflist.clone(),
         };
         let prefix = net.subnet()?.prefix_len();
-        let ip = crate::prune::leases(&net.lease_dir())
+        let ip = crate::record::leases(&net.lease_dir())
             .into_iter()
             .find(|(_, id, ifn)| id == container_id && (ifn.is_empty() || ifn == ifname))?
             .0;

@@ -18,13 +18,15 @@ pub mod netns;
 pub mod owner;
 pub mod ports;
 pub mod prune;
+pub mod record;
 mod store;
 
-pub use attach::{AttachRequest, Attachment, AttachmentRecord, PublishedPort};
+pub use attach::{AttachRequest, Attachment};
 pub use config::Network;
 pub use owner::Owner;
 pub use ports::{PortSpec, Protocol};
 pub use prune::PruneReport;
+pub use record::{AttachmentRecord, PublishedPort};
 pub use store::{CreateRequest, NetConfig, NetworkInfo, Networks};
 
 /// Everything that can go wrong in this crate.

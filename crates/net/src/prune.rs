@@ -10,12 +10,12 @@
 //!
 //! This is the CNI 1.1 GC's job, done here because the plugins shipped (1.1.1) predate GC.
 
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::cni::{self, Invocation};
+use crate::record::leases;
 use crate::{lock, Error, Networks, Owner};
 
 /// What a prune did.
@@ -31,35 +31,6 @@ pub struct PruneReport {
     pub networks_removed: Vec<String>,
     /// What could not be undone, with the cause (the rest was still done).
     pub errors: Vec<String>,
-}
-
-/// host-local's leases in `dir`: (address, container id, interface). The files are named by
-/// address and hold `ID\r\nIFNAME`; `lock` and `last_reserved_ip.*` are not leases.
-pub(crate) fn leases(dir: &Path) -> Vec<(Ipv4Addr, String, String)> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in rd.filter_map(|e| e.ok()) {
-        let Some(ip) = e
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<Ipv4Addr>().ok())
-        else {
-            continue;
-        };
-        let Ok(text) = std::fs::read_to_string(e.path()) else {
-            continue;
-        };
-        let mut lines = text.lines().map(|l| l.trim_end_matches('\r').trim());
-        let id = lines.next().unwrap_or_default().to_string();
-        let ifname = lines.next().unwrap_or_default().to_string();
-        if !id.is_empty() {
-            out.push((ip, id, ifname));
-        }
-    }
-    out.sort();
-    out
 }
 
 impl Networks {
@@ -103,7 +74,7 @@ impl Networks {
                 };
                 let prev = self.lease_result(&net.name, &net.conflist, &id, &ifname);
                 let ns = netns_dir.join(&id);
-                let ns_alive = crate::attach::validate_container_id(&id).is_ok()
+                let ns_alive = crate::record::validate_container_id(&id).is_ok()
                     && crate::netns::is_mounted(&ns);
                 let rc = serde_json::Map::new();
                 let inv = Invocation {
@@ -127,7 +98,7 @@ impl Networks {
         if let Ok(rd) = std::fs::read_dir(&netns_dir) {
             for e in rd.filter_map(|e| e.ok()) {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".owner") || crate::attach::validate_container_id(&name).is_err()
+                if name.ends_with(".owner") || crate::record::validate_container_id(&name).is_err()
                 {
                     continue;
                 }
@@ -172,28 +143,5 @@ impl Networks {
             }
         }
         Ok(rep)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lease_files() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("10.1.0.2"), "abc\r\neth0").unwrap();
-        std::fs::write(d.path().join("10.1.0.3"), "def\r\n").unwrap();
-        std::fs::write(d.path().join("lock"), "").unwrap();
-        std::fs::write(d.path().join("last_reserved_ip.0"), "10.1.0.3").unwrap();
-        std::fs::write(d.path().join("10.1.0.9"), "").unwrap();
-        let l = leases(d.path());
-        assert_eq!(
-            l,
-            vec![
-                ("10.1.0.2".parse().unwrap(), "abc".into(), "eth0".into()),
-                ("10.1.0.3".parse().unwrap(), "def".into(), String::new())
-            ]
-        );
     }
 }

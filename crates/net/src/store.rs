@@ -13,9 +13,9 @@ use std::process::Command;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::attach::AttachmentRecord;
 use crate::cni::Plugins;
 use crate::config::{self, Network, DEFAULT_NETWORK};
+use crate::record::{validate_container_id, AttachmentRecord};
 use crate::{lock, Error};
 
 /// Where networks live and what the default network looks like.
@@ -340,7 +340,7 @@ impl Networks {
     /// A new network namespace for `container_id` under the state directory, owned by `owner`
     /// (prune removes it once the owner is gone and no attachment uses it).
     pub fn create_netns(&self, container_id: &str, owner: crate::Owner) -> Result<PathBuf, Error> {
-        crate::attach::validate_container_id(container_id)?;
+        validate_container_id(container_id)?;
         let dir = self.netns_dir();
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -360,7 +360,7 @@ impl Networks {
 
     /// Unmounts and removes a namespace made by [`Networks::create_netns`].
     pub fn remove_netns(&self, container_id: &str) -> Result<(), Error> {
-        crate::attach::validate_container_id(container_id)?;
+        validate_container_id(container_id)?;
         let path = self.netns_dir().join(container_id);
         crate::netns::remove(&path)
             .map_err(|e| Error::io(format!("removing network namespace {}", path.display()), e))?;
