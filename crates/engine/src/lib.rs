@@ -27,6 +27,7 @@ pub mod isolation;
 pub mod lifecycle;
 pub mod monitor;
 pub mod oci_vm;
+pub mod network;
 pub mod options;
 pub mod paths;
 pub mod pty;

@@ -16,7 +16,7 @@ use crate::backend::Stdio;
 use crate::container_log::{LogWriter, Stream};
 use crate::paths::Paths;
 use crate::records::{self, Containers, Record, State};
-use crate::{config_json, isolation, pty, reap, relay, removal};
+use crate::{config_json, isolation, network, pty, reap, relay, removal};
 
 /// Starts `rec` under a new monitor; returns once the workload runs (or failed to start, with
 /// the reason).
@@ -73,6 +73,9 @@ fn monitor(paths: &Paths, containers: &Containers, mut rec: Record, status: Owne
         Ok(b) => b,
         Err(e) => return fail(&mut rec, &mut status, 125, &format!("{e:#}")),
     };
+    if let Err(e) = network::up(paths, &rec.id, &rec.name, &dir) {
+        return fail(&mut rec, &mut status, 125, &format!("{e:#}"));
+    }
     let mut log = match LogWriter::open(&containers.log_path(&rec.id)) {
         Ok(f) => f,
         Err(e) => {

@@ -3,9 +3,9 @@
 
 use strata_image::rootfs::ContainerRootfs;
 
-use crate::isolation;
 use crate::paths::Paths;
 use crate::records::{self, Containers, Record, State};
+use crate::{isolation, network};
 
 /// The end of a container this process ran (foreground `run` or the monitor): removed with
 /// `--rm`, else recorded as exited with `code`.
@@ -13,6 +13,7 @@ pub fn settle(paths: &Paths, containers: &Containers, rec: &mut Record, code: i3
     if rec.auto_remove {
         remove_all(paths, containers, rec);
     } else {
+        network::down(paths, &rec.id, &containers.dir(&rec.id));
         rec.state = State::Exited;
         rec.exit_code = Some(code);
         rec.pid = None;
@@ -29,6 +30,7 @@ pub fn remove_all(paths: &Paths, containers: &Containers, rec: &Record) {
     }
     remove_shared_cgroup_parent();
     let dir = containers.dir(&rec.id);
+    network::down(paths, &rec.id, &dir);
     if let Err(e) = ContainerRootfs::open(&dir).remove() {
         tracing::warn!("remove container {}: {e}", rec.id);
         let _ = std::fs::remove_dir_all(&dir);

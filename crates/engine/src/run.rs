@@ -17,7 +17,7 @@ use crate::container_log::{LogWriter, Stream};
 use crate::paths::Paths;
 use crate::records::{self, Containers, Record, State};
 use crate::vm_backend::{self, VmOptions};
-use crate::{config_json, isolation, options, pty, relay, removal, terminal_relay};
+use crate::{config_json, isolation, network, options, pty, relay, removal, terminal_relay};
 
 /// What the user asked for in a new container (`strata run`/`create`'s flags, unparsed: the
 /// engine validates them in [`prepare`] before it touches the store).
@@ -46,8 +46,16 @@ pub struct ContainerRequest {
     pub pids_limit: Option<i64>,
     pub hostname: Option<String>,
     pub read_only: bool,
-    /// `none` or `host`.
+    /// `none`, `host`, `bridge` (the default network) or a network's name.
     pub network: String,
+    /// `-p [HOSTIP:][HOSTPORT:]PORT[/tcp|udp]`.
+    pub publish: Vec<String>,
+    /// `-P`: publish every port the image EXPOSEs on a free host port.
+    pub publish_all: bool,
+    /// `--ip`: a fixed address on the network.
+    pub ip: Option<String>,
+    /// `--network-alias`: more names the other members resolve this one by.
+    pub network_aliases: Vec<String>,
     /// Run in a VM.
     pub vm: bool,
     /// VM platform (`auto`, `uml`, `kvm`); implies `vm`.
@@ -75,6 +83,9 @@ pub fn foreground(
         Err(e) => return fail(paths, containers, &rec, 125, &format!("{e:#}")),
     };
     let dir = containers.dir(&rec.id);
+    if let Err(e) = network::up(paths, &rec.id, &rec.name, &dir) {
+        return fail(paths, containers, &rec, 125, &format!("{e:#}"));
+    }
     let null = match std::fs::File::open("/dev/null") {
         Ok(f) => OwnedFd::from(f),
         Err(e) => {
@@ -304,10 +315,35 @@ pub fn prepare(
     c: &ContainerRequest,
     foreground: bool,
 ) -> anyhow::Result<(Containers, Record)> {
-    let network = match c.network.as_str() {
-        "none" => Network::None,
-        "host" => Network::Host,
-        other => bail!("unknown --network {other:?}: use none or host"),
+    let net_mode = network::mode(&c.network);
+    let network = match net_mode {
+        network::Mode::Host => Network::Host,
+        // A bridge member gets its own namespace too, joined by path (see below).
+        network::Mode::None | network::Mode::Bridge(_) => Network::None,
+    };
+    let on_bridge = matches!(net_mode, network::Mode::Bridge(_));
+    if !on_bridge
+        && (!c.publish.is_empty()
+            || c.publish_all
+            || c.ip.is_some()
+            || !c.network_aliases.is_empty())
+    {
+        bail!(
+            "-p, -P, --ip and --network-alias need a bridge network (--network bridge or a network's name), not --network {}",
+            c.network
+        );
+    }
+    let mut ports = c
+        .publish
+        .iter()
+        .map(|p| strata_net::PortSpec::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ip = match &c.ip {
+        Some(s) => Some(
+            s.parse::<std::net::Ipv4Addr>()
+                .map_err(|_| anyhow::anyhow!("--ip {s:?} is not an IPv4 address"))?,
+        ),
+        None => None,
     };
     // Validate everything the user typed before touching the store.
     let mounts = options::mounts(&c.volumes, &c.tmpfs)?;
@@ -324,6 +360,20 @@ pub fn prepare(
     let vm = c.vm || c.platform.is_some();
     if vm && network == Network::Host {
         bail!("--network host: a VM has its own kernel and network stack and cannot share the host's; use --network none");
+    }
+    if vm && on_bridge {
+        bail!("--network {}: bridge networks for VMs are not implemented yet (docs/networking.md); use --network none", c.network);
+    }
+    if c.publish_all {
+        let exposed = image
+            .config()
+            .config()
+            .as_ref()
+            .and_then(|c| c.exposed_ports().clone())
+            .unwrap_or_default();
+        for key in exposed {
+            ports.push(strata_net::PortSpec::from_exposed(&key)?);
+        }
     }
     let isolation =
         isolation::backend(if vm { "vm" } else { "container" }, &paths.root)?.isolation();
@@ -382,6 +432,19 @@ pub fn prepare(
         .clone()
         .unwrap_or_else(|| records::short(&id).to_string());
     let etc = write_etc_files(&dir, &hostname, network)?;
+    if let network::Mode::Bridge(name) = &net_mode {
+        network::prepare(
+            paths,
+            &dir,
+            &network::NetworkSettings {
+                network: name.clone(),
+                ip,
+                ports,
+                aliases: c.network_aliases.clone(),
+                ..Default::default()
+            },
+        )?;
+    }
     let entrypoint = c.entrypoint.as_ref().map(|e| {
         if e.is_empty() {
             Vec::new()
@@ -413,6 +476,15 @@ pub fn prepare(
         .and_then(|p| p.args().clone())
         .unwrap_or_default();
     let mut v = serde_json::to_value(&spec)?;
+    if on_bridge {
+        // The namespace the run makes and attaches right before the start (network::up).
+        let path = network::netns_path(paths, &id);
+        if let Some(nss) = v["linux"]["namespaces"].as_array_mut() {
+            for ns in nss.iter_mut().filter(|n| n["type"] == "network") {
+                ns["path"] = serde_json::json!(path);
+            }
+        }
+    }
     if c.tty {
         // The pty is the host's (see pty.rs): the workload gets its slave as stdio, so the
         // runtime must not allocate one.

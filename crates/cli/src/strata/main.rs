@@ -11,6 +11,7 @@ mod global_args;
 mod image;
 mod lifecycle;
 mod logs;
+mod network;
 mod output;
 mod progress;
 mod ps;
@@ -73,6 +74,11 @@ enum Command {
     Rm(lifecycle::RmArgs),
     /// List containers
     Ps(ps::PsArgs),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
+    /// List a container's published ports
+    Port(network::PortArgs),
     /// Run a command in a running container
     Exec(exec::ExecArgs),
     /// Show a container's output
@@ -135,6 +141,8 @@ fn main() -> ExitCode {
         Command::Restart(a) => lifecycle::restart(&cli.global, a),
         Command::Rm(a) => lifecycle::rm(&cli.global, a),
         Command::Ps(a) => ps::ps(&cli.global, a),
+        Command::Network(c) => network::network(&cli.global, c),
+        Command::Port(a) => network::port(&cli.global, a),
         Command::Exec(a) => exec::exec(&cli.global, a),
         Command::Logs(a) => logs::logs(&cli.global, a),
         Command::Attach(a) => attach::attach(&cli.global, a),

@@ -98,6 +98,7 @@ pub fn ps(g: &Global, a: PsArgs) -> anyhow::Result<()> {
                 format!("\"{cmd}\""),
                 r.created.chars().take(19).collect(),
                 status_text(r),
+                super::network::ports_column(&Containers::new(&g.store).dir(&r.id)),
                 r.name.clone(),
                 r.isolation.clone(),
             ]
@@ -110,6 +111,7 @@ pub fn ps(g: &Global, a: PsArgs) -> anyhow::Result<()> {
             "COMMAND",
             "CREATED",
             "STATUS",
+            "PORTS",
             "NAMES",
             "ISOLATION",
         ],
@@ -157,6 +159,7 @@ pub fn inspect(g: &Global, keys: &[String]) -> anyhow::Result<()> {
         v["Tty"] = json!(r.tty);
         v["Dir"] = json!(dir);
         v["LogPath"] = json!(containers.log_path(&r.id));
+        v["NetworkSettings"] = super::network::settings_json(&dir);
         v["Config"] = config;
         out.push(v);
     }

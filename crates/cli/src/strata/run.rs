@@ -57,9 +57,22 @@ pub struct CreateArgs {
     /// Mount the root filesystem read-only
     #[arg(long = "read-only")]
     pub read_only: bool,
-    /// Network: none (own empty network namespace) or host
+    /// Network: none (own empty network namespace), host, bridge (the default network, made on
+    /// first use) or a network's name (`strata network create`)
     #[arg(long, default_value = "none")]
     pub network: String,
+    /// Publish a port: [HOSTIP:][HOSTPORT:]PORT[/tcp|udp] (a free host port when HOSTPORT is left out)
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Publish every port the image EXPOSEs on a free host port
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// Fixed IPv4 address on the network
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// Another name the other members of the network resolve this container by
+    #[arg(long = "network-alias")]
+    pub network_alias: Vec<String>,
     /// Run in a VM with its own guest kernel instead of a container
     #[arg(long)]
     pub vm: bool,
@@ -103,6 +116,10 @@ impl CreateArgs {
             hostname: self.hostname,
             read_only: self.read_only,
             network: self.network,
+            publish: self.publish,
+            publish_all: self.publish_all,
+            ip: self.ip,
+            network_aliases: self.network_alias,
             vm: self.vm,
             platform: self.platform,
             entrypoint: self.entrypoint,

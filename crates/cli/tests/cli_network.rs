@@ -1,0 +1,414 @@
+//! `strata` on bridge networks (strata-net on Debian's CNI plugins): busybox httpd published
+//! with -p and fetched from the host's loopback, reached by name and alias from another
+//! container, `strata port`/`ps`/`inspect`, bad input refused with nothing left, and
+//! `strata network prune` after the monitor and workload were killed with SIGKILL. Each test
+//! has its own store, runtime root, network config directory, network name and subnet, and
+//! only talks to addresses of the network it made.
+
+mod cli_common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use cli_common::{output_timeout, text, Sandbox};
+
+fn ready_or_skip() -> bool {
+    let ok = nix::unistd::geteuid().is_root()
+        && Path::new("/usr/lib/cni/bridge").exists()
+        && Path::new("/bin/busybox").exists();
+    if !ok {
+        assert!(
+            std::env::var_os("STRATA_REQUIRE_E2E").is_none(),
+            "network tests need root, containernetworking-plugins and busybox-static (scripts/deps.sh)"
+        );
+        eprintln!("skipping: needs root, containernetworking-plugins, busybox-static");
+    }
+    ok
+}
+
+/// A sandbox plus its own network config directory.
+struct Net {
+    s: Sandbox,
+    conf: tempfile::TempDir,
+}
+
+impl Net {
+    fn new() -> Net {
+        Net {
+            s: Sandbox::new("container"),
+            conf: tempfile::Builder::new()
+                .prefix("strata-cli-net-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.s.cmd();
+        c.env("STRATA_NET_CONFIG_DIR", self.conf.path()).args(args);
+        output_timeout(c, None, Duration::from_secs(120))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "strata {args:?} failed: {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        text(&o.stdout)
+    }
+
+    fn fails(&self, args: &[&str]) -> (i32, String) {
+        let o = self.run(args);
+        assert!(
+            !o.status.success(),
+            "strata {args:?} succeeded: {}",
+            text(&o.stdout)
+        );
+        (o.status.code().unwrap_or(-1), text(&o.stderr))
+    }
+
+    fn attachments(&self) -> Vec<String> {
+        let dir = self.s.root.path().join("net/attachments");
+        let mut out = Vec::new();
+        for net in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            for a in std::fs::read_dir(net.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                out.push(a.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out
+    }
+
+    /// Nothing of `ids` is left: no attachment record, no namespace mount, no NAT rule.
+    fn assert_no_network_left(&self, ids: &[&str]) {
+        assert!(
+            self.attachments().is_empty(),
+            "attachments left: {:?}",
+            self.attachments()
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = self.s.root.path().display().to_string();
+        assert!(
+            !mounts.contains(&format!("{root}/net/netns/")),
+            "a namespace mount is left"
+        );
+        let rules = iptables_rules();
+        for id in ids {
+            assert!(
+                !rules.contains(id),
+                "an iptables rule of {id} is left:\n{rules}"
+            );
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // Containers first (Sandbox's drop would run after ours), then whatever they left,
+        // then the networks.
+        if let Ok(v) = serde_json::from_str::<Vec<serde_json::Value>>(&text(
+            &self.run(&["ps", "-a", "--json"]).stdout,
+        )) {
+            for c in v {
+                if let Some(id) = c["Id"].as_str() {
+                    let _ = self.run(&["rm", "-f", id]);
+                }
+            }
+        }
+        let _ = self.run(&["network", "prune"]);
+        let _ = std::fs::remove_dir_all(self.s.root.path().join("net"));
+    }
+}
+
+fn iptables_rules() -> String {
+    let mut s = String::new();
+    for t in ["nat", "filter"] {
+        if let Ok(o) = std::process::Command::new("iptables-save")
+            .args(["-t", t])
+            .output()
+        {
+            s.push_str(&text(&o.stdout));
+        }
+    }
+    s
+}
+
+fn subnet(k: u32) -> String {
+    format!("10.{}.{}.0/24", 180 + k, 20 + std::process::id() % 200)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` from 127.0.0.1:`port` (bounded retries while the server starts).
+fn get(port: u16, path: &str) -> Result<String, String> {
+    let mut last = String::new();
+    for _ in 0..100 {
+        match TcpStream::connect_timeout(
+            &format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::from_secs(2),
+        ) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+                    .unwrap();
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.starts_with("HTTP/1") {
+                    return Ok(out);
+                }
+                last = out;
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(last)
+}
+
+#[test]
+fn published_httpd_reached_from_the_host_and_by_name() {
+    if !ready_or_skip() {
+        return;
+    }
+    let n = Net::new();
+    let net = format!("web{}", std::process::id());
+    n.ok(&["network", "create", "--subnet", &subnet(0), &net]);
+    assert!(n.ok(&["network", "ls"]).contains(&net));
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:80");
+    let id = n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        &net,
+        "-p",
+        &publish,
+        "--network-alias",
+        "www",
+        "busybox",
+        "sh",
+        "-c",
+        "echo served-by-web > /tmp/index.html && exec httpd -f -p 80 -h /tmp",
+    ]);
+    let id = id.trim().to_string();
+
+    // From the host's loopback through -p.
+    let answer = get(port, "/index.html").expect("the published port answers");
+    assert!(answer.ends_with("served-by-web\n"), "{answer}");
+    assert_eq!(
+        n.ok(&["port", "web"]),
+        format!("80/tcp -> 127.0.0.1:{port}\n")
+    );
+    assert!(n.ok(&["ps"]).contains(&format!("127.0.0.1:{port}->80/tcp")));
+    let v: serde_json::Value = serde_json::from_str(&n.ok(&["inspect", "web"])).unwrap();
+    let ns = &v[0]["NetworkSettings"];
+    assert_eq!(ns["Ports"]["80/tcp"][0]["HostPort"], port.to_string());
+    let ip = ns["Networks"][&net]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ip.starts_with(&subnet(0)[..subnet(0).len() - 4]), "{ip}");
+
+    // By name and by alias from another container on the network; its /etc/hosts and
+    // /etc/resolv.conf are written as Docker writes them.
+    let out = n.ok(&[
+        "run", "--rm", "--network", &net, "busybox", "sh", "-c",
+        "wget -q -O - http://web/index.html && wget -q -O - http://www/index.html && cat /etc/hosts /etc/resolv.conf",
+    ]);
+    assert!(
+        out.starts_with("served-by-web\nserved-by-web\n127.0.0.1\tlocalhost\n"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{ip}\tweb www\n")), "{out}");
+    assert!(out.contains("nameserver "), "{out}");
+
+    // In use: rm refuses.
+    let (code, err) = n.fails(&["network", "rm", &net]);
+    assert!(code != 0 && err.contains("in use"), "{err}");
+
+    n.ok(&["rm", "-f", "web"]);
+    assert!(
+        get(port, "/index.html").is_err(),
+        "the port went with the container"
+    );
+    n.assert_no_network_left(&[&id]);
+    n.ok(&["network", "rm", &net]);
+    assert!(!n.ok(&["network", "ls"]).contains(&net));
+}
+
+#[test]
+fn bad_network_input_is_refused_and_leaves_nothing() {
+    if !ready_or_skip() {
+        return;
+    }
+    let n = Net::new();
+    let net = format!("bad{}", std::process::id());
+    n.ok(&["network", "create", "--subnet", &subnet(1), &net]);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["run", "--rm", "--network", "no-such-net", "busybox", "true"],
+            "not found",
+        ),
+        (
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &net,
+                "-p",
+                "80:80/sctp",
+                "busybox",
+                "true",
+            ],
+            "sctp",
+        ),
+        (
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &net,
+                "-p",
+                "99999:80",
+                "busybox",
+                "true",
+            ],
+            "65535",
+        ),
+        (
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &net,
+                "--ip",
+                "192.0.2.5",
+                "busybox",
+                "true",
+            ],
+            "--ip",
+        ),
+        (
+            &["run", "--rm", "-p", "8080:80", "busybox", "true"],
+            "bridge network",
+        ),
+        (
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &net,
+                "--network-alias",
+                "a b",
+                "busybox",
+                "true",
+            ],
+            "alias",
+        ),
+        (
+            &["network", "create", "--subnet", &subnet(1), "other"],
+            "overlaps",
+        ),
+        (&["network", "create", "../x"], "invalid network name"),
+        (&["network", "create", &net], "already exists"),
+        (&["network", "inspect", "no-such-net"], "not found"),
+    ];
+    for (args, want) in cases {
+        let (code, err) = n.fails(args);
+        assert!(code != 0, "{args:?}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // A host port someone listens on.
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let held = l.local_addr().unwrap().port();
+    let (code, err) = n.fails(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "-p",
+        &format!("{held}:80"),
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(code, 125, "{err}");
+    assert!(err.contains("in use on the host"), "{err}");
+    assert!(n.s.ps().is_empty(), "no container is left");
+    n.assert_no_network_left(&[]);
+    n.ok(&["network", "rm", &net]);
+}
+
+#[test]
+fn network_prune_after_the_monitor_and_workload_were_killed() {
+    if !ready_or_skip() {
+        return;
+    }
+    let n = Net::new();
+    let net = format!("kill{}", std::process::id());
+    n.ok(&["network", "create", "--subnet", &subnet(2), &net]);
+    let port = free_port();
+    let id = n.ok(&[
+        "run",
+        "-d",
+        "--network",
+        &net,
+        "-p",
+        &format!("127.0.0.1:{port}:80"),
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+    ]);
+    let id = id.trim().to_string();
+    assert!(get(port, "/").is_ok());
+    assert!(iptables_rules().contains(&id), "the run made NAT rules");
+    // The workload's parent is its monitor: SIGKILL both, as a crash would.
+    let v: serde_json::Value = serde_json::from_str(&n.ok(&["inspect", &id])).unwrap();
+    let pid = v[0]["State"]["Pid"].as_i64().unwrap() as i32;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ppid: i32 = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    for p in [ppid, pid] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    n.s.eventually(10, "the workload is gone", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    assert_eq!(
+        n.attachments().len(),
+        1,
+        "the killed run left its attachment"
+    );
+
+    let out = n.ok(&["network", "prune"]);
+    assert!(out.contains(&format!("detached {net}/{id}")), "{out}");
+    assert!(out.contains(&format!("removed network {net}")), "{out}");
+    n.assert_no_network_left(&[&id]);
+    assert!(get(port, "/").is_err());
+    n.ok(&["rm", "-f", &id]);
+}

@@ -1,0 +1,189 @@
+//! A container's bridge network (`--network bridge|NAME`, `-p`, `-P`, `--ip`,
+//! `--network-alias`) through strata-net: what was asked is stored at [`prepare`] time in
+//! `<container dir>/network.json`; the process that runs the workload (foreground `run` or the
+//! monitor) makes the namespace and attaches it right before the start ([`up`]) and takes both
+//! down when the workload ended or the container is removed ([`down`]). That process is the
+//! attachment's owner: if it is killed, `strata network prune` undoes what it left.
+//!
+//! Networks live in `$STRATA_NET_CONFIG_DIR` (default /etc/strata/net.d); attachment state under
+//! `<root>/net`; the default network's subnet is `$STRATA_BRIDGE_SUBNET` (default 10.87.0.0/16).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use strata_net::{AttachRequest, NetConfig, Networks, Owner, PortSpec, PublishedPort};
+
+use crate::paths::Paths;
+
+const FILE: &str = "network.json";
+
+/// How a container is networked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Its own empty namespace.
+    None,
+    /// The host's namespace.
+    Host,
+    /// A CNI bridge network (`bridge` = the default one).
+    Bridge(String),
+}
+
+/// `--network` as given.
+pub fn mode(network: &str) -> Mode {
+    match network {
+        "none" | "" => Mode::None,
+        "host" => Mode::Host,
+        other => Mode::Bridge(other.to_string()),
+    }
+}
+
+/// A container's network: what was asked, and (while it runs) what it got.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSettings {
+    /// Network name.
+    pub network: String,
+    /// `--ip`.
+    pub ip: Option<Ipv4Addr>,
+    /// `-p` and `-P` mappings as asked.
+    pub ports: Vec<PortSpec>,
+    /// `--network-alias`.
+    pub aliases: Vec<String>,
+    /// Address/prefix while running.
+    pub address: Option<String>,
+    /// Gateway while running.
+    pub gateway: Option<String>,
+    /// MAC address while running.
+    pub mac: Option<String>,
+    /// Published ports while running (host ports picked).
+    pub published: Vec<PublishedPort>,
+}
+
+/// The host's networks as this engine sees them.
+pub fn networks(paths: &Paths) -> anyhow::Result<Networks> {
+    let mut cfg = NetConfig {
+        state_dir: paths.root.join("net"),
+        ..NetConfig::default()
+    };
+    if let Some(d) = std::env::var_os("STRATA_NET_CONFIG_DIR") {
+        cfg.config_dir = PathBuf::from(d);
+    }
+    if let Ok(s) = std::env::var("STRATA_BRIDGE_SUBNET") {
+        cfg.default_subnet = s
+            .parse()
+            .with_context(|| format!("STRATA_BRIDGE_SUBNET={s:?} is not an IPv4 subnet"))?;
+    }
+    Ok(Networks::new(cfg))
+}
+
+/// Where the namespace of container `id` is mounted while it runs.
+pub fn netns_path(paths: &Paths, id: &str) -> PathBuf {
+    paths.root.join("net").join("netns").join(id)
+}
+
+/// Checks a bridge request before the container exists (unknown network, bad alias, an --ip
+/// outside the subnet) and stores it in the container directory.
+pub fn prepare(paths: &Paths, dir: &Path, settings: &NetworkSettings) -> anyhow::Result<()> {
+    let nets = networks(paths)?;
+    let net = nets.get(&settings.network)?;
+    for a in &settings.aliases {
+        strata_net::names::validate_host_name(a)?;
+    }
+    if let (Some(ip), Some(subnet)) = (settings.ip, net.subnet()) {
+        if !subnet.contains(&ip) {
+            anyhow::bail!(
+                "--ip {ip} is not in network {:?}'s subnet {subnet}",
+                net.name
+            );
+        }
+    }
+    save(dir, settings)
+}
+
+fn save(dir: &Path, s: &NetworkSettings) -> anyhow::Result<()> {
+    let p = dir.join(FILE);
+    let tmp = dir.join(".network.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(s)?)
+        .and_then(|_| std::fs::rename(&tmp, &p))
+        .with_context(|| format!("write {}", p.display()))
+}
+
+/// The container's network settings, if it is on a bridge network.
+pub fn load(dir: &Path) -> Option<NetworkSettings> {
+    let b = std::fs::read(dir.join(FILE)).ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+/// Makes the namespace, attaches it (this process is the owner) and writes the container's
+/// /etc/resolv.conf; its /etc/hosts is kept current by strata-net. Nothing to do for a
+/// container without network.json. On failure nothing is left.
+pub fn up(paths: &Paths, id: &str, name: &str, dir: &Path) -> anyhow::Result<()> {
+    let Some(mut s) = load(dir) else {
+        return Ok(());
+    };
+    let nets = networks(paths)?;
+    let owner = Owner::current();
+    // A namespace left by an earlier run of this container (its process was killed) goes first.
+    let _ = nets.detach_all(id);
+    let _ = nets.remove_netns(id);
+    let ns = nets.create_netns(id, owner)?;
+    let hostname = std::fs::read_to_string(dir.join("etc/hostname"))
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty());
+    let mut names = vec![name.to_string()];
+    names.extend(s.aliases.iter().cloned());
+    let req = AttachRequest {
+        ip: s.ip,
+        ports: s.ports.clone(),
+        hostname,
+        names,
+        hosts_file: Some(dir.join("etc/hosts")),
+        ..AttachRequest::new(&s.network, id, &ns, owner)
+    };
+    let a = match nets.attach(&req) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = nets.remove_netns(id);
+            return Err(anyhow::Error::new(e).context(format!("network {:?}", s.network)));
+        }
+    };
+    let resolv = dir.join("etc/resolv.conf");
+    let written = std::fs::write(&resolv, strata_net::names::render_resolv_conf(&a.dns));
+    s.address = Some(a.address.to_string());
+    s.gateway = a.gateway.map(|g| g.to_string());
+    s.mac = Some(a.mac.clone());
+    s.published = a.ports.clone();
+    let saved = written
+        .with_context(|| format!("write {}", resolv.display()))
+        .and_then(|_| save(dir, &s));
+    if let Err(e) = saved {
+        down(paths, id, dir);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Detaches the container from its networks and removes its namespace (idempotent; nothing to
+/// do without network.json).
+pub fn down(paths: &Paths, id: &str, dir: &Path) {
+    let Some(mut s) = load(dir) else {
+        return;
+    };
+    if let Ok(nets) = networks(paths) {
+        if let Err(e) = nets.detach_all(id) {
+            tracing::warn!("detach {id} from its networks: {e}");
+        }
+        if let Err(e) = nets.remove_netns(id) {
+            tracing::warn!("remove the network namespace of {id}: {e}");
+        }
+    }
+    if s.address.is_some() || !s.published.is_empty() {
+        s.address = None;
+        s.gateway = None;
+        s.mac = None;
+        s.published.clear();
+        let _ = save(dir, &s);
+    }
+}
