@@ -364,6 +364,11 @@ pub fn prepare(
     if vm && on_bridge {
         bail!("--network {}: bridge networks for VMs are not implemented yet (docs/networking.md); use --network none", c.network);
     }
+    if let network::Mode::Bridge(name) = &net_mode {
+        // An unknown network fails here, before the store is touched (`bridge` is made on
+        // first use).
+        network::networks(paths)?.get(name)?;
+    }
     if c.publish_all {
         let exposed = image
             .config()
