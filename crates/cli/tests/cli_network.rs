@@ -412,3 +412,52 @@ fn network_prune_after_the_monitor_and_workload_were_killed() {
     assert!(get(port, "/").is_err());
     n.ok(&["rm", "-f", &id]);
 }
+
+#[test]
+fn twenty_concurrent_runs_get_twenty_addresses() {
+    if !ready_or_skip() {
+        return;
+    }
+    let n = Net::new();
+    let net = format!("many{}", std::process::id());
+    n.ok(&["network", "create", "--subnet", &subnet(3), &net]);
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..20)
+            .map(|_| {
+                let (n, net) = (&n, &net);
+                s.spawn(move || {
+                    n.run(&[
+                        "run",
+                        "--rm",
+                        "--network",
+                        net,
+                        "busybox",
+                        "ip",
+                        "-4",
+                        "-o",
+                        "addr",
+                        "show",
+                        "eth0",
+                    ])
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut addrs = std::collections::BTreeSet::new();
+    for o in &outs {
+        assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+        let out = text(&o.stdout);
+        let addr = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        assert!(addr.starts_with(&subnet(3)[..subnet(3).len() - 4]), "{out}");
+        addrs.insert(addr);
+    }
+    assert_eq!(addrs.len(), 20, "{addrs:?}");
+    n.assert_no_network_left(&[]);
+    n.ok(&["network", "rm", &net]);
+}
