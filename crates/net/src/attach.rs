@@ -185,8 +185,12 @@ impl Networks {
                 if p.extension().and_then(|x| x.to_str()) != Some("json") {
                     continue;
                 }
-                let text = std::fs::read(&p)
-                    .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+                let text = match std::fs::read(&p) {
+                    Ok(t) => t,
+                    // Detached (by a concurrent detach or prune) since the listing.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io(format!("reading {}", p.display()), e)),
+                };
                 let r: AttachmentRecord = serde_json::from_slice(&text).map_err(|e| {
                     Error::Config(format!("attachment record {} is damaged: {e}", p.display()))
                 })?;
