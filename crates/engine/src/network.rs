@@ -124,9 +124,11 @@ pub fn up(paths: &Paths, id: &str, name: &str, dir: &Path) -> anyhow::Result<()>
     };
     let nets = networks(paths)?;
     let owner = Owner::current();
-    // A namespace left by an earlier run of this container (its process was killed) goes first.
-    let _ = nets.detach_all(id);
-    let _ = nets.remove_netns(id);
+    // What an earlier run of this container left (its process was killed) goes first.
+    nets.detach_all(id).with_context(|| {
+        format!("undo the network attachment a killed earlier run of {id} left (try `strata network prune`)")
+    })?;
+    nets.remove_netns(id)?;
     let ns = nets.create_netns(id, owner)?;
     let hostname = std::fs::read_to_string(dir.join("etc/hostname"))
         .ok()
@@ -172,11 +174,18 @@ pub fn down(paths: &Paths, id: &str, dir: &Path) {
         return;
     };
     if let Ok(nets) = networks(paths) {
-        if let Err(e) = nets.detach_all(id) {
-            tracing::warn!("detach {id} from its networks: {e}");
-        }
-        if let Err(e) = nets.remove_netns(id) {
-            tracing::warn!("remove the network namespace of {id}: {e}");
+        match nets.detach_all(id) {
+            // The namespace goes only after DEL succeeded: the bridge plugin finds the masquerade
+            // rules to remove through the interface in it, so `strata network prune` can retry
+            // a failed DEL only while the namespace still exists.
+            Ok(()) => {
+                if let Err(e) = nets.remove_netns(id) {
+                    tracing::warn!("remove the network namespace of {id}: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(
+                "detach {id} from its networks (`strata network prune` retries): {e}"
+            ),
         }
     }
     if s.address.is_some() || !s.published.is_empty() {
