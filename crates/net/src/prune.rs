@@ -125,11 +125,13 @@ impl Networks {
     }
 
     /// `network prune`: [`Networks::reconcile`], then removes every network other than the
-    /// default one that has no attachment left.
-    pub fn prune(&self) -> Result<PruneReport, Error> {
+    /// default one that has no attachment left and is not in `keep` (the networks stopped
+    /// containers join again when they start).
+    pub fn prune(&self, keep: &[String]) -> Result<PruneReport, Error> {
         let mut rep = self.reconcile()?;
         for net in self.list()? {
             if net.name == crate::config::DEFAULT_NETWORK
+                || keep.contains(&net.name)
                 || !self.records(Some(&net.name))?.is_empty()
             {
                 continue;

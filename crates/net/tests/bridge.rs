@@ -834,7 +834,15 @@ fn prune_undoes_an_attachment_whose_owner_was_killed() {
     );
 
     // network prune removes the now unused network and its bridge.
-    let rep = env.nets.prune().unwrap();
+    assert!(
+        env.nets
+            .prune(std::slice::from_ref(&name))
+            .unwrap()
+            .networks_removed
+            .is_empty(),
+        "a kept network stays"
+    );
+    let rep = env.nets.prune(&[]).unwrap();
     assert_eq!(rep.networks_removed, vec![name.clone()]);
     assert!(!Path::new("/sys/class/net").join(&bridge).exists());
 }

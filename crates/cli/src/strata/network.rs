@@ -135,7 +135,15 @@ pub fn network(g: &Global, c: NetworkCommand) -> anyhow::Result<()> {
             }
         }
         NetworkCommand::Prune => {
-            let rep = nets.prune()?;
+            // Networks that stopped containers join again on `strata start` stay.
+            let containers = Containers::new(&g.store);
+            let keep: Vec<String> = containers
+                .all()?
+                .iter()
+                .filter_map(|r| network::load(&containers.dir(&r.id)))
+                .map(|s| s.network)
+                .collect();
+            let rep = nets.prune(&keep)?;
             for d in &rep.detached {
                 println!("detached {d} (its owner is gone)");
             }
