@@ -22,9 +22,9 @@ st image build-default >/dev/null
 st network create --subnet "10.199.$(($$ % 200 + 20)).0/24" "$net" >/dev/null
 port=$((20000 + $$ % 20000))
 hyperfine -N -w 3 -r "$runs" --export-json "$work/h.json" \
-  -n "--network none" "$bin --store $work/store --root $work/root --quiet run --rm --network none busybox true" \
-  -n "--network $net (bridge)" "$bin --store $work/store --root $work/root --quiet run --rm --network $net busybox true" \
-  -n "--network $net -p 127.0.0.1:$port:80" "$bin --store $work/store --root $work/root --quiet run --rm --network $net -p 127.0.0.1:$port:80 busybox true" \
+  -n "network none" "$bin --store $work/store --root $work/root --quiet run --rm --network none busybox true" \
+  -n "network $net (bridge)" "$bin --store $work/store --root $work/root --quiet run --rm --network $net busybox true" \
+  -n "network $net, -p 127.0.0.1:$port:80" "$bin --store $work/store --root $work/root --quiet run --rm --network $net -p 127.0.0.1:$port:80 busybox true" \
   >/dev/null
 python3 - "$work/h.json" <<'PY'
 import json, sys
