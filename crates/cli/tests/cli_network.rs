@@ -16,17 +16,12 @@ use std::time::Duration;
 use cli_common::{output_timeout, text, Sandbox};
 
 fn ready_or_skip() -> bool {
-    let ok = nix::unistd::geteuid().is_root()
-        && Path::new("/usr/lib/cni/bridge").exists()
-        && Path::new("/bin/busybox").exists();
-    if !ok {
-        assert!(
-            std::env::var_os("STRATA_REQUIRE_E2E").is_none(),
-            "network tests need root, containernetworking-plugins and busybox-static (scripts/deps.sh)"
-        );
-        eprintln!("skipping: needs root, containernetworking-plugins, busybox-static");
-    }
-    ok
+    strata_testkit::require(
+        strata_testkit::is_root()
+            && Path::new("/usr/lib/cni/bridge").exists()
+            && Path::new("/bin/busybox").exists(),
+        "needs root, containernetworking-plugins and busybox-static (scripts/deps.sh)",
+    )
 }
 
 /// A sandbox plus its own network config directory.

@@ -16,21 +16,16 @@ use strata_net::cni::Plugins;
 use strata_net::{AttachRequest, CreateRequest, Error, NetConfig, Networks, Owner, PortSpec};
 
 fn ready_or_skip() -> bool {
-    let ok = nix::unistd::geteuid().is_root()
-        && Path::new("/usr/lib/cni/bridge").exists()
-        && Path::new("/bin/busybox").exists()
-        && Command::new("iptables-save")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("STRATA_REQUIRE_E2E").is_none(),
-            "network tests need root, containernetworking-plugins, busybox-static and iptables (scripts/deps.sh)"
-        );
-        eprintln!("skipping: needs root, containernetworking-plugins, busybox-static, iptables");
-    }
-    ok
+    strata_testkit::require(
+        strata_testkit::is_root()
+            && Path::new("/usr/lib/cni/bridge").exists()
+            && Path::new("/bin/busybox").exists()
+            && Command::new("iptables-save")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        "needs root, containernetworking-plugins, busybox-static and iptables (scripts/deps.sh)",
+    )
 }
 
 fn unique(prefix: &str) -> String {
