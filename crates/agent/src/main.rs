@@ -142,6 +142,8 @@ fn run_pid1() -> ! {
         eprintln!("strata-agent: no strata.channel=DEV on the kernel command line: nothing to talk to, powering off");
         guest::power_off();
     };
+    // A virtio console appears when its driver has probed, which may finish after init starts.
+    channel::wait_for_device(Path::new(&dev), std::time::Duration::from_secs(10));
     let chan = match channel::open_device(Path::new(&dev)) {
         Ok(c) => c,
         Err(e) => {
