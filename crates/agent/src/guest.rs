@@ -82,6 +82,13 @@ pub fn assemble_rootfs(p: &GuestParams) -> Result<PathBuf, MountError> {
     };
     let root = dir(ROOTFS)?;
     let fs = p.lowerfs.as_str();
+    // Block devices of drivers loaded as modules (a user's kernel) may still be probing.
+    for dev in std::iter::once(lower).chain(p.upper.as_ref()) {
+        crate::channel::wait_for_device(
+            std::path::Path::new(dev),
+            std::time::Duration::from_secs(10),
+        );
+    }
     if p.root_rw {
         mount(lower, &root, fs, MsFlags::empty(), "")?;
         return Ok(root);

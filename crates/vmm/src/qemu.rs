@@ -221,16 +221,31 @@ fn kernel_config(kernel: &Path, release: &str) -> Option<(PathBuf, String)> {
     None
 }
 
+/// The value of `opt` in a .config.
+fn config_value<'a>(config: &'a str, opt: &str) -> Option<&'a str> {
+    config.lines().find_map(|l| {
+        l.strip_prefix(opt)
+            .and_then(|r| r.strip_prefix('='))
+            .map(str::trim)
+    })
+}
+
+/// Whether a kernel with this .config finds its virtio-mmio devices through ACPI (microvm's DSDT)
+/// rather than the command line: kernels built without command-line devices but with ACPI (Debian's).
+fn wants_acpi(config: &str) -> bool {
+    config_value(config, "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES") != Some("y")
+        && config_value(config, "CONFIG_ACPI") == Some("y")
+}
+
 /// Options of `REQUIRED` that `config` (a .config) lacks, and the ones built as modules.
 fn missing_options(config: &str) -> (Vec<String>, Vec<String>) {
     let mut missing = Vec::new();
     let mut modules = Vec::new();
     for (opt, why) in REQUIRED {
-        let val = config.lines().find_map(|l| {
-            l.strip_prefix(opt)
-                .and_then(|r| r.strip_prefix('='))
-                .map(str::trim)
-        });
+        if *opt == "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES" && wants_acpi(config) {
+            continue;
+        }
+        let val = config_value(config, opt);
         match val {
             Some("y") => {}
             Some("m") => modules.push(format!("{opt} ({why})")),
@@ -240,9 +255,18 @@ fn missing_options(config: &str) -> (Vec<String>, Vec<String>) {
     (missing, modules)
 }
 
+/// What the platform learnt about a kernel before booting it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KernelFacts {
+    pub release: String,
+    /// Describe the devices with ACPI (the kernel's configuration is unknown, or it finds
+    /// virtio-mmio devices only that way); else the command line does, and the guest skips ACPI.
+    pub acpi: bool,
+}
+
 /// Checks the kernel file: a readable bzImage whose configuration (when known) has what the
-/// platform needs. Returns its release.
-fn check_kernel(kernel: &Path, has_initrd: bool) -> Result<String> {
+/// platform needs.
+fn check_kernel(kernel: &Path, has_initrd: bool) -> Result<KernelFacts> {
     let mut head = Vec::new();
     File::open(kernel)
         .and_then(|f| f.take(64 << 10).read_to_end(&mut head))
@@ -254,7 +278,13 @@ fn check_kernel(kernel: &Path, has_initrd: bool) -> Result<String> {
             kernel.display()
         ))
     })?;
-    if let Some((path, text)) = kernel_config(kernel, &release) {
+    let Some((path, text)) = kernel_config(kernel, &release) else {
+        return Ok(KernelFacts {
+            release,
+            acpi: true,
+        });
+    };
+    {
         let (missing, modules) = missing_options(&text);
         if !missing.is_empty() {
             return Err(VmmError::InvalidConfig(format!(
@@ -275,7 +305,10 @@ fn check_kernel(kernel: &Path, has_initrd: bool) -> Result<String> {
             )));
         }
     }
-    Ok(release)
+    Ok(KernelFacts {
+        release,
+        acpi: wants_acpi(&text),
+    })
 }
 
 /// Host CPUs this process may run on.
@@ -349,12 +382,22 @@ pub(crate) fn kernel_cmdline(config: &VmConfig, accel: Accel, tsc_khz: Option<u6
 
 /// QEMU's argv for `config`, as the jailed QEMU sees its files: `/kernel`, `/initrd`, `/diskN`
 /// (and the overlay `/diskN.qcow2`).
-pub(crate) fn command_line(config: &VmConfig, accel: Accel, tsc_khz: Option<u64>) -> Vec<String> {
+pub(crate) fn command_line(
+    config: &VmConfig,
+    accel: Accel,
+    tsc_khz: Option<u64>,
+    acpi: bool,
+) -> Vec<String> {
     let mut a: Vec<String> = vec!["qemu-system-x86_64".into()];
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    let machine = if acpi {
+        "microvm,x-option-roms=off,acpi=on,isa-serial=on,auto-kernel-cmdline=off"
+    } else {
+        "microvm,x-option-roms=off,acpi=off,isa-serial=on,auto-kernel-cmdline=on"
+    };
     push(&[
         "-M",
-        "microvm,x-option-roms=off,acpi=off,isa-serial=on,auto-kernel-cmdline=on",
+        machine,
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -463,7 +506,7 @@ fn ro_file(host: impl Into<PathBuf>, name: impl Into<String>, executable: bool) 
 }
 
 /// Checks everything about `config` that can be checked before anything is created.
-fn preflight(p: &QemuPlatform, config: &VmConfig, accel: Accel) -> Result<()> {
+fn preflight(p: &QemuPlatform, config: &VmConfig, accel: Accel) -> Result<KernelFacts> {
     config.validate()?;
     p.check_binary()
         .map_err(|reason| Unavailable {
@@ -471,7 +514,7 @@ fn preflight(p: &QemuPlatform, config: &VmConfig, accel: Accel) -> Result<()> {
             reason,
         })
         .map_err(VmmError::Unavailable)?;
-    check_kernel(&config.kernel, config.initrd.is_some())?;
+    let facts = check_kernel(&config.kernel, config.initrd.is_some())?;
     if let Some(initrd) = &config.initrd {
         check_readable("initrd", initrd)?;
     }
@@ -517,7 +560,7 @@ fn preflight(p: &QemuPlatform, config: &VmConfig, accel: Accel) -> Result<()> {
             ),
         }));
     }
-    Ok(())
+    Ok(facts)
 }
 
 /// A memfd for QEMU's stderr.
@@ -569,7 +612,7 @@ impl Platform for QemuPlatform {
 
     fn boot(&self, config: &VmConfig) -> Result<Vm> {
         let accel = self.accel();
-        preflight(self, config, accel)?;
+        let facts = preflight(self, config, accel)?;
         let libs = crate::kernel::shared_libraries(&self.binary)
             .map_err(|e| VmmError::file("QEMU binary", &self.binary, e))?;
         let uid = jail::allocate_uid();
@@ -762,7 +805,7 @@ impl Platform for QemuPlatform {
                 uid,
                 gid,
                 exe: "/qemu".into(),
-                argv: command_line(config, accel, host_tsc_khz()),
+                argv: command_line(config, accel, host_tsc_khz(), facts.acpi),
                 env: vec![
                     "TMPDIR=/tmp".into(),
                     "HOME=/tmp".into(),
@@ -905,6 +948,11 @@ mod tests {
             missing_options(&full.replace("CONFIG_VIRTIO_BLK=y", "CONFIG_VIRTIO_BLK=m"));
         assert!(missing.is_empty());
         assert!(modules[0].starts_with("CONFIG_VIRTIO_BLK "));
+        // Debian's: no command-line devices, but ACPI describes them.
+        let debian = full.replace("CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y", "") + "CONFIG_ACPI=y\n";
+        assert_eq!(missing_options(&debian), (vec![], vec![]));
+        assert!(wants_acpi(&debian));
+        assert!(!wants_acpi(full));
     }
 
     #[test]
@@ -927,7 +975,7 @@ mod tests {
         c.initrd = Some("/i".into());
         c.init = Some("/strata-agent".into());
         c.kernel_params = vec!["strata.lower=/dev/vda".into()];
-        let a = command_line(&c, Accel::Tcg, Some(2_445_406));
+        let a = command_line(&c, Accel::Tcg, Some(2_445_406), false);
         let joined = a.join(" ");
         for want in [
             "-nodefaults -no-user-config",
@@ -950,8 +998,10 @@ mod tests {
             append.ends_with("strata.lower=/dev/vda rdinit=/strata-agent"),
             "{append}"
         );
-        let k = command_line(&c, Accel::Kvm, Some(1));
+        let k = command_line(&c, Accel::Kvm, Some(1), true);
         assert!(k.join(" ").contains("-accel kvm -cpu host"));
+        assert!(k.join(" ").contains("acpi=on"));
+        assert!(joined.contains("acpi=off"));
         assert!(!kernel_cmdline(&c, Accel::Kvm, Some(1)).contains("tsc_early_khz"));
     }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -35,12 +35,99 @@ fn agent_execs_and_signals_in_a_uml_vm() {
     agent_exec_and_signals(&UmlPlatform::new(), &strata_kernel());
 }
 
+/// Debian's stock kernel (linux-image-amd64) and its release: the newest /boot/vmlinuz-*-amd64.
+fn debian_stock_kernel() -> (PathBuf, String) {
+    let mut found: Vec<String> = std::fs::read_dir("/boot")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("vmlinuz-") && n.ends_with("-amd64"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    let name = found
+        .pop()
+        .expect("Debian's stock kernel: install linux-image-amd64 (scripts/deps.sh)");
+    let release = name.trim_start_matches("vmlinuz-").to_string();
+    (Path::new("/boot").join(name), release)
+}
+
+#[test]
+fn agent_runs_the_workload_on_debians_stock_kernel_under_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, release) = debian_stock_kernel();
+    // The user's initrd: the kernel's own virtio, ext4 and overlay modules.
+    let modules = dir.path().join("modules.cpio");
+    strata_vmm::initramfs::module_initrd(
+        &release,
+        &Path::new("/lib/modules").join(&release),
+        &[
+            "virtio_mmio",
+            "virtio_blk",
+            "virtio_console",
+            "virtio_rng",
+            "crc32c_generic",
+            "ext4",
+            "overlay",
+        ],
+        &modules,
+    )
+    .unwrap();
+    let (mut vm, client, cfg) = boot_agent_with(
+        &QemuPlatform::new(),
+        &kernel,
+        dir.path(),
+        "debian",
+        Some(&modules),
+    );
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "args": ["/bin/sh", "-c", "echo release=$(uname -r); grep -c ext4 /proc/filesystems; exit 4"],
+            "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}
+        },
+        "root": {"path": "rootfs"},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]
+    });
+    let session = client
+        .create(&serde_json::to_vec(&config).unwrap())
+        .unwrap_or_else(|e| panic!("{e}; console: {}", console(dir.path())));
+    client.start().unwrap();
+    let (stdout, stderr, status) = session.output().unwrap();
+    let stdout = String::from_utf8_lossy(&stdout).into_owned();
+    let _ = client.shutdown();
+    vm.wait().unwrap();
+    assert_eq!(
+        status.code,
+        4,
+        "{stdout} {}",
+        String::from_utf8_lossy(&stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("release={release}\n")),
+        "{stdout}"
+    );
+    assert!(!cfg.runtime_dir.exists());
+}
+
 /// Boots the agent on `platform` with a busybox image; returns the VM and a connected client.
 fn boot_agent(
     platform: &dyn Platform,
     kernel: &Path,
     dir: &Path,
     name: &str,
+) -> (strata_vmm::Vm, strata_proto::Client, VmConfig) {
+    boot_agent_with(platform, kernel, dir, name, None)
+}
+
+/// The same with a user's initrd after the agent's.
+fn boot_agent_with(
+    platform: &dyn Platform,
+    kernel: &Path,
+    dir: &Path,
+    name: &str,
+    user_initrd: Option<&Path>,
 ) -> (strata_vmm::Vm, strata_proto::Client, VmConfig) {
     let rootfs = busybox_rootfs(dir, "#!/bin/sh\necho not the init\n");
     let disk = build_disk(
@@ -50,7 +137,11 @@ fn boot_agent(
         "sha256:agent",
     )
     .unwrap();
-    let initrd = agent_initramfs(&agent_binary(), &dir.join("initramfs")).unwrap();
+    let mut initrd = agent_initramfs(&agent_binary(), &dir.join("initramfs")).unwrap();
+    if let Some(user) = user_initrd {
+        initrd =
+            strata_vmm::initramfs::with_user_initrd(&initrd, user, &dir.join("initramfs")).unwrap();
+    }
     let mut cfg = VmConfig::new(
         vm_id(&format!("{name}-{}", platform.name())),
         kernel,
