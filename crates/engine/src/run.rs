@@ -50,8 +50,11 @@ pub struct ContainerRequest {
     pub network: String,
     /// Run in a VM.
     pub vm: bool,
-    /// VM platform (`auto`, `uml`, `kvm`); implies `vm`.
+    /// VM platform (`auto`, `uml`, `qemu`, `kvm`); implies `vm`.
     pub platform: Option<String>,
+    /// A guest kernel the user brings (qemu), and its initrd.
+    pub kernel: Option<std::path::PathBuf>,
+    pub initrd: Option<std::path::PathBuf>,
     /// Replaces the image's entrypoint ("" clears it).
     pub entrypoint: Option<String>,
     /// The image as the user named it.
@@ -371,6 +374,8 @@ pub fn prepare(
                 memory: c.memory.as_deref(),
                 cpus: c.cpus,
                 tty: c.tty,
+                kernel: c.kernel.as_deref(),
+                initrd: c.initrd.as_deref(),
             },
         )?;
         dir.join("rootfs")

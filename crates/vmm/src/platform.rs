@@ -151,6 +151,18 @@ pub trait Platform: Send + Sync {
     fn accelerator(&self) -> Option<&'static str> {
         None
     }
+    /// Checks, before a front end creates anything, what `boot` will refuse later: vCPUs and
+    /// memory beyond the host, an unusable `kernel` (None: the platform's default). `user_initrd`:
+    /// the user brings an initrd (which may carry the kernel's modules).
+    fn precheck(
+        &self,
+        _vcpus: u32,
+        _memory_mib: u32,
+        _kernel: Option<&std::path::Path>,
+        _user_initrd: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
     /// Whether this host can run the platform, and if not, exactly why.
     fn check(&self) -> Result<(), Unavailable>;
     /// Boots a VM; returns once the guest kernel process is running.

@@ -505,6 +505,24 @@ fn ro_file(host: impl Into<PathBuf>, name: impl Into<String>, executable: bool) 
     }
 }
 
+/// vCPUs and memory within what the host has.
+fn check_host_resources(vcpus: u32, memory_mib: u32) -> Result<()> {
+    let cpus = host_cpus();
+    if vcpus > cpus {
+        return Err(VmmError::InvalidConfig(format!(
+            "{vcpus} vCPUs requested but this host has {cpus} CPUs: ask for at most {cpus}"
+        )));
+    }
+    if let Some(host) = host_memory_mib() {
+        if u64::from(memory_mib) > host {
+            return Err(VmmError::InvalidConfig(format!(
+                "{memory_mib} MiB of guest memory requested but this host has {host} MiB: ask for less"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks everything about `config` that can be checked before anything is created.
 fn preflight(p: &QemuPlatform, config: &VmConfig, accel: Accel) -> Result<KernelFacts> {
     config.validate()?;
@@ -518,21 +536,7 @@ fn preflight(p: &QemuPlatform, config: &VmConfig, accel: Accel) -> Result<Kernel
     if let Some(initrd) = &config.initrd {
         check_readable("initrd", initrd)?;
     }
-    let cpus = host_cpus();
-    if config.vcpus > cpus {
-        return Err(VmmError::InvalidConfig(format!(
-            "{} vCPUs requested but this host has {cpus} CPUs: ask for at most {cpus}",
-            config.vcpus
-        )));
-    }
-    if let Some(host) = host_memory_mib() {
-        if u64::from(config.memory_mib) > host {
-            return Err(VmmError::InvalidConfig(format!(
-                "{} MiB of guest memory requested but this host has {host} MiB: ask for less",
-                config.memory_mib
-            )));
-        }
-    }
+    check_host_resources(config.vcpus, config.memory_mib)?;
     if config.disks.len() > MAX_DISKS {
         return Err(VmmError::InvalidConfig(format!(
             "{} disks requested: microvm has {MAX_DISKS} virtio-mmio slots",
@@ -608,6 +612,20 @@ impl Platform for QemuPlatform {
 
     fn accelerator(&self) -> Option<&'static str> {
         Some(self.accel().name())
+    }
+
+    fn precheck(
+        &self,
+        vcpus: u32,
+        memory_mib: u32,
+        kernel: Option<&Path>,
+        user_initrd: bool,
+    ) -> Result<()> {
+        check_host_resources(vcpus, memory_mib)?;
+        if let Some(k) = kernel {
+            check_kernel(k, user_initrd)?;
+        }
+        Ok(())
     }
 
     fn boot(&self, config: &VmConfig) -> Result<Vm> {
