@@ -259,6 +259,11 @@ fn missing_options(config: &str) -> (Vec<String>, Vec<String>) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KernelFacts {
     pub release: String,
+    /// The file QEMU boots: the bzImage, or the uncompressed `vmlinux` (PVH entry) beside a
+    /// strata-built one, which skips the decompressor (~20 % of the CPU time of a TCG boot).
+    pub boot_file: PathBuf,
+    /// The guest's timer frequency (CONFIG_HZ), when its configuration is known.
+    pub hz: Option<u32>,
     /// Describe the devices with ACPI (the kernel's configuration is unknown, or it finds
     /// virtio-mmio devices only that way); else the command line does, and the guest skips ACPI.
     pub acpi: bool,
@@ -282,6 +287,8 @@ fn check_kernel(kernel: &Path, has_initrd: bool) -> Result<KernelFacts> {
         return Ok(KernelFacts {
             release,
             acpi: true,
+            boot_file: kernel.to_path_buf(),
+            hz: None,
         });
     };
     {
@@ -305,9 +312,22 @@ fn check_kernel(kernel: &Path, has_initrd: bool) -> Result<KernelFacts> {
             )));
         }
     }
+    // scripts/build-guest-kernel.sh qemu publishes bzImage, vmlinux and config together.
+    let vmlinux = kernel.with_file_name("vmlinux");
+    let boot_file = if kernel.file_name().is_some_and(|n| n == "bzImage")
+        && path.file_name().is_some_and(|n| n == "config")
+        && config_value(&text, "CONFIG_PVH") == Some("y")
+        && vmlinux.is_file()
+    {
+        vmlinux
+    } else {
+        kernel.to_path_buf()
+    };
     Ok(KernelFacts {
         release,
         acpi: wants_acpi(&text),
+        boot_file,
+        hz: config_value(&text, "CONFIG_HZ").and_then(|v| v.parse().ok()),
     })
 }
 
@@ -348,7 +368,12 @@ fn host_tsc_khz() -> Option<u64> {
 }
 
 /// The guest kernel's command line.
-pub(crate) fn kernel_cmdline(config: &VmConfig, accel: Accel, tsc_khz: Option<u64>) -> String {
+pub(crate) fn kernel_cmdline(
+    config: &VmConfig,
+    accel: Accel,
+    tsc_khz: Option<u64>,
+    hz: Option<u32>,
+) -> String {
     let mut p: Vec<String> = vec![
         "console=ttyS0".into(),
         "quiet".into(),
@@ -366,6 +391,10 @@ pub(crate) fn kernel_cmdline(config: &VmConfig, accel: Accel, tsc_khz: Option<u6
             p.push(format!("tsc_early_khz={khz}"));
         }
         p.push("no_timer_check".into());
+        // QEMU's local APIC timer runs at 1 GHz: telling the guest spares its 100 ms calibration.
+        if let Some(hz) = hz.filter(|h| *h > 0) {
+            p.push(format!("lapic_timer_period={}", 1_000_000_000 / hz));
+        }
     }
     p.push(format!("strata.channel={CHANNEL_DEVICE}"));
     p.extend(config.kernel_params.iter().cloned());
@@ -386,8 +415,9 @@ pub(crate) fn command_line(
     config: &VmConfig,
     accel: Accel,
     tsc_khz: Option<u64>,
-    acpi: bool,
+    facts: &KernelFacts,
 ) -> Vec<String> {
+    let acpi = facts.acpi;
     let mut a: Vec<String> = vec!["qemu-system-x86_64".into()];
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     let machine = if acpi {
@@ -422,7 +452,7 @@ pub(crate) fn command_line(
     if config.initrd.is_some() {
         push(&["-initrd", "/initrd"]);
     }
-    let cmdline = kernel_cmdline(config, accel, tsc_khz);
+    let cmdline = kernel_cmdline(config, accel, tsc_khz, facts.hz);
     push(&["-append", &cmdline]);
     // The serial port (kernel console) on stdout: the console log or /dev/null.
     push(&[
@@ -653,7 +683,7 @@ impl Platform for QemuPlatform {
                 device: false,
             },
             ro_file(MICROVM_BIOS, "firmware", false),
-            ro_file(&config.kernel, "kernel", false),
+            ro_file(&facts.boot_file, "kernel", false),
         ];
         for lib in &libs {
             let name = lib.to_string_lossy().trim_start_matches('/').to_string();
@@ -823,7 +853,7 @@ impl Platform for QemuPlatform {
                 uid,
                 gid,
                 exe: "/qemu".into(),
-                argv: command_line(config, accel, host_tsc_khz(), facts.acpi),
+                argv: command_line(config, accel, host_tsc_khz(), &facts),
                 env: vec![
                     "TMPDIR=/tmp".into(),
                     "HOME=/tmp".into(),
@@ -954,6 +984,34 @@ mod tests {
     }
 
     #[test]
+    fn strata_kernels_boot_their_vmlinux() {
+        let dir = tempfile::tempdir().unwrap();
+        let bz = dir.path().join("bzImage");
+        std::fs::write(&bz, bzimage("6.1.192-strata #1")).unwrap();
+        let config = "CONFIG_VIRTIO_MMIO=y\nCONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\nCONFIG_VIRTIO_CONSOLE=y\nCONFIG_VIRTIO_BLK=y\nCONFIG_BLK_DEV_INITRD=y\nCONFIG_SERIAL_8250_CONSOLE=y\nCONFIG_PVH=y\nCONFIG_HZ=100\n";
+        std::fs::write(dir.path().join("config"), config).unwrap();
+        // Without a vmlinux: the bzImage.
+        let f = check_kernel(&bz, true).unwrap();
+        assert_eq!(f.boot_file, bz);
+        assert_eq!(
+            (f.release.as_str(), f.acpi, f.hz),
+            ("6.1.192-strata", false, Some(100))
+        );
+        std::fs::write(dir.path().join("vmlinux"), b"\x7fELF").unwrap();
+        assert_eq!(
+            check_kernel(&bz, true).unwrap().boot_file,
+            dir.path().join("vmlinux")
+        );
+        // A kernel without PVH support keeps its bzImage.
+        std::fs::write(
+            dir.path().join("config"),
+            config.replace("CONFIG_PVH=y\n", ""),
+        )
+        .unwrap();
+        assert_eq!(check_kernel(&bz, true).unwrap().boot_file, bz);
+    }
+
+    #[test]
     fn config_options() {
         let full = "CONFIG_VIRTIO_MMIO=y\nCONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\nCONFIG_VIRTIO_CONSOLE=y\nCONFIG_VIRTIO_BLK=y\nCONFIG_BLK_DEV_INITRD=y\nCONFIG_SERIAL_8250_CONSOLE=y\n";
         assert_eq!(missing_options(full), (vec![], vec![]));
@@ -993,7 +1051,13 @@ mod tests {
         c.initrd = Some("/i".into());
         c.init = Some("/strata-agent".into());
         c.kernel_params = vec!["strata.lower=/dev/vda".into()];
-        let a = command_line(&c, Accel::Tcg, Some(2_445_406), false);
+        let facts = |acpi| KernelFacts {
+            release: "6.1".into(),
+            acpi,
+            boot_file: "/k".into(),
+            hz: Some(100),
+        };
+        let a = command_line(&c, Accel::Tcg, Some(2_445_406), &facts(false));
         let joined = a.join(" ");
         for want in [
             "-nodefaults -no-user-config",
@@ -1016,11 +1080,12 @@ mod tests {
             append.ends_with("strata.lower=/dev/vda rdinit=/strata-agent"),
             "{append}"
         );
-        let k = command_line(&c, Accel::Kvm, Some(1), true);
+        let k = command_line(&c, Accel::Kvm, Some(1), &facts(true));
         assert!(k.join(" ").contains("-accel kvm -cpu host"));
         assert!(k.join(" ").contains("acpi=on"));
         assert!(joined.contains("acpi=off"));
-        assert!(!kernel_cmdline(&c, Accel::Kvm, Some(1)).contains("tsc_early_khz"));
+        assert!(append.contains("lapic_timer_period=10000000"), "{append}");
+        assert!(!kernel_cmdline(&c, Accel::Kvm, Some(1), Some(100)).contains("tsc_early_khz"));
     }
 
     #[test]
