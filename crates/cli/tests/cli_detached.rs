@@ -188,6 +188,18 @@ fn listings(iso: &str) {
     assert!(stats[0]["Pids"].as_u64().unwrap() >= 1);
     let v = s.inspect("l");
     assert_eq!(v["Config"]["process"]["args"][0], "sh");
+    // How a VM runs: its platform and (qemu) accelerator.
+    match iso {
+        "vm" => assert_eq!(v["Vm"]["Platform"], "uml", "{v}"),
+        "vm-qemu" => {
+            assert_eq!(v["Vm"]["Platform"], "qemu", "{v}");
+            let accel = strata_vmm::accelerator().0.name();
+            assert_eq!(v["Vm"]["Accelerator"], accel, "{v}");
+            let info = s.ok(&["info"]);
+            assert!(info.contains(&format!("accelerator {accel}")), "{info}");
+        }
+        _ => assert!(v["Vm"].is_null(), "{v}"),
+    }
     let (_, err) = s.fails(&["top", "c"]);
     assert!(err.contains("not running"), "{err}");
     // An image name still inspects the image.
