@@ -211,6 +211,16 @@ fn annotated_bundle_runs_in_a_vm(platform: Option<&str>) {
 
 #[test]
 fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
+    vm_pauses_resumes_updates_and_is_force_deleted(None);
+}
+
+#[test]
+fn a_qemu_vm_pauses_resumes_updates_and_is_force_deleted() {
+    vm_pauses_resumes_updates_and_is_force_deleted(Some("qemu"));
+}
+
+/// On the default platform, or the one `platform` names in the bundle's annotation.
+fn vm_pauses_resumes_updates_and_is_force_deleted(platform: Option<&str>) {
     if !root_or_skip() {
         return;
     }
@@ -224,7 +234,12 @@ fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
     };
     // No annotation: the global flag alone (Docker's runtimeArgs) selects the VM.
     let mut b = Bundle::sh(&id, "trap 'exit 7' TERM; sleep 1000 & wait");
-    b.edit(|c| c["root"]["readonly"] = json!(false));
+    b.edit(|c| {
+        c["root"]["readonly"] = json!(false);
+        if let Some(p) = platform {
+            c["annotations"] = json!({"dev.strata.vm.platform": p});
+        }
+    });
     let bp = b.path().to_str().unwrap().to_string();
     let pidf = format!("{bp}/init.pid");
     oci.ok(&["--vm", "create", "--bundle", &bp, "--pid-file", &pidf, &id]);
@@ -232,6 +247,14 @@ fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
     oci.ok(&["start", &id]);
     let host = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
     assert_ne!(oci.ok(&["exec", &id, "uname", "-r"]), host, "runs in a VM");
+    // On the platform asked for (qemu's channel is a virtio console).
+    let cmdline = oci.ok(&["exec", &id, "cat", "/proc/cmdline"]);
+    let channel = if platform == Some("qemu") {
+        "strata.channel=/dev/hvc0"
+    } else {
+        "strata.channel=/dev/ttyS1"
+    };
+    assert!(cmdline.contains(channel), "{cmdline}");
 
     // list shows VMs with containers; events --stats reads the VM's cgroups.
     let list: serde_json::Value =
