@@ -436,7 +436,14 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             let _ = vm.kill();
             return fail(&mut status, &mut st, 125, "the VM has no channel".into());
         };
-        let client = match Client::from_unix_stream(channel, Duration::from_secs(20)) {
+        // Under software emulation (qemu with TCG) a distribution kernel takes seconds to boot,
+        // ten or more on a loaded host: give its agent longer before calling the VM hung.
+        let hello_within = if vm.accelerator() == Some("tcg") {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(20)
+        };
+        let client = match Client::from_unix_stream(channel, hello_within) {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 let _ = vm.kill();
