@@ -33,21 +33,9 @@ pub fn qemu_kernel() -> PathBuf {
     path
 }
 
-/// strata-agent, built by scripts/build-agent.sh into this test's own target directory (a
-/// nested cargo must not wait on the outer one's lock).
+/// The static strata-agent of this tree (strata_testkit builds it once per workspace).
 pub fn agent_binary() -> PathBuf {
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("agent-build");
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/build-agent.sh"))
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .expect("run scripts/build-agent.sh");
-    assert!(
-        out.status.success(),
-        "build-agent.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    strata_testkit::static_agent(Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
 /// Debian's user-mode-linux kernel.
