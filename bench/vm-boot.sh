@@ -2,11 +2,14 @@
 # Boot time and host memory of a VM to an init marker, per platform and kernel:
 #  - UML, strata's kernel (scripts/build-guest-kernel.sh) and Debian's user-mode-linux, as a bare
 #    host process booting a busybox initramfs;
-#  - QEMU TCG (-accel tcg -M microvm) booting Debian's cloud kernel with the same initramfs;
-#  - the product path: a jailed UML VM through strata-vmm (crates/vmm/examples/vm-boot.rs) on a
-#    copy-on-write busybox ext4 disk, marker read from the strata channel;
+#  - QEMU's own fastest direct boot (-accel tcg -M microvm, no firmware tables, no option ROMs)
+#    of strata's QEMU kernel (guest/qemu.config: its PVH vmlinux, and its bzImage) and of Debian's
+#    stock amd64 kernel, with the same initramfs;
+#  - the product path: a jailed VM through strata-vmm (crates/vmm/examples/vm-boot.rs) on a
+#    copy-on-write busybox ext4 disk, marker read from the strata channel, per platform;
 #  - the whole VM path minus the CLI: strata-agent as PID 1 (initramfs), the busybox disk as the
-#    overlay's lower, `true` run over strata-proto (crates/vmm/examples/vm-agent.rs).
+#    overlay's lower, `true` run over strata-proto (crates/vmm/examples/vm-agent.rs), per
+#    platform: start → workload execve, → exit status, → VM reaped.
 # Time: repeated runs (start → VM process exit; init prints the marker and powers off at once),
 # each under a 60 s timeout: a run that hangs (QEMU TCG occasionally does here) or misses the
 # marker is counted as failed, not timed.
@@ -25,14 +28,12 @@ bash scripts/deps.sh
 
 strata_kernel=$(bash scripts/build-guest-kernel.sh)
 debian_kernel=/usr/bin/linux
-# QEMU's kernel: Debian's cloud kernel, unpacked (not installed) into a cache directory.
-qdir=/var/lib/strata/bench/cloud-kernel
-if ! ls "$qdir"/boot/vmlinuz-* >/dev/null 2>&1; then
-  mkdir -p "$qdir"
-  pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image/{print $2; exit}')
-  (cd "$work" && apt-get download "$pkg" >/dev/null 2>&1 && dpkg-deb -x "$work"/"$pkg"_*.deb "$qdir")
-fi
-qemu_kernel=$(ls "$qdir"/boot/vmlinuz-* | head -1)
+# QEMU: strata's kernel (bzImage and the PVH vmlinux beside it) and Debian's stock kernel
+# (linux-image-amd64, scripts/deps.sh).
+qemu_bz=$(bash scripts/build-guest-kernel.sh qemu)
+qemu_vmlinux=$(dirname "$qemu_bz")/vmlinux
+qemu_kernel=$(ls /boot/vmlinuz-*-amd64 | sort | tail -1)
+tsc_khz=$(awk -F: '/^cpu MHz/{printf "%d", $2*1000; exit}' /proc/cpuinfo)
 
 # The same busybox userland for every platform; only the way to power off differs (UML: poweroff;
 # QEMU microvm has no ACPI power button, so reboot with -no-reboot).
@@ -45,24 +46,30 @@ mkroot() { # DIR HALT
 }
 mkroot "$work/uml-root" poweroff
 mkroot "$work/qemu-root" reboot
+# Without devtmpfs the initramfs has no console to print on; mount it and write to the serial port.
+printf '#!/bin/sh\nmount -t devtmpfs dev /dev\necho STRATA-BOOTED >/dev/ttyS0\nreboot -f\n' >"$work/qemu-root/init"
 mkcpio() { (cd "$1" && find . | /bin/busybox cpio -o -H newc 2>/dev/null) >"$2"; }
 mkcpio "$work/uml-root" "$work/uml.cpio"
 mkcpio "$work/qemu-root" "$work/qemu.cpio"
 # Disk for the jailed path: /init reports on the channel (mounting devtmpfs first if needed).
 mkdir -p "$work/disk-root" && cp -a "$work/uml-root/." "$work/disk-root/"
-printf '#!/bin/sh\nmount -t devtmpfs dev /dev 2>/dev/null\necho STRATA-BOOTED >/dev/ttyS1\npoweroff -f\n' >"$work/disk-root/init"
+printf '#!/bin/sh\nmount -t devtmpfs dev /dev 2>/dev/null\nif [ -c /dev/hvc0 ]; then echo STRATA-BOOTED >/dev/hvc0; reboot -f; fi\necho STRATA-BOOTED >/dev/ttyS1\npoweroff -f\n' >"$work/disk-root/init"
 truncate -s 16M "$work/root.ext4"
 mkfs.ext4 -q -F -b 4096 -m 0 -O ^has_journal,^resize_inode -d "$work/disk-root" "$work/root.ext4"
 chmod 644 "$work/root.ext4"
 
 uml_args="mem=${mem}M initrd=$work/uml.cpio con=null con0=null,fd:1 ssl=null console=tty0 quiet initcall_blacklist=raid6_select_algo rdinit=/init"
 export GLIBC_TUNABLES=glibc.pthread.rseq=0
+qemu_direct="qemu-system-x86_64 -accel tcg,tb-size=32 -cpu max -m $mem -nodefaults -no-user-config -display none -serial stdio -no-reboot -M microvm,x-option-roms=off,isa-serial=on"
+qemu_append="console=ttyS0 quiet reboot=t panic=-1 tsc_early_khz=$tsc_khz rdinit=/init"
 declare -A cmd=(
   [uml-strata]="$strata_kernel uml_dir=$work $uml_args"
   [uml-debian]="$debian_kernel uml_dir=$work $uml_args"
-  [qemu-tcg]="qemu-system-x86_64 -accel tcg -M microvm -m $mem -nodefaults -no-user-config -display none -serial stdio -no-reboot -kernel $qemu_kernel -initrd $work/qemu.cpio -append 'console=ttyS0 quiet tsc_early_khz=2445406 rdinit=/init'"
+  [qemu-tcg-strata-pvh]="$qemu_direct,acpi=off -kernel $qemu_vmlinux -initrd $work/qemu.cpio -append '$qemu_append lapic_timer_period=10000000'"
+  [qemu-tcg-strata-bzimage]="$qemu_direct,acpi=off -kernel $qemu_bz -initrd $work/qemu.cpio -append '$qemu_append lapic_timer_period=10000000'"
+  [qemu-tcg-debian]="$qemu_direct,acpi=on -kernel $qemu_kernel -initrd $work/qemu.cpio -append '$qemu_append'"
 )
-order=(uml-strata uml-debian qemu-tcg)
+order=(uml-strata uml-debian qemu-tcg-strata-pvh qemu-tcg-strata-bzimage qemu-tcg-debian)
 for k in "${order[@]}"; do
   out=$(timeout 60 bash -c "${cmd[$k]}" </dev/null 2>&1 || true)
   grep -q STRATA-BOOTED <<<"$out" || { echo "vm-boot: $k did not reach the marker:"; tail -5 <<<"$out"; exit 1; }
@@ -89,8 +96,9 @@ load=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "Host: $(nproc) cores (shared), $(uname -r), load average at start: $load. $runs runs each."
   echo "Guest: busybox, \`mem=${mem}M\`; init prints a marker and powers off at once. Kernels:"
   echo "strata's UML build ($("$strata_kernel" --version), guest/uml.config), Debian's user-mode-linux"
-  echo "($("$debian_kernel" --version), with \`initcall_blacklist=raid6_select_algo\`), Debian's cloud kernel"
-  echo "for QEMU ($(basename "$qemu_kernel"), TCG, microvm)."
+  echo "($("$debian_kernel" --version), with \`initcall_blacklist=raid6_select_algo\`); for QEMU (TCG, microvm)"
+  echo "strata's build ($(cat "$(dirname "$qemu_bz")/version"), guest/qemu.config) and Debian's stock kernel"
+  echo "($(basename "$qemu_kernel"))."
   echo
   echo "| platform and kernel | what is timed | min (ms) | median (ms) | peak memory (MiB) |"
   echo "|---|---|---|---|---|"
@@ -110,22 +118,30 @@ for k in "${order[@]}"; do
   note=""; [ "$failed" -gt 0 ] && note=" ($failed of $runs runs hung or missed the marker)"
   echo "| $k (bare process, initramfs)$note | start → exit | $min | $med | $rss (max RSS, largest process) |" >>"$body"
 done
-for k in uml-strata uml-debian; do
-  kernel=$strata_kernel; [ "$k" = uml-debian ] && kernel=$debian_kernel
-  line=$("$example" "$kernel" "$work/root.ext4" "$runs" "$mem")
+for k in uml-strata uml-debian qemu-tcg-strata; do
+  kernel=$strata_kernel; platform=uml
+  [ "$k" = uml-debian ] && kernel=$debian_kernel
+  [ "$k" = qemu-tcg-strata ] && { kernel=$qemu_bz; platform=qemu; }
+  line=$(STRATA_BENCH_PLATFORM=$platform "$example" "$kernel" "$work/root.ext4" "$runs" "$mem")
   get() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$line"; }
   note=""; [ "$(get failed)" != 0 ] && note=" ($(get failed) of $runs runs hung)"
   echo "| $k, jailed via strata-vmm (COW ext4 disk, channel)$note | start → marker on channel | $(get marker_min_ms) | $(get marker_median_ms) | $(get cgroup_peak_mib) (cgroup peak) |" >>"$body"
   echo "| $k, jailed via strata-vmm | start → VM reaped, cleaned up | $(get exit_min_ms) | $(get exit_median_ms) | |" >>"$body"
 done
-line=$("$CARGO_TARGET_DIR/release/examples/vm-agent" "$strata_kernel" "$agent" "$work/root.ext4" "$runs" "$mem")
-get() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$line"; }
-echo "| uml-strata, jailed, strata-agent PID 1 runs \`true\` over strata-proto | start → exit status on host | $(get status_min_ms) | $(get status_median_ms) | $(get cgroup_peak_mib) (cgroup peak) |" >>"$body"
-echo "| uml-strata, jailed, strata-agent | start → VM reaped, cleaned up | $(get exit_min_ms) | $(get exit_median_ms) | |" >>"$body"
+for k in uml-strata qemu-tcg-strata; do
+  kernel=$strata_kernel; platform=uml
+  [ "$k" = qemu-tcg-strata ] && { kernel=$qemu_bz; platform=qemu; }
+  line=$(STRATA_BENCH_PLATFORM=$platform "$CARGO_TARGET_DIR/release/examples/vm-agent" "$kernel" "$agent" "$work/root.ext4" "$runs" "$mem")
+  get() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$line"; }
+  echo "| $k, jailed, strata-agent PID 1 runs \`true\` over strata-proto | start → agent's hello (kernel booted, PID 1 on its channel) | $(get hello_min_ms) | $(get hello_median_ms) | |" >>"$body"
+  echo "| $k, jailed, strata-agent | start → workload execve (agent's Started) | $(get started_min_ms) | $(get started_median_ms) | |" >>"$body"
+  echo "| $k, jailed, strata-agent | start → exit status on host | $(get status_min_ms) | $(get status_median_ms) | $(get cgroup_peak_mib) (cgroup peak) |" >>"$body"
+  echo "| $k, jailed, strata-agent | start → VM reaped, cleaned up | $(get exit_min_ms) | $(get exit_median_ms) | |" >>"$body"
+done
 {
   echo
-  echo "Notes: QEMU's peak RSS is mostly TCG's translation cache (1 GiB by default in QEMU 7.2;"
-  echo "\`-accel tcg,tb-size=N\` shrinks it). The UML max RSS counts the guest memory pages the kernel"
+  echo "Notes: QEMU's peak RSS includes TCG's translation cache (1 GiB of address space by default in"
+  echo "QEMU 7.2; strata and these rows use \`-accel tcg,tb-size=32\`). The UML max RSS counts the guest memory pages the kernel"
   echo "touched (its memory file is mapped into the kernel process). The cgroup peak is everything the"
   echo "jailed VM's host processes charged (guest memory touched, page tables, page cache of its disks)."
   echo "The bare UML runs boot an initramfs; the jailed runs boot a COW ext4 disk and add the jail (namespaces,"

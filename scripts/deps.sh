@@ -3,6 +3,7 @@
 set -euo pipefail
 pkgs=(busybox-static e2fsprogs erofs-utils iproute2 skopeo umoci runc crun hyperfine user-mode-linux
       linux-source-6.1 bc flex bison libelf-dev libssl-dev docker-registry qemu-system-x86
+      linux-image-amd64
       apache2-utils strace containernetworking-plugins iptables)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -13,6 +13,7 @@ bash scripts/build-agent.sh >/dev/null   # the VM guest's PID 1, for the compare
 # (~7 min on 2 cores the first time; Debian's user-mode-linux kernel is the fallback meanwhile).
 echo "building the guest kernel if needed (first run: ~7 min on 2 cores; log under /var/lib/strata/kernels)"
 bash scripts/build-guest-kernel.sh >/dev/null
+bash scripts/build-guest-kernel.sh qemu >/dev/null   # the qemu platform's kernel (guest/qemu.config)
 target=${CARGO_TARGET_DIR:-$PWD/target}
 oci=$target/release/strata-oci
 bundle=${STRATA_MAIN_BUNDLE:-/var/tmp/strata-main/busybox}

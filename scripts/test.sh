@@ -8,6 +8,8 @@ bash scripts/engines-deps.sh  # containerd, dockerd, podman for crates/cli/tests
 # strata's UML guest kernel for crates/vmm/tests (cached in /var/lib/strata/kernels; a fresh build
 # takes ~7 min on 2 cores, see docs/benchmarks.md).
 bash scripts/build-guest-kernel.sh >/dev/null
+# ... and its QEMU guest kernel (guest/qemu.config, x86_64 bzImage; ~6 min fresh).
+bash scripts/build-guest-kernel.sh qemu >/dev/null
 python3 scripts/module-cycles.py  # no import circles between the files of any crate
 cargo build --workspace --bins
 # The static guest agent (PID 1 of every VM) for the `strata run --vm` / strata-oci VM tests.

@@ -1,4 +1,5 @@
-//! The byte stream to the host: a char device in the guest (a UML serial line, a vsock shim) or
+//! The byte stream to the host: a char device in the guest (a UML serial line, a virtio console
+//! `/dev/hvc0` on QEMU, a vsock shim) or
 //! an inherited fd (tests). Serial lines are put in raw mode so the line discipline neither
 //! echoes, translates CR/LF, nor interprets XON/XOFF or ^C inside binary frames.
 
@@ -38,6 +39,21 @@ pub fn open_device(path: &Path) -> Result<OwnedFd, ChannelError> {
     let fd = OwnedFd::from(f);
     make_raw(&fd, &path.display().to_string())?;
     Ok(fd)
+}
+
+/// Waits until `path` exists (a device node devtmpfs creates when its driver probes), for at most
+/// `limit`; returns whether it appeared. The open that follows reports a device that never did.
+pub fn wait_for_device(path: &Path, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if path.exists() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// Takes ownership of an inherited fd (non-PID-1 mode) and prepares it like a device.

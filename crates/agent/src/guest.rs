@@ -82,6 +82,13 @@ pub fn assemble_rootfs(p: &GuestParams) -> Result<PathBuf, MountError> {
     };
     let root = dir(ROOTFS)?;
     let fs = p.lowerfs.as_str();
+    // Block devices of drivers loaded as modules (a user's kernel) may still be probing.
+    for dev in std::iter::once(lower).chain(p.upper.as_ref()) {
+        crate::channel::wait_for_device(
+            std::path::Path::new(dev),
+            std::time::Duration::from_secs(10),
+        );
+    }
     if p.root_rw {
         mount(lower, &root, fs, MsFlags::empty(), "")?;
         return Ok(root);
@@ -119,8 +126,16 @@ pub fn set_hostname(name: &str) -> Result<(), nix::errno::Errno> {
 
 /// Kills every process, unmounts the container rootfs stack (so an upper disk that is kept
 /// between runs has a clean journal), flushes the disks and powers the guest off. On UML this
-/// ends the kernel process.
+/// ends the kernel process; where the platform asks for it (`strata.halt=reboot`: QEMU microvm,
+/// which has no ACPI power-off and runs with `-no-reboot`) the guest resets instead, which ends
+/// QEMU.
 pub fn power_off() -> ! {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let how = if strata_proto::halt_by_reboot(&cmdline) {
+        libc::RB_AUTOBOOT
+    } else {
+        libc::RB_POWER_OFF
+    };
     // SAFETY: kill(-1) from PID 1 signals every other process in the guest.
     unsafe { libc::kill(-1, libc::SIGKILL) };
     reap_all(std::time::Duration::from_secs(2));
@@ -128,7 +143,7 @@ pub fn power_off() -> ! {
     // SAFETY: sync and reboot take no pointers; reboot only returns on failure.
     unsafe {
         libc::sync();
-        libc::reboot(libc::RB_POWER_OFF);
+        libc::reboot(how);
     }
     // PID 1 must not exit (the kernel would panic), so wait here if power-off failed.
     loop {

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod channel;
 pub mod guest;
+pub mod modules;
 pub mod mounts;
 pub mod process;
 pub mod spec;

@@ -142,6 +142,15 @@ fn run_pid1() -> ! {
         eprintln!("strata-agent: no strata.channel=DEV on the kernel command line: nothing to talk to, powering off");
         guest::power_off();
     };
+    // A user's kernel may have the drivers as modules, in its initrd (strata's has them built in).
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for w in strata_agent::modules::load_wanted(&release, &cmdline) {
+        eprintln!("strata-agent: {w}");
+    }
+    // A virtio console appears when its driver has probed, which may finish after init starts.
+    channel::wait_for_device(Path::new(&dev), std::time::Duration::from_secs(10));
     let chan = match channel::open_device(Path::new(&dev)) {
         Ok(c) => c,
         Err(e) => {

@@ -68,7 +68,7 @@ fn stop_kill_restart(iso: &str) {
     });
     let t = Instant::now();
     s.ok(&["stop", "-t", "1", "t"]);
-    if iso == "vm" {
+    if iso.starts_with("vm") {
         // In a VM the agent is PID 1 and the shell an ordinary process: SIGTERM ends it.
         assert_eq!(s.ok(&["wait", "t"]), "143\n");
     } else {
@@ -161,7 +161,7 @@ fn listings(iso: &str) {
         serde_json::from_str(&s.ok(&["ps", "--format", "json"])).unwrap();
     assert_eq!(running.len(), 1);
     assert_eq!(running[0]["Name"], "l");
-    assert_eq!(running[0]["Isolation"], iso);
+    assert_eq!(running[0]["Isolation"], iso.split('-').next().unwrap());
     let all = s.ps();
     assert_eq!(all.len(), 2);
     assert!(all
@@ -174,8 +174,12 @@ fn listings(iso: &str) {
     );
     let top: Vec<serde_json::Value> = serde_json::from_str(&s.ok(&["top", "l", "--json"])).unwrap();
     // A VM's processes live in its guest kernel: on the host, top shows the VM's own
-    // processes (the UML kernel and its address-space helpers).
-    let cmd = if iso == "vm" { "linux" } else { "sleep" };
+    // processes (the UML kernel and its address-space helpers, or QEMU).
+    let cmd = match iso {
+        "vm" => "linux",
+        "vm-qemu" => "qemu-system-x86_64",
+        _ => "sleep",
+    };
     assert!(top.iter().any(|p| p["Command"][0] == cmd), "{top:?}");
     let stats: Vec<serde_json::Value> =
         serde_json::from_str(&s.ok(&["stats", "--no-stream", "--json"])).unwrap();
@@ -184,6 +188,18 @@ fn listings(iso: &str) {
     assert!(stats[0]["Pids"].as_u64().unwrap() >= 1);
     let v = s.inspect("l");
     assert_eq!(v["Config"]["process"]["args"][0], "sh");
+    // How a VM runs: its platform and (qemu) accelerator.
+    match iso {
+        "vm" => assert_eq!(v["Vm"]["Platform"], "uml", "{v}"),
+        "vm-qemu" => {
+            assert_eq!(v["Vm"]["Platform"], "qemu", "{v}");
+            let accel = strata_vmm::accelerator().0.name();
+            assert_eq!(v["Vm"]["Accelerator"], accel, "{v}");
+            let info = s.ok(&["info"]);
+            assert!(info.contains(&format!("accelerator {accel}")), "{info}");
+        }
+        _ => assert!(v["Vm"].is_null(), "{v}"),
+    }
     let (_, err) = s.fails(&["top", "c"]);
     assert!(err.contains("not running"), "{err}");
     // An image name still inspects the image.

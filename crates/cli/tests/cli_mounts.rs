@@ -5,8 +5,8 @@ mod cli_common;
 use cli_common::Sandbox;
 
 fn volumes(iso: &str) {
-    if iso == "vm" {
-        return vm_volumes();
+    if iso.starts_with("vm") {
+        return vm_volumes(iso);
     }
     let s = Sandbox::new(iso);
     let host = tempfile::tempdir().unwrap();
@@ -49,8 +49,8 @@ fn volumes(iso: &str) {
 /// VM volumes are block devices (docs/security.md): a host directory is copied into a read-only
 /// disk (:ro only), a filesystem image file is attached as a writable disk whose writes the host
 /// sees after the run.
-fn vm_volumes() {
-    let s = Sandbox::new("vm");
+fn vm_volumes(iso: &str) {
+    let s = Sandbox::new(iso);
     let host = tempfile::tempdir().unwrap();
     std::fs::write(host.path().join("from-host"), "hello\n").unwrap();
     let h = host.path().to_str().unwrap();
@@ -169,7 +169,7 @@ fn tmpfs_and_read_only(iso: &str) {
 
 fn resource_limits(iso: &str) {
     let s = Sandbox::new(iso);
-    if iso == "vm" {
+    if iso.starts_with("vm") {
         // --memory sizes the VM: the guest kernel sees that much RAM (less its own reserve).
         let out = s.ok(&[
             "run",
@@ -183,9 +183,19 @@ fn resource_limits(iso: &str) {
         ]);
         let kib: u64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!(kib > 32 << 10 && kib <= 64 << 10, "{out}");
-        // --cpus above what the platform offers is refused (UML guests are uniprocessor).
-        let (_, err) = s.fails(&["run", "--rm", "--cpus", "2", "busybox", "true"]);
-        assert!(err.contains("uniprocessor"), "{err}");
+        if iso == "vm-qemu" {
+            // QEMU guests get as many vCPUs as --cpus asks, up to what the host has.
+            let out = s.ok(&["run", "--rm", "--cpus", "2", "busybox", "nproc"]);
+            assert_eq!(out, "2\n");
+            let (_, err) = s.fails(&["run", "--rm", "--cpus", "64", "busybox", "true"]);
+            assert!(err.contains("64 vCPUs") && err.contains("at most"), "{err}");
+            let (_, err) = s.fails(&["run", "--rm", "--memory", "4096g", "busybox", "true"]);
+            assert!(err.contains("MiB of guest memory"), "{err}");
+        } else {
+            // --cpus above what the platform offers is refused (UML guests are uniprocessor).
+            let (_, err) = s.fails(&["run", "--rm", "--cpus", "2", "busybox", "true"]);
+            assert!(err.contains("uniprocessor"), "{err}");
+        }
         // --pids-limit: the guest kernel has no strata cgroup for the workload; the host caps
         // the whole VM (crates/vmm: pids.max of strata-vm/<id>).
         s.assert_nothing_left(&[]);

@@ -27,6 +27,14 @@ fn platforms() -> Vec<String> {
         .collect()
 }
 
+/// A platform's row label: `vm-uml`, `vm-qemu-tcg` (the accelerator named).
+fn label(p: &str) -> String {
+    match strata_vmm::platform(p).unwrap().accelerator() {
+        Some(a) => format!("vm-{p}-{a}"),
+        None => format!("vm-{p}"),
+    }
+}
+
 fn keys(v: &serde_json::Value) -> BTreeSet<String> {
     v.as_object().expect("an object").keys().cloned().collect()
 }
@@ -68,8 +76,17 @@ fn compare_json_and_chart_in_every_layer() {
     );
     assert_eq!(layers.len(), 1 + plats.len(), "{layers:?}");
     for l in layers {
+        let mut k = keys(l);
+        // qemu rows name their accelerator.
+        if l["platform"] == "qemu" {
+            assert!(
+                matches!(l["accelerator"].as_str(), Some("tcg" | "kvm")),
+                "{l}"
+            );
+            k.remove("accelerator");
+        }
         assert_eq!(
-            keys(l),
+            k,
             set(&[
                 "layer",
                 "platform",
@@ -202,7 +219,7 @@ fn compare_json_and_chart_in_every_layer() {
         assert!(texts.iter().any(|t| t == want), "{want:?} not in {texts:?}");
     }
     for p in &plats {
-        let label = format!("vm-{p}");
+        let label = label(p);
         assert!(texts.contains(&label), "{label} not in {texts:?}");
     }
     let dots = doc
@@ -229,7 +246,7 @@ fn compare_table_has_a_row_per_layer() {
     };
     assert!(row("container").ends_with(&host_kernel()), "{out}");
     for p in platforms() {
-        let r = row(&format!("vm-{p}"));
+        let r = row(&label(&p));
         assert!(!r.ends_with(&host_kernel()), "{out}");
     }
     for probe in [

@@ -72,6 +72,16 @@ fn wait_exit_code(pid: i32) -> i32 {
 
 #[test]
 fn an_annotated_bundle_runs_in_a_vm_like_runc_runs_a_container() {
+    annotated_bundle_runs_in_a_vm(None);
+}
+
+#[test]
+fn an_annotated_bundle_runs_in_a_qemu_vm_like_runc_runs_a_container() {
+    annotated_bundle_runs_in_a_vm(Some("qemu"));
+}
+
+/// On the default platform, or the one `platform` names in the bundle's annotation.
+fn annotated_bundle_runs_in_a_vm(platform: Option<&str>) {
     if !root_or_skip() {
         return;
     }
@@ -94,6 +104,9 @@ fn an_annotated_bundle_runs_in_a_vm_like_runc_runs_a_container() {
     let cgroups_path = format!("/strata-test-{id}/vm-{id}");
     b.edit(|c| {
         c["annotations"] = json!({"dev.strata.isolation": "vm"});
+        if let Some(p) = platform {
+            c["annotations"]["dev.strata.vm.platform"] = json!(p);
+        }
         c["root"]["readonly"] = json!(false);
         c["linux"]["cgroupsPath"] = json!(cgroups_path);
     });
@@ -123,10 +136,11 @@ fn an_annotated_bundle_runs_in_a_vm_like_runc_runs_a_container() {
     let procs = read_file(&memory.join("cgroup.procs"));
     assert!(procs.lines().count() >= 2, "keeper and VM: {procs}");
     // Its limit is the guest's memory (128 MiB without a limit in config.json) plus the VM's
-    // host-side overhead (96 MiB).
+    // host-side overhead (96 MiB for UML, 160 MiB for QEMU: its TCG cache and own heap).
+    let overhead: u64 = if platform == Some("qemu") { 160 } else { 96 };
     assert_eq!(
         read_file(&memory.join("memory.limit_in_bytes")),
-        ((128u64 + 96) << 20).to_string()
+        ((128u64 + overhead) << 20).to_string()
     );
     assert_eq!(oci.status(&id), "created");
     let st: Value = serde_json::from_str(&oci.ok(&["state", &id])).unwrap();
@@ -197,6 +211,16 @@ fn an_annotated_bundle_runs_in_a_vm_like_runc_runs_a_container() {
 
 #[test]
 fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
+    vm_pauses_resumes_updates_and_is_force_deleted(None);
+}
+
+#[test]
+fn a_qemu_vm_pauses_resumes_updates_and_is_force_deleted() {
+    vm_pauses_resumes_updates_and_is_force_deleted(Some("qemu"));
+}
+
+/// On the default platform, or the one `platform` names in the bundle's annotation.
+fn vm_pauses_resumes_updates_and_is_force_deleted(platform: Option<&str>) {
     if !root_or_skip() {
         return;
     }
@@ -210,7 +234,12 @@ fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
     };
     // No annotation: the global flag alone (Docker's runtimeArgs) selects the VM.
     let mut b = Bundle::sh(&id, "trap 'exit 7' TERM; sleep 1000 & wait");
-    b.edit(|c| c["root"]["readonly"] = json!(false));
+    b.edit(|c| {
+        c["root"]["readonly"] = json!(false);
+        if let Some(p) = platform {
+            c["annotations"] = json!({"dev.strata.vm.platform": p});
+        }
+    });
     let bp = b.path().to_str().unwrap().to_string();
     let pidf = format!("{bp}/init.pid");
     oci.ok(&["--vm", "create", "--bundle", &bp, "--pid-file", &pidf, &id]);
@@ -218,6 +247,14 @@ fn the_vm_flag_selects_a_vm_that_pauses_resumes_updates_and_is_force_deleted() {
     oci.ok(&["start", &id]);
     let host = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
     assert_ne!(oci.ok(&["exec", &id, "uname", "-r"]), host, "runs in a VM");
+    // On the platform asked for (qemu's channel is a virtio console).
+    let cmdline = oci.ok(&["exec", &id, "cat", "/proc/cmdline"]);
+    let channel = if platform == Some("qemu") {
+        "strata.channel=/dev/hvc0"
+    } else {
+        "strata.channel=/dev/ttyS1"
+    };
+    assert!(cmdline.contains(channel), "{cmdline}");
 
     // list shows VMs with containers; events --stats reads the VM's cgroups.
     let list: serde_json::Value =

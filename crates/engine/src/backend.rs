@@ -71,6 +71,11 @@ pub trait Backend {
     fn exec_time(&self, _id: &str) -> Option<String> {
         None
     }
+    /// What `strata inspect` shows about how the instance runs beyond the record (a VM's
+    /// platform and accelerator), while its runtime state exists.
+    fn details(&self, _id: &str) -> Option<serde_json::Value> {
+        None
+    }
     /// Kills whatever is left and removes the runtime state (idempotent).
     fn delete(&self, id: &str);
 }

@@ -45,6 +45,8 @@ pub struct BundleExec {
 
 /// The annotation that selects the isolation of a bundle.
 pub const ISOLATION_ANNOTATION: &str = "dev.strata.isolation";
+/// The VM platform of a bundle (`auto`, `uml`, `qemu`); overrides `STRATA_VM_PLATFORM`.
+pub const PLATFORM_ANNOTATION: &str = "dev.strata.vm.platform";
 
 /// The keeper's state directory of VM `id`.
 pub fn state_dir(root: &Path, id: &str) -> PathBuf {
@@ -157,6 +159,7 @@ pub fn advertise(features: &mut serde_json::Value) {
         .collect();
     features["annotations"][ISOLATION_ANNOTATION] = serde_json::json!("container|vm");
     features["annotations"]["dev.strata.vm.platforms"] = serde_json::json!(platforms.join(","));
+    features["annotations"][PLATFORM_ANNOTATION] = serde_json::json!("auto|uml|qemu");
 }
 
 /// The state of a VM that is created, running or paused; an error saying so otherwise.
@@ -309,7 +312,14 @@ pub fn create(root: &Path, id: &str, c: &BundleCreate, hold: bool) -> Result<i32
             .unwrap_or(128);
         let tty = config["process"]["terminal"] == true;
         let spec = VmSpec {
-            platform: std::env::var("STRATA_VM_PLATFORM").unwrap_or_else(|_| "auto".into()),
+            // The bundle's annotation, else the environment (an engine's runtime config).
+            platform: config["annotations"][PLATFORM_ANNOTATION]
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| std::env::var("STRATA_VM_PLATFORM").ok())
+                .unwrap_or_else(|| "auto".into()),
+            kernel: None,
+            initrd: None,
             disk,
             volumes: Vec::new(),
             memory_mib,

@@ -58,8 +58,11 @@ pub struct ContainerRequest {
     pub network_aliases: Vec<String>,
     /// Run in a VM.
     pub vm: bool,
-    /// VM platform (`auto`, `uml`, `kvm`); implies `vm`.
+    /// VM platform (`auto`, `uml`, `qemu`, `kvm`); implies `vm`.
     pub platform: Option<String>,
+    /// A guest kernel the user brings (qemu), and its initrd.
+    pub kernel: Option<std::path::PathBuf>,
+    pub initrd: Option<std::path::PathBuf>,
     /// Replaces the image's entrypoint ("" clears it).
     pub entrypoint: Option<String>,
     /// The image as the user named it.
@@ -426,6 +429,8 @@ pub fn prepare(
                 memory: c.memory.as_deref(),
                 cpus: c.cpus,
                 tty: c.tty,
+                kernel: c.kernel.as_deref(),
+                initrd: c.initrd.as_deref(),
             },
         )?;
         dir.join("rootfs")

@@ -35,12 +35,20 @@ impl VmBackend {
     }
 }
 
+/// A user-given path, absolute (the keeper runs elsewhere, later).
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::canonicalize(p).with_context(|| format!("{}", p.display()))
+}
+
 /// What `prepare` needs from the user's flags.
 pub struct VmOptions<'a> {
     pub platform: &'a str,
     pub memory: Option<&'a str>,
     pub cpus: Option<f64>,
     pub tty: bool,
+    /// `--kernel`, `--initrd` (qemu).
+    pub kernel: Option<&'a Path>,
+    pub initrd: Option<&'a Path>,
 }
 
 /// Makes the VM half of a container directory: the image's root disk (cached under
@@ -71,8 +79,28 @@ pub fn prepare(
         Some(c) => c.ceil().max(1.0) as u32,
     };
     if vcpus > 1 && platform.name() == "uml" {
-        bail!("--cpus {}: the uml platform runs uniprocessor guests; use --cpus 1 or less (or --platform kvm on a host with hardware virtualization)", o.cpus.unwrap_or(1.0));
+        bail!("--cpus {}: the uml platform runs uniprocessor guests; use --cpus 1 or less, or --platform qemu", o.cpus.unwrap_or(1.0));
     }
+    if (o.kernel.is_some() || o.initrd.is_some()) && platform.name() != "qemu" {
+        bail!(
+            "--kernel/--initrd: only the qemu platform boots a kernel you bring (the {} platform \
+             needs its own kind of kernel); add --platform qemu",
+            platform.name()
+        );
+    }
+    if o.initrd.is_some() && o.kernel.is_none() {
+        bail!("--initrd needs --kernel: the initrd belongs to the kernel you bring");
+    }
+    for (what, p) in [("--kernel", o.kernel), ("--initrd", o.initrd)] {
+        if let Some(p) = p {
+            if !p.is_file() {
+                bail!("{what} {}: no such file", p.display());
+            }
+        }
+    }
+    platform
+        .precheck(vcpus, memory_mib, o.kernel, o.initrd.is_some())
+        .map_err(|e| anyhow::anyhow!("--platform {}: {e}", platform.name()))?;
     let cache = store.join("vm");
     let disk = strata_vmm::build_disk(
         image.layers(),
@@ -125,6 +153,8 @@ pub fn prepare(
     let spec = VmSpec {
         // Resolved now: the keeper does not probe every platform again.
         platform: platform.name().to_string(),
+        kernel: o.kernel.map(absolute).transpose()?,
+        initrd: o.initrd.map(absolute).transpose()?,
         disk,
         volumes,
         memory_mib,
@@ -270,11 +300,21 @@ impl Backend for VmBackend {
         // --memory sized), the usage is what the VM's host processes are charged.
         Ok(serde_json::json!({
             "platform": st.platform,
+            "accelerator": st.accelerator,
             "memory": {"usage": {
                 "usage": read("memory.usage_in_bytes").or_else(|| read("memory.current")),
                 "limit": u64::from(st.memory_mib) << 20,
             }},
             "pids": {"current": vm_keeper::pids(&self.state_dir(id)).len()},
+        }))
+    }
+
+    fn details(&self, id: &str) -> Option<serde_json::Value> {
+        let st = vm_keeper::load_state(&self.state_dir(id))?;
+        Some(serde_json::json!({
+            "Platform": st.platform,
+            "Accelerator": st.accelerator,
+            "MemoryMiB": st.memory_mib,
         }))
     }
 

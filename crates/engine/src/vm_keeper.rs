@@ -30,8 +30,14 @@ use crate::{pty, relay};
 /// strata-oci.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmSpec {
-    /// `auto`, `uml` or `kvm`.
+    /// `auto`, `uml`, `qemu` or `kvm`.
     pub platform: String,
+    /// A guest kernel the user brought (`--kernel`), else the platform's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    /// The user's initrd (`--initrd`), unpacked after the agent's (e.g. the kernel's modules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
     /// The image's root disk (ext4, shared read-only; the VM writes to its own COW file).
     pub disk: PathBuf,
     /// Extra block devices for `-v` volumes, in guest order after the root disk.
@@ -69,6 +75,9 @@ pub struct KeeperState {
     pub keeper_pid: i32,
     pub vm_pid: i32,
     pub platform: String,
+    /// How guest code runs (`kvm`/`tcg` on qemu; none on uml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
     /// The VM's cgroup directories, one per hierarchy (for readers of the memory usage).
     pub cgroup_dirs: Vec<PathBuf>,
     /// The VM's cgroup, for pause, update and removal from later commands.
@@ -418,6 +427,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         };
         phase("guest kernel started");
         st.vm_pid = vm.pid();
+        st.accelerator = vm.accelerator().map(str::to_string);
         st.cgroup_dirs = vm.cgroup_dirs();
         st.cgroup = vm.cgroup().cloned();
         save_state(l.state_dir, &st);
@@ -426,7 +436,14 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             let _ = vm.kill();
             return fail(&mut status, &mut st, 125, "the VM has no channel".into());
         };
-        let client = match Client::from_unix_stream(channel, Duration::from_secs(20)) {
+        // Under software emulation (qemu with TCG) a distribution kernel takes seconds to boot,
+        // ten or more on a loaded host: give its agent longer before calling the VM hung.
+        let hello_within = if vm.accelerator() == Some("tcg") {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(20)
+        };
+        let client = match Client::from_unix_stream(channel, hello_within) {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 let _ = vm.kill();
@@ -436,10 +453,16 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
                     );
                     continue;
                 }
-                let m = format!(
-                    "the guest agent did not answer: {e}{}",
-                    console_tail(&console)
-                );
+                // QEMU's own stderr and the console, or the console alone (UML).
+                let report = vm.report();
+                let m = if report.contains("stderr:") {
+                    format!("the guest agent did not answer: {e}; {report}")
+                } else {
+                    format!(
+                        "the guest agent did not answer: {e}{}",
+                        console_tail(&console)
+                    )
+                };
                 let _ = std::fs::remove_file(&sock_path);
                 return fail(&mut status, &mut st, 125, m);
             }
@@ -618,15 +641,26 @@ fn agent_initrd(agent: &Path, cache: &Path) -> Result<PathBuf, String> {
 
 /// Boots the VM: kernel, agent initramfs, image disk with a fresh COW file, volume disks.
 fn boot(l: &Launch, platform: &dyn Platform) -> Result<strata_vmm::Vm, String> {
-    let kernel = strata_vmm::default_kernel(platform.name()).ok_or_else(|| {
-        format!(
-            "no guest kernel for {}: run scripts/build-guest-kernel.sh",
-            platform.name()
-        )
-    })?;
+    let kernel = match &l.spec.kernel {
+        Some(k) => k.clone(),
+        None => {
+            strata_vmm::default_kernel(platform.name())
+                .ok_or_else(|| {
+                    format!(
+                        "no guest kernel for {0}: run scripts/build-guest-kernel.sh {0}",
+                        platform.name()
+                    )
+                })?
+                .path
+        }
+    };
     let agent = agent_path()?;
-    let initrd = agent_initrd(&agent, &l.spec.cache_dir)?;
-    let mut cfg = VmConfig::new(l.id, kernel.path, l.state_dir.join("run"));
+    let mut initrd = agent_initrd(&agent, &l.spec.cache_dir)?;
+    if let Some(user) = &l.spec.initrd {
+        initrd = strata_vmm::initramfs::with_user_initrd(&initrd, user, &l.spec.cache_dir)
+            .map_err(|e| format!("--initrd: {e}"))?;
+    }
+    let mut cfg = VmConfig::new(l.id, kernel, l.state_dir.join("run"));
     cfg.cgroups_path = l.spec.cgroups_path.clone();
     cfg.memory_mib = l.spec.memory_mib;
     cfg.vcpus = l.spec.vcpus;
@@ -1066,6 +1100,8 @@ mod tests {
     fn spec() -> VmSpec {
         VmSpec {
             platform: "uml".into(),
+            kernel: None,
+            initrd: None,
             disk: "/d".into(),
             volumes: vec![VolumeDisk {
                 path: "/v.img".into(),

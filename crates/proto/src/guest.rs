@@ -15,6 +15,16 @@ pub const PARAM_UPPERSIZE: &str = "strata.uppersize";
 pub const PARAM_ROOTRW: &str = "strata.rootrw";
 /// `1`: the agent logs to the console.
 pub const PARAM_DEBUG: &str = "strata.debug";
+/// How the agent ends the VM: `poweroff` (default; UML) or `reboot` (a machine without ACPI
+/// power-off, e.g. QEMU microvm run with `-no-reboot`, where the reset ends the monitor).
+pub const PARAM_HALT: &str = "strata.halt";
+
+/// Whether `cmdline` asks the agent to end the VM with a reboot ([`PARAM_HALT`]`=reboot`).
+pub fn halt_by_reboot(cmdline: &str) -> bool {
+    cmdline
+        .split_ascii_whitespace()
+        .any(|w| w.strip_prefix(PARAM_HALT).and_then(|r| r.strip_prefix('=')) == Some("reboot"))
+}
 
 /// Filesystem of the image's lower disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -175,6 +185,9 @@ mod tests {
         assert_eq!(p.upper.as_deref(), Some("/dev/ubdc"));
         assert!(p.debug && !p.root_rw);
         assert_eq!(GuestParams::parse(&p.to_cmdline()).unwrap(), p);
+        assert!(halt_by_reboot("console=ttyS0 strata.halt=reboot quiet"));
+        assert!(!halt_by_reboot("strata.halt=poweroff"));
+        assert!(!halt_by_reboot("xstrata.halt=reboot strata.haltx=reboot"));
     }
 
     #[test]

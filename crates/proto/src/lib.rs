@@ -38,7 +38,7 @@ pub use frame::{
     DecodeError, Decoder, EncodeError, Frame, FrameType, DATA_CHUNK, HEADER_LEN, INITIAL_WINDOW,
     MAGIC, MAX_PAYLOAD, WIRE_VERSION,
 };
-pub use guest::{GuestParams, LowerFs, ParamError};
+pub use guest::{halt_by_reboot, GuestParams, LowerFs, ParamError};
 pub use message::{
     CreateRequest, ErrorMsg, ExecRequest, ExitStatus, Hello, Message, PayloadError, Started,
     StdStream,

@@ -1,14 +1,15 @@
-//! Boots a jailed UML VM through strata-vmm and reports how long it took until the guest's init
+//! Boots a jailed VM through strata-vmm and reports how long it took until the guest's init
 //! wrote `STRATA-BOOTED` on the channel, and until the VM process was gone (bench/vm-boot.sh).
 //!
-//! usage: vm-boot KERNEL DISK [RUNS] [MEMORY_MIB] [CONSOLE_LOG]
-//! DISK is a root filesystem image whose /init writes the marker to /dev/ttyS1 and powers off.
+//! usage: [STRATA_BENCH_PLATFORM=uml|qemu] vm-boot KERNEL DISK [RUNS] [MEMORY_MIB] [CONSOLE_LOG]
+//! DISK is a root filesystem image whose /init writes the marker to the channel (/dev/ttyS1 on
+//! uml, /dev/hvc0 on qemu) and ends the VM.
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use strata_vmm::{Console, Disk, Platform, UmlPlatform, VmConfig};
+use strata_vmm::{Console, Disk, VmConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -23,6 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .get(5)
         .map(|p| Console::File(PathBuf::from(p)))
         .unwrap_or_default();
+    let platform = strata_vmm::platform(
+        &std::env::var("STRATA_BENCH_PLATFORM").unwrap_or_else(|_| "uml".into()),
+    )?;
     let work = std::env::temp_dir().join(format!("vm-boot-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let mut to_marker = Vec::new();
@@ -41,11 +45,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cow: Some(work.join("root.cow")),
             read_only: false,
         }];
-        c.kernel_params = vec!["root=/dev/ubda".into(), "ro".into()];
+        c.kernel_params = vec![format!("root={}", platform.disk_device(0)), "ro".into()];
         c.init = Some("/init".into());
         c.console = console.clone();
         let start = Instant::now();
-        let mut vm = UmlPlatform::new().boot(&c)?;
+        let mut vm = platform.boot(&c)?;
         let mut ch = vm.take_channel().ok_or("no channel")?;
         ch.set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut seen = Vec::new();

@@ -157,6 +157,128 @@ pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// The initramfs for a user's kernel that brings its own initrd (`--kernel PATH --initrd PATH`):
+/// strata's agent archive followed by the user's (the kernel unpacks concatenated archives, each
+/// compressed or not, in order). Cached in `cache_dir` by the agent archive's name and the user
+/// file's path, size and modification time.
+pub fn with_user_initrd(
+    agent_initrd: &Path,
+    user_initrd: &Path,
+    cache_dir: &Path,
+) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(user_initrd).map_err(|e| VmmError::file("initrd", user_initrd, e))?;
+    if !meta.is_file() {
+        return Err(VmmError::InvalidConfig(format!(
+            "initrd {} is not a regular file",
+            user_initrd.display()
+        )));
+    }
+    let key = format!(
+        "{}\0{}\0{}\0{}",
+        agent_initrd.display(),
+        std::fs::canonicalize(user_initrd)
+            .unwrap_or_else(|_| user_initrd.to_path_buf())
+            .display(),
+        meta.len(),
+        meta.mtime_nsec() + meta.mtime() * 1_000_000_000
+    );
+    let hash = hex::encode(Sha256::digest(key.as_bytes()));
+    let out = cache_dir.join(format!("user-{}.cpio", &hash[..16]));
+    if out.is_file() {
+        return Ok(out);
+    }
+    let mut data = std::fs::read(agent_initrd)
+        .map_err(|e| VmmError::file("agent initramfs", agent_initrd, e))?;
+    while !data.len().is_multiple_of(4) {
+        data.push(0);
+    }
+    let user = std::fs::read(user_initrd).map_err(|e| VmmError::file("initrd", user_initrd, e))?;
+    data.extend_from_slice(&user);
+    std::fs::create_dir_all(cache_dir)
+        .map_err(|e| VmmError::file("initramfs cache", cache_dir, e))?;
+    cache_file::write_atomic(&out, 0o644, &data)
+        .map_err(|e| VmmError::file("initramfs", &out, e))?;
+    Ok(out)
+}
+
+/// Writes to `out` an initrd holding kernel modules `names` (and what they depend on) of release
+/// `release` from the module tree `modules_dir` (e.g. `/lib/modules/RELEASE`), with the matching
+/// `modules.dep` lines, for a kernel that has strata's drivers as modules (the agent loads them).
+/// Names missing from the tree are skipped (built in).
+pub fn module_initrd(release: &str, modules_dir: &Path, names: &[&str], out: &Path) -> Result<()> {
+    let dep_path = modules_dir.join("modules.dep");
+    let dep = std::fs::read_to_string(&dep_path)
+        .map_err(|e| VmmError::file("modules.dep", &dep_path, e))?;
+    let name_of = |p: &str| {
+        let f = p.rsplit('/').next().unwrap_or("");
+        let stem = f.split(".ko").next().unwrap_or("");
+        stem.replace('-', "_")
+    };
+    let mut lines: Vec<&str> = Vec::new();
+    let mut files: Vec<String> = Vec::new();
+    let by_name: std::collections::HashMap<String, &str> = dep
+        .lines()
+        .filter_map(|l| Some((name_of(l.split_once(':')?.0), l)))
+        .collect();
+    let mut todo: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    while let Some(n) = todo.pop() {
+        let Some(line) = by_name.get(&n) else {
+            continue;
+        };
+        if lines.contains(line) {
+            continue;
+        }
+        lines.push(line);
+        let (path, deps) = line.split_once(':').unwrap_or((line, ""));
+        files.push(path.trim().to_string());
+        todo.extend(deps.split_whitespace().map(name_of));
+    }
+    let base = format!("lib/modules/{release}");
+    let mut dirs: Vec<String> = vec!["lib".into(), "lib/modules".into(), base.clone()];
+    for f in &files {
+        let parts: Vec<&str> = f.split('/').collect();
+        for i in 1..parts.len() {
+            let d = format!("{base}/{}", parts[..i].join("/"));
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+    }
+    let mut contents = Vec::new();
+    for f in &files {
+        let p = modules_dir.join(f);
+        contents.push((
+            format!("{base}/{f}"),
+            std::fs::read(&p).map_err(|e| VmmError::file("module", &p, e))?,
+        ));
+    }
+    let dep_text = lines.join("\n") + "\n";
+    let dep_name = format!("{base}/modules.dep");
+    let mut entries: Vec<Entry<'_>> = dirs
+        .iter()
+        .map(|d| Entry::Dir {
+            name: d,
+            mode: 0o755,
+        })
+        .collect();
+    for (name, data) in &contents {
+        entries.push(Entry::File {
+            name,
+            mode: 0o644,
+            data,
+        });
+    }
+    entries.push(Entry::File {
+        name: &dep_name,
+        mode: 0o644,
+        data: dep_text.as_bytes(),
+    });
+    let archive = encode(&entries).map_err(|e| VmmError::file("initrd", out, e))?;
+    cache_file::write_atomic(out, 0o644, &archive).map_err(|e| VmmError::file("initrd", out, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

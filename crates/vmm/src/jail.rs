@@ -246,7 +246,15 @@ pub(crate) fn spawn(spec: &JailSpec) -> Result<i32> {
     env_ptrs.push(std::ptr::null());
     let prepared = Prepared {
         root: cstring("jail root", spec.root.as_os_str().as_bytes())?,
-        root_opts: cstring("options", b"size=256k,nr_inodes=64,mode=0755")?,
+        // One inode per bind target and directory (QEMU needs ~50 libraries), plus slack.
+        root_opts: cstring(
+            "options",
+            format!(
+                "size=256k,nr_inodes={},mode=0755",
+                spec.files.len() + dirs.len() + 16
+            )
+            .as_bytes(),
+        )?,
         tmp: cstring("jail tmp", spec.root.join("tmp").as_os_str().as_bytes())?,
         tmp_opts: cstring(
             "options",

@@ -13,7 +13,7 @@ pub const DEBIAN_UML_KERNEL: &str = "/usr/bin/linux";
 /// One guest kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KernelInfo {
-    /// The platform it boots on (`uml`, `kvm`).
+    /// The platform it boots on (`uml`, `qemu`).
     pub platform: &'static str,
     /// The kernel file.
     pub path: PathBuf,
@@ -28,12 +28,24 @@ pub struct KernelInfo {
 /// The config fragment strata's UML kernel is built with (scripts/build-guest-kernel.sh).
 pub const UML_CONFIG_FRAGMENT: &str = include_str!("../../../guest/uml.config");
 
+/// The config fragment strata's QEMU kernel is built with (`scripts/build-guest-kernel.sh qemu`).
+pub const QEMU_CONFIG_FRAGMENT: &str = include_str!("../../../guest/qemu.config");
+
+fn fragment_hash(fragment: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(fragment.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
 /// The hash that names a kernel built from this strata's guest/uml.config in the cache (the
 /// first 12 hex digits of its sha256, as the build script computes it).
 pub fn uml_config_hash() -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(UML_CONFIG_FRAGMENT.as_bytes());
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    fragment_hash(UML_CONFIG_FRAGMENT)
+}
+
+/// The same for guest/qemu.config.
+pub fn qemu_config_hash() -> String {
+    fragment_hash(QEMU_CONFIG_FRAGMENT)
 }
 
 /// The kernel cache directory (`STRATA_KERNEL_DIR`, else [`DEFAULT_KERNEL_DIR`]).
@@ -63,25 +75,35 @@ pub fn default_kernel(platform: &str) -> Option<KernelInfo> {
         .or_else(|| list_kernels().into_iter().find(|k| k.platform == platform))
 }
 
-/// Kernels built by scripts/build-guest-kernel.sh in `dir`: `<platform>-<version>-<hash>/linux`
-/// with a `version` file. The one built from this strata's guest/uml.config comes first (a
-/// kernel built from an older or newer fragment may lack what this strata needs, or have what
-/// it avoids), then the others, newest first.
+/// Kernels built by scripts/build-guest-kernel.sh in `dir`: `uml-<version>-<hash>/linux` and
+/// `qemu-<version>-<hash>/bzImage`, with a `version` file. Per platform, the one built from this
+/// strata's fragment comes first (a kernel built from an older or newer fragment may lack what
+/// this strata needs, or have what it avoids), then the others, newest first.
 pub fn list_built(dir: &Path) -> Vec<KernelInfo> {
-    list_built_preferring(dir, &uml_config_hash())
+    let mut all = list_built_preferring(dir, &uml_config_hash(), "uml");
+    all.extend(list_built_preferring(dir, &qemu_config_hash(), "qemu"));
+    all
 }
 
-fn list_built_preferring(dir: &Path, preferred_hash: &str) -> Vec<KernelInfo> {
+fn list_built_preferring(
+    dir: &Path,
+    preferred_hash: &str,
+    platform: &'static str,
+) -> Vec<KernelInfo> {
+    let (prefix, file, fragment) = match platform {
+        "qemu" => ("qemu-", "bzImage", "guest/qemu.config"),
+        _ => ("uml-", "linux", "guest/uml.config"),
+    };
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut found: Vec<(bool, std::time::SystemTime, KernelInfo)> = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("uml-") else {
-            continue; // only UML kernels are built so far; dot-files are builds in progress
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue; // another platform's; dot-files are builds in progress
         };
-        let path = entry.path().join("linux");
+        let path = entry.path().join(file);
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
         };
@@ -93,10 +115,10 @@ fn list_built_preferring(dir: &Path, preferred_hash: &str) -> Vec<KernelInfo> {
             hash == preferred_hash,
             meta.modified().unwrap_or(std::time::UNIX_EPOCH),
             KernelInfo {
-                platform: "uml",
+                platform,
                 path,
                 version,
-                source: format!("built from linux-source with guest/uml.config ({hash})"),
+                source: format!("built from linux-source with {fragment} ({hash})"),
                 size: meta.len(),
             },
         ));
@@ -164,7 +186,7 @@ mod tests {
         fake_kernel(dir.path(), "222222222222", 10); // newest
         fake_kernel(dir.path(), "333333333333", 100);
         let order = |hash: &str| -> Vec<String> {
-            list_built_preferring(dir.path(), hash)
+            list_built_preferring(dir.path(), hash, "uml")
                 .iter()
                 .map(|k| k.source.clone())
                 .collect()
@@ -188,6 +210,28 @@ mod tests {
             .unwrap();
         let expected = String::from_utf8(out.stdout).unwrap()[..12].to_string();
         assert_eq!(uml_config_hash(), expected);
+        let out = std::process::Command::new("sha256sum")
+            .arg(repo.join("guest/qemu.config"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            qemu_config_hash(),
+            String::from_utf8(out.stdout).unwrap()[..12]
+        );
+    }
+
+    #[test]
+    fn qemu_kernels_are_listed_for_qemu() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("qemu-6.1.192-3-abcdef012345");
+        std::fs::create_dir(&k).unwrap();
+        std::fs::write(k.join("bzImage"), b"bz").unwrap();
+        std::fs::write(k.join("version"), b"6.1.192-strata\n").unwrap();
+        let list = list_built(dir.path());
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].platform, "qemu");
+        assert!(list[0].path.ends_with("bzImage"));
+        assert!(list[0].source.contains("guest/qemu.config"));
     }
 }
 

@@ -1,7 +1,10 @@
 //! strata-vmm: runs a guest kernel as a VM behind one platform-neutral interface.
 //!
-//! - [`Platform`] (`uml` today, `kvm` later) boots a [`VmConfig`] into a [`Vm`]; [`detect`] picks
+//! - [`Platform`] (`uml`, `qemu`; `kvm` later) boots a [`VmConfig`] into a [`Vm`]; [`detect`] picks
 //!   the best platform of this host and [`info`] explains the choice for `strata info`.
+//! - On `qemu` ([`QemuPlatform`]) QEMU's microvm runs the guest kernel with KVM or TCG, confined
+//!   by the same jail; disks are virtio-blk (qcow2 overlays over shared bases), the channel a
+//!   virtio console (`/dev/hvc0`).
 //! - On `uml` the guest kernel is a User-Mode Linux process confined by [`jail`](crate::jail):
 //!   fresh pid/mount/ipc/net/uts namespaces (a reaper is PID 1, the kernel PID 2), a tmpfs root
 //!   holding only its kernel, disks and initrd, its own cgroup, an unprivileged uid, no
@@ -24,6 +27,8 @@ pub mod kernel;
 mod kvm;
 mod platform;
 mod platforms;
+mod qcow2;
+mod qemu;
 mod seccomp;
 mod uml;
 mod vm;
@@ -36,5 +41,8 @@ pub use kernel::{default_kernel, list_kernels, KernelInfo};
 pub use kvm::KvmPlatform;
 pub use platform::{Console, Disk, Platform, VmConfig};
 pub use platforms::{detect, info, platform, platforms};
+pub use qemu::{
+    accelerator, bzimage_release, Accel, QemuPlatform, CHANNEL_DEVICE as QEMU_CHANNEL_DEVICE,
+};
 pub use uml::{UmlPlatform, CHANNEL_DEVICE as UML_CHANNEL_DEVICE};
 pub use vm::Vm;

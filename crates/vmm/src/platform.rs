@@ -140,8 +140,29 @@ impl VmConfig {
 
 /// A way of running VMs on this host.
 pub trait Platform: Send + Sync {
-    /// `uml` or `kvm`.
+    /// `uml`, `qemu` or `kvm`.
     fn name(&self) -> &'static str;
+    /// Whether `--platform auto` may pick it when it is available (qemu only with KVM: under
+    /// software emulation UML starts faster).
+    fn preferred(&self) -> bool {
+        true
+    }
+    /// How guest code runs, for platforms that have a choice (`kvm` or `tcg` for qemu).
+    fn accelerator(&self) -> Option<&'static str> {
+        None
+    }
+    /// Checks, before a front end creates anything, what `boot` will refuse later: vCPUs and
+    /// memory beyond the host, an unusable `kernel` (None: the platform's default). `user_initrd`:
+    /// the user brings an initrd (which may carry the kernel's modules).
+    fn precheck(
+        &self,
+        _vcpus: u32,
+        _memory_mib: u32,
+        _kernel: Option<&std::path::Path>,
+        _user_initrd: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
     /// Whether this host can run the platform, and if not, exactly why.
     fn check(&self) -> Result<(), Unavailable>;
     /// Boots a VM; returns once the guest kernel process is running.

@@ -391,6 +391,12 @@ impl Platform for UmlPlatform {
                 cleanup_dirs,
                 status: None,
                 uid,
+                accelerator: None,
+                stderr: None,
+                console_log: match &config.console {
+                    Console::File(p) => Some(p.clone()),
+                    Console::Null => None,
+                },
             })
         })();
         if result.is_err() {

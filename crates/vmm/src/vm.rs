@@ -20,12 +20,60 @@ pub struct Vm {
     pub(crate) cleanup_dirs: Vec<PathBuf>,
     pub(crate) status: Option<ExitStatus>,
     pub(crate) uid: u32,
+    /// `kvm`/`tcg` on qemu.
+    pub(crate) accelerator: Option<&'static str>,
+    /// The monitor's own stderr (a memfd QEMU writes to), for [`Vm::report`].
+    pub(crate) stderr: Option<std::fs::File>,
+    /// The console log, for [`Vm::report`].
+    pub(crate) console_log: Option<PathBuf>,
 }
 
 impl Vm {
     /// The platform that runs it (`uml`, `kvm`).
     pub fn platform(&self) -> &'static str {
         self.platform
+    }
+
+    /// How guest code runs (`kvm` or `tcg` on qemu; None on uml, whose guest runs as host code).
+    pub fn accelerator(&self) -> Option<&'static str> {
+        self.accelerator
+    }
+
+    /// What the VM's host side said, for an error message when the VM failed or hung: the
+    /// monitor's stderr (QEMU) and the last lines of the console log. Empty when there is none.
+    pub fn report(&self) -> String {
+        use std::io::{Read, Seek};
+        let mut out = String::new();
+        if let Some(f) = &self.stderr {
+            let mut text = String::new();
+            let mut f = f;
+            if f.seek(std::io::SeekFrom::Start(0)).is_ok()
+                && f.take(64 << 10).read_to_string(&mut text).is_ok()
+                && !text.trim().is_empty()
+            {
+                out.push_str(&format!("{} stderr: {}", self.platform, tail(&text, 20)));
+            }
+        }
+        if let Some(p) = &self.console_log {
+            if let Ok(text) = std::fs::read(p) {
+                let text = String::from_utf8_lossy(&text);
+                if !text.trim().is_empty() {
+                    if !out.is_empty() {
+                        out.push_str("; ");
+                    }
+                    // A panic's first line says why; the trace after it is long.
+                    let from = text
+                        .rfind("Kernel panic")
+                        .map(|i| text[..i].rfind('\n').map_or(0, |n| n + 1));
+                    let shown = match from {
+                        None => tail(&text, 20),
+                        Some(f) => text[f..].lines().take(20).collect::<Vec<_>>().join("\n"),
+                    };
+                    out.push_str(&format!("console ({}): {shown}", p.display()));
+                }
+            }
+        }
+        out
     }
 
     /// The host pid of the VM's leader process: the jail's reaper, PID 1 of the VM's pid namespace,
@@ -156,6 +204,12 @@ impl Vm {
         }
         Ok(())
     }
+}
+
+/// The last `n` lines of `text`, trimmed.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 impl Drop for Vm {

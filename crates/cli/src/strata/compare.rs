@@ -65,12 +65,17 @@ pub struct CompareArgs {
 #[derive(Debug, Clone)]
 struct Layer {
     platform: Option<String>,
+    /// `kvm`/`tcg` for qemu.
+    accelerator: Option<String>,
 }
 
 impl Layer {
     fn label(&self) -> String {
         match &self.platform {
-            Some(p) => format!("vm-{p}"),
+            Some(p) => match &self.accelerator {
+                Some(a) => format!("vm-{p}-{a}"),
+                None => format!("vm-{p}"),
+            },
             None => "container".into(),
         }
     }
@@ -113,12 +118,16 @@ pub fn compare(g: &Global, a: CompareArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let mut layers = vec![Layer { platform: None }];
+    let mut layers = vec![Layer {
+        platform: None,
+        accelerator: None,
+    }];
     let mut unavailable = Vec::new();
     for p in strata_vmm::platforms() {
         match p.check() {
             Ok(()) => layers.push(Layer {
                 platform: Some(p.name().to_string()),
+                accelerator: p.accelerator().map(str::to_string),
             }),
             Err(u) => unavailable.push(format!("{}: {}", p.name(), u.reason)),
         }
@@ -189,6 +198,7 @@ pub fn compare(g: &Global, a: CompareArgs) -> anyhow::Result<()> {
             }
             .into(),
             platform: layer.platform.clone(),
+            accelerator: layer.accelerator.clone(),
             kernel,
             start_bytes: parts.total(),
             start_parts: parts,

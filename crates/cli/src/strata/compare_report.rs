@@ -57,8 +57,11 @@ impl SizeParts {
 pub struct LayerResult {
     /// `container` or `vm`.
     pub layer: String,
-    /// The VM platform (`uml`, `kvm`); null for the container.
+    /// The VM platform (`uml`, `qemu`, `kvm`); null for the container.
     pub platform: Option<String>,
+    /// How the VM's guest code runs (`kvm`, `tcg` on qemu); null otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
     /// `uname -r` inside the instance.
     pub kernel: String,
     pub start_bytes: u64,
@@ -79,11 +82,12 @@ pub struct LayerResult {
 }
 
 impl LayerResult {
-    /// `container` or `vm-uml`.
+    /// `container`, `vm-uml` or `vm-qemu-tcg`.
     pub fn label(&self) -> String {
-        match &self.platform {
-            Some(p) => format!("{}-{p}", self.layer),
-            None => self.layer.clone(),
+        match (&self.platform, &self.accelerator) {
+            (Some(p), Some(a)) => format!("{}-{p}-{a}", self.layer),
+            (Some(p), None) => format!("{}-{p}", self.layer),
+            (None, _) => self.layer.clone(),
         }
     }
 }

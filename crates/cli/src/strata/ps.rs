@@ -161,6 +161,12 @@ pub fn inspect(g: &Global, keys: &[String]) -> anyhow::Result<()> {
         v["LogPath"] = json!(containers.log_path(&r.id));
         v["NetworkSettings"] = super::network::settings_json(&dir);
         v["Config"] = config;
+        if let Some(d) = isolation::backend(&r.isolation, &g.root)
+            .ok()
+            .and_then(|b| b.details(&r.id))
+        {
+            v["Vm"] = d;
+        }
         out.push(v);
     }
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -76,10 +76,17 @@ pub struct CreateArgs {
     /// Run in a VM with its own guest kernel instead of a container
     #[arg(long)]
     pub vm: bool,
-    /// VM platform: auto (kvm where hardware virtualization and the KVM monitor exist, else
-    /// uml), uml or kvm; implies --vm
+    /// VM platform: auto (qemu with KVM where the host has hardware virtualization, else uml),
+    /// uml, qemu (KVM or, without hardware virtualization, TCG emulation) or kvm; implies --vm
     #[arg(long)]
     pub platform: Option<String>,
+    /// Boot this guest kernel (an x86_64 bzImage) instead of the platform's; qemu only, implies
+    /// --platform qemu
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<std::path::PathBuf>,
+    /// An initrd for --kernel (e.g. its modules), unpacked after strata's agent
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    pub initrd: Option<std::path::PathBuf>,
     /// Replace the image's entrypoint ("" clears it)
     #[arg(long)]
     pub entrypoint: Option<String>,
@@ -121,7 +128,12 @@ impl CreateArgs {
             ip: self.ip,
             network_aliases: self.network_alias,
             vm: self.vm,
-            platform: self.platform,
+            platform: match (self.platform, &self.kernel) {
+                (None, Some(_)) => Some("qemu".into()),
+                (p, _) => p,
+            },
+            kernel: self.kernel,
+            initrd: self.initrd,
             entrypoint: self.entrypoint,
             image,
             cmd,

@@ -105,7 +105,14 @@ pub fn info(a: JsonArg) -> anyhow::Result<()> {
                 } else {
                     ""
                 };
-                (true, format!("available{d} with {kt}"))
+                let accel = match p.accelerator() {
+                    Some(a) if p.name() == "qemu" => {
+                        format!(", accelerator {a} ({})", strata_vmm::accelerator().1)
+                    }
+                    Some(a) => format!(", accelerator {a}"),
+                    None => String::new(),
+                };
+                (true, format!("available{d} with {kt}{accel}"))
             }
             Err(u) => (false, format!("unavailable: {}", u.reason)),
         };

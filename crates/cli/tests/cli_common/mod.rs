@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Makes `mod container { #[test] fn case() { super::case("container") } ... }` for every case.
-/// The VM engineer adds a `vm` module here, so every case runs on both isolations.
+/// Makes `mod container { #[test] fn case() { super::case("container") } ... }` for every case,
+/// and the same for `vm` (the default VM platform, uml here) and `vm_qemu` (`--platform qemu`):
+/// every case runs on every isolation and VM platform. `iso.starts_with("vm")` is any VM.
 #[macro_export]
 macro_rules! isolation_tests {
     ($($case:ident),* $(,)?) => {
@@ -22,6 +23,9 @@ macro_rules! isolation_tests {
         }
         mod vm {
             $(#[test] fn $case() { super::$case("vm") })*
+        }
+        mod vm_qemu {
+            $(#[test] fn $case() { super::$case("vm-qemu") })*
         }
     };
 }
@@ -71,6 +75,7 @@ impl Sandbox {
         match self.isolation.as_str() {
             "container" => vec![],
             "vm" => vec!["--vm"],
+            "vm-qemu" => vec!["--vm", "--platform", "qemu"],
             other => panic!("unknown isolation {other}"),
         }
     }

@@ -15,6 +15,29 @@ use strata_vmm::{Console, Disk, DiskFormat, VmConfig};
 #[allow(unused_imports)] // each test file uses a part
 pub use strata_testkit::{guest_kernel as strata_kernel, repo};
 
+/// strata's own QEMU kernel (bzImage), built (once, cached) by
+/// `scripts/build-guest-kernel.sh qemu`.
+pub fn qemu_kernel() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/build-guest-kernel.sh"))
+        .arg("qemu")
+        .output()
+        .expect("run scripts/build-guest-kernel.sh qemu");
+    assert!(
+        out.status.success(),
+        "build-guest-kernel.sh qemu failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert!(path.is_file(), "{} missing", path.display());
+    path
+}
+
+/// The static strata-agent of this tree (strata_testkit builds it once per workspace).
+pub fn agent_binary() -> PathBuf {
+    strata_testkit::static_agent(Path::new(env!("CARGO_TARGET_TMPDIR")))
+}
+
 /// Debian's user-mode-linux kernel.
 pub fn debian_kernel() -> PathBuf {
     let p = PathBuf::from("/usr/bin/linux");
@@ -63,6 +86,16 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 exec 3<>/dev/ttyS1
 stty -F /dev/ttyS1 raw -echo
+"#;
+
+/// The same for a QEMU guest, whose channel is the virtio console /dev/hvc0.
+pub const QEMU_INIT_PRELUDE: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+exec 3<>/dev/hvc0
+stty -F /dev/hvc0 raw -echo
 "#;
 
 /// A unique VM id for this test process.
