@@ -325,6 +325,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             let _ = s.write_all(msg.as_bytes());
         }
     };
+    strata_container::kill_point::hit("keeper:forked");
     let t0 = Instant::now();
     let phase =
         |what: &str| tracing::debug!(ms = t0.elapsed().as_millis() as u64, "vm keeper: {what}");
@@ -417,6 +418,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             }
         };
         phase("guest kernel started");
+        strata_container::kill_point::hit("keeper:booted");
         st.vm_pid = vm.pid();
         st.cgroup_dirs = vm.cgroup_dirs();
         st.cgroup = vm.cgroup().cloned();
@@ -494,6 +496,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             }
         });
     }
+    strata_container::kill_point::hit("keeper:created");
     let mut start_reply = None;
     if l.hold {
         st.status = "created".into();
@@ -533,9 +536,11 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         let _ = writeln!(c, "{}", serde_json::json!({"ok": true}));
     }
     report(&mut status, "ok");
+    strata_container::kill_point::hit("keeper:running");
     let [i, o, e] = stdio;
     let code = relay_session(&session, i, o, e, l.spec.tty);
     phase("workload exited");
+    strata_container::kill_point::hit("keeper:exited");
     st.status = "stopped".into();
     st.exit_code = Some(code.unwrap_or(137));
     save_state(l.state_dir, &st);
