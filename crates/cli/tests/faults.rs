@@ -87,6 +87,7 @@ fn oci_scope(oci: &Oci, b: &Bundle, id: &str) -> Scope {
         .path(b.path())
         .id(id)
         .empty_dir(oci.root.path())
+        .empty_dir(oci.root.path().join("vm"))
 }
 
 #[test]
@@ -154,6 +155,7 @@ fn cli_scope(s: &Sandbox, marker: &str) -> Scope {
         .path(s.root.path())
         .id(marker)
         .empty_dir(s.root.path())
+        .empty_dir(s.root.path().join("vm"))
 }
 
 /// After a kill: the next commands see the wreck (`ps -a` works), `rm -f` of whatever is in the
