@@ -584,10 +584,16 @@ impl Runtime {
     /// then the cgroups and the state directory are removed.
     fn remove_unfinished(&self, id: &str) -> Result<(), ContainerError> {
         let dir = self.dir(id)?;
-        let cgroups_path = std::fs::read(dir.join(state::CONFIG_FILE))
+        let Some(spec) = std::fs::read(dir.join(state::CONFIG_FILE))
             .ok()
             .and_then(|b| spec::parse(&b).ok())
-            .and_then(|s| s.linux().as_ref()?.cgroups_path().clone());
+        else {
+            // Killed before it kept the config, so before it made anything but this directory
+            // (a caller that knows where its cgroups go removes them on NotExist).
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ContainerError::NotExist(id.to_string()));
+        };
+        let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
         if let Ok(cg) = Cgroup::resolve(cgroups_path.as_deref(), id) {
             for _ in 0..200 {
                 let pids = cg.pids().unwrap_or_default();
