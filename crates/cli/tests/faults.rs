@@ -442,9 +442,6 @@ fn oci_vm_create_killed_at_each_point_leaves_nothing_after_delete_force() {
     if !ready() {
         return;
     }
-    // The keeper outlives `create`: reap it as an engine's shim does.
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     let oci = Oci::new();
     for point in ["keeper:forked", "keeper:booted", "keeper:created"] {
         let id = unique_id("kpv");
@@ -475,10 +472,6 @@ fn oci_vm_create_killed_at_each_point_leaves_nothing_after_delete_force() {
             "{point}: delete --force: {}",
             String::from_utf8_lossy(&del.stderr)
         );
-        while let Ok(
-            nix::sys::wait::WaitStatus::Exited(..) | nix::sys::wait::WaitStatus::Signaled(..),
-        ) = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
-        {}
         assert_no_leaks(
             &format!("strata-oci --vm create, keeper killed at {point}"),
             &scope,
