@@ -350,7 +350,7 @@ fn killed_from_outside(iso: &str) {
         };
         c.args(["busybox", "sh", "-c", &script]);
         let what = format!("{iso}: {mode} killed from outside");
-        let victim = if mode == "monitor" {
+        let (victim, child) = if mode == "monitor" {
             let out = cli_common::output_timeout(c, None, Duration::from_secs(120));
             assert!(out.status.success(), "{what}: {out:?}");
             let id = cli_common::text(&out.stdout).trim().to_string();
@@ -365,7 +365,7 @@ fn killed_from_outside(iso: &str) {
                 .unwrap(),
             )
             .unwrap();
-            r["monitor_pid"].as_i64().expect("monitor pid") as i32
+            (r["monitor_pid"].as_i64().expect("monitor pid") as i32, None)
         } else {
             let child = c
                 .stdin(Stdio::null())
@@ -373,7 +373,7 @@ fn killed_from_outside(iso: &str) {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            child.id() as i32
+            (child.id() as i32, Some(child))
         };
         // Wait until the workload runs: its cgroup has processes.
         eventually(120, &format!("{what}: workload running"), || {
@@ -385,8 +385,8 @@ fn killed_from_outside(iso: &str) {
         });
         let id = store_ids(&s).remove(0);
         kill9(victim);
-        if mode != "monitor" {
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(victim), None);
+        if let Some(mut c) = child {
+            let _ = c.wait();
         }
         if iso == "vm" {
             // The VM's host processes end with its keeper's caller, before any rm.
