@@ -18,9 +18,9 @@ trap 'rm -f "$log"' EXIT
 start=$(date +%s)
 # One test at a time: the figures are per workload, not of four fighting over 2 cores.
 STRATA_REQUIRE_E2E=1 cargo test -q -p strata-cli --features kill-points --test soak -- --test-threads=1 --nocapture 2>&1 | tee "$log" \
-  | grep -E '^soak:|panicked|left behind|test result'
+  | grep -E 'soak:|panicked|left behind|test result'
 grep -q 'test result: ok' "$log" || { echo "bench/soak.sh: the soak failed (above)" >&2; exit 1; }
-rows=$(grep '^soak:' "$log" | sed 's/^soak: /- /')
+rows=$(grep -o 'soak: .*' "$log" | sed 's/^soak: /- /')
 
 section="$(cat <<MD
 ## Soak

@@ -479,3 +479,54 @@ fn oci_vm_create_killed_at_each_point_leaves_nothing_after_delete_force() {
         );
     }
 }
+
+/// The leak checker sees each kind of leftover it looks for: a cgroup named by an id, a mount
+/// under a scope path, a process naming an id, an entry in a directory that must stay empty.
+#[test]
+fn the_leak_checker_finds_each_kind_of_leftover() {
+    if !root_or_skip() {
+        return;
+    }
+    let id = unique_id("leakprobe");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let scope = Scope::new().path(dir.path()).id(&id).empty_dir(&state);
+    let before = Snapshot::take(&scope);
+    assert!(before.leaks_since(&before).is_empty());
+    let cg = common::leaks::hierarchies()
+        .into_iter()
+        .find(|h| h.ends_with("pids"))
+        .expect("a pids hierarchy")
+        .join(format!("strata-test-{id}"));
+    std::fs::create_dir(&cg).unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &mnt,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let mut sleeper = Command::new("sh")
+        .args(["-c", &format!("sleep 100 # {id}")])
+        .spawn()
+        .unwrap();
+    std::fs::write(state.join("left"), b"").unwrap();
+    let left = Snapshot::take(&scope).leaks_since(&before);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(&cg);
+    let _ = std::fs::remove_file(state.join("left"));
+    let all = left.join("\n");
+    for kind in ["cgroup: ", "mount: ", "process: ", "state entry: "] {
+        assert!(
+            left.iter().any(|l| l.starts_with(kind)),
+            "no {kind:?} in:\n{all}"
+        );
+    }
+    assert!(Snapshot::take(&scope).leaks_since(&before).is_empty());
+}
