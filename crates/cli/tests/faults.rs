@@ -27,21 +27,14 @@ const CREATE_POINTS: &[&str] = &[
     "create:state-written",
 ];
 
-/// False (skip) without root or without the kill points compiled in; with STRATA_REQUIRE_E2E a
-/// missing precondition fails instead.
+/// False (skip, or a failure under STRATA_REQUIRE_E2E) without root or without the kill points
+/// compiled in.
 fn ready() -> bool {
-    if !root_or_skip() {
-        return false;
-    }
-    if cfg!(feature = "kill-points") {
-        return true;
-    }
-    assert!(
-        std::env::var_os("STRATA_REQUIRE_E2E").is_none(),
-        "the fault tests need the kill points: cargo test -p strata-cli --features kill-points"
-    );
-    eprintln!("skipping: built without --features kill-points");
-    false
+    root_or_skip()
+        && strata_testkit::require(
+            cfg!(feature = "kill-points"),
+            "built without the kill points: cargo test -p strata-cli --features kill-points",
+        )
 }
 
 /// Runs a command with stdin from /dev/null and its output in files (a process it leaves
