@@ -1,11 +1,12 @@
 //! Soak (issue 14, load): container lifecycles through strata-oci (create, start, exec, kill,
-//! delete; 10 at a time), `strata run --rm`, and VM lifecycles through `strata run --vm --rm` and
-//! strata-oci's VM path; after each batch common/leaks.rs finds nothing left (mounts, cgroups
-//! in every hierarchy, processes, loop devices, state and temp directories), and the fd count of
-//! the long-lived processes (a detached container's monitor, a detached VM's keeper, exec'd
-//! into after every batch) does not grow. The counts are short here (100/100/20/20, the test
-//! command); bench/soak.sh runs 1000/1000/200/200 through the same tests with
-//! STRATA_SOAK_{OCI,RUN,VM,OCI_VM} and writes the figures printed as `soak: ...` lines to
+//! delete; 10 at a time), `strata run --rm` (also on a bridge network), and VM lifecycles through
+//! `strata run --vm --rm` and strata-oci's VM path; after each batch common/leaks.rs finds nothing
+//! left (mounts, cgroups in every hierarchy, processes, loop devices, state and temp directories;
+//! veth ports, netns and attachment files for the bridge runs), and the fd count and RSS of the
+//! long-lived processes (a detached container's monitor, a detached VM's keeper, exec'd into after
+//! every batch) stay flat. The counts are short here (100/100/20/20/20, the test command);
+//! bench/soak.sh runs 1000/1000/200/200/200 through the same tests with
+//! STRATA_SOAK_{OCI,RUN,VM,OCI_VM,NET} and writes the figures printed as `soak: ...` lines to
 //! docs/reliability.md.
 
 mod cli_common;
@@ -287,4 +288,128 @@ fn soak_strata_run_rm_vms() {
         return;
     }
     run_soak("vm", count("STRATA_SOAK_VM", 20), 5);
+}
+
+/// `strata run --rm --network NET` on a bridge network of the test's own, `batch` at a time:
+/// after every batch, besides the leak checker (the containers' netns mounts live under the
+/// runtime root), the bridge has no port (veth) left and no attachment or netns file is left.
+#[test]
+fn soak_strata_run_rm_bridge_network() {
+    if !root_or_skip()
+        || !strata_testkit::require(
+            std::path::Path::new("/usr/lib/cni/bridge").exists(),
+            "needs containernetworking-plugins (scripts/deps.sh)",
+        )
+    {
+        return;
+    }
+    let (total, batch) = (count("STRATA_SOAK_NET", 20), 5);
+    let s = Arc::new(Sandbox::new("container"));
+    let conf = tempfile::Builder::new()
+        .prefix("strata-soak-net-")
+        .tempdir()
+        .unwrap();
+    let conf_path = conf.path().to_path_buf();
+    let ok = move |s: &Sandbox, args: &[&str]| {
+        let mut c = s.cmd();
+        c.env("STRATA_NET_CONFIG_DIR", &conf_path).args(args);
+        let o = cli_common::output_timeout(c, None, Duration::from_secs(120));
+        assert!(
+            o.status.success(),
+            "strata {args:?} failed: {}{}",
+            cli_common::text(&o.stdout),
+            cli_common::text(&o.stderr)
+        );
+        cli_common::text(&o.stdout)
+    };
+    let net = format!("soaknet{}", std::process::id());
+    let subnet = format!("10.{}.{}.0/24", 190, 20 + std::process::id() % 200);
+    ok(&s, &["network", "create", "--subnet", &subnet, &net]);
+    let bridge = {
+        use sha2::Digest;
+        format!(
+            "st-{}",
+            &hex::encode(sha2::Sha256::digest(net.as_bytes()))[..12]
+        )
+    };
+    let listing = |d: std::path::PathBuf| -> Vec<String> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                for f in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                    v.push(f.path().display().to_string());
+                }
+            } else {
+                v.push(e.path().display().to_string());
+            }
+        }
+        v
+    };
+    let t0 = Instant::now();
+    let mut done = 0;
+    while done < total {
+        let n = batch.min(total - done);
+        let marker = unique_id("soaknet");
+        let mut scope = Scope::new()
+            .path(s.store.path())
+            .path(s.root.path())
+            .id(marker.clone());
+        let before = Snapshot::take(&scope);
+        let stop = Arc::new(Mutex::new(false));
+        let watcher = watch_ids(&s, stop.clone());
+        let workers: Vec<_> = (0..n)
+            .map(|i| {
+                let (s, ok, net) = (s.clone(), ok.clone(), net.clone());
+                let script =
+                    format!("ip -4 addr show eth0 | grep -q inet && echo net-{i} # {marker}");
+                std::thread::spawn(move || {
+                    let out = ok(
+                        &s,
+                        &[
+                            "run",
+                            "--rm",
+                            "--network",
+                            &net,
+                            "busybox",
+                            "sh",
+                            "-c",
+                            &script,
+                        ],
+                    );
+                    assert_eq!(out.trim(), format!("net-{i}"));
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("a run failed");
+        }
+        *stop.lock().unwrap() = true;
+        for id in watcher.join().unwrap() {
+            scope.add_id(id);
+        }
+        assert_no_leaks(
+            &format!("strata run --rm --network {net} {done}..{}", done + n),
+            &scope,
+            &before,
+        );
+        assert!(
+            std::path::Path::new(&format!("/sys/class/net/{bridge}")).exists(),
+            "no bridge {bridge} (the check of its ports would prove nothing)"
+        );
+        let ports = listing(std::path::PathBuf::from(format!(
+            "/sys/class/net/{bridge}/brif"
+        )));
+        assert!(ports.is_empty(), "veth ports left on {bridge}: {ports:?}");
+        let netns = listing(s.root.path().join("net/netns"));
+        assert!(netns.is_empty(), "netns files left: {netns:?}");
+        let att = listing(s.root.path().join("net/attachments"));
+        assert!(att.is_empty(), "attachments left: {att:?}");
+        assert!(s.ps().is_empty(), "containers left");
+        done += n;
+    }
+    println!(
+        "soak: strata run --rm --network (bridge) {total} lifecycles ({batch} at a time) in {:.1} s, nothing left after any batch (no veth on the bridge, no netns, no attachment)",
+        t0.elapsed().as_secs_f64()
+    );
+    ok(&s, &["network", "rm", &net]);
 }
