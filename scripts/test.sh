@@ -11,7 +11,8 @@ bash scripts/build-guest-kernel.sh >/dev/null
 # ... and its QEMU guest kernel (guest/qemu.config, x86_64 bzImage; ~6 min fresh).
 bash scripts/build-guest-kernel.sh qemu >/dev/null
 python3 scripts/module-cycles.py  # no import circles between the files of any crate
-cargo build --workspace --bins
+# kill-points: the named kill points of crates/cli/tests/faults.rs (test builds only).
+cargo build --workspace --bins --features strata-cli/kill-points
 # The static guest agent (PID 1 of every VM) for the `strata run --vm` / strata-oci VM tests.
 bash scripts/build-agent.sh >/dev/null
 
@@ -22,7 +23,7 @@ export STRATA_REQUIRE_E2E=${STRATA_REQUIRE_E2E:-1}
 mkdir -p target
 log=${STRATA_TEST_LOG:-target/test.log}
 status=0
-cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
+cargo test --workspace --features strata-cli/kill-points --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
 
 # Tests that did not run: a skip prints `SKIPPED: <test>: <reason>` (STRATA_REQUIRE_E2E=0) or
 # fails with `REQUIRED BUT SKIPPED: ...`; #[ignore] is only for helpers other tests run (their

@@ -354,6 +354,7 @@ impl Runtime {
         // seccomp profile come from this copy).
         std::fs::write(dir.join(state::CONFIG_FILE), &config_bytes)
             .map_err(io("save config", &dir.join(state::CONFIG_FILE)))?;
+        crate::kill_point::hit("create:state-dir");
         let linux = spec.linux().as_ref();
         let mut cg = Cgroup::resolve(linux.and_then(|l| l.cgroups_path().as_deref()), id)?;
         // sd_notify, runc's scheme: the relay directory is bind-mounted into the container.
@@ -403,11 +404,14 @@ impl Runtime {
         // resource writes); it waits for them only where it binds them (rootfs.rs). A failed
         // create kills and reaps it (`Cloned`'s drop) before the guard removes the cgroups.
         let cloned = launch::clone_init(&cfg)?;
+        crate::kill_point::hit("create:cloned");
         cg.create(Some(&effective_resources(&spec)))?;
         guard.cg = Some(cg.clone());
+        crate::kill_point::hit("create:cgroups");
         cloned.cgroups_created();
         let spawned = cloned.finish(&cfg, &cg, &hooks)?;
         let pid = spawned.pid;
+        crate::kill_point::hit("create:init-ready");
         // init sent the master before it reported ready.
         let master = match terminal.take_master() {
             Ok(m) => m,
@@ -450,6 +454,7 @@ impl Runtime {
             launch::kill_and_reap(pid);
             return Err(e);
         }
+        crate::kill_point::hit("create:state-written");
         guard.armed = false;
         if mode == Mode::Run {
             hooks_poststart(&spec, id, pid, &bundle);
@@ -553,7 +558,12 @@ impl Runtime {
     /// `delete`: removes a stopped (or created) container; `force` kills a running one first.
     pub fn delete(&self, id: &str, force: bool) -> Result<(), ContainerError> {
         let _lock = self.lock(id)?;
-        let l = self.load(id)?;
+        let l = match self.load(id) {
+            // A `create` that died before it saved its state (SIGKILL, OOM kill): the lock is
+            // free, so nobody is creating it any more.
+            Err(ContainerError::NotExist(_)) if force => return self.remove_unfinished(id),
+            l => l?,
+        };
         match l.status() {
             Status::Stopped | Status::Created => {}
             s if !force => {
@@ -566,6 +576,42 @@ impl Runtime {
         }
         self.destroy(&l);
         Ok(())
+    }
+
+    /// `delete --force` of a container whose `create` died before saving state.json: its
+    /// cgroups are found from the config it kept (saved before the clone), every process in
+    /// them is killed (an init cloned before them exits once the runtime's channel end closed),
+    /// then the cgroups and the state directory are removed.
+    fn remove_unfinished(&self, id: &str) -> Result<(), ContainerError> {
+        let dir = self.dir(id)?;
+        let Some(spec) = std::fs::read(dir.join(state::CONFIG_FILE))
+            .ok()
+            .and_then(|b| spec::parse(&b).ok())
+        else {
+            // Killed before it kept the config, so before it made anything but this directory
+            // (a caller that knows where its cgroups go removes them on NotExist).
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ContainerError::NotExist(id.to_string()));
+        };
+        let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        if let Ok(cg) = Cgroup::resolve(cgroups_path.as_deref(), id) {
+            for _ in 0..200 {
+                let pids = cg.pids().unwrap_or_default();
+                if pids.is_empty() {
+                    break;
+                }
+                for p in pids {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            // `created` is not known (it was in the lost state): the leaves go, parents stay
+            // (they may be shared).
+            for d in cg.paths() {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+        std::fs::remove_dir_all(&dir).map_err(io("remove state directory", &dir))
     }
 
     /// Kills whatever is left in the container, removes its cgroup and state, runs poststop.

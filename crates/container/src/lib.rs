@@ -10,6 +10,7 @@ pub mod channel;
 pub mod container;
 pub mod id;
 pub mod init;
+pub mod kill_point;
 pub mod launch;
 pub mod mounts;
 pub mod namespaces;

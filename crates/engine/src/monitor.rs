@@ -48,6 +48,7 @@ pub fn spawn(paths: &Paths, containers: &Containers, rec: Record) -> anyhow::Res
 
 fn monitor(paths: &Paths, containers: &Containers, mut rec: Record, status: OwnedFd) -> i32 {
     let _ = nix::unistd::setsid();
+    strata_container::kill_point::hit("monitor:forked");
     let mut status = std::fs::File::from(status);
     // Our stdio belonged to the `strata` that started us: let it go (the caller may be waiting
     // for EOF on a pipe), so nothing we or the workload print reaches it.
@@ -157,6 +158,7 @@ fn monitor(paths: &Paths, containers: &Containers, mut rec: Record, status: Owne
         Ok(p) => p,
         Err(e) => return fail(&mut rec, &mut status, e.code, &e.message),
     };
+    strata_container::kill_point::hit("monitor:started");
     // Attach clients write the workload's stdin (-i: the pipe we hold, or the pty) and size
     // its pty (-t). Without the socket the container still runs; only attach is missing.
     let server = match attach_server::Server::bind(&dir) {
@@ -185,10 +187,12 @@ fn monitor(paths: &Paths, containers: &Containers, mut rec: Record, status: Owne
     let _ = containers.save(&rec);
     let _ = write!(status, "ok");
     drop(status);
+    strata_container::kill_point::hit("monitor:running");
 
     let server = serve(sources, &mut log, server, stdin_target, pty_master);
     drop(log);
     let code = reap::wait(pid);
+    strata_container::kill_point::hit("monitor:exited");
     drop(held_stdin);
     if let Some(s) = server {
         s.finish(code);

@@ -193,6 +193,7 @@ pub fn foreground(
         Ok(s) => s,
         Err(e) => return fail(paths, containers, &rec, e.code, &e.message),
     };
+    strata_container::kill_point::hit("run:started");
     // prepare() already recorded us as the running container's monitor; the pid is worth
     // another record write only for a container that outlives this run (not for --rm).
     if !rec.auto_remove {
@@ -216,6 +217,7 @@ pub fn foreground(
         },
     };
     drop(log);
+    strata_container::kill_point::hit("run:exited");
     backend.delete(&rec.id);
     removal::settle(paths, containers, &mut rec, code);
     Ok(code)
@@ -414,9 +416,14 @@ pub fn prepare(
         rec: rec.clone(),
         armed: true,
     };
+    // Recorded at once: a `strata run` killed from here on leaves a container that `ps -a`
+    // lists and `rm -f` removes (hold, mount, name, directory), not an unnamed directory.
+    containers.save(&rec)?;
+    strata_container::kill_point::hit("prepare:reserved");
     // Held under the store lock, by digest (the image just resolved): a concurrent
     // `image prune` either ran before (and this fails cleanly) or keeps the layers.
     store.resolve_and_hold(image.digest().as_str(), &id)?;
+    strata_container::kill_point::hit("prepare:held");
     let rootfs_path = if vm {
         // A VM boots the image's root disk: no host overlay mount.
         vm_backend::prepare(
@@ -437,6 +444,7 @@ pub fn prepare(
     } else {
         ContainerRootfs::create(&image, &dir)?.path()
     };
+    strata_container::kill_point::hit("prepare:rootfs");
     let hostname = c
         .hostname
         .clone()
@@ -502,6 +510,7 @@ pub fn prepare(
     }
     config_json::write_config(&dir, &v)?;
     containers.save(&rec)?;
+    strata_container::kill_point::hit("prepare:recorded");
     guard.armed = false;
     Ok((containers, rec))
 }

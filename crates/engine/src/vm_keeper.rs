@@ -83,6 +83,10 @@ pub struct KeeperState {
     /// The VM's cgroup, for pause, update and removal from later commands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<strata_vmm::cgroup::VmCgroup>,
+    /// Where the VM's cgroup goes (`cgroupsPath` form), saved before the boot makes it: a keeper
+    /// killed while booting leaves a cgroup that `cgroup` does not record, found by this path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups_path: Option<PathBuf>,
     /// `creating`, `created` (workload held), `running`, `stopped`.
     pub status: String,
     #[serde(default)]
@@ -334,6 +338,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             let _ = s.write_all(msg.as_bytes());
         }
     };
+    strata_container::kill_point::hit("keeper:forked");
     let t0 = Instant::now();
     let phase =
         |what: &str| tracing::debug!(ms = t0.elapsed().as_millis() as u64, "vm keeper: {what}");
@@ -413,6 +418,11 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     // such a boot is killed and the VM booted again, twice at most.
     let console = l.state_dir.join("console.log");
     let bytes = serde_json::to_vec(&config).unwrap_or_default();
+    st.cgroups_path = Some(match &l.spec.cgroups_path {
+        Some(p) if !p.as_os_str().is_empty() => p.clone(),
+        _ => PathBuf::from(format!("/strata-vm/{}", l.id)),
+    });
+    save_state(l.state_dir, &st);
     let mut attempt = 0;
     let (mut vm, vm_pid, client, session) = loop {
         attempt += 1;
@@ -426,6 +436,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             }
         };
         phase("guest kernel started");
+        strata_container::kill_point::hit("keeper:booted");
         st.vm_pid = vm.pid();
         st.accelerator = vm.accelerator().map(str::to_string);
         st.cgroup_dirs = vm.cgroup_dirs();
@@ -517,6 +528,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             }
         });
     }
+    strata_container::kill_point::hit("keeper:created");
     let mut start_reply = None;
     if l.hold {
         st.status = "created".into();
@@ -556,9 +568,11 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         let _ = writeln!(c, "{}", serde_json::json!({"ok": true}));
     }
     report(&mut status, "ok");
+    strata_container::kill_point::hit("keeper:running");
     let [i, o, e] = stdio;
     let code = relay_session(&session, i, o, e, l.spec.tty);
     phase("workload exited");
+    strata_container::kill_point::hit("keeper:exited");
     st.status = "stopped".into();
     st.exit_code = Some(code.unwrap_or(137));
     save_state(l.state_dir, &st);
@@ -1058,6 +1072,9 @@ pub fn destroy(state_dir: &Path) {
             unsafe { libc::kill(st.keeper_pid, libc::SIGKILL) };
         }
         remove_cgroup(&st);
+        if st.cgroup.is_none() {
+            remove_unrecorded_cgroup(&st, state_dir);
+        }
     }
     let _ = std::fs::remove_dir_all(state_dir);
     if let Some(parent) = state_dir.parent() {
@@ -1078,6 +1095,41 @@ pub fn destroy_vm_only(state_dir: &Path) {
         }
     }
     remove_cgroup(&st);
+}
+
+/// The cgroup of a VM whose keeper died while booting it (before it recorded the cgroup):
+/// everything in it at `cgroups_path` is killed, then its directories go (an engine's parents
+/// stay; strata's shared `strata-vm` parent goes when it is left empty).
+fn remove_unrecorded_cgroup(st: &KeeperState, state_dir: &Path) {
+    let Some(path) = &st.cgroups_path else {
+        return;
+    };
+    let id = state_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Ok(cg) = strata_container::cgroups::Cgroup::resolve(Some(path), &id) else {
+        return;
+    };
+    let _ = cg.thaw();
+    let t = Instant::now();
+    loop {
+        let pids = cg.pids().unwrap_or_default();
+        if pids.is_empty() || t.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: kill(2) of a pid listed in this VM's own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for dir in cg.paths() {
+        let _ = std::fs::remove_dir(dir);
+        if let Some(parent) = dir.parent().filter(|p| p.ends_with("strata-vm")) {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
 }
 
 fn remove_cgroup(st: &KeeperState) {

@@ -2,6 +2,7 @@
 //! busybox-static, a per-test state root, and checks that nothing is left behind.
 #![allow(dead_code)]
 
+pub mod leaks;
 pub mod proc_cgroup;
 
 use std::path::{Path, PathBuf};

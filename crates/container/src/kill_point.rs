@@ -1,0 +1,25 @@
+//! Named kill points for the fault tests (issue 14): with the `kill-points` cargo feature (test
+//! builds only; off by default and in every release build), a process whose environment has
+//! `STRATA_KILL_POINT=<name>` SIGKILLs itself when it reaches the point of that name, so a test
+//! can stop `strata-oci create`, `strata run`, the monitor or the VM keeper between two of
+//! their steps and check that `delete --force` / `rm -f` leave nothing behind. Without the
+//! feature [`hit`] is an empty inline function and the environment is never read.
+//!
+//! The names (crates/cli/tests/faults.rs lists them too): `create:*` in
+//! strata-container's create (strata-oci create/run and every container `strata run` starts),
+//! `prepare:*`, `run:*`, `monitor:*` and `keeper:*` in strata-engine.
+
+/// The environment variable naming the point to die at.
+pub const ENV: &str = "STRATA_KILL_POINT";
+
+/// Dies by SIGKILL here when this is the named kill point (test builds only).
+#[inline]
+pub fn hit(name: &str) {
+    #[cfg(feature = "kill-points")]
+    if std::env::var_os(ENV).is_some_and(|v| v == name) {
+        // SAFETY: kill(2) of our own process; SIGKILL cannot be caught, so this does not return.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    #[cfg(not(feature = "kill-points"))]
+    let _ = name;
+}
