@@ -236,6 +236,58 @@ fn execs_run_concurrently_beside_the_main_process() {
     assert_eq!(st.code, 0);
 }
 
+/// The host client forgets an exec once its process exited and its handles are gone, so a
+/// long-lived client (the VM keeper, one exec per `strata exec`) does not grow per exec
+/// (issue 14's soak found ~6 KiB of keeper RSS per exec before this).
+#[test]
+fn finished_execs_leave_no_session_state_in_the_client() {
+    let agent = Agent::start();
+    let main = agent.client().create(&config(&["sleep", "100"])).unwrap();
+    agent.client().start().unwrap();
+    assert_eq!(agent.client().open_sessions(), 1);
+    for i in 0..20 {
+        // Output read and waited for; waited for only; handle dropped before the exit arrives;
+        // a program that does not exist (126/127: still a session with an exit).
+        let argv: &[&str] = match i % 4 {
+            0 => &["sh", "-c", "echo out; echo err >&2"],
+            1 => &["true"],
+            2 => &["sh", "-c", "sleep 0.05"],
+            _ => &["/no/such/program"],
+        };
+        let h = agent
+            .client()
+            .exec(&serde_json::to_vec(&process(argv)).unwrap(), false)
+            .unwrap();
+        match i % 4 {
+            0 | 3 => drop(h.output().unwrap()),
+            1 => drop(h.wait().unwrap()),
+            _ => drop(h),
+        }
+    }
+    // A running exec keeps its state while a handle names it.
+    let running = agent
+        .client()
+        .exec(
+            &serde_json::to_vec(&process(&["sleep", "100"])).unwrap(),
+            false,
+        )
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while agent.client().open_sessions() != 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        agent.client().open_sessions(),
+        2,
+        "the main session and the running exec only"
+    );
+    running.signal(libc::SIGKILL).unwrap();
+    assert_eq!(running.wait().unwrap().signal, Some(libc::SIGKILL));
+    drop(running);
+    assert_eq!(agent.client().open_sessions(), 1);
+    main.signal(libc::SIGKILL).unwrap();
+}
+
 #[test]
 fn pty_sessions_see_window_resizes() {
     let agent = Agent::start();

@@ -76,6 +76,10 @@ struct SessionState {
     stderr: OutBuf,
     stdin_credit: u32,
     stdin_taken: bool,
+    /// Live handles (Session, StdinWriter, OutputReader) of this session. An exec session whose
+    /// process has exited and that no handle names any more is forgotten (`release`), so a
+    /// long-lived client (the VM keeper) does not grow by one entry per exec.
+    handles: u32,
 }
 
 impl SessionState {
@@ -103,6 +107,41 @@ struct State {
     created: bool,
     sessions: HashMap<u32, SessionState>,
     next_session: u32,
+}
+
+impl State {
+    /// Forgets exec session `sid` once its process has exited and no handle names it. The main
+    /// session stays: start, and the agent's power-off, refer to it for the client's lifetime.
+    fn release(&mut self, sid: u32) {
+        if sid == MAIN_SESSION {
+            return;
+        }
+        if let Some(s) = self.sessions.get(&sid) {
+            if s.handles == 0 && s.exit.is_some() {
+                self.sessions.remove(&sid);
+            }
+        }
+    }
+
+    /// One more handle names session `sid`.
+    fn hold(&mut self, sid: u32) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.handles += 1;
+        }
+    }
+
+    /// A handle of session `sid` went away.
+    fn drop_handle(&mut self, sid: u32) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.handles = s.handles.saturating_sub(1);
+        }
+        self.release(sid);
+    }
+
+    /// How many sessions the client keeps state for (the main one included).
+    fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
 }
 
 /// Link-level flow control toward the agent (only when the agent asked for it).
@@ -329,6 +368,7 @@ impl Shared {
                 if let Some(sess) = st.sessions.get_mut(&sid) {
                     sess.exit = Some(status);
                 }
+                st.release(sid);
                 Ok(())
             }
             other => Err(format!(
@@ -584,13 +624,31 @@ impl Client {
             st.next_session = sid
                 .checked_add(1)
                 .ok_or(ClientError::Usage("session ids exhausted"))?;
-            st.sessions.insert(sid, SessionState::new());
+            // One handle from the start: the Session this returns (an Exit that arrives before
+            // it is built must not release the entry).
+            st.sessions.insert(
+                sid,
+                SessionState {
+                    handles: 1,
+                    ..SessionState::new()
+                },
+            );
             sid
         };
-        self.shared
-            .send(sid, Message::Exec(ExecRequest { process, tty }), "exec")?;
-        self.wait_started(sid, "exec")?;
-        Ok(self.session(sid))
+        // The session is named before the agent answers, so its Started/Exit land on it; if the
+        // exec fails no handle will ever name it: forget it.
+        let started = self
+            .shared
+            .send(sid, Message::Exec(ExecRequest { process, tty }), "exec")
+            .and_then(|()| self.wait_started(sid, "exec"));
+        if let Err(e) = started {
+            self.shared.lock().sessions.remove(&sid);
+            return Err(e);
+        }
+        Ok(Session {
+            shared: Arc::clone(&self.shared),
+            id: sid,
+        })
     }
 
     /// Asks the agent to kill everything and power the guest off.
@@ -618,7 +676,14 @@ impl Client {
         })
     }
 
+    /// How many sessions this client keeps state for: the main one plus every exec whose process
+    /// is running or still has a handle (a diagnostic for leak tests).
+    pub fn open_sessions(&self) -> usize {
+        self.shared.lock().session_count()
+    }
+
     fn session(&self, id: u32) -> Session {
+        self.shared.lock().hold(id);
         Session {
             shared: Arc::clone(&self.shared),
             id,
@@ -674,6 +739,7 @@ impl Session {
         if std::mem::replace(&mut s.stdin_taken, true) {
             return None;
         }
+        st.hold(self.id);
         Some(StdinWriter {
             shared: Arc::clone(&self.shared),
             id: self.id,
@@ -697,6 +763,7 @@ impl Session {
         if std::mem::replace(&mut s.out(stream).taken, true) {
             return None;
         }
+        st.hold(self.id);
         Some(OutputReader {
             shared: Arc::clone(&self.shared),
             id: self.id,
@@ -821,6 +888,19 @@ impl Drop for StdinWriter {
                 .shared
                 .send(self.id, Message::Close(StdStream::Stdin), "closing stdin");
         }
+        self.shared.lock().drop_handle(self.id);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.lock().drop_handle(self.id);
+    }
+}
+
+impl Drop for OutputReader {
+    fn drop(&mut self) {
+        self.shared.lock().drop_handle(self.id);
     }
 }
 
