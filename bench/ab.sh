@@ -6,7 +6,8 @@
 #
 # usage: bench/ab.sh REV_A REV_B [RUNS]    (git revisions; release static-pie builds are made in
 #                                            temporary worktrees under $AB_WORK, default /tmp/strata-ab)
-#        A_BIN_DIR=dir B_BIN_DIR=dir bench/ab.sh - - [RUNS]   (dirs that already hold strata and strata-oci)
+#        A_BIN_DIR=dir B_BIN_DIR=dir bench/ab.sh REV_A REV_B [RUNS]   (dirs that already hold strata and
+#                                            strata-oci built from those revisions; nothing is built)
 # Prints hyperfine's tables and writes them (markdown) to $AB_WORK/ab-*.md. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,9 +28,10 @@ build() {
   # Measured as installed: a copy, not the linker's output file (bench/oci-run.sh says why).
   install -m 0755 "$tree/target/release/strata" "$tree/target/release/strata-oci" "$out/"
 }
+# A given A_BIN_DIR/B_BIN_DIR is measured as it is (REV then only labels it).
 a_dir=${A_BIN_DIR:-$base/bin-a} b_dir=${B_BIN_DIR:-$base/bin-b}
-[ "$rev_a" = - ] || build "$rev_a" "$a_dir"
-[ "$rev_b" = - ] || build "$rev_b" "$b_dir"
+[ -n "${A_BIN_DIR:-}" ] || [ "$rev_a" = - ] || build "$rev_a" "$a_dir"
+[ -n "${B_BIN_DIR:-}" ] || [ "$rev_b" = - ] || build "$rev_b" "$b_dir"
 
 work=$(mktemp -d /run/strata-ab.XXXXXX)
 cleanup() {
