@@ -372,6 +372,18 @@ fn corruption_is_found_and_repaired_by_load_and_pull() {
             // All images at once too; listing still works (a damaged image is shown as such).
             assert!(!s.strata(&["image", "verify"]).status.success());
             assert_eq!(names(&s), [name], "{how}, {what}");
+            if what == "config blob" {
+                // The table marks it, and prune keeps its layer (it used to remove it: the
+                // image's layers are unknown while its config is damaged).
+                let o = s.strata(&["images"]);
+                let table = String::from_utf8_lossy(&o.stdout);
+                assert!(table.contains("DAMAGED"), "{how}: images: {table}");
+                let o = s.strata(&["image", "prune"]);
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(o.status.success(), "{how}: prune: {err}");
+                assert!(err.contains("kept every blob and layer"), "{how}: prune: {err}");
+                assert!(layer.join("bin/tool").exists(), "{how}: prune removed the layer");
+            }
             s.ok(&again);
             s.ok(&["image", "verify", name]);
             let now = stored(&s);

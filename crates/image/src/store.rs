@@ -108,6 +108,10 @@ pub struct PruneStats {
     pub blobs: u64,
     pub layers: u64,
     pub bytes: u64,
+    /// Images whose manifest or config could not be read: their layers are unknown, so no blob or
+    /// layer was removed (a re-pull or `strata image verify` repairs them; prune again after).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<String>,
 }
 
 impl Store {
@@ -549,9 +553,11 @@ impl Store {
         }
         let mut blobs: BTreeSet<String> = BTreeSet::new();
         let mut layers: BTreeSet<String> = BTreeSet::new();
+        let mut stats = PruneStats::default();
         for m in &manifests {
             blobs.insert(m.hex().to_string());
             let Ok((manifest, config_digest)) = image::read_manifest(self, m) else {
+                stats.damaged.push(m.to_string());
                 continue;
             };
             blobs.insert(config_digest.hex().to_string());
@@ -563,13 +569,27 @@ impl Store {
                         .to_string(),
                 );
             }
-            if let Ok(config) = image::read_config(self, &config_digest) {
-                for d in config.rootfs().diff_ids() {
-                    layers.insert(d.trim_start_matches("sha256:").to_string());
+            match image::read_config(self, &config_digest) {
+                Ok(config) => {
+                    for d in config.rootfs().diff_ids() {
+                        layers.insert(d.trim_start_matches("sha256:").to_string());
+                    }
                 }
+                Err(_) => stats.damaged.push(m.to_string()),
             }
         }
-        let mut stats = PruneStats::default();
+        self.sweep_stray_temp_files()?;
+        let tmp = self.root.join("tmp");
+        for ent in fs::read_dir(&tmp).ctx("list staging", &tmp)? {
+            let ent = ent.ctx("list staging", &tmp)?;
+            remove_tree(&ent.path())?;
+        }
+        if !stats.damaged.is_empty() {
+            // Which layers a damaged image needs is unknown: removing any could lose one it
+            // still uses, so nothing goes until it is repaired.
+            tracing::warn!(images = ?stats.damaged, "prune kept every blob and layer: an image is damaged");
+            return Ok(stats);
+        }
         let bdir = self.root.join("blobs/sha256");
         for ent in fs::read_dir(&bdir).ctx("list blobs", &bdir)? {
             let ent = ent.ctx("list blobs", &bdir)?;
@@ -599,12 +619,37 @@ impl Store {
                 fs::remove_file(ent.path()).ctx("remove layer digest", ent.path())?;
             }
         }
-        let tmp = self.root.join("tmp");
-        for ent in fs::read_dir(&tmp).ctx("list staging", &tmp)? {
-            let ent = ent.ctx("list staging", &tmp)?;
-            remove_tree(&ent.path())?;
-        }
         Ok(stats)
+    }
+
+    /// Removes the temp files of atomic writes (`.tmp*` beside images.json, layer digests and
+    /// holds) that a kill between create and rename left. Index and hold writes do not take the
+    /// store lock, so only files older than a minute go (a live write takes milliseconds).
+    fn sweep_stray_temp_files(&self) -> Result<()> {
+        let stale = |m: &fs::Metadata| {
+            m.is_file()
+                && m.modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() >= 60)
+        };
+        for dir in [
+            self.root.clone(),
+            self.root.join("layers/tree"),
+            self.root.join("holds"),
+        ] {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for ent in rd.flatten() {
+                let name = ent.file_name();
+                if name.to_string_lossy().starts_with(".tmp")
+                    && ent.metadata().is_ok_and(|m| stale(&m))
+                {
+                    tracing::info!(file = %ent.path().display(), "removing what a killed write left");
+                    fs::remove_file(ent.path()).ctx("remove", ent.path())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Starts an import: everything it adds is staged until [`Transaction::commit`].
@@ -619,6 +664,7 @@ impl Store {
                 tracing::info!(dir = %ent.path().display(), "removing what a killed import staged");
                 remove_tree(&ent.path())?;
             }
+            self.sweep_stray_temp_files()?;
             drop(lock);
         }
         let lock = self.store_lock(false)?;
@@ -1174,5 +1220,56 @@ mod tests {
         let st = s.prune().unwrap();
         assert_eq!((st.blobs, st.layers), (3, 1));
         assert!(!img.layers()[0].exists());
+    }
+
+    /// A named image whose config is damaged keeps its layers through prune (before, prune
+    /// removed them: the image was lost until a re-pull), and prune says which image it kept for.
+    #[test]
+    fn prune_keeps_every_layer_while_an_image_is_damaged() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let img = s.resolve("busybox").unwrap();
+        let (_, config) = image::read_manifest(&s, img.digest()).unwrap();
+        fs::write(s.blob_path(&config), b"{\"not\": \"the config\"}").unwrap();
+        // An unreferenced layer that prune would otherwise remove.
+        let orphan = d.path().join("layers/sha256").join("ab".repeat(32));
+        fs::create_dir_all(orphan.join("bin")).unwrap();
+        let st = s.prune().unwrap();
+        assert_eq!(st.damaged, vec![img.digest().to_string()]);
+        assert_eq!((st.blobs, st.layers), (0, 0));
+        assert!(img.layers()[0].join("bin/busybox").exists());
+        assert!(orphan.exists());
+    }
+
+    /// The temp file of an atomic write that a kill left beside images.json goes with the next
+    /// prune or import once it is stale; a fresh one (a write in progress) stays.
+    #[test]
+    fn stale_temp_files_of_killed_writes_are_swept() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let old = d.path().join(".tmpKilled");
+        let fresh = d.path().join(".tmpLive");
+        fs::write(&old, b"half an index").unwrap();
+        fs::write(&fresh, b"a write in progress").unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        s.prune().unwrap();
+        assert!(!old.exists());
+        assert!(fresh.exists());
+        let old2 = d.path().join("layers/tree/.tmpX");
+        fs::write(&old2, b"x").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&old2)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        drop(s.begin().unwrap());
+        assert!(!old2.exists());
     }
 }

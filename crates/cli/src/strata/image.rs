@@ -149,7 +149,7 @@ pub fn images(g: &Global, a: ImagesArgs) -> anyhow::Result<()> {
     }
     if a.quiet_ids {
         for i in &list {
-            println!("{}", &i.id[7..19]);
+            println!("{}", i.id.get(7..19).unwrap_or(&i.id));
         }
         return Ok(());
     }
@@ -163,16 +163,31 @@ pub fn images(g: &Global, a: ImagesArgs) -> anyhow::Result<()> {
                 }
                 None => ("<none>".into(), "<none>".into()),
             };
+            let created = match &i.damaged {
+                Some(_) => "DAMAGED".to_string(),
+                None => i.created.clone().unwrap_or_default(),
+            };
             vec![
                 repo,
                 tag,
-                i.id[7..19].to_string(),
-                i.created.clone().unwrap_or_default(),
+                i.id.get(7..19).unwrap_or(&i.id).to_string(),
+                created,
                 human_size(i.size),
             ]
         })
         .collect();
     print_table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows);
+    let damaged: Vec<String> = list
+        .iter()
+        .filter(|i| i.damaged.is_some())
+        .map(|i| i.name.clone().unwrap_or_else(|| i.manifest_digest.clone()))
+        .collect();
+    if !damaged.is_empty() {
+        eprintln!(
+            "strata: damaged image(s): {}: `strata image verify` says what; pull or load again to repair",
+            damaged.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -259,6 +274,13 @@ pub fn prune(g: &Global, a: PruneArgs) -> anyhow::Result<()> {
             s.blobs,
             s.layers,
             human_size(s.bytes)
+        );
+    }
+    if !s.damaged.is_empty() {
+        eprintln!(
+            "strata: kept every blob and layer: damaged image(s) {} (which layers they use is unknown); \
+             repair with `strata pull`/`strata load` of the image or remove it with `strata rmi`, then prune again",
+            s.damaged.join(", ")
         );
     }
     Ok(())
