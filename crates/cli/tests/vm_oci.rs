@@ -511,6 +511,10 @@ fn a_terminal_vm_gets_its_pty_through_the_console_socket_and_leaves_nothing() {
     };
     let (_b2, pid2, _master2) = create_tty(&id2, "sleep 1000");
     assert_eq!(oci.status(&id2), "created");
+    // The keeper's children become ours (the subreaper's) when it dies: reap exactly those
+    // later, never with waitpid(-1), which would take other tests' children in this binary.
+    let orphans = children_of(pid2);
+    assert!(!orphans.is_empty(), "the keeper {pid2} has no VM process");
     // SAFETY: kill(2) on the keeper we are the reaper of.
     unsafe { libc::kill(pid2, libc::SIGKILL) };
     assert_eq!(wait_exit_code(pid2), 137);
@@ -518,11 +522,40 @@ fn a_terminal_vm_gets_its_pty_through_the_console_socket_and_leaves_nothing() {
     oci.ok(&["delete", "--force", &id2]);
     assert!(!oci.root.path().join("vm").join(&id2).exists());
     assert_no_vm_cgroups(&id2, &id2);
-    // The orphaned VM processes were ours to reap.
-    while let Ok(
-        nix::sys::wait::WaitStatus::Exited(..) | nix::sys::wait::WaitStatus::Signaled(..),
-    ) = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
-    {}
+    // The orphaned VM processes were ours to reap; delete --force ended them.
+    for pid in orphans {
+        reap_within(pid, std::time::Duration::from_secs(30));
+    }
+}
+
+/// Reaps child `pid`, which must have ended (or end) within `limit`.
+fn reap_within(pid: i32, limit: std::time::Duration) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(nix::Error::EINTR) => {}
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => return,
+            Ok(_) => {}
+            Err(e) => panic!("waitpid {pid}: {e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "VM process {pid} ({}) outlived delete --force",
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The direct children of `pid` (every thread's).
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(list.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+    }
+    out
 }
 
 /// A keeper that stops answering (here: SIGSTOPped) does not hang the engine: `kill` and
