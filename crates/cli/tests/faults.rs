@@ -524,3 +524,70 @@ fn the_leak_checker_finds_each_kind_of_leftover() {
     // What the test removed is gone (a killed process leaves /proc asynchronously).
     common::leaks::assert_no_leaks("after the probe's own cleanup", &scope, &before);
 }
+
+/// A foreground `strata run` is listed as running from the moment it recorded the container,
+/// before its runtime made it. `strata kill` in that window used to fail with "not running"
+/// (seen as a flake of oci_exe_guard); it now waits for the start and delivers the signal.
+/// The run is held at the window with a stop point, so the window is not left to timing.
+#[test]
+fn kill_while_a_foreground_run_is_still_starting_waits_and_delivers() {
+    if !root_or_skip() {
+        return;
+    }
+    let s = Sandbox::new("container");
+    let name = unique_id("starting");
+    let mut c = s.cmd();
+    c.args(["run", "--rm", "--name", &name, "busybox", "sleep", "60"])
+        .env(strata_container::kill_point::STOP_ENV, "prepare:recorded")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut run = c.spawn().unwrap();
+    struct Reap<'a>(&'a mut std::process::Child);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            // SAFETY: signals to our own child.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGCONT) };
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = run.id() as i32;
+    let run = Reap(&mut run);
+    eventually(30, "the run stops at prepare:recorded", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('T'))
+        })
+    });
+    assert!(
+        s.ps().iter().any(|c| c["Name"] == name.as_str()),
+        "ps does not list the starting container"
+    );
+    let mut kill = s.cmd();
+    kill.args(["kill", &name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut kill = kill.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        kill.try_wait().unwrap().is_none(),
+        "kill gave up on a starting container: {}",
+        {
+            let o = kill.wait_with_output().unwrap();
+            String::from_utf8_lossy(&o.stderr).into_owned()
+        }
+    );
+    // SAFETY: SIGCONT to our own child.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let o = kill.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "kill: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let status = run.0.wait().unwrap();
+    assert!(!status.success(), "sleep 60 was not killed: {status:?}");
+    drop(run);
+    s.assert_nothing_left(&[]);
+}

@@ -381,8 +381,14 @@ fn corruption_is_found_and_repaired_by_load_and_pull() {
                 let o = s.strata(&["image", "prune"]);
                 let err = String::from_utf8_lossy(&o.stderr);
                 assert!(o.status.success(), "{how}: prune: {err}");
-                assert!(err.contains("kept every blob and layer"), "{how}: prune: {err}");
-                assert!(layer.join("bin/tool").exists(), "{how}: prune removed the layer");
+                assert!(
+                    err.contains("kept every blob and layer"),
+                    "{how}: prune: {err}"
+                );
+                assert!(
+                    layer.join("bin/tool").exists(),
+                    "{how}: prune removed the layer"
+                );
             }
             s.ok(&again);
             s.ok(&["image", "verify", name]);

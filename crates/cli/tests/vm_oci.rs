@@ -551,9 +551,15 @@ fn reap_within(pid: i32, limit: std::time::Duration) {
 /// The direct children of `pid` (every thread's).
 fn children_of(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
         let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        out.extend(list.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
     }
     out
 }

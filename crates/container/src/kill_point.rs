@@ -12,13 +12,24 @@
 /// The environment variable naming the point to die at.
 pub const ENV: &str = "STRATA_KILL_POINT";
 
-/// Dies by SIGKILL here when this is the named kill point (test builds only).
+/// The environment variable naming the point to stop at (SIGSTOP: the test continues the
+/// process with SIGCONT), to hold a process between two steps and look at what others see.
+pub const STOP_ENV: &str = "STRATA_STOP_POINT";
+
+/// Dies by SIGKILL here when this is the named kill point, or stops (SIGSTOP) when it is the
+/// named stop point (test builds only).
 #[inline]
 pub fn hit(name: &str) {
     #[cfg(feature = "kill-points")]
-    if std::env::var_os(ENV).is_some_and(|v| v == name) {
-        // SAFETY: kill(2) of our own process; SIGKILL cannot be caught, so this does not return.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    {
+        if std::env::var_os(ENV).is_some_and(|v| v == name) {
+            // SAFETY: kill(2) of our own process; SIGKILL cannot be caught: this does not return.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        if std::env::var_os(STOP_ENV).is_some_and(|v| v == name) {
+            // SAFETY: kill(2) of our own process; returns once someone sends SIGCONT.
+            unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+        }
     }
     #[cfg(not(feature = "kill-points"))]
     let _ = name;

@@ -71,9 +71,9 @@ pub fn stop(
         return Ok(());
     }
     let backend = isolation::backend(&rec.isolation, &paths.root)?;
-    let _ = backend.kill(&rec.id, Signal::SIGTERM);
+    let _ = signal_once_started(backend.as_ref(), containers, rec, Signal::SIGTERM);
     if !wait_exited(containers, rec, grace) {
-        let _ = backend.kill(&rec.id, Signal::SIGKILL);
+        let _ = signal_once_started(backend.as_ref(), containers, rec, Signal::SIGKILL);
         if !wait_exited(containers, rec, Duration::from_secs(10)) {
             bail!("container {} did not exit after SIGKILL", rec.name);
         }
@@ -116,8 +116,38 @@ pub fn kill(paths: &Paths, rec: &Record, sig: Signal) -> anyhow::Result<()> {
             rec.name
         );
     }
-    isolation::backend(&rec.isolation, &paths.root)?.kill(&rec.id, sig)
+    let backend = isolation::backend(&rec.isolation, &paths.root)?;
+    signal_once_started(backend.as_ref(), &Containers::new(&paths.store), rec, sig)
 }
+
+/// Sends `sig` through the backend. A foreground `strata run` records the container as
+/// running before its runtime has made it (one record write less on the start path): while that process lives and the runtime
+/// does not know the container yet, it is still starting, so this waits for it rather than say
+/// "not running" about a container `ps` lists as up.
+fn signal_once_started(
+    backend: &dyn crate::Backend,
+    containers: &Containers,
+    rec: &Record,
+    sig: Signal,
+) -> anyhow::Result<()> {
+    let t = Instant::now();
+    loop {
+        let err = match backend.kill(&rec.id, sig) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let still_starting = containers
+            .load(&rec.id)
+            .is_ok_and(|r| r.live_state() == State::Running && r.pid.is_none());
+        if !still_starting || t.elapsed() >= STARTING_LIMIT {
+            return Err(err);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How long `kill` waits for a container that is still starting.
+const STARTING_LIMIT: Duration = Duration::from_secs(30);
 
 /// A signal by name (TERM, SIGTERM) or number.
 pub fn parse_signal(s: &str) -> anyhow::Result<Signal> {
