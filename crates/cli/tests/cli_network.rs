@@ -83,8 +83,40 @@ impl Net {
         out
     }
 
-    /// Nothing of `ids` is left: no attachment record, no namespace mount, no NAT rule.
+    /// Nothing of `ids` is left: no attachment record, no namespace mount, no NAT rule. The
+    /// network DEL of a finished workload runs after `strata run` returned (a detached
+    /// releaser), so this waits (bounded) for the releasers still at work first.
     fn assert_no_network_left(&self, ids: &[&str]) {
+        let t = std::time::Instant::now();
+        while self.releasing() && t.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.assert_no_network_left_now(ids);
+    }
+
+    /// True while an attachment record exists whose releaser runs.
+    fn releasing(&self) -> bool {
+        let dir = self.s.root.path().join("net/attachments");
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|net| {
+                std::fs::read_dir(net.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .filter_map(|a| std::fs::read(a.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .any(|r| {
+                r["release"]["pid"]
+                    .as_i64()
+                    .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+            })
+    }
+
+    fn assert_no_network_left_now(&self, ids: &[&str]) {
         assert!(
             self.attachments().is_empty(),
             "attachments left: {:?}",
@@ -246,6 +278,167 @@ fn published_httpd_reached_from_the_host_and_by_name() {
     n.assert_no_network_left(&[&id]);
     n.ok(&["network", "rm", &net]);
     assert!(!n.ok(&["network", "ls"]).contains(&net));
+    assert_no_rule_of_network(&net);
+}
+
+/// No iptables rule names network `net` (strata's network-wide rules went with it).
+fn assert_no_rule_of_network(net: &str) {
+    let rules = iptables_rules();
+    assert!(
+        !rules.contains(&format!("strata network {net}\"")),
+        "a rule of network {net} is left:\n{rules}"
+    );
+}
+
+/// The packet counter of the MASQUERADE rule in network `net`'s chain.
+fn masquerade_packets(net: &str) -> u64 {
+    let o = std::process::Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S", "POSTROUTING"])
+        .output()
+        .unwrap();
+    let chain = text(&o.stdout)
+        .lines()
+        .find(|l| l.contains(&format!("strata network {net}\"")))
+        .and_then(|l| l.split_whitespace().last().map(String::from))
+        .unwrap_or_else(|| panic!("no masquerade jump of network {net}: {}", text(&o.stdout)));
+    let o = std::process::Command::new("iptables")
+        .args(["-w", "-t", "nat", "-L", &chain, "-v", "-x", "-n"])
+        .output()
+        .unwrap();
+    text(&o.stdout)
+        .lines()
+        .find(|l| l.contains("MASQUERADE"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no MASQUERADE rule in {chain}: {}", text(&o.stdout)))
+}
+
+#[test]
+fn network_rules_masquerade_members_and_go_with_the_network() {
+    if !ready_or_skip() {
+        return;
+    }
+    let n = Net::new();
+    let net = format!("masq{}", std::process::id());
+    n.ok(&["network", "create", "--subnet", &subnet(4), &net]);
+    // The conflist leaves masquerading to strata's one rule for the whole subnet.
+    let conf = std::fs::read_to_string(n.conf.path().join(format!("{net}.conflist"))).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&conf).unwrap();
+    assert_eq!(v["plugins"][0]["ipMasq"], false, "{conf}");
+    let before = masquerade_packets(&net);
+    // A packet to an address outside the subnet (TEST-NET-1, routed out of the host by its
+    // default route; no answer is needed) passes the network's MASQUERADE rule.
+    n.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "busybox",
+        "sh",
+        "-c",
+        "ping -c 2 -W 1 192.0.2.1 >/dev/null 2>&1; true",
+    ]);
+    assert!(
+        masquerade_packets(&net) > before,
+        "the member's packet to 192.0.2.1 was not masqueraded"
+    );
+    n.assert_no_network_left(&[]);
+    n.ok(&["network", "rm", &net]);
+    assert_no_rule_of_network(&net);
+}
+
+#[test]
+fn run_rm_releases_its_network_after_returning_and_nothing_leaks() {
+    if !ready_or_skip() {
+        return;
+    }
+    let n = Net::new();
+    let net = format!("rel{}", std::process::id());
+    n.ok(&["network", "create", "--subnet", &subnet(5), &net]);
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:80");
+    // The same published port, back to back: the second run waits for (or finishes) the
+    // first one's release instead of failing with "already published".
+    for _ in 0..3 {
+        n.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            &net,
+            "-p",
+            &publish,
+            "busybox",
+            "true",
+        ]);
+    }
+    n.assert_no_network_left(&[]);
+
+    // The releaser killed before its DEL: the attachment is left with dead processes only;
+    // the next run wanting its port finishes it, prune finishes the rest.
+    let o = {
+        let mut c = n.s.cmd();
+        c.env("STRATA_NET_CONFIG_DIR", n.conf.path())
+            .env("STRATA_KILL_POINT", "net:releasing")
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                &net,
+                "-p",
+                &publish,
+                "busybox",
+                "true",
+            ]);
+        output_timeout(c, None, Duration::from_secs(120))
+    };
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    if !cfg!(feature = "kill-points") {
+        return; // without the kill points the releaser was not killed
+    }
+    assert_eq!(
+        n.attachments().len(),
+        1,
+        "the killed releaser left the attachment"
+    );
+    n.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "-p",
+        &publish,
+        "busybox",
+        "true",
+    ]);
+    n.assert_no_network_left(&[]);
+
+    let o = {
+        let mut c = n.s.cmd();
+        c.env("STRATA_NET_CONFIG_DIR", n.conf.path())
+            .env("STRATA_KILL_POINT", "net:releasing")
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                &net,
+                "-p",
+                &publish,
+                "busybox",
+                "true",
+            ]);
+        output_timeout(c, None, Duration::from_secs(120))
+    };
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        n.attachments().len(),
+        1,
+        "the killed releaser left the attachment"
+    );
+    let out = n.ok(&["network", "prune"]);
+    assert!(out.contains(&format!("detached {net}/")), "{out}");
+    n.assert_no_network_left_now(&[]);
+    // Nothing names the network any more: prune removed it, with its rules.
+    assert!(out.contains(&format!("removed network {net}")), "{out}");
+    assert_no_rule_of_network(&net);
 }
 
 #[test]

@@ -170,24 +170,111 @@ pub fn up(paths: &Paths, id: &str, name: &str, dir: &Path) -> anyhow::Result<()>
 /// Detaches the container from its networks and removes its namespace (idempotent; nothing to
 /// do without network.json).
 pub fn down(paths: &Paths, id: &str, dir: &Path) {
-    let Some(mut s) = load(dir) else {
+    let Some(s) = load(dir) else {
         return;
     };
     if let Ok(nets) = networks(paths) {
-        match nets.detach_all(id) {
-            // The namespace goes only after DEL succeeded: the bridge plugin finds the masquerade
-            // rules to remove through the interface in it, so `strata network prune` can retry
-            // a failed DEL only while the namespace still exists.
-            Ok(()) => {
-                if let Err(e) = nets.remove_netns(id) {
-                    tracing::warn!("remove the network namespace of {id}: {e}");
-                }
+        detach(&nets, id);
+    }
+    forget_runtime(dir, s);
+}
+
+/// [`down`] off the exit path of the process that ran the workload: the CNI DEL (a few plugin
+/// processes forking iptables, most of what a network costs a `run --rm`) runs in a detached
+/// process, so `strata run --rm` returns, and the monitor exits, as soon as the workload's exit
+/// is recorded. That process takes the attachments over first (strata-net's `begin_release`):
+/// a new run publishing the same host port, `strata start` or `strata rm` of the same container
+/// wait for it; if it is killed, its attachments are leftovers of dead processes that
+/// `strata network prune` (or the next attach that wants their ports) removes.
+pub fn release(paths: &Paths, id: &str, dir: &Path) {
+    let Some(s) = load(dir) else {
+        return;
+    };
+    let Ok(nets) = networks(paths) else {
+        return;
+    };
+    forget_runtime(dir, s);
+    // The releaser closes its end once it has taken the attachments over: we return only then,
+    // so whoever comes next (`strata rm`, `start`, a run wanting the same port) finds them
+    // claimed and waits instead of DELeting them a second time, concurrently.
+    let Ok((claimed_r, claimed_w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+        detach(&nets, id);
+        return;
+    };
+    // SAFETY: strata is single-threaded here (the workload has exited, the relay is done); the
+    // child only forks again and _exits, the grandchild runs the release and _exits.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => {
+            tracing::debug!("fork the network releaser ({e}): detaching in the foreground");
+            detach(&nets, id);
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(claimed_w);
+            let _ = nix::sys::wait::waitpid(child, None);
+            let mut buf = [0u8; 1];
+            let mut f = std::fs::File::from(claimed_r);
+            let _ = std::io::Read::read(&mut f, &mut buf);
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            // A grandchild, so the releaser is nobody's child to reap (the monitor's parent may
+            // be gone already, a long-lived caller would collect a zombie).
+            // SAFETY: as above.
+            if let Ok(nix::unistd::ForkResult::Parent { .. }) = unsafe { nix::unistd::fork() } {
+                // SAFETY: _exit in a forked child; nothing of the parent must run at exit.
+                unsafe { libc::_exit(0) };
             }
-            Err(e) => tracing::warn!(
-                "detach {id} from its networks (`strata network prune` retries): {e}"
-            ),
+            drop(claimed_r);
+            releaser(&nets, id, claimed_w);
+            // SAFETY: as above.
+            unsafe { libc::_exit(0) };
         }
     }
+}
+
+/// The detached releaser: own session, no stdio of the caller (whoever reads `strata run`'s
+/// output must see EOF when the run returns), no inherited descriptors; takes the attachments
+/// over, then DELs them.
+fn releaser(nets: &Networks, id: &str, claimed: std::os::fd::OwnedFd) {
+    let _ = nix::unistd::setsid();
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..=2 {
+            // SAFETY: dup2 of a live fd onto our stdio numbers.
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
+        }
+    }
+    let claimed_ok = nets.begin_release(id, Owner::current()).is_ok();
+    drop(claimed);
+    // SAFETY: closes descriptors this process inherited and no longer uses.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if !claimed_ok {
+        return; // the records stay with their dead owner: prune's work
+    }
+    strata_container::kill_point::hit("net:releasing");
+    detach(nets, id);
+}
+
+fn detach(nets: &Networks, id: &str) {
+    match nets.detach_all(id) {
+        // The namespace goes only after DEL succeeded: the bridge plugin finds what to remove
+        // through the interface in it (on conflists that still use its ipMasq), so `strata
+        // network prune` can retry a failed DEL only while the namespace still exists.
+        Ok(()) => {
+            if let Err(e) = nets.remove_netns(id) {
+                tracing::warn!("remove the network namespace of {id}: {e}");
+            }
+        }
+        Err(e) => {
+            tracing::warn!("detach {id} from its networks (`strata network prune` retries): {e}")
+        }
+    }
+}
+
+/// Clears what the container got from its networks while it ran (address, published ports).
+fn forget_runtime(dir: &Path, mut s: NetworkSettings) {
     if s.address.is_some() || !s.published.is_empty() {
         s.address = None;
         s.gateway = None;

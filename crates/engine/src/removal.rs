@@ -9,11 +9,13 @@ use crate::{isolation, network};
 
 /// The end of a container this process ran (foreground `run` or the monitor): removed with
 /// `--rm`, else recorded as exited with `code`.
+/// The network attachments are released off this path (network::release): the caller exits
+/// as soon as the rest is done.
 pub fn settle(paths: &Paths, containers: &Containers, rec: &mut Record, code: i32) {
     if rec.auto_remove {
-        remove_all(paths, containers, rec);
+        remove(paths, containers, rec, true);
     } else {
-        network::down(paths, &rec.id, &containers.dir(&rec.id));
+        network::release(paths, &rec.id, &containers.dir(&rec.id));
         rec.state = State::Exited;
         rec.exit_code = Some(code);
         rec.pid = None;
@@ -25,12 +27,21 @@ pub fn settle(paths: &Paths, containers: &Containers, rec: &mut Record, code: i3
 /// Removes everything a container has: workload and runtime state, overlay mount, image
 /// hold, name and directory. Idempotent; every step runs even if an earlier one failed.
 pub fn remove_all(paths: &Paths, containers: &Containers, rec: &Record) {
+    remove(paths, containers, rec, false);
+}
+
+/// [`remove_all`]; `release_network`: the network DEL runs detached (network::release).
+fn remove(paths: &Paths, containers: &Containers, rec: &Record, release_network: bool) {
     if let Ok(b) = isolation::backend(&rec.isolation, &paths.root) {
         b.delete(&rec.id);
     }
     remove_shared_cgroup_parent();
     let dir = containers.dir(&rec.id);
-    network::down(paths, &rec.id, &dir);
+    if release_network {
+        network::release(paths, &rec.id, &dir);
+    } else {
+        network::down(paths, &rec.id, &dir);
+    }
     if let Err(e) = ContainerRootfs::open(&dir).remove() {
         tracing::warn!("remove container {}: {e}", rec.id);
         let _ = std::fs::remove_dir_all(&dir);

@@ -20,6 +20,9 @@ use crate::ports::{PortSpec, Protocol};
 use crate::record::{validate_container_id, AttachmentRecord, PublishedPort};
 use crate::{lock, Error, Networks, Owner};
 
+/// How long an attach or detach waits for another process's DEL of the same attachment.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What joining a network takes.
 #[derive(Debug, Clone)]
 pub struct AttachRequest {
@@ -257,6 +260,7 @@ impl Networks {
             }
         }
         let _shared = lock::shared(&self.lock_path())?;
+        crate::rules::ensure(&self.cfg.state_dir, &net)?;
         let dir = self.records_dir(&net.name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -272,7 +276,7 @@ impl Networks {
                     container: req.container_id.clone(),
                 });
             }
-            let others = self.records(None)?;
+            let others = self.finish_ended_holders(self.records(None)?, &req.ports)?;
             let ports = self.resolve_ports(&req.ports, &others)?;
             let record = AttachmentRecord {
                 network: net.name.clone(),
@@ -287,6 +291,7 @@ impl Networks {
                 hosts_file: req.hosts_file.clone(),
                 conflist: net.conflist.clone(),
                 result: None,
+                release: None,
             };
             write_record(&path, &record)?;
             record
@@ -333,6 +338,85 @@ impl Networks {
             return Err(e);
         }
         Ok(attachment)
+    }
+
+    /// Attachments whose workload ended but whose DEL has not finished yet (it runs after the
+    /// owner exited, see [`Networks::begin_release`]) still hold their host ports. A request
+    /// for one of those ports must not fail because of that (`run --rm -p 8080:80` twice in a
+    /// row): it waits for the releasing process, or DELs the attachment itself when nobody
+    /// releases it any more (its owner and releaser were killed). Returns the records left.
+    /// Called with the ports lock held, so two attaches never DEL the same record.
+    fn finish_ended_holders(
+        &self,
+        others: Vec<AttachmentRecord>,
+        specs: &[PortSpec],
+    ) -> Result<Vec<AttachmentRecord>, Error> {
+        let wanted = |r: &AttachmentRecord| {
+            r.ports.iter().any(|p| {
+                specs.iter().any(|s| {
+                    s.host_port == Some(p.host_port)
+                        && s.protocol == p.protocol
+                        && same_binding(p.host_ip, s.host_ip)
+                })
+            })
+        };
+        let mut out = Vec::with_capacity(others.len());
+        for r in others {
+            if r.owner.alive() || !wanted(&r) {
+                out.push(r);
+                continue;
+            }
+            if self.wait_for_release(&r) {
+                continue;
+            }
+            if r.live() {
+                out.push(r); // its releaser is still at work after the wait: a real conflict
+                continue;
+            }
+            self.undo_record(&r)?;
+            if r.netns.starts_with(self.netns_dir()) {
+                // The namespace strata made for it goes too (its owner is dead).
+                let _ = self.remove_netns(&r.container_id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits (bounded) while the releasing process of `r` runs and its record exists; true when
+    /// the record is gone.
+    fn wait_for_release(&self, r: &AttachmentRecord) -> bool {
+        let path = self.record_path(&r.network, &r.container_id);
+        let deadline = std::time::Instant::now() + RELEASE_WAIT;
+        while r.release.is_some_and(|o| o.alive()) && std::time::Instant::now() < deadline {
+            if !path.exists() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        !path.exists()
+    }
+
+    /// Hands the DEL of `container_id`'s attachments to `releaser` (the process that will run
+    /// [`Networks::detach_all`] after the workload ended, off the exit path of the one that ran
+    /// it). Until it is done, an attach that wants the same host ports and a detach of the same
+    /// container wait for it rather than DEL the attachment a second time; if it is killed, the
+    /// record is an ordinary leftover of dead processes for [`Networks::reconcile`] (prune) or
+    /// for the next attach that needs its ports. Returns how many attachments were handed over.
+    pub fn begin_release(&self, container_id: &str, releaser: Owner) -> Result<usize, Error> {
+        validate_container_id(container_id)?;
+        let _shared = lock::shared(&self.lock_path())?;
+        let _ports = lock::exclusive(&self.cfg.state_dir.join("ports.lock"))?;
+        let mut n = 0;
+        for mut r in self
+            .records(None)?
+            .into_iter()
+            .filter(|r| r.container_id == container_id)
+        {
+            r.release = Some(releaser);
+            write_record(&self.record_path(&r.network, &r.container_id), &r)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Resolves `-p` requests: refuses ports another attachment publishes or a host process
@@ -428,6 +512,9 @@ impl Networks {
         validate_container_id(container_id)?;
         let _shared = lock::shared(&self.lock_path())?;
         let r = self.record(network, container_id)?;
+        if r.release.is_some_and(|o| o != Owner::current()) && self.wait_for_release(&r) {
+            return Ok(()); // its releaser did it
+        }
         self.undo_record(&r)?;
         self.refresh_hosts(container_id)
     }

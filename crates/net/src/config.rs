@@ -155,10 +155,13 @@ pub fn bridge_name(network: &str) -> String {
     format!("st-{}", &hex::encode(h)[..12])
 }
 
-/// The conflist of a new bridge network: bridge (gateway on the bridge, masquerade out, hairpin
-/// so a container reaches itself through a published port) with host-local leases in
-/// `lease_root`, portmap for `-p` (with SNAT so the host's loopback reaches published ports),
-/// firewall so forwarding works even where the host's FORWARD policy is DROP.
+/// The conflist of a new bridge network: bridge (gateway on the bridge, hairpin so a container
+/// reaches itself through a published port) with host-local leases in `lease_root`, portmap for
+/// `-p` (with SNAT so the host's loopback reaches published ports). Masquerading out and
+/// accepting forwarded traffic (the bridge plugin's `ipMasq` and the firewall plugin, per
+/// container, at every start and stop) are done once for the whole subnet by strata's network
+/// rules (rules.rs), which `"strata": {"networkRules": true}` asks for; other CNI callers
+/// (libcni, Podman's CNI mode) ignore that key.
 pub fn bridge_conflist(
     name: &str,
     bridge: &str,
@@ -174,7 +177,7 @@ pub fn bridge_conflist(
                 "type": "bridge",
                 "bridge": bridge,
                 "isGateway": true,
-                "ipMasq": true,
+                "ipMasq": false,
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
@@ -183,9 +186,9 @@ pub fn bridge_conflist(
                     "dataDir": lease_root.display().to_string()
                 }
             },
-            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
-            {"type": "firewall", "backend": "iptables"}
-        ]
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+        ],
+        "strata": {"networkRules": true}
     })
 }
 

@@ -19,6 +19,7 @@ pub mod owner;
 pub mod ports;
 pub mod prune;
 pub mod record;
+mod rules;
 mod store;
 
 pub use attach::{AttachRequest, Attachment};

@@ -66,6 +66,11 @@ pub struct AttachmentRecord {
     pub conflist: Value,
     /// ADD's result; `None` while ADD runs (or if it crashed).
     pub result: Option<Value>,
+    /// The process that took over the DEL once the owner's workload ended (see
+    /// [`crate::Networks::begin_release`]); while it runs, others wait for it instead of
+    /// DELeting the same attachment at the same time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Owner>,
 }
 
 impl AttachmentRecord {
@@ -96,6 +101,11 @@ impl AttachmentRecord {
             .collect();
         rc.insert("portMappings".into(), Value::Array(maps));
         rc
+    }
+
+    /// True while the owner or the process releasing the attachment runs.
+    pub fn live(&self) -> bool {
+        self.owner.alive() || self.release.is_some_and(|r| r.alive())
     }
 
     pub(crate) fn args(&self) -> Vec<(String, String)> {

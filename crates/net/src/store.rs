@@ -275,11 +275,17 @@ impl Networks {
                 let _ = std::fs::remove_file(&tmp);
                 Error::io(format!("writing {}", path.display()), e)
             })?;
-        Ok(Network {
+        let net = Network {
             name: req.name.clone(),
             path,
             conflist,
-        })
+        };
+        if let Err(e) = crate::rules::ensure(&self.cfg.state_dir, &net) {
+            let _ = crate::rules::remove(&self.cfg.state_dir, &net);
+            let _ = std::fs::remove_file(&net.path);
+            return Err(e);
+        }
+        Ok(net)
     }
 
     /// The network and its members.
@@ -325,6 +331,7 @@ impl Networks {
         for r in &records {
             self.undo_record(r)?;
         }
+        crate::rules::remove(&self.cfg.state_dir, &n)?;
         if let Some(bridge) = n.bridge() {
             delete_link(bridge)?;
         }

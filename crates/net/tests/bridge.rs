@@ -690,8 +690,12 @@ fn bad_input_is_refused_and_leaves_nothing() {
         subnet(5).hosts().next().unwrap(),
         &env.dir.path().join("state/ipam"),
     );
-    // firewalld is not running here: the firewall plugin fails after bridge and portmap worked.
-    conf["plugins"][2]["backend"] = "firewalld".into();
+    // firewalld is not running here: a firewall plugin with that backend fails after bridge and
+    // portmap worked.
+    conf["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "firewall", "backend": "firewalld"}));
     std::fs::write(
         env.dir.path().join(format!("net.d/{broken}.conflist")),
         conf.to_string(),
