@@ -1,37 +1,85 @@
 #!/usr/bin/env bash
 # What a bridge network adds to a container start: `strata run --rm --network NAME busybox true`
 # against `--network none` (and `-p` on top), release build, private store, root and network
-# config directory. The network's own cost (namespace, CNI ADD and DEL) is in the difference.
+# config directory; Podman's bridge run (CNI backend, runc: crun refuses this cgroup v1 hybrid
+# host) beside it, same three rows, in its own private root. The network's own cost (namespace,
+# CNI ADD; DEL runs after the run returned since the release, see docs/networking.md) is in the
+# difference to the `none` row of the same tool.
 # Usage: bench/network-start.sh [RUNS]   (root; scripts/build-release.sh first; hyperfine)
+#   STRATA_BIN=path (default target/release/strata); STRATA_BIN_BEFORE=path adds the same rows
+#   for another build (A/B, each with its own network made by that build); NO_PODMAN=1 skips
+#   Podman.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-20}"
 bin="${STRATA_BIN:-target/release/strata}"
 [ -x "$bin" ] || { echo "build first: scripts/build-release.sh" >&2; exit 1; }
 work="$(mktemp -d /tmp/strata-netstart.XXXXXX)"
-net="nsb$$"
-export STRATA_NET_CONFIG_DIR="$work/net.d"
-st() { "$bin" --store "$work/store" --root "$work/root" --quiet "$@"; }
+k=0
+cmds=()
+nets=()
 cleanup() {
-  st network rm "$net" >/dev/null 2>&1 || true
-  st network prune >/dev/null 2>&1 || true
+  for n in "${nets[@]}"; do
+    set -- $n
+    env STRATA_NET_CONFIG_DIR="$3/net.d" "$1" --store "$3/store" --root "$3/root" --quiet network rm "$2" >/dev/null 2>&1 || true
+    env STRATA_NET_CONFIG_DIR="$3/net.d" "$1" --store "$3/store" --root "$3/root" --quiet network prune >/dev/null 2>&1 || true
+  done
+  if [ -n "${podman:-}" ]; then
+    $podman rm -af >/dev/null 2>&1 || true
+    $podman network rm -f "pnet$$" >/dev/null 2>&1 || true
+    $podman system reset -f >/dev/null 2>&1 || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
-st image build-default >/dev/null
-st network create --subnet "10.199.$(($$ % 200 + 20)).0/24" "$net" >/dev/null
-port=$((20000 + $$ % 20000))
-hyperfine -N -w 3 -r "$runs" --export-json "$work/h.json" \
-  -n "network none" "$bin --store $work/store --root $work/root --quiet run --rm --network none busybox true" \
-  -n "network $net (bridge)" "$bin --store $work/store --root $work/root --quiet run --rm --network $net busybox true" \
-  -n "network $net, -p 127.0.0.1:$port:80" "$bin --store $work/store --root $work/root --quiet run --rm --network $net -p 127.0.0.1:$port:80 busybox true" \
-  >/dev/null
+
+# strata_rows LABEL BIN: a private store/root/config dir and network for BIN, three rows.
+strata_rows() {
+  local label=$1 b=$2 d="$work/s$k" net="nsb$$x$k"
+  mkdir -p "$d"
+  local st="env STRATA_NET_CONFIG_DIR=$d/net.d $b --store $d/store --root $d/root --quiet"
+  $st image build-default >/dev/null
+  $st network create --subnet "10.199.$(($$ % 100 + 20 + k)).0/24" "$net" >/dev/null
+  nets+=("$b $net $d")
+  cmds+=(-n "$label: network none" "$st run --rm --network none busybox true")
+  cmds+=(-n "$label: network $net (bridge)" "$st run --rm --network $net busybox true")
+  cmds+=(-n "$label: network $net, -p 127.0.0.1::80" "$st run --rm --network $net -p 127.0.0.1::80 busybox true")
+  k=$((k + 1))
+}
+
+if [ -n "${STRATA_BIN_BEFORE:-}" ]; then
+  strata_rows "strata before" "$STRATA_BIN_BEFORE"
+fi
+strata_rows "strata" "$(realpath "$bin")"
+
+if [ -z "${NO_PODMAN:-}" ] && command -v podman >/dev/null; then
+  p="$work/podman"
+  mkdir -p "$p/rootfs/bin"
+  cp /bin/busybox "$p/rootfs/bin/"
+  ln -s busybox "$p/rootfs/bin/true"
+  tar -C "$p/rootfs" -cf "$p/bb.tar" .
+  podman="podman --root $p/root --runroot $p/runroot --tmpdir $p/tmp --network-config-dir $p/networks --storage-driver vfs --cgroup-manager cgroupfs --events-backend file"
+  $podman import "$p/bb.tar" localhost/strata-bench-bb >/dev/null
+  # The ulimits: podman's defaults exceed this host's hard limits (as in engines_podman.rs).
+  prun="$podman run --rm --runtime runc --ulimit nofile=20000:20000 --ulimit nproc=30000:30000"
+  cmds+=(-n "podman (runc): network none" "$prun --network none localhost/strata-bench-bb true")
+  cmds+=(-n "podman (runc): network bridge" "$prun --network bridge localhost/strata-bench-bb true")
+  cmds+=(-n "podman (runc): network bridge, -p 127.0.0.1::80" "$prun --network bridge -p 127.0.0.1::80 localhost/strata-bench-bb true")
+fi
+
+hyperfine -N -w 3 -r "$runs" --export-json "$work/h.json" "${cmds[@]}" >/dev/null
 python3 - "$work/h.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))["results"]
-base = r[0]["median"]
-print("| strata run --rm busybox true | min | median | network adds (median) |")
+print("| run --rm ... true | min | median | network adds (median, vs the same tool's none) |")
 print("|---|---|---|---|")
+base = None
 for x in r:
-    print(f"| {x['command']} | {x['min']*1e3:.1f} ms | {x['median']*1e3:.1f} ms | {(x['median']-base)*1e3:+.1f} ms |")
+    tool, _, what = x["command"].partition(": ")
+    if what == "network none":
+        base = x["median"]
+        add = ""
+    else:
+        add = f"{(x['median'] - base) * 1e3:+.1f} ms"
+    print(f"| {x['command']} | {x['min']*1e3:.1f} ms | {x['median']*1e3:.1f} ms | {add} |")
 PY

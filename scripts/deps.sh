@@ -4,7 +4,8 @@ set -euo pipefail
 pkgs=(busybox-static e2fsprogs erofs-utils iproute2 skopeo umoci runc crun hyperfine user-mode-linux
       linux-source-6.1 bc flex bison libelf-dev libssl-dev docker-registry qemu-system-x86
       linux-image-amd64
-      apache2-utils strace containernetworking-plugins iptables)
+      apache2-utils strace containernetworking-plugins iptables
+      wrk redis-server redis-tools nginx-light iperf3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
