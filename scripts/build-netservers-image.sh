@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Builds the `netservers` test image from the host's Debian packages, offline: nginx (nginx-light),
-# redis-server and redis-cli (redis-server, redis-tools) with exactly the shared libraries they
+# redis-server and redis-cli (redis-server, redis-tools), iperf3 with exactly the shared libraries they
 # load, busybox-static for a shell, a small nginx.conf, /etc/passwd and /etc/group. The image
 # config EXPOSEs 80/tcp and 6379/tcp and runs nginx by default. Output: an OCI layout at
 # OUT/layout (tag `latest`), which `strata image load` takes; OUT/key names the package versions
 # it was built from, so a caller can reuse OUT while they match (tests and bench/network.sh do).
 # Usage: scripts/build-netservers-image.sh OUT   (root; nginx-light redis-server redis-tools
-#        busybox-static umoci: scripts/deps.sh)
+#        iperf3 busybox-static umoci: scripts/deps.sh)
 set -euo pipefail
 out=${1:?usage: scripts/build-netservers-image.sh OUT}
-for b in /usr/sbin/nginx /usr/bin/redis-server /usr/bin/redis-cli /bin/busybox umoci; do
+for b in /usr/sbin/nginx /usr/bin/redis-server /usr/bin/redis-cli /usr/bin/iperf3 /bin/busybox umoci; do
   command -v "$b" >/dev/null || {
     echo "build-netservers-image.sh: $b is missing (scripts/deps.sh installs nginx-light redis-server redis-tools busybox-static umoci)" >&2
     exit 1
   }
 done
-key="$(dpkg-query -W -f='${Package}=${Version} ' nginx redis-server redis-tools busybox-static 2>/dev/null)v2"
+key="$(dpkg-query -W -f='${Package}=${Version} ' nginx redis-server redis-tools iperf3 busybox-static 2>/dev/null)v3"
 if [ -f "$out/key" ] && [ "$(cat "$out/key")" = "$key" ] && [ -d "$out/layout" ]; then
   exit 0
 fi
@@ -31,8 +31,9 @@ for a in sh ls cat echo sleep wget ip ping nc true env; do ln -s busybox "$r/bin
 install -D /usr/sbin/nginx "$r/usr/sbin/nginx"
 install -D "$(readlink -f /usr/bin/redis-server)" "$r/usr/bin/redis-server"
 install -D /usr/bin/redis-cli "$r/usr/bin/redis-cli"
+install -D /usr/bin/iperf3 "$r/usr/bin/iperf3"
 # The libraries the binaries load, at the paths the loader finds them, and the loader itself.
-for lib in $(ldd /usr/sbin/nginx /usr/bin/redis-server /usr/bin/redis-cli | awk '$3 ~ /^\// {print $3} $1 ~ /^\/.*[^:]$/ {print $1}' | sort -u); do
+for lib in $(ldd /usr/sbin/nginx /usr/bin/redis-server /usr/bin/redis-cli /usr/bin/iperf3 | awk '$3 ~ /^\// {print $3} $1 ~ /^\/.*[^:]$/ {print $1}' | sort -u); do
   install -D "$(readlink -f "$lib")" "$r$lib"
 done
 cat >"$r/etc/passwd" <<'EOF'

@@ -6,7 +6,8 @@
 //! attachment's owner: if it is killed, `strata network prune` undoes what it left.
 //!
 //! Networks live in `$STRATA_NET_CONFIG_DIR` (default /etc/strata/net.d); attachment state under
-//! `<root>/net`; the default network's subnet is `$STRATA_BRIDGE_SUBNET` (default 10.87.0.0/16).
+//! `<root>/net`; the default network's subnet is `$STRATA_BRIDGE_SUBNET` (default 10.87.0.0/16)
+//! and its bridge device `$STRATA_BRIDGE_DEVICE` (default strata0), both used when it is made.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -68,6 +69,17 @@ pub fn networks(paths: &Paths) -> anyhow::Result<Networks> {
     };
     if let Some(d) = std::env::var_os("STRATA_NET_CONFIG_DIR") {
         cfg.config_dir = PathBuf::from(d);
+    }
+    if let Ok(d) = std::env::var("STRATA_BRIDGE_DEVICE") {
+        if d.is_empty()
+            || d.len() > 15
+            || !d
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            anyhow::bail!("STRATA_BRIDGE_DEVICE={d:?} is not a network device name (1-15 letters, digits, '-' or '_')");
+        }
+        cfg.default_bridge = d;
     }
     if let Ok(s) = std::env::var("STRATA_BRIDGE_SUBNET") {
         cfg.default_subnet = s
