@@ -62,7 +62,7 @@ redis_rps() { # port -> "SET GET" requests/s
     awk '/^SET:/{s=$2} /^GET:/{g=$2} END{print s, g}'
 }
 iperf_gbps() { # json on stdin -> Gbit/s received
-  python3 -c 'import json,sys; print(f"{json.load(sys.stdin)[\"end\"][\"sum_received\"][\"bits_per_second\"]/1e9:.2f}")'
+  python3 -c 'import json,sys; v=json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]; print("%.2f" % (v / 1e9))'
 }
 rows=()
 row() { rows+=("| $1 | $2 | $3 | $4 | $5 |"); }
@@ -85,7 +85,7 @@ http {
 EOF
 nginx -c "$work/native/nginx.conf" -g 'daemon off;' 2>/dev/null & pids+=($!)
 redis-server --port "$h_redis" --bind 127.0.0.1 --save '' --appendonly no >/dev/null & pids+=($!)
-iperf3 -s -p "$h_iperf" >/dev/null & pids+=($!)
+iperf3 -s -p "$h_iperf" >/dev/null 2>&1 & pids+=($!)
 n_wrk=$(wrk_rps "$h_http")
 read -r n_set n_get <<<"$(redis_rps "$h_redis")"
 wait_tcp "$h_iperf"

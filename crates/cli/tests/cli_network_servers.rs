@@ -373,7 +373,10 @@ fn default_bridge_network_is_made_on_first_use() {
         "{}",
         text(&o.stderr)
     );
-    assert!(!n.conf.path().join("bridge.conflist").exists(), "nothing was made");
+    assert!(
+        !n.conf.path().join("bridge.conflist").exists(),
+        "nothing was made"
+    );
     n.env[1].1 = dev;
     assert!(!n.ok(&["network", "ls"]).contains("bridge"));
 }

@@ -10,6 +10,7 @@ pub mod command;
 pub mod daemons;
 pub mod image;
 pub mod matrix;
+pub mod network;
 #[path = "../common/proc_cgroup.rs"]
 mod proc_cgroup;
 pub mod runtime;
@@ -40,6 +41,12 @@ pub fn cmd_timeout() -> Duration {
 /// runs everything).
 pub fn only_vm() -> bool {
     std::env::var("STRATA_ENGINES_ONLY").is_ok_and(|v| v == "vm")
+}
+
+/// STRATA_ENGINES_ONLY=network runs only the network cells (engines/network.rs), without the
+/// matrix (a shortcut while working on networking; CI runs everything).
+pub fn only_network() -> bool {
+    std::env::var("STRATA_ENGINES_ONLY").is_ok_and(|v| v == "network")
 }
 
 /// Every operation of the matrix, in the order [`exercise`] performs them.
