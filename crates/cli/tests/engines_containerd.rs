@@ -9,6 +9,7 @@ use engines::command::run;
 use engines::daemons::start_containerd;
 use engines::image::IMAGE_REF;
 use engines::matrix::{Layer, Op};
+use engines::network;
 use engines::runtime::{Runtime, VM_ANNOTATION};
 use engines::{cmd_timeout, sh, Engine, Harness};
 use std::path::PathBuf;
@@ -247,5 +248,109 @@ fn containerd_drives_runc_and_strata_oci() {
     std::fs::create_dir_all(&ctr.log_dir).unwrap();
     let import = sh(ctr.ctr().args(["images", "import"]).arg(&h.img.archive));
     assert_eq!(import.code, 0, "ctr images import: {}", import.describe());
-    h.run_matrix(&ctr, STRATA_PASSING, STRATA_VM_PASSING);
+    if !engines::only_network() {
+        h.run_matrix(&ctr, STRATA_PASSING, STRATA_VM_PASSING);
+    }
+    network_cells(&mut h, &ctr);
+}
+
+/// `ctr run --cni`: containerd's CNI (go-cni's defaults: the first conflist of /etc/cni/net.d,
+/// plugins in /opt/cni/bin) puts a container run by runc (harness check) and by strata-oci on the
+/// container layer on that network; busybox httpd in it answers a real HTTP client on the host at
+/// the container's address. ctr 1.6 has no port publishing. The container is stopped with
+/// SIGKILL; `ctr run --rm` then removes its network (CNI DEL) and the container.
+fn network_cells(h: &mut Harness, ctr: &Ctr) {
+    if !std::path::Path::new("/etc/cni/net.d").is_dir() {
+        panic!("ctr run --cni needs a conflist in /etc/cni/net.d (podman's Debian package installs 87-podman-bridge.conflist)");
+    }
+    // go-cni looks for the plugins in /opt/cni/bin only; Debian ships them in /usr/lib/cni. A
+    // directory of links, made for this test and removed with the sandbox, if it is missing.
+    if !std::path::Path::new("/opt/cni/bin").exists() {
+        h.sb.remove_if_created("/opt/cni/bin");
+        h.sb.remove_if_created("/opt/cni");
+        std::fs::create_dir_all("/opt/cni/bin").unwrap();
+        for e in std::fs::read_dir("/usr/lib/cni").unwrap().flatten() {
+            let _ = std::os::unix::fs::symlink(
+                e.path(),
+                PathBuf::from("/opt/cni/bin").join(e.file_name()),
+            );
+        }
+    }
+    let mut failed = Vec::new();
+    for rt in [&h.runc, &h.strata] {
+        let name = format!("net-{}", rt.name);
+        let body = format!("served-by-{}-under-containerd", rt.name);
+        let mut run = ctr.run_base(rt, Layer::Container);
+        run.args(["--rm", "--cni", IMAGE_REF, &name, "sh", "-c"])
+            .arg(format!(
+                "{} & wait",
+                network::httpd_script(&body).replace("exec ", "")
+            ))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = run.spawn().unwrap();
+        let cell = (|| -> Result<(), String> {
+            let pid = engines::command::wait_for(Duration::from_secs(60), || {
+                ctr.task(&name)?
+                    .filter(|(p, s)| *p > 0 && s == "running")
+                    .map(|(p, _)| p)
+                    .ok_or_else(|| "the task is not running".to_string())
+            })?;
+            let ip = engines::command::wait_for(Duration::from_secs(30), || {
+                let o = Command::new("nsenter")
+                    .arg(format!("--net=/proc/{pid}/ns/net"))
+                    .args(["ip", "-4", "-o", "addr", "show", "eth0"])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                let out = String::from_utf8_lossy(&o.stdout).into_owned();
+                out.split_whitespace()
+                    .skip_while(|w| *w != "inet")
+                    .nth(1)
+                    .and_then(|c| c.split('/').next())
+                    .map(String::from)
+                    .ok_or_else(|| format!("no address on eth0 of the task's namespace: {out}"))
+            })?;
+            let a = network::http_get(&format!("{ip}:80"), "/index.html")?;
+            if !a.ends_with(&format!("{body}\n")) {
+                return Err(format!("unexpected answer {a:?}"));
+            }
+            Ok(())
+        })();
+        let _ = run_kill(ctr, &name);
+        let status = wait_child(&mut child, Duration::from_secs(60));
+        ctr.force_remove(&name);
+        let cell = cell.and_then(|()| status);
+        match cell {
+            Ok(()) => eprintln!("containerd ctr run --cni, {}: pass", rt.name),
+            Err(e) => {
+                eprintln!("containerd ctr run --cni, {}: FAIL: {e}", rt.name);
+                failed.push(format!("{}: {e}", rt.name));
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "containerd network cells failed: {failed:?}"
+    );
+}
+
+fn run_kill(ctr: &Ctr, name: &str) -> engines::command::Outcome {
+    sh(ctr
+        .ctr()
+        .args(["tasks", "kill", "--signal", "SIGKILL", name]))
+}
+
+/// Waits (bounded) for the foreground `ctr run` to return after its task was killed.
+fn wait_child(c: &mut std::process::Child, limit: Duration) -> Result<(), String> {
+    let t = std::time::Instant::now();
+    while t.elapsed() < limit {
+        if let Some(_status) = c.try_wait().map_err(|e| e.to_string())? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    Err("ctr run did not return after its task was killed".into())
 }
