@@ -306,7 +306,11 @@ impl Networks {
             args: &args,
             runtime_config: &rc,
         };
-        let added = cni::add(&self.cfg.plugins, &record.conflist, &inv);
+        let added = cni::add(
+            &self.cfg.plugins,
+            &crate::rules::plugin_conflist(&record.conflist),
+            &inv,
+        );
         let (raw, typed) = match added {
             Ok(r) => r,
             Err(e) => {
@@ -319,7 +323,7 @@ impl Networks {
         if let Err(e) = write_record(&path, &record) {
             let _ = cni::del(
                 &self.cfg.plugins,
-                &record.conflist,
+                &crate::rules::plugin_conflist(&record.conflist),
                 record.result.as_ref(),
                 &inv,
             );
@@ -333,6 +337,15 @@ impl Networks {
                 return Err(e);
             }
         };
+        if let Err(e) = crate::rules::publish(
+            &net,
+            &record.container_id,
+            attachment.address.addr(),
+            &record.ports,
+        ) {
+            let _ = self.undo_record(&record);
+            return Err(e);
+        }
         if let Err(e) = self.refresh_hosts(&record.container_id) {
             let _ = self.undo_record(&record);
             return Err(e);
@@ -503,7 +516,13 @@ impl Networks {
             args: &args,
             runtime_config: &rc,
         };
-        cni::check(&self.cfg.plugins, &r.conflist, prev, &inv).map_err(Error::from)
+        cni::check(
+            &self.cfg.plugins,
+            &crate::rules::plugin_conflist(&r.conflist),
+            prev,
+            &inv,
+        )
+        .map_err(Error::from)
     }
 
     /// Detaches a member (CNI DEL); the record goes only when DEL succeeded, so a failure is
@@ -550,7 +569,18 @@ impl Networks {
             args: &args,
             runtime_config: &rc,
         };
-        cni::del(&self.cfg.plugins, &r.conflist, prev.as_ref(), &inv)?;
+        // strata's own DNAT rules of the published ports first (portmap's go with its DEL).
+        let unpublished = match r.address() {
+            Some(a) => crate::rules::publish_undo(r, a.addr()),
+            None => Ok(()),
+        };
+        cni::del(
+            &self.cfg.plugins,
+            &crate::rules::plugin_conflist(&r.conflist),
+            prev.as_ref(),
+            &inv,
+        )?;
+        unpublished?;
         let p = self.record_path(&r.network, &r.container_id);
         match std::fs::remove_file(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

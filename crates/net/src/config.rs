@@ -160,8 +160,10 @@ pub fn bridge_name(network: &str) -> String {
 /// `-p` (with SNAT so the host's loopback reaches published ports). Masquerading out and
 /// accepting forwarded traffic (the bridge plugin's `ipMasq` and the firewall plugin, per
 /// container, at every start and stop) are done once for the whole subnet by strata's network
-/// rules (rules.rs), which `"strata": {"networkRules": true}` asks for; other CNI callers
-/// (libcni, Podman's CNI mode) ignore that key.
+/// rules (rules.rs), which `"strata": {"networkRules": true}` asks for. `"ports": true`: strata
+/// publishes `-p` ports itself (one `iptables-restore` per attach, rules.rs) instead of running
+/// portmap (a dozen `iptables` processes per attach and per detach); the portmap entry stays for
+/// other CNI callers (libcni, Podman's CNI mode), which ignore the `strata` key.
 pub fn bridge_conflist(
     name: &str,
     bridge: &str,
@@ -188,7 +190,7 @@ pub fn bridge_conflist(
             },
             {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
         ],
-        "strata": {"networkRules": true}
+        "strata": {"networkRules": true, "ports": true}
     })
 }
 

@@ -25,6 +25,8 @@ pub struct PruneReport {
     pub detached: Vec<String>,
     /// `network/address` leases released that had no attachment record.
     pub leases_released: Vec<String>,
+    /// Published-port rules removed that no attachment owned.
+    pub rules_removed: Vec<String>,
     /// Network namespaces unmounted.
     pub netns_removed: Vec<PathBuf>,
     /// Unused networks removed (by [`Networks::prune`]).
@@ -84,7 +86,12 @@ impl Networks {
                     args: &[],
                     runtime_config: &rc,
                 };
-                match cni::del(&self.cfg.plugins, &net.conflist, prev.as_ref(), &inv) {
+                match cni::del(
+                    &self.cfg.plugins,
+                    &crate::rules::plugin_conflist(&net.conflist),
+                    prev.as_ref(),
+                    &inv,
+                ) {
                     Ok(()) => rep.leases_released.push(format!("{}/{ip}", net.name)),
                     Err(e) => rep.errors.push(format!(
                         "releasing lease {ip} of {id} on {:?}: {e}",
@@ -92,6 +99,18 @@ impl Networks {
                     )),
                 }
             }
+        }
+
+        // 2b. Published-port rules of containers without a record (a record lost by hand).
+        let records = self.records(None)?;
+        for net in self.list()? {
+            let keep: Vec<String> = records
+                .iter()
+                .filter(|r| r.network == net.name)
+                .map(|r| r.container_id.clone())
+                .collect();
+            rep.rules_removed
+                .extend(crate::rules::remove_stray_ports(&net, &keep));
         }
 
         // 3. Namespaces of dead owners that no record uses.

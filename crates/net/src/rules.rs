@@ -19,7 +19,10 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
+use serde_json::Value;
+
 use crate::config::Network;
+use crate::record::PublishedPort;
 use crate::{lock, Error};
 
 /// The chains and match of one network's rules.
@@ -31,6 +34,13 @@ pub(crate) struct NetRules {
     pub fwd: String,
     /// The subnet (CIDR).
     pub subnet: String,
+    /// nat chain of the published ports' DNAT rules (one per port, added and removed with
+    /// the attachment) when strata publishes ports itself instead of portmap.
+    pub dnat: Option<String>,
+    /// nat chain that masquerades DNATed connections from the host's loopback and hairpin ones.
+    pub hairpin: String,
+    /// The bridge device.
+    pub bridge: String,
     /// Comment on the jumps: names the network.
     pub comment: String,
 }
@@ -44,10 +54,14 @@ impl NetRules {
         }
         let subnet = net.subnet()?.to_string();
         let h = hex::encode(Sha256::digest(format!("{}\n{subnet}", net.name)));
+        let ports = net.conflist["strata"]["ports"] == true;
         Some(NetRules {
             // iptables chain names are at most 28 bytes.
             masq: format!("STRATA-MASQ-{}", &h[..12]),
             fwd: format!("STRATA-FWD-{}", &h[..12]),
+            dnat: ports.then(|| format!("STRATA-DN-{}", &h[..12])),
+            hairpin: format!("STRATA-HP-{}", &h[..12]),
+            bridge: net.bridge()?.to_string(),
             subnet,
             comment: format!("strata network {}", net.name),
         })
@@ -59,6 +73,17 @@ impl NetRules {
 
     fn fwd_jump(&self) -> Vec<String> {
         self.jump(&[], &self.fwd)
+    }
+
+    fn dnat_jump(&self, chain: &str) -> Vec<String> {
+        self.jump(&["-m", "addrtype", "--dst-type", "LOCAL"], chain)
+    }
+
+    fn hairpin_jump(&self) -> Vec<String> {
+        self.jump(
+            &["-o", &self.bridge, "-m", "conntrack", "--ctstate", "DNAT"],
+            &self.hairpin,
+        )
     }
 
     fn jump(&self, m: &[&str], chain: &str) -> Vec<String> {
@@ -87,12 +112,56 @@ impl NetRules {
                 .join(" ")
         };
         let (m, f, s) = (&self.masq, &self.fwd, &self.subnet);
+        let mut nat = format!(
+            "*nat\n:{m} - [0:0]\n-A {m} -d {s} -j RETURN\n-A {m} -d 224.0.0.0/4 -j RETURN\n-A {m} -j MASQUERADE\n-A POSTROUTING {}\n",
+            q(self.masq_jump())
+        );
+        if let Some(d) = &self.dnat {
+            // Published ports: DNAT for the host's own addresses (from outside and from the host
+            // itself), masquerade for connections from the host's loopback (the bridge needs
+            // route_localnet, set per attach) and for hairpin ones (a member through its own
+            // or a peer's published port), as portmap's `snat` does.
+            let hp = &self.hairpin;
+            nat.push_str(&format!(
+                ":{d} - [0:0]\n:{hp} - [0:0]\n-A {hp} -s 127.0.0.0/8 -j MASQUERADE\n-A {hp} -s {s} -j MASQUERADE\n\
+                 -A PREROUTING {}\n-A OUTPUT {}\n-A POSTROUTING {}\n",
+                q(self.dnat_jump(d)),
+                q(self.dnat_jump(d)),
+                q(self.hairpin_jump())
+            ));
+        }
         format!(
-            "*nat\n:{m} - [0:0]\n-A {m} -d {s} -j RETURN\n-A {m} -d 224.0.0.0/4 -j RETURN\n-A {m} -j MASQUERADE\n-A POSTROUTING {}\nCOMMIT\n\
-             *filter\n:{f} - [0:0]\n-A {f} -s {s} -j ACCEPT\n-A {f} -d {s} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT\n-I FORWARD 1 {}\nCOMMIT\n",
-            q(self.masq_jump()),
+            "{nat}COMMIT\n*filter\n:{f} - [0:0]\n-A {f} -s {s} -j ACCEPT\n-A {f} -d {s} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT\n-I FORWARD 1 {}\nCOMMIT\n",
             q(self.fwd_jump())
         )
+    }
+
+    /// The DNAT rules of one attachment's published ports (`op`: `-A` or `-D`), as
+    /// `iptables-restore` lines; the comment names the container.
+    fn port_lines(
+        &self,
+        op: &str,
+        container_id: &str,
+        addr: std::net::Ipv4Addr,
+        ports: &[PublishedPort],
+    ) -> Vec<String> {
+        let Some(d) = &self.dnat else {
+            return Vec::new();
+        };
+        ports
+            .iter()
+            .map(|p| {
+                let dst = match p.host_ip {
+                    Some(ip) if !ip.is_unspecified() => format!("-d {ip}/32 "),
+                    _ => String::new(),
+                };
+                let proto = p.protocol.as_str();
+                format!(
+                    "{op} {d} {dst}-p {proto} -m {proto} --dport {} -m comment --comment strata-port:{container_id} -j DNAT --to-destination {addr}:{}",
+                    p.host_port, p.container_port
+                )
+            })
+            .collect()
     }
 }
 
@@ -152,18 +221,149 @@ pub(crate) fn remove(state_dir: &Path, net: &Network) -> Result<(), Error> {
 
 /// Deletes the jumps (every copy) and the chains; what is not there is skipped.
 fn remove_rules(r: &NetRules) {
-    for (table, parent, jump, chain) in [
-        ("nat", "POSTROUTING", r.masq_jump(), &r.masq),
-        ("filter", "FORWARD", r.fwd_jump(), &r.fwd),
-    ] {
+    let mut jumps = vec![
+        ("nat", "POSTROUTING", r.masq_jump()),
+        ("filter", "FORWARD", r.fwd_jump()),
+    ];
+    let mut chains = vec![("nat", r.masq.clone()), ("filter", r.fwd.clone())];
+    if let Some(d) = &r.dnat {
+        jumps.push(("nat", "PREROUTING", r.dnat_jump(d)));
+        jumps.push(("nat", "OUTPUT", r.dnat_jump(d)));
+        jumps.push(("nat", "POSTROUTING", r.hairpin_jump()));
+        chains.push(("nat", d.clone()));
+        chains.push(("nat", r.hairpin.clone()));
+    }
+    for (table, parent, jump) in jumps {
         for _ in 0..16 {
             if iptables(&["-t", table, "-D", parent], &jump).is_err() {
                 break;
             }
         }
-        let _ = iptables(&["-t", table, "-F", chain], &[]);
-        let _ = iptables(&["-t", table, "-X", chain], &[]);
     }
+    for (table, chain) in chains {
+        let _ = iptables(&["-t", table, "-F", &chain], &[]);
+        let _ = iptables(&["-t", table, "-X", &chain], &[]);
+    }
+}
+
+/// The conflist as strata runs it: without portmap when strata publishes the ports itself
+/// (the entry stays in the file for other CNI callers).
+pub(crate) fn plugin_conflist(conflist: &Value) -> std::borrow::Cow<'_, Value> {
+    if conflist["strata"]["ports"] != true {
+        return std::borrow::Cow::Borrowed(conflist);
+    }
+    let mut c = conflist.clone();
+    if let Some(list) = c["plugins"].as_array_mut() {
+        list.retain(|p| p["type"] != "portmap");
+    }
+    std::borrow::Cow::Owned(c)
+}
+
+/// Adds the DNAT rules of an attachment's published ports (one `iptables-restore`, applied
+/// atomically) and lets the bridge route DNATed connections from the host's loopback. Nothing
+/// for networks where portmap publishes them, or without ports.
+pub(crate) fn publish(
+    net: &Network,
+    container_id: &str,
+    addr: std::net::Ipv4Addr,
+    ports: &[PublishedPort],
+) -> Result<(), Error> {
+    let Some(r) = NetRules::of(net).filter(|r| r.dnat.is_some()) else {
+        return Ok(());
+    };
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let sysctl = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", r.bridge);
+    if std::fs::read_to_string(&sysctl).map_or(true, |v| v.trim() != "1") {
+        std::fs::write(&sysctl, "1").map_err(|e| Error::io(format!("writing {sysctl}"), e))?;
+    }
+    let lines = r.port_lines("-A", container_id, addr, ports);
+    restore(&format!("*nat\n{}\nCOMMIT\n", lines.join("\n")))
+}
+
+/// Removes what [`publish`] added (rules already gone are skipped).
+pub(crate) fn unpublish(
+    net: &Network,
+    container_id: &str,
+    addr: std::net::Ipv4Addr,
+    ports: &[PublishedPort],
+) -> Result<(), Error> {
+    let Some(r) = NetRules::of(net).filter(|r| r.dnat.is_some()) else {
+        return Ok(());
+    };
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let lines = r.port_lines("-D", container_id, addr, ports);
+    if restore(&format!("*nat\n{}\nCOMMIT\n", lines.join("\n"))).is_ok() {
+        return Ok(());
+    }
+    // Some are gone already (restore is all or nothing): one at a time, missing ones skipped.
+    let mut left = Vec::new();
+    for l in lines {
+        let args: Vec<String> = l.split_whitespace().map(String::from).collect();
+        if iptables(&["-t", "nat"], &args).is_err()
+            && iptables(&["-t", "nat", "-C"], &args[1..]).is_ok()
+        {
+            left.push(l);
+        }
+    }
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Command(format!(
+            "removing the published ports of {container_id} failed; left: {}",
+            left.join("; ")
+        )))
+    }
+}
+
+/// [`unpublish`] for an attachment record (its network as the record used it).
+pub(crate) fn publish_undo(
+    r: &crate::record::AttachmentRecord,
+    addr: std::net::Ipv4Addr,
+) -> Result<(), Error> {
+    let net = Network {
+        name: r.network.clone(),
+        path: PathBuf::new(),
+        conflist: r.conflist.clone(),
+    };
+    unpublish(&net, &r.container_id, addr, &r.ports)
+}
+
+/// DNAT rules in `net`'s chain whose container is not in `keep` (leftovers of attachments
+/// whose record was lost), removed; returns what was removed.
+pub(crate) fn remove_stray_ports(net: &Network, keep: &[String]) -> Vec<String> {
+    let Some(d) = NetRules::of(net).and_then(|r| r.dnat) else {
+        return Vec::new();
+    };
+    let Ok(out) = Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S", &d])
+        .output()
+    else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        // `iptables -S` quotes the comment; strata's have no spaces, so words split cleanly.
+        let args: Vec<String> = l
+            .split_whitespace()
+            .map(|w| w.trim_matches('"').to_string())
+            .collect();
+        let Some(id) = args.iter().find_map(|w| w.strip_prefix("strata-port:")) else {
+            continue;
+        };
+        if keep.iter().any(|k| k == id) || !l.starts_with("-A ") {
+            continue;
+        }
+        let mut del = args.clone();
+        del[0] = "-D".into();
+        if iptables(&["-t", "nat"], &del).is_ok() {
+            removed.push(format!("{}: {}", net.name, l));
+        }
+    }
+    removed
 }
 
 fn iptables(args: &[&str], more: &[String]) -> Result<(), Error> {

@@ -247,11 +247,13 @@ fn assert_nothing_left(
     let rules = iptables_rules();
     for id in ids {
         // iptables-save escapes the quotes of the plugins' comments: id: \"<id>\"
-        let needle = format!("id: \\\"{id}\\\"");
-        assert!(
-            !rules.contains(&needle),
-            "an iptables rule of {id} is left:\n{rules}"
-        );
+        // strata's own port rules: strata-port:<id>
+        for needle in [format!("id: \\\"{id}\\\""), format!("strata-port:{id}\"")] {
+            assert!(
+                !rules.contains(&needle),
+                "an iptables rule of {id} is left:\n{rules}"
+            );
+        }
     }
     for ip in ips {
         for needle in [
@@ -449,8 +451,8 @@ fn published_port_reaches_a_server_from_the_host_loopback() {
         "the attach made a DNAT rule:\n{rules}"
     );
     assert!(
-        rules.contains(&format!("id: \\\"{id}\\\"")),
-        "the attach made NAT rules:\n{rules}"
+        rules.contains(&format!("strata-port:{id}\"")),
+        "the attach made NAT rules naming the container:\n{rules}"
     );
     env.httpd(&ns, 8080, "published\n");
     let answer = http_get_from_host(&format!("127.0.0.1:{port}")).unwrap();
@@ -782,8 +784,8 @@ fn prune_undoes_an_attachment_whose_owner_was_killed() {
 
     let rules = iptables_rules();
     assert!(
-        rules.contains(&format!("id: \\\"{dead_id}\\\"")),
-        "the attach made NAT rules:\n{rules}"
+        rules.contains(&format!("strata-port:{dead_id}\"")),
+        "the attach made NAT rules naming the container:\n{rules}"
     );
     // SIGKILL, as a crashed strata or keeper gets.
     for c in env.children.iter_mut() {
@@ -873,4 +875,43 @@ fn default_network_is_created_on_first_use_with_its_configured_subnet() {
     env.nets.detach("bridge", &id).unwrap();
     env.nets.remove("bridge").unwrap();
     assert!(!Path::new("/sys/class/net").join(&bridge).exists());
+}
+
+#[test]
+fn prune_removes_published_port_rules_whose_record_was_lost() {
+    if !ready_or_skip() {
+        return;
+    }
+    let mut env = Env::new(7);
+    let name = unique("lost");
+    env.nets
+        .create(&CreateRequest {
+            name: name.clone(),
+            subnet: Some(subnet(7)),
+            gateway: None,
+        })
+        .unwrap();
+    let id = unique("lost");
+    let ns = env.netns(&id);
+    let mut req = AttachRequest::new(&name, &id, &ns, Owner::current());
+    req.ports = vec![PortSpec::parse(&format!("127.0.0.1:{}:80", free_port())).unwrap()];
+    let a = env.nets.attach(&req).unwrap();
+    assert!(iptables_rules().contains(&format!("strata-port:{id}\"")));
+    // The record goes by hand: the lease (host-local) and the port rule (strata's) are left
+    // with nothing naming them but their own content.
+    let rec = env
+        .dir
+        .path()
+        .join(format!("state/attachments/{name}/{id}.json"));
+    std::fs::remove_file(&rec).unwrap();
+    let rep = env.nets.reconcile().unwrap();
+    assert!(rep.errors.is_empty(), "{:?}", rep.errors);
+    assert!(rep.rules_removed.iter().any(|r| r.contains(&id)), "{rep:?}");
+    assert!(
+        rep.leases_released
+            .iter()
+            .any(|l| l.contains(&a.address.addr().to_string())),
+        "{rep:?}"
+    );
+    assert_nothing_left(&env, &name, None, &[&id], &[a.address.addr()]);
 }

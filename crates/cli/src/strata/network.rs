@@ -150,6 +150,9 @@ pub fn network(g: &Global, c: NetworkCommand) -> anyhow::Result<()> {
             for l in &rep.leases_released {
                 println!("released lease {l}");
             }
+            for r in &rep.rules_removed {
+                println!("removed published-port rule {r}");
+            }
             for n in &rep.netns_removed {
                 println!("removed network namespace {}", n.display());
             }
