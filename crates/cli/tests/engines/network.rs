@@ -43,3 +43,66 @@ pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
 pub fn httpd_script(body: &str) -> String {
     format!("echo {body} > /tmp/index.html && exec httpd -f -p 80 -h /tmp")
 }
+
+/// Removes the bridge plugin's masquerade rule and chain of CNI container id `id` (what a DEL
+/// run after the namespace is gone leaves: the plugin finds the addresses to unmasquerade only
+/// in the namespace). Returns how many it removed.
+pub fn remove_masquerade_leftovers(id: &str) -> usize {
+    let Ok(o) = std::process::Command::new("iptables-save")
+        .args(["-t", "nat"])
+        .output()
+    else {
+        return 0;
+    };
+    let needle = format!("id: \\\"{id}\\\"\"");
+    let mut n = 0;
+    for l in String::from_utf8_lossy(&o.stdout).lines() {
+        if !l.starts_with("-A POSTROUTING ") || !l.contains(&needle) {
+            continue;
+        }
+        let words: Vec<&str> = l.split_whitespace().collect();
+        let (Some(src), Some(chain)) = (
+            words
+                .iter()
+                .position(|w| *w == "-s")
+                .and_then(|i| words.get(i + 1)),
+            words.last(),
+        ) else {
+            continue;
+        };
+        // The comment as the plugin wrote it: name: "NET" id: "ID".
+        let Some(net) = l
+            .split("name: \\\"")
+            .nth(1)
+            .and_then(|r| r.split("\\\"").next())
+        else {
+            continue;
+        };
+        let comment = format!("name: \"{net}\" id: \"{id}\"");
+        let del = std::process::Command::new("iptables")
+            .args([
+                "-w",
+                "-t",
+                "nat",
+                "-D",
+                "POSTROUTING",
+                "-s",
+                src,
+                "-m",
+                "comment",
+                "--comment",
+            ])
+            .arg(&comment)
+            .args(["-j", chain])
+            .status();
+        if del.is_ok_and(|s| s.success()) {
+            n += 1;
+        }
+        for op in ["-F", "-X"] {
+            let _ = std::process::Command::new("iptables")
+                .args(["-w", "-t", "nat", op, chain])
+                .status();
+        }
+    }
+    n
+}
