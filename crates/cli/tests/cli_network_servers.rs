@@ -289,7 +289,7 @@ fn publish_all_publishes_the_images_exposed_ports() {
     ]);
     // Both EXPOSEd ports, each on a host port strata picked.
     let ports = n.ok(&["port", "web"]);
-    let mut host_port = |cport: &str| -> u16 {
+    let host_port = |cport: &str| -> u16 {
         let line = ports
             .lines()
             .find(|l| l.starts_with(&format!("{cport} -> ")))

@@ -324,7 +324,7 @@ fn network_cells(h: &mut Harness, ctr: &Ctr) {
         // plugin cannot find the address to unmasquerade and leaves that rule (runc and
         // strata-oci alike; docs/engines.md). The test removes what it made.
         network::remove_masquerade_leftovers(&format!("{}-{name}", ctr.namespace));
-        let cell = cell.and_then(|()| status);
+        let cell = cell.and(status);
         match cell {
             Ok(()) => eprintln!("containerd ctr run --cni, {}: pass", rt.name),
             Err(e) => {
