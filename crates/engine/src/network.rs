@@ -186,7 +186,9 @@ pub fn down(paths: &Paths, id: &str, dir: &Path) {
         return;
     };
     if let Ok(nets) = networks(paths) {
-        detach(&nets, id);
+        if let Err(e) = detach(&nets, id) {
+            tracing::warn!("{e}");
+        }
     }
     forget_runtime(dir, s);
 }
@@ -210,7 +212,9 @@ pub fn release(paths: &Paths, id: &str, dir: &Path) {
     // so whoever comes next (`strata rm`, `start`, a run wanting the same port) finds them
     // claimed and waits instead of DELeting them a second time, concurrently.
     let Ok((claimed_r, claimed_w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
-        detach(&nets, id);
+        if let Err(e) = detach(&nets, id) {
+            tracing::warn!("{e}");
+        }
         return;
     };
     // SAFETY: strata is single-threaded here (the workload has exited, the relay is done); the
@@ -218,7 +222,9 @@ pub fn release(paths: &Paths, id: &str, dir: &Path) {
     match unsafe { nix::unistd::fork() } {
         Err(e) => {
             tracing::debug!("fork the network releaser ({e}): detaching in the foreground");
-            detach(&nets, id);
+            if let Err(e) = detach(&nets, id) {
+                tracing::warn!("{e}");
+            }
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => {
             drop(claimed_w);
@@ -266,23 +272,22 @@ fn releaser(nets: &Networks, id: &str, claimed: std::os::fd::OwnedFd) {
         return; // the records stay with their dead owner: prune's work
     }
     strata_container::kill_point::hit("net:releasing");
-    detach(nets, id);
+    // No logging here: the process we were forked from may have had other threads (the VM
+    // keeper), one of which could have held the log writer's lock at the fork. A failed DEL
+    // leaves the record with dead processes: `strata network prune` retries and reports it.
+    let _ = detach(nets, id);
 }
 
-fn detach(nets: &Networks, id: &str) {
-    match nets.detach_all(id) {
-        // The namespace goes only after DEL succeeded: the bridge plugin finds what to remove
-        // through the interface in it (on conflists that still use its ipMasq), so `strata
-        // network prune` can retry a failed DEL only while the namespace still exists.
-        Ok(()) => {
-            if let Err(e) = nets.remove_netns(id) {
-                tracing::warn!("remove the network namespace of {id}: {e}");
-            }
-        }
-        Err(e) => {
-            tracing::warn!("detach {id} from its networks (`strata network prune` retries): {e}")
-        }
-    }
+/// DEL of every attachment of `id`, then its namespace.
+fn detach(nets: &Networks, id: &str) -> Result<(), String> {
+    // The namespace goes only after DEL succeeded: the bridge plugin finds what to remove
+    // through the interface in it (on conflists that still use its ipMasq), so `strata network
+    // prune` can retry a failed DEL only while the namespace still exists.
+    nets.detach_all(id).map_err(|e| {
+        format!("detach {id} from its networks (`strata network prune` retries): {e}")
+    })?;
+    nets.remove_netns(id)
+        .map_err(|e| format!("remove the network namespace of {id}: {e}"))
 }
 
 /// Clears what the container got from its networks while it ran (address, published ports).
