@@ -341,7 +341,49 @@ fn network_rules_masquerade_members_and_go_with_the_network() {
         masquerade_packets(&net) > before,
         "the member's packet to 192.0.2.1 was not masqueraded"
     );
-    n.assert_no_network_left(&[]);
+    // Hairpin through a published port (strata's DNAT and its masquerade of DNATed member
+    // connections): a peer and the server itself reach it at the gateway's address.
+    let port = free_port();
+    let gw = format!("{}1", &subnet(4)[..subnet(4).len() - 4]);
+    let id = n
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "hp",
+            "--network",
+            &net,
+            "-p",
+            &format!("{port}:80"),
+            "busybox",
+            "sh",
+            "-c",
+            "echo hairpin > /tmp/index.html && exec httpd -f -p 80 -h /tmp",
+        ])
+        .trim()
+        .to_string();
+    assert!(get(port, "/index.html").is_ok());
+    let url = format!("http://{gw}:{port}/index.html");
+    // busybox 1.35's wget crashes with -T; timeout(1) bounds it.
+    let out = n.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "busybox",
+        "timeout",
+        "10",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        &url,
+    ]);
+    assert_eq!(out, "hairpin\n");
+    let out = n.ok(&["exec", "hp", "timeout", "10", "wget", "-q", "-O", "-", &url]);
+    assert_eq!(out, "hairpin\n");
+    n.ok(&["rm", "-f", &id]);
+    n.assert_no_network_left(&[&id]);
     n.ok(&["network", "rm", &net]);
     assert_no_rule_of_network(&net);
 }
