@@ -382,6 +382,54 @@ fn network_rules_masquerade_members_and_go_with_the_network() {
     assert_eq!(out, "hairpin\n");
     let out = n.ok(&["exec", "hp", "timeout", "10", "wget", "-q", "-O", "-", &url]);
     assert_eq!(out, "hairpin\n");
+    // Rules someone removed come back: prune forgets that they were seen, the next attach
+    // checks and restores them (the running `hp` keeps the network from being pruned).
+    let jump = std::process::Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S", "POSTROUTING"])
+        .output()
+        .unwrap();
+    let line = text(&jump.stdout)
+        .lines()
+        .find(|l| l.contains(&format!("strata network {net}\"")))
+        .unwrap()
+        .to_string();
+    let chain = line.split_whitespace().last().unwrap().to_string();
+    let src = subnet(4);
+    let del = std::process::Command::new("iptables")
+        .args([
+            "-w",
+            "-t",
+            "nat",
+            "-D",
+            "POSTROUTING",
+            "-s",
+            &src,
+            "-m",
+            "comment",
+            "--comment",
+        ])
+        .arg(format!("strata network {net}"))
+        .args(["-j", &chain])
+        .status()
+        .unwrap();
+    assert!(del.success(), "removing {line}");
+    n.ok(&["network", "prune"]);
+    n.ok(&["run", "--rm", "--network", &net, "busybox", "true"]);
+    let before = masquerade_packets(&net);
+    n.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "busybox",
+        "sh",
+        "-c",
+        "ping -c 2 -W 1 192.0.2.1 >/dev/null 2>&1; true",
+    ]);
+    assert!(
+        masquerade_packets(&net) > before,
+        "the masquerade rule was not restored"
+    );
     n.ok(&["rm", "-f", &id]);
     n.assert_no_network_left(&[&id]);
     n.ok(&["network", "rm", &net]);
@@ -555,6 +603,19 @@ fn bad_network_input_is_refused_and_leaves_nothing() {
         (
             &["network", "create", "--subnet", &subnet(1), "other"],
             "overlaps",
+        ),
+        (
+            &[
+                "run",
+                "--rm",
+                "--network",
+                &net,
+                "-p",
+                "[::1]:8080:80",
+                "busybox",
+                "true",
+            ],
+            "IPv4 only",
         ),
         (&["network", "create", "../x"], "invalid network name"),
         (&["network", "create", &net], "already exists"),

@@ -259,6 +259,16 @@ impl Networks {
                 )));
             }
         }
+        if let Some(p) = req
+            .ports
+            .iter()
+            .find(|p| p.host_ip.is_some_and(|ip| ip.is_ipv6()))
+        {
+            return Err(Error::Invalid(format!(
+                "cannot publish on host address {}: strata's networks are IPv4 only; give an IPv4 host address or none",
+                p.host_ip.expect("checked")
+            )));
+        }
         let _shared = lock::shared(&self.lock_path())?;
         crate::rules::ensure(&self.cfg.state_dir, &net)?;
         let dir = self.records_dir(&net.name);

@@ -113,6 +113,9 @@ impl Networks {
                 .extend(crate::rules::remove_stray_ports(&net, &keep));
         }
 
+        // The network-wide rules are checked again by the next attach of each network.
+        crate::rules::forget_markers(&self.cfg.state_dir);
+
         // 3. Namespaces of dead owners that no record uses.
         if let Ok(rd) = std::fs::read_dir(&netns_dir) {
             for e in rd.filter_map(|e| e.ok()) {

@@ -194,6 +194,12 @@ pub(crate) fn ensure(state_dir: &Path, net: &Network) -> Result<(), Error> {
         .map_err(|e| Error::io(format!("writing {}", mark.display()), e))
 }
 
+/// Forgets which networks' rules were seen in place, so the next attach checks them again
+/// (`iptables -C`) and puts back what someone removed (prune runs this).
+pub(crate) fn forget_markers(state_dir: &Path) {
+    let _ = std::fs::remove_dir_all(state_dir.join("rules"));
+}
+
 /// Removes `net`'s rules and the marker (nothing for a conflist without them). Every step runs;
 /// an error says what is left.
 pub(crate) fn remove(state_dir: &Path, net: &Network) -> Result<(), Error> {
