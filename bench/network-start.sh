@@ -11,6 +11,7 @@
 #   Podman.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "bench/network-start.sh: needs root (namespaces, iptables, CNI plugins)" >&2; exit 1; }
 runs="${1:-20}"
 bin="${STRATA_BIN:-target/release/strata}"
 [ -x "$bin" ] || { echo "build first: scripts/build-release.sh" >&2; exit 1; }

@@ -12,6 +12,7 @@
 #   DURATION=seconds per wrk/iperf3 run (default 5); NO_PODMAN=1 skips Podman.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "bench/network.sh: needs root (namespaces, iptables, CNI plugins)" >&2; exit 1; }
 repo=$PWD
 bin="$(realpath "${STRATA_BIN:-target/release/strata}")"
 [ -x "$bin" ] || { echo "build first: scripts/build-release.sh" >&2; exit 1; }
