@@ -45,7 +45,8 @@ impl Networks {
 
         // 1. Records of dead owners.
         for r in self.records(None)? {
-            if r.owner.alive() {
+            // A live releaser is DELeting it already (network::release in strata-engine).
+            if r.live() {
                 continue;
             }
             match self.undo_record(&r) {
