@@ -504,6 +504,16 @@ impl Agent {
                     self.send_error(0, "warning", format!("cannot set hostname {h:?}: {e}"));
                 }
             }
+            if self.mode.pid1 {
+                if let Err(e) = crate::net::loopback_up() {
+                    self.send_error(0, "warning", format!("cannot bring lo up: {e}"));
+                }
+                if let Some(n) = &spec.network {
+                    if let Err(e) = crate::net::apply(n, &root) {
+                        return self.refuse(sid, "create", "network", e);
+                    }
+                }
+            }
             self.rootfs = Some(root);
         }
         self.spec = Some(spec);

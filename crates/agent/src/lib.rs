@@ -8,6 +8,7 @@ pub mod channel;
 pub mod guest;
 pub mod modules;
 pub mod mounts;
+pub mod net;
 pub mod process;
 pub mod spec;
 

@@ -366,9 +366,6 @@ pub fn prepare(
     if vm && network == Network::Host {
         bail!("--network host: a VM has its own kernel and network stack and cannot share the host's; use --network none");
     }
-    if vm && on_bridge {
-        bail!("--network {}: bridge networks for VMs are not implemented yet (docs/networking.md); use --network none", c.network);
-    }
     if let network::Mode::Bridge(name) = &net_mode {
         // An unknown network fails here, before the store is touched (`bridge` is made on
         // first use).
@@ -438,6 +435,7 @@ pub fn prepare(
                 tty: c.tty,
                 kernel: c.kernel.as_deref(),
                 initrd: c.initrd.as_deref(),
+                network: on_bridge.then_some(c.network.as_str()),
             },
         )?;
         dir.join("rootfs")

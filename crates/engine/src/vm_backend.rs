@@ -49,6 +49,8 @@ pub struct VmOptions<'a> {
     /// `--kernel`, `--initrd` (qemu).
     pub kernel: Option<&'a Path>,
     pub initrd: Option<&'a Path>,
+    /// `--network bridge|NAME`: the guest gets a NIC joined to the container's namespace.
+    pub network: Option<&'a str>,
 }
 
 /// Makes the VM half of a container directory: the image's root disk (cached under
@@ -62,6 +64,12 @@ pub fn prepare(
     o: &VmOptions,
 ) -> anyhow::Result<()> {
     let platform = vm_keeper::select_platform(o.platform).map_err(anyhow::Error::msg)?;
+    if let Some(net) = o.network.filter(|_| platform.name() != "uml") {
+        bail!(
+            "--network {net}: networks on the {} platform are not supported yet; use --platform uml, or --network none",
+            platform.name()
+        );
+    }
     let memory_mib = match o.memory {
         None => DEFAULT_MEMORY_MIB,
         Some(m) => {

@@ -417,7 +417,10 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     // a few hundred boots here): nothing of the workload has run before `create` is answered, so
     // such a boot is killed and the VM booted again, twice at most.
     let console = l.state_dir.join("console.log");
-    let bytes = serde_json::to_vec(&config).unwrap_or_default();
+    let netns = netns_path(&l.config);
+    // strata's own `--network bridge|NAME` (network.json in the container directory): the guest
+    // must get its NIC. An engine's namespace may legitimately have only `lo` (`--network none`).
+    let nic_required = netns.is_some() && crate::network::load(l.bundle).is_some();
     st.cgroups_path = Some(match &l.spec.cgroups_path {
         Some(p) if !p.as_os_str().is_empty() => p.clone(),
         _ => PathBuf::from(format!("/strata-vm/{}", l.id)),
@@ -427,7 +430,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     let (mut vm, vm_pid, client, session) = loop {
         attempt += 1;
         let last = attempt >= 3;
-        let mut vm = match boot(l, platform.as_ref()) {
+        let mut vm = match boot(l, platform.as_ref(), netns.as_deref()) {
             Ok(v) => v,
             Err(m) => {
                 restore_owners();
@@ -436,6 +439,26 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             }
         };
         phase("guest kernel started");
+        if nic_required && vm.nic().is_none() {
+            let _ = vm.kill();
+            restore_owners();
+            let _ = std::fs::remove_file(&sock_path);
+            let m = format!(
+                "the network namespace {} has no interface with an IPv4 address: the network \
+                 attachment did not complete (try `strata network prune`)",
+                netns.as_deref().unwrap_or(Path::new("")).display()
+            );
+            return fail(&mut status, &mut st, 125, m);
+        }
+        let bytes = match with_network(config.clone(), vm.nic()) {
+            Ok(c) => serde_json::to_vec(&c).unwrap_or_default(),
+            Err(m) => {
+                let _ = vm.kill();
+                restore_owners();
+                let _ = std::fs::remove_file(&sock_path);
+                return fail(&mut status, &mut st, 125, m);
+            }
+        };
         strata_container::kill_point::hit("keeper:booted");
         st.vm_pid = vm.pid();
         st.accelerator = vm.accelerator().map(str::to_string);
@@ -654,7 +677,11 @@ fn agent_initrd(agent: &Path, cache: &Path) -> Result<PathBuf, String> {
 }
 
 /// Boots the VM: kernel, agent initramfs, image disk with a fresh COW file, volume disks.
-fn boot(l: &Launch, platform: &dyn Platform) -> Result<strata_vmm::Vm, String> {
+fn boot(
+    l: &Launch,
+    platform: &dyn Platform,
+    netns: Option<&Path>,
+) -> Result<strata_vmm::Vm, String> {
     let kernel = match &l.spec.kernel {
         Some(k) => k.clone(),
         None => {
@@ -705,6 +732,7 @@ fn boot(l: &Launch, platform: &dyn Platform) -> Result<strata_vmm::Vm, String> {
         cfg.kernel_params.push("strata.debug=1".into());
     }
     cfg.console = Console::File(l.state_dir.join("console.log"));
+    cfg.network = netns.map(Path::to_path_buf);
     platform
         .boot(&cfg)
         .map_err(|e| format!("boot the {} VM: {e}", platform.name()))
@@ -737,6 +765,66 @@ pub fn guest_config(
                 "options": options,
             });
         }
+    }
+    Ok(config)
+}
+
+/// The network namespace config.json joins by path: strata's bridge attachment
+/// (`<root>/net/netns/<id>`) or the one an engine prepared with its CNI plugins.
+pub fn netns_path(config: &serde_json::Value) -> Option<PathBuf> {
+    config["linux"]["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|n| n["type"] == "network")?["path"]
+        .as_str()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The guest config with what its NIC took over (the agent's `dev.strata.net.*` annotations,
+/// crates/agent/src/net.rs) and the contents of the host files config.json bind-mounts on
+/// /etc/hosts and /etc/resolv.conf (strata's, kept current by strata-net, or the engine's); those
+/// bind mounts name host paths and leave the guest config. Unchanged without a NIC.
+fn with_network(
+    mut config: serde_json::Value,
+    nic: Option<&strata_vmm::GuestNic>,
+) -> Result<serde_json::Value, String> {
+    let Some(nic) = nic else {
+        return Ok(config);
+    };
+    let mut notes = serde_json::Map::new();
+    notes.insert(
+        "dev.strata.net.address".into(),
+        format!("{}/{}", nic.address, nic.prefix).into(),
+    );
+    if let Some(gw) = nic.gateway {
+        notes.insert("dev.strata.net.gateway".into(), gw.to_string().into());
+    }
+    notes.insert("dev.strata.net.mtu".into(), nic.mtu.to_string().into());
+    if let Some(mounts) = config["mounts"].as_array_mut() {
+        for (dest, key) in [
+            ("/etc/hosts", "dev.strata.net.hosts"),
+            ("/etc/resolv.conf", "dev.strata.net.resolv"),
+        ] {
+            let Some(i) = mounts.iter().position(|m| m["destination"] == dest) else {
+                continue;
+            };
+            let Some(src) = mounts[i]["source"].as_str().map(PathBuf::from) else {
+                continue;
+            };
+            let mut text = String::new();
+            std::fs::File::open(&src)
+                .and_then(|f| f.take(64 << 10).read_to_string(&mut text))
+                .map_err(|e| format!("read {} for the guest's {dest}: {e}", src.display()))?;
+            notes.insert(key.into(), text.into());
+            mounts.remove(i);
+        }
+    }
+    if !config["annotations"].is_object() {
+        config["annotations"] = serde_json::json!({});
+    }
+    if let Some(a) = config["annotations"].as_object_mut() {
+        a.extend(notes);
     }
     Ok(config)
 }

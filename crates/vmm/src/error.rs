@@ -102,6 +102,13 @@ pub enum VmmError {
     /// Building the guest kernel failed (see the log it names).
     #[error("building the guest kernel: {0}")]
     KernelBuild(String),
+    /// Joining the VM's NIC to its network namespace failed.
+    #[error("VM network namespace {netns}: {step}: {source}")]
+    Network {
+        netns: PathBuf,
+        step: String,
+        source: io::Error,
+    },
 }
 
 impl VmmError {

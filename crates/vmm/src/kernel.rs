@@ -64,8 +64,8 @@ pub fn list_kernels() -> Vec<KernelInfo> {
     out
 }
 
-/// The kernel a platform uses by default: strata's own build (faster to boot, statically
-/// linked, no hostfs, see docs/benchmarks.md) when present, else the distribution's.
+/// The kernel a platform uses by default: strata's own build (faster to boot, everything built
+/// in, no hostfs, see docs/benchmarks.md) when present, else the distribution's.
 pub fn default_kernel(platform: &str) -> Option<KernelInfo> {
     // On every VM start: strata's own build is found without executing the distribution's
     // kernel for its version (`linux --version`, tens of ms under load).

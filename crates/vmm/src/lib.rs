@@ -25,6 +25,7 @@ pub mod initramfs;
 mod jail;
 pub mod kernel;
 mod kvm;
+mod netns_tap;
 mod platform;
 mod platforms;
 mod qcow2;
@@ -39,6 +40,7 @@ pub use disk::{build_disk, DiskFormat};
 pub use error::{Result, Unavailable, VmmError};
 pub use kernel::{default_kernel, list_kernels, KernelInfo};
 pub use kvm::KvmPlatform;
+pub use netns_tap::GuestNic;
 pub use platform::{Console, Disk, Platform, VmConfig};
 pub use platforms::{detect, info, platform, platforms};
 pub use qemu::{

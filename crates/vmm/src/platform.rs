@@ -59,6 +59,10 @@ pub struct VmConfig {
     pub kernel_params: Vec<String>,
     /// Where the console goes.
     pub console: Console,
+    /// A network namespace prepared for the VM (by strata's CNI attachment or an engine): the
+    /// guest gets one NIC that takes over that namespace's interface (address, MAC, routes;
+    /// see netns_tap.rs). None: the guest has only its loopback.
+    pub network: Option<PathBuf>,
     /// A host directory private to this VM (e.g. `/run/strata/vm/<id>`); created if missing. The
     /// jail's root mount point lives here; it is removed again when the VM is reaped.
     pub runtime_dir: PathBuf,
@@ -83,6 +87,7 @@ impl VmConfig {
             disks: Vec::new(),
             kernel_params: Vec::new(),
             console: Console::Null,
+            network: None,
             runtime_dir: runtime_dir.into(),
         }
     }

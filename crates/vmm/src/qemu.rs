@@ -659,6 +659,13 @@ impl Platform for QemuPlatform {
     }
 
     fn boot(&self, config: &VmConfig) -> Result<Vm> {
+        if config.network.is_some() {
+            return Err(VmmError::InvalidConfig(
+                "networks on the qemu platform are not supported yet: use --platform uml, or \
+                 --network none"
+                    .into(),
+            ));
+        }
         let accel = self.accel();
         let facts = preflight(self, config, accel)?;
         let libs = crate::kernel::shared_libraries(&self.binary)
@@ -896,6 +903,7 @@ impl Platform for QemuPlatform {
                     Console::File(p) => Some(p.clone()),
                     Console::Null => None,
                 },
+                nic: None,
             })
         })();
         if result.is_err() {

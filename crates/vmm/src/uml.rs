@@ -13,6 +13,7 @@ use crate::cgroup::VmCgroup;
 use crate::error::{Result, Unavailable, VmmError};
 use crate::jail::{self, JailFile, JailSpec};
 use crate::kvm::disk_letters;
+use crate::netns_tap::{self, GuestNic};
 use crate::platform::{Console, Platform, VmConfig};
 use crate::vm::Vm;
 
@@ -25,6 +26,8 @@ const HOST_OVERHEAD_BYTES: u64 = 96 << 20;
 const PIDS_MAX: u64 = 8192;
 /// The jailed process's fd number for the channel.
 const CHANNEL_FD: i32 = 3;
+/// The jailed process's fd number for the tap of the guest's NIC (`--network bridge|NAME`).
+const TAP_FD: i32 = 4;
 /// ubd's device limit.
 const MAX_DISKS: usize = 16;
 
@@ -43,7 +46,7 @@ impl UmlPlatform {
 /// `/initrd`, `/diskN` (and `/diskN.cow`). `console=` comes before `init=` so that UML does not
 /// append `console=tty0` to init's arguments; UML's exit status is always 0, so nothing here
 /// depends on it.
-pub(crate) fn command_line(config: &VmConfig) -> Vec<String> {
+pub(crate) fn command_line(config: &VmConfig, nic: Option<&GuestNic>) -> Vec<String> {
     let mut args = vec!["linux".to_string()];
     for (i, disk) in config.disks.iter().enumerate() {
         args.push(match (&disk.cow, disk.read_only) {
@@ -60,6 +63,14 @@ pub(crate) fn command_line(config: &VmConfig) -> Vec<String> {
     }
     args.push("ssl=null".into());
     args.push(format!("ssl1=fd:{CHANNEL_FD}"));
+    if let Some(nic) = nic {
+        // The vector driver's `fd` transport over the tap fd the host opened (netns_tap.rs);
+        // `vec=0`: a tap is not a socket, so no recvmmsg/sendmmsg, plain readv/writev.
+        args.push(format!(
+            "vec0:transport=fd,fd={TAP_FD},vec=0,mac={},mtu={}",
+            nic.mac, nic.mtu
+        ));
+    }
     // UML keeps its pid file and memory file in the jail's private /tmp.
     args.push("uml_dir=/tmp".into());
     if config.initrd.is_some() {
@@ -342,16 +353,38 @@ impl Platform for UmlPlatform {
                     return Err(e);
                 }
             };
+            // The guest's NIC: a tap in the VM's network namespace, redirected to its
+            // interface. The VM process itself stays in the jail's empty namespace.
+            let tap = match &config.network {
+                Some(ns) => match netns_tap::attach(ns, &netns_tap::tap_name(&config.id)) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = cgroup.destroy();
+                        remove_dirs();
+                        return Err(e);
+                    }
+                },
+                None => None,
+            };
+            let mut fds = vec![
+                (null.as_raw_fd(), 0),
+                (out_fd, 1),
+                (out_fd, 2),
+                (guest_end.as_raw_fd(), CHANNEL_FD),
+            ];
+            if let Some(t) = &tap {
+                fds.push((t.fd.as_raw_fd(), TAP_FD));
+            }
             let spec = JailSpec {
                 root: jail_root,
                 files,
-                // Guest memory (UML's memory file is sparse; the static kernel's reserved
+                // Guest memory (UML's memory file is sparse; the kernel's reserved
                 // address gap is never touched) plus slack for UML's pid file.
                 tmp_bytes: memory + (16 << 20),
                 uid,
                 gid: uid,
                 exe: "/linux".into(),
-                argv: command_line(config),
+                argv: command_line(config, tap.as_ref().map(|t| &t.nic)),
                 env: vec![
                     "TMPDIR=/tmp".into(),
                     "HOME=/tmp".into(),
@@ -361,12 +394,7 @@ impl Platform for UmlPlatform {
                     // SIGSEGV (seen with the static build). UML has no use for rseq.
                     "GLIBC_TUNABLES=glibc.pthread.rseq=0".into(),
                 ],
-                fds: vec![
-                    (null.as_raw_fd(), 0),
-                    (out_fd, 1),
-                    (out_fd, 2),
-                    (guest_end.as_raw_fd(), CHANNEL_FD),
-                ],
+                fds,
                 cgroup_procs: procs,
                 rlimits: vec![
                     (libc::RLIMIT_CORE, 0),
@@ -397,6 +425,9 @@ impl Platform for UmlPlatform {
                     Console::File(p) => Some(p.clone()),
                     Console::Null => None,
                 },
+                // Our tap fd closes here: the VM holds the only other one, so the tap goes
+                // with it.
+                nic: tap.map(|t| t.nic),
             })
         })();
         if result.is_err() {
@@ -449,7 +480,7 @@ mod tests {
         c.initrd = Some("/i".into());
         c.init = Some("/strata-agent".into());
         c.kernel_params = vec!["strata.lower=/dev/ubda".into()];
-        let args = command_line(&c);
+        let args = command_line(&c, None);
         assert_eq!(args[0], "linux");
         assert_eq!(
             &args[1..4],
@@ -477,7 +508,7 @@ mod tests {
         let mut c = VmConfig::new("t", "/k", "/run/t");
         c.init = Some("/init".into());
         c.console = Console::File("/log".into());
-        let args = command_line(&c);
+        let args = command_line(&c, None);
         assert_eq!(args.last().unwrap(), "init=/init");
         assert!(args.contains(&"con0=null,fd:2".to_string()));
     }

@@ -26,6 +26,8 @@ pub struct Vm {
     pub(crate) stderr: Option<std::fs::File>,
     /// The console log, for [`Vm::report`].
     pub(crate) console_log: Option<PathBuf>,
+    /// What the guest's NIC took over from the VM's network namespace.
+    pub(crate) nic: Option<crate::GuestNic>,
 }
 
 impl Vm {
@@ -80,6 +82,12 @@ impl Vm {
     /// whose child is the UML kernel. Killing it ends every process of the VM.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// The interface the guest's NIC took over in its network namespace (its address, routes and
+    /// MAC are the guest's to configure), None without [`crate::VmConfig::network`].
+    pub fn nic(&self) -> Option<&crate::GuestNic> {
+        self.nic.as_ref()
     }
 
     /// The unprivileged host uid the VM runs as.

@@ -1,0 +1,457 @@
+//! The guest's network (`--network bridge|NAME`, or an engine's network namespace): the host
+//! joined the guest's NIC to the interface its network plugins set up and passes what that
+//! interface had as config.json annotations (the host-side keeper adds them; docs/networking.md):
+//!
+//! - `dev.strata.net.address`: `A.B.C.D/PREFIX` (required for the rest to apply),
+//! - `dev.strata.net.gateway`: `A.B.C.D` (the default route),
+//! - `dev.strata.net.mtu`: `68..=65535`,
+//! - `dev.strata.net.hosts`, `dev.strata.net.resolv`: the contents of /etc/hosts and
+//!   /etc/resolv.conf as a container on that network gets them.
+//!
+//! [`GuestNet::from_annotations`] is the parser (the document is user-authored under strata-oci:
+//! every value is checked before anything is configured); [`apply`] does the configuration with a
+//! few interface ioctls (no netlink, no tools in the guest).
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+/// Annotation keys.
+pub const ADDRESS: &str = "dev.strata.net.address";
+pub const GATEWAY: &str = "dev.strata.net.gateway";
+pub const MTU: &str = "dev.strata.net.mtu";
+pub const HOSTS: &str = "dev.strata.net.hosts";
+pub const RESOLV: &str = "dev.strata.net.resolv";
+
+/// Largest /etc/hosts or /etc/resolv.conf accepted.
+const MAX_FILE: usize = 64 << 10;
+
+/// The name the guest's NIC gets (what workloads expect; UML's driver calls it `vec0`).
+pub const NIC: &str = "eth0";
+
+/// The guest's network configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNet {
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub mtu: Option<u32>,
+    pub hosts: Option<String>,
+    pub resolv: Option<String>,
+}
+
+/// Why the network annotations were refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NetError {
+    #[error("annotation {key}: {why}")]
+    Invalid { key: &'static str, why: String },
+    #[error("annotation {0} is set but {ADDRESS} is not")]
+    NoAddress(&'static str),
+}
+
+fn invalid(key: &'static str, why: impl Into<String>) -> NetError {
+    NetError::Invalid {
+        key,
+        why: why.into(),
+    }
+}
+
+fn text<'a>(
+    a: &'a serde_json::Map<String, serde_json::Value>,
+    key: &'static str,
+) -> Result<Option<&'a str>, NetError> {
+    match a.get(key) {
+        None => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(invalid(key, "not a string")),
+    }
+}
+
+fn file(
+    a: &serde_json::Map<String, serde_json::Value>,
+    key: &'static str,
+) -> Result<Option<String>, NetError> {
+    let Some(s) = text(a, key)? else {
+        return Ok(None);
+    };
+    if s.len() > MAX_FILE {
+        return Err(invalid(key, format!("longer than {MAX_FILE} bytes")));
+    }
+    if s.contains('\0') {
+        return Err(invalid(key, "contains a NUL byte"));
+    }
+    Ok(Some(s.to_string()))
+}
+
+impl GuestNet {
+    /// The configuration in config.json's `annotations` (None: no network annotations, the
+    /// guest keeps only its loopback).
+    pub fn from_annotations(annotations: &serde_json::Value) -> Result<Option<GuestNet>, NetError> {
+        let Some(a) = annotations.as_object() else {
+            return Ok(None);
+        };
+        let Some(address) = text(a, ADDRESS)? else {
+            for key in [GATEWAY, MTU, HOSTS, RESOLV] {
+                if a.contains_key(key) {
+                    return Err(NetError::NoAddress(key));
+                }
+            }
+            return Ok(None);
+        };
+        let (ip, prefix) = address
+            .split_once('/')
+            .ok_or_else(|| invalid(ADDRESS, format!("{address:?} is not ADDRESS/PREFIX")))?;
+        let address: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| invalid(ADDRESS, format!("{ip:?} is not an IPv4 address")))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (1..=32).contains(p) && !prefix.starts_with('+'))
+            .ok_or_else(|| invalid(ADDRESS, format!("prefix {prefix:?} is not 1-32")))?;
+        if address.is_unspecified() || address.is_loopback() || address.is_multicast() {
+            return Err(invalid(
+                ADDRESS,
+                format!("{address} is not a unicast address"),
+            ));
+        }
+        let gateway = match text(a, GATEWAY)? {
+            None => None,
+            Some(g) => {
+                let g: Ipv4Addr = g
+                    .parse()
+                    .map_err(|_| invalid(GATEWAY, format!("{g:?} is not an IPv4 address")))?;
+                let mask = u32::MAX << (32 - u32::from(prefix));
+                if u32::from(g) & mask != u32::from(address) & mask || g == address {
+                    return Err(invalid(
+                        GATEWAY,
+                        format!("{g} is not another address in {address}/{prefix}"),
+                    ));
+                }
+                Some(g)
+            }
+        };
+        let mtu = match text(a, MTU)? {
+            None => None,
+            Some(m) => Some(
+                m.parse::<u32>()
+                    .ok()
+                    .filter(|m| (68..=65535).contains(m))
+                    .ok_or_else(|| invalid(MTU, format!("{m:?} is not 68-65535")))?,
+            ),
+        };
+        Ok(Some(GuestNet {
+            address,
+            prefix,
+            gateway,
+            mtu,
+            hosts: file(a, HOSTS)?,
+            resolv: file(a, RESOLV)?,
+        }))
+    }
+}
+
+/// Brings the loopback up (as every container's `--network none` has it).
+pub fn loopback_up() -> io::Result<()> {
+    let s = Socket::new()?;
+    s.set_up("lo")
+}
+
+/// Configures the NIC (renamed to `eth0`), the default route, and the rootfs's /etc/hosts and
+/// /etc/resolv.conf (bind mounts of files under /run/strata/net, as the host's container path
+/// bind-mounts its own: the image's files stay as they are).
+pub fn apply(net: &GuestNet, root: &Path) -> Result<(), String> {
+    let nic = find_nic(Path::new("/sys/class/net"))
+        .ok_or("the host joined a network but the guest has no network interface (does the guest kernel have the NIC's driver?)")?;
+    let s = Socket::new().map_err(|e| format!("socket: {e}"))?;
+    if nic != NIC {
+        s.rename(&nic, NIC)
+            .map_err(|e| format!("rename {nic} to {NIC}: {e}"))?;
+    }
+    if let Some(mtu) = net.mtu {
+        s.set_mtu(NIC, mtu)
+            .map_err(|e| format!("set {NIC}'s MTU to {mtu}: {e}"))?;
+    }
+    s.set_addr(NIC, libc::SIOCSIFADDR, net.address)
+        .map_err(|e| format!("set {NIC}'s address {}: {e}", net.address))?;
+    let mask = Ipv4Addr::from(u32::MAX << (32 - u32::from(net.prefix)));
+    s.set_addr(NIC, libc::SIOCSIFNETMASK, mask)
+        .map_err(|e| format!("set {NIC}'s netmask {mask}: {e}"))?;
+    s.set_up(NIC).map_err(|e| format!("bring {NIC} up: {e}"))?;
+    if let Some(gw) = net.gateway {
+        s.default_route(gw)
+            .map_err(|e| format!("add the default route via {gw}: {e}"))?;
+    }
+    for (name, content) in [("hosts", &net.hosts), ("resolv.conf", &net.resolv)] {
+        if let Some(c) = content {
+            etc_file(root, name, c).map_err(|e| format!("/etc/{name}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `eth0` if there is one, else the first interface other than `lo` (by name).
+fn find_nic(sys_class_net: &Path) -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir(sys_class_net)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n != "lo")
+        .collect();
+    names.sort();
+    if names.iter().any(|n| n == NIC) {
+        return Some(NIC.into());
+    }
+    names.into_iter().next()
+}
+
+/// Writes `content` to /run/strata/net/NAME and bind-mounts it on the rootfs's /etc/NAME
+/// (created if the image has none).
+fn etc_file(root: &Path, name: &str, content: &str) -> Result<(), String> {
+    let dir = Path::new("/run/strata/net");
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let src = dir.join(name);
+    std::fs::write(&src, content).map_err(|e| format!("write {}: {e}", src.display()))?;
+    let target =
+        crate::mounts::resolve_in_root(root, &format!("/etc/{name}")).map_err(|e| e.to_string())?;
+    if std::fs::symlink_metadata(&target).is_err() {
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        std::fs::write(&target, b"").map_err(|e| format!("create {}: {e}", target.display()))?;
+    }
+    crate::mounts::mount(
+        &src.to_string_lossy(),
+        &target,
+        "",
+        nix::mount::MsFlags::MS_BIND,
+        "",
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// An AF_INET datagram socket for interface and route ioctls.
+struct Socket(OwnedFd);
+
+/// `struct rtentry` of linux/route.h (not in the libc crate for glibc targets).
+#[repr(C)]
+struct RtEntry {
+    rt_pad1: libc::c_ulong,
+    rt_dst: libc::sockaddr,
+    rt_gateway: libc::sockaddr,
+    rt_genmask: libc::sockaddr,
+    rt_flags: libc::c_ushort,
+    rt_pad2: libc::c_short,
+    rt_pad3: libc::c_ulong,
+    rt_pad4: *mut libc::c_void,
+    rt_metric: libc::c_short,
+    rt_dev: *mut libc::c_char,
+    rt_mtu: libc::c_ulong,
+    rt_window: libc::c_ulong,
+    rt_irtt: libc::c_ushort,
+}
+
+fn sockaddr_in(a: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(a).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; sockaddr is plain old data.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *d = s as libc::c_char;
+    }
+    req
+}
+
+impl Socket {
+    fn new() -> io::Result<Socket> {
+        // SAFETY: a plain socket; owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd.
+        Ok(Socket(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn ioctl<T>(&self, req: libc::c_ulong, arg: &mut T) -> io::Result<()> {
+        // SAFETY: the caller passes the structure `req` expects.
+        if unsafe { libc::ioctl(self.0.as_raw_fd(), req, arg as *mut T) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn set_up(&self, iface: &str) -> io::Result<()> {
+        let mut r = ifreq(iface);
+        self.ioctl(libc::SIOCGIFFLAGS, &mut r)?;
+        // SAFETY: SIOCGIFFLAGS filled the flags member.
+        unsafe { r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+        self.ioctl(libc::SIOCSIFFLAGS, &mut r)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut r = ifreq(from);
+        for (d, s) in unsafe { r.ifr_ifru.ifru_newname.iter_mut() }.zip(to.bytes()) {
+            *d = s as libc::c_char;
+        }
+        self.ioctl(libc::SIOCSIFNAME, &mut r)
+    }
+
+    fn set_mtu(&self, iface: &str, mtu: u32) -> io::Result<()> {
+        let mut r = ifreq(iface);
+        r.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+        self.ioctl(libc::SIOCSIFMTU, &mut r)
+    }
+
+    fn set_addr(&self, iface: &str, req: libc::c_ulong, a: Ipv4Addr) -> io::Result<()> {
+        let mut r = ifreq(iface);
+        r.ifr_ifru.ifru_addr = sockaddr_in(a);
+        self.ioctl(req, &mut r)
+    }
+
+    fn default_route(&self, gw: Ipv4Addr) -> io::Result<()> {
+        const RTF_UP: libc::c_ushort = 0x1;
+        const RTF_GATEWAY: libc::c_ushort = 0x2;
+        // SAFETY: rtentry is plain old data (null pointers, zeroes).
+        let mut rt: RtEntry = unsafe { std::mem::zeroed() };
+        rt.rt_dst = sockaddr_in(Ipv4Addr::UNSPECIFIED);
+        rt.rt_genmask = sockaddr_in(Ipv4Addr::UNSPECIFIED);
+        rt.rt_gateway = sockaddr_in(gw);
+        rt.rt_flags = RTF_UP | RTF_GATEWAY;
+        self.ioctl(libc::SIOCADDRT, &mut rt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> Result<Option<GuestNet>, NetError> {
+        GuestNet::from_annotations(&v)
+    }
+
+    #[test]
+    fn a_full_configuration() {
+        let n = parse(json!({
+            ADDRESS: "10.87.0.5/16",
+            GATEWAY: "10.87.0.1",
+            MTU: "1500",
+            HOSTS: "127.0.0.1\tlocalhost\n10.87.0.6\tweb\n",
+            RESOLV: "nameserver 8.8.8.8\n",
+            "other": {"not": "a string"},
+        }))
+        .unwrap()
+        .unwrap();
+        assert_eq!(n.address, Ipv4Addr::new(10, 87, 0, 5));
+        assert_eq!(n.prefix, 16);
+        assert_eq!(n.gateway, Some(Ipv4Addr::new(10, 87, 0, 1)));
+        assert_eq!(n.mtu, Some(1500));
+        assert!(n.hosts.unwrap().contains("web"));
+    }
+
+    #[test]
+    fn nothing_without_annotations() {
+        assert_eq!(parse(json!(null)).unwrap(), None);
+        assert_eq!(parse(json!({"x": "y"})).unwrap(), None);
+        assert_eq!(parse(json!([1, 2])).unwrap(), None);
+        let n = parse(json!({ADDRESS: "192.168.1.2/24"})).unwrap().unwrap();
+        assert_eq!((n.gateway, n.mtu, n.hosts), (None, None, None));
+    }
+
+    #[test]
+    fn hostile_values_are_refused() {
+        let long = "x".repeat(MAX_FILE + 1);
+        let bad = [
+            json!({ADDRESS: 5}),
+            json!({ADDRESS: ""}),
+            json!({ADDRESS: "10.0.0.1"}),
+            json!({ADDRESS: "10.0.0.1/"}),
+            json!({ADDRESS: "10.0.0.1/0"}),
+            json!({ADDRESS: "10.0.0.1/33"}),
+            json!({ADDRESS: "10.0.0.1/+8"}),
+            json!({ADDRESS: "10.0.0.1/-1"}),
+            json!({ADDRESS: "10.0.0.1/99999999999999999999"}),
+            json!({ADDRESS: "300.0.0.1/8"}),
+            json!({ADDRESS: "::1/64"}),
+            json!({ADDRESS: "0.0.0.0/8"}),
+            json!({ADDRESS: "127.0.0.1/8"}),
+            json!({ADDRESS: "224.0.0.1/8"}),
+            json!({ADDRESS: "10.0.0.1/8/8"}),
+            json!({ADDRESS: "10.0.0.1 /8"}),
+            json!({ADDRESS: "10.0.0.1/8", GATEWAY: "11.0.0.1"}),
+            json!({ADDRESS: "10.0.0.1/8", GATEWAY: "10.0.0.1"}),
+            json!({ADDRESS: "10.0.0.1/8", GATEWAY: "gw"}),
+            json!({ADDRESS: "10.0.0.1/8", GATEWAY: ["10.0.0.2"]}),
+            json!({ADDRESS: "10.0.0.1/8", MTU: "0"}),
+            json!({ADDRESS: "10.0.0.1/8", MTU: "67"}),
+            json!({ADDRESS: "10.0.0.1/8", MTU: "65536"}),
+            json!({ADDRESS: "10.0.0.1/8", MTU: "-1500"}),
+            json!({ADDRESS: "10.0.0.1/8", MTU: 1500}),
+            json!({ADDRESS: "10.0.0.1/8", HOSTS: long}),
+            json!({ADDRESS: "10.0.0.1/8", HOSTS: "a\0b"}),
+            json!({ADDRESS: "10.0.0.1/8", RESOLV: "nameserver\0"}),
+            json!({ADDRESS: "10.0.0.1/8", RESOLV: {}}),
+            json!({GATEWAY: "10.0.0.1"}),
+            json!({HOSTS: "x"}),
+        ];
+        for v in bad {
+            assert!(parse(v.clone()).is_err(), "accepted {v}");
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A cheap stand-in for fuzzing: every short string in every field.
+        let samples = [
+            "",
+            "/",
+            "//",
+            "1/1",
+            "1.1.1.1/1",
+            "1.1.1.1/32",
+            "\u{0}",
+            "9999",
+            "1e3",
+            " 1",
+            "0x10",
+            "255.255.255.255/32",
+            "1.2.3.4/08",
+        ];
+        for a in samples {
+            for g in samples {
+                for m in samples {
+                    let _ = parse(json!({ADDRESS: a, GATEWAY: g, MTU: m, HOSTS: a, RESOLV: g}));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nic_choice() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(find_nic(d.path()), None);
+        std::fs::create_dir(d.path().join("lo")).unwrap();
+        assert_eq!(find_nic(d.path()), None);
+        std::fs::create_dir(d.path().join("vec0")).unwrap();
+        assert_eq!(find_nic(d.path()), Some("vec0".into()));
+        std::fs::create_dir(d.path().join("eth0")).unwrap();
+        assert_eq!(find_nic(d.path()), Some("eth0".into()));
+        assert_eq!(find_nic(&d.path().join("missing")), None);
+    }
+}

@@ -1,0 +1,459 @@
+//! `strata run --vm` on bridge networks (UML platform): the VM's namespace is attached by the same
+//! CNI plugins as a container's, the guest's NIC takes over its veth (tap + tc mirred), and the
+//! agent configures eth0, the default route, /etc/hosts and /etc/resolv.conf. Real servers and
+//! clients: busybox httpd in a VM reached through `-p` from the host's loopback, a container
+//! reaching a VM by name and a VM reaching a container by name; bad input leaves nothing; after
+//! SIGKILL of the monitor and the keeper, `rm -f` and `strata network prune` leave no VM,
+//! attachment, namespace, tap or NAT rule. Each test has its own store, runtime root, network
+//! config directory, network name and subnet.
+
+mod cli_common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use cli_common::{output_timeout, text, Sandbox};
+
+fn ready_or_skip() -> bool {
+    strata_testkit::require(
+        strata_testkit::is_root()
+            && Path::new("/usr/lib/cni/bridge").exists()
+            && Path::new("/bin/busybox").exists(),
+        "needs root, containernetworking-plugins and busybox-static (scripts/deps.sh)",
+    )
+}
+
+/// A sandbox plus its own network config directory.
+struct Net {
+    s: Sandbox,
+    conf: tempfile::TempDir,
+}
+
+impl Net {
+    fn new() -> Net {
+        Net {
+            s: Sandbox::new("vm"),
+            conf: tempfile::Builder::new()
+                .prefix("strata-cli-vmnet-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.s.cmd();
+        c.env("STRATA_NET_CONFIG_DIR", self.conf.path()).args(args);
+        output_timeout(c, None, Duration::from_secs(180))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "strata {args:?} failed: {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        text(&o.stdout)
+    }
+
+    fn fails(&self, args: &[&str]) -> (i32, String) {
+        let o = self.run(args);
+        assert!(
+            !o.status.success(),
+            "strata {args:?} succeeded: {}",
+            text(&o.stdout)
+        );
+        (o.status.code().unwrap_or(-1), text(&o.stderr))
+    }
+
+    fn attachments(&self) -> Vec<String> {
+        let dir = self.s.root.path().join("net/attachments");
+        let mut out = Vec::new();
+        for net in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            for a in std::fs::read_dir(net.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                out.push(a.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out
+    }
+
+    /// Nothing of `ids` is left: no attachment record, lease, namespace mount, NAT rule or
+    /// VM state.
+    fn assert_no_network_left(&self, ids: &[&str]) {
+        assert!(
+            self.attachments().is_empty(),
+            "attachments left: {:?}",
+            self.attachments()
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = self.s.root.path().display().to_string();
+        assert!(
+            !mounts.contains(&format!("{root}/net/netns/")),
+            "a namespace mount is left"
+        );
+        let leases: Vec<_> = walk(&self.s.root.path().join("net/ipam"))
+            .into_iter()
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_string_lossy();
+                n.parse::<std::net::Ipv4Addr>().is_ok()
+            })
+            .collect();
+        assert!(leases.is_empty(), "leases left: {leases:?}");
+        let rules = iptables_rules();
+        for id in ids {
+            assert!(
+                !rules.contains(id),
+                "an iptables rule of {id} is left:\n{rules}"
+            );
+            assert!(
+                !self.s.root.path().join("vm").join(id).exists(),
+                "VM state of {id} is left"
+            );
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if let Ok(v) = serde_json::from_str::<Vec<serde_json::Value>>(&text(
+            &self.run(&["ps", "-a", "--json"]).stdout,
+        )) {
+            for c in v {
+                if let Some(id) = c["Id"].as_str() {
+                    let _ = self.run(&["rm", "-f", id]);
+                }
+            }
+        }
+        let _ = self.run(&["network", "prune"]);
+        let _ = std::fs::remove_dir_all(self.s.root.path().join("net"));
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn iptables_rules() -> String {
+    let mut s = String::new();
+    for t in ["nat", "filter"] {
+        if let Ok(o) = std::process::Command::new("iptables-save")
+            .args(["-t", t])
+            .output()
+        {
+            s.push_str(&text(&o.stdout));
+        }
+    }
+    s
+}
+
+/// Subnets apart from cli_network.rs's (10.180-183.x).
+fn subnet(k: u32) -> String {
+    format!("10.{}.{}.0/24", 190 + k, 20 + std::process::id() % 200)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` from 127.0.0.1:`port` (bounded retries while the VM boots and the server starts).
+fn get(port: u16, path: &str, tries: u32) -> Result<String, String> {
+    let mut last = String::new();
+    for _ in 0..tries {
+        match TcpStream::connect_timeout(
+            &format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::from_secs(2),
+        ) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let _ = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.starts_with("HTTP/1") {
+                    return Ok(out);
+                }
+                last = out;
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(last)
+}
+
+const HTTPD: &str = "exec httpd -f -p 80 -h /tmp";
+
+fn pid_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+        .unwrap_or(false)
+}
+
+#[test]
+fn vm_httpd_published_and_names_between_vms_and_containers() {
+    if !ready_or_skip() {
+        return;
+    }
+    let n = Net::new();
+    let net = format!("vmweb{}", std::process::id());
+    n.ok(&["network", "create", "--subnet", &subnet(0), &net]);
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:80");
+    let vm = n.ok(&[
+        "run",
+        "-d",
+        "--vm",
+        "--name",
+        "vmweb",
+        "--network",
+        &net,
+        "-p",
+        &publish,
+        "busybox",
+        "sh",
+        "-c",
+        &format!("echo served-by-vm > /tmp/index.html && {HTTPD}"),
+    ]);
+    let vm = vm.trim().to_string();
+
+    // From the host's loopback through -p (portmap's DNAT to the veth, redirected to the guest).
+    let answer = get(port, "/index.html", 300).expect("the VM's published port answers");
+    assert!(answer.ends_with("served-by-vm\n"), "{answer}");
+    let v: serde_json::Value = serde_json::from_str(&n.ok(&["inspect", "vmweb"])).unwrap();
+    let vm_ip = v[0]["NetworkSettings"]["Networks"][&net]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A container reaches the VM by name (its /etc/hosts names the VM).
+    let out = n.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://vmweb/index.html",
+    ]);
+    assert_eq!(out, "served-by-vm\n");
+
+    // A VM reaches a container by name; its eth0 has the address the host got, and its
+    // /etc/hosts and /etc/resolv.conf are the ones a container gets.
+    let ct = n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ctweb",
+        "--network",
+        &net,
+        "busybox",
+        "sh",
+        "-c",
+        &format!("echo served-by-container > /tmp/index.html && {HTTPD}"),
+    ]);
+    let ct = ct.trim().to_string();
+    let out = n.ok(&[
+        "run",
+        "--rm",
+        "--vm",
+        "--name",
+        "vmclient",
+        "--network",
+        &net,
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -T 3 -O - http://ctweb/index.html && break; sleep 1; done; \
+         wget -q -T 5 -O - http://vmweb/index.html; ip -4 -o addr show eth0; ip route; cat /etc/hosts /etc/resolv.conf",
+    ]);
+    assert!(
+        out.starts_with("served-by-container\nserved-by-vm\n"),
+        "{out}"
+    );
+    assert!(out.contains("eth0"), "{out}");
+    assert!(
+        out.contains(&format!("default via {}", gateway_of(&subnet(0)))),
+        "{out}"
+    );
+    assert!(out.contains("127.0.0.1\tlocalhost\n"), "{out}");
+    assert!(out.contains(&format!("{vm_ip}\tvmweb\n")), "{out}");
+    assert!(out.contains("\tctweb\n"), "{out}");
+    assert!(out.contains("nameserver "), "{out}");
+
+    n.ok(&["rm", "-f", "vmweb", "ctweb"]);
+    assert!(
+        get(port, "/index.html", 1).is_err(),
+        "the port went with the VM"
+    );
+    n.assert_no_network_left(&[&vm, &ct]);
+    n.ok(&["network", "rm", &net]);
+}
+
+fn gateway_of(subnet: &str) -> String {
+    format!("{}1", &subnet[..subnet.len() - 4])
+}
+
+#[test]
+fn vm_bad_network_input_is_refused_and_leaves_nothing() {
+    if !ready_or_skip() {
+        return;
+    }
+    let n = Net::new();
+    let net = format!("vmbad{}", std::process::id());
+    n.ok(&["network", "create", "--subnet", &subnet(1), &net]);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "run",
+                "--rm",
+                "--vm",
+                "--network",
+                "no-such-net",
+                "busybox",
+                "true",
+            ],
+            "not found",
+        ),
+        (
+            &[
+                "run",
+                "--rm",
+                "--vm",
+                "--network",
+                &net,
+                "-p",
+                "80:80/sctp",
+                "busybox",
+                "true",
+            ],
+            "sctp",
+        ),
+        (
+            &[
+                "run",
+                "--rm",
+                "--vm",
+                "--platform",
+                "qemu",
+                "--network",
+                &net,
+                "busybox",
+                "true",
+            ],
+            "networks on the qemu platform are not supported yet",
+        ),
+        (
+            &[
+                "run",
+                "--rm",
+                "--vm",
+                "--network",
+                "host",
+                "busybox",
+                "true",
+            ],
+            "--network host",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, err) = n.fails(args);
+        assert!(code != 0, "{args:?}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert!(n.s.ps().is_empty(), "no container is left");
+    n.assert_no_network_left(&[]);
+    let vm_state = n.s.root.path().join("vm");
+    let left: Vec<_> = std::fs::read_dir(&vm_state)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "VM state left: {left:?}");
+    n.ok(&["network", "rm", &net]);
+}
+
+#[test]
+fn vm_keeper_and_monitor_killed_then_rm_and_prune_leave_nothing() {
+    if !ready_or_skip() {
+        return;
+    }
+    let n = Net::new();
+    let net = format!("vmkill{}", std::process::id());
+    n.ok(&["network", "create", "--subnet", &subnet(2), &net]);
+    let port = free_port();
+    let id = n.ok(&[
+        "run",
+        "-d",
+        "--vm",
+        "--network",
+        &net,
+        "-p",
+        &format!("127.0.0.1:{port}:80"),
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+    ]);
+    let id = id.trim().to_string();
+    assert!(get(port, "/", 300).is_ok(), "the VM serves");
+    assert!(iptables_rules().contains(&id), "the run made NAT rules");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(n.s.root.path().join("vm").join(&id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let keeper = state["keeper_pid"].as_i64().unwrap() as i32;
+    let vm_pid = state["vm_pid"].as_i64().unwrap() as i32;
+    // The keeper's parent is the monitor, which owns the attachment: SIGKILL both, as a crash
+    // would.
+    let stat = std::fs::read_to_string(format!("/proc/{keeper}/stat")).unwrap();
+    let monitor: i32 = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    for p in [monitor, keeper] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    n.s.eventually(10, "the keeper is gone", || !pid_alive(keeper));
+    assert_eq!(
+        n.attachments().len(),
+        1,
+        "the killed run left its attachment"
+    );
+
+    // rm -f ends the VM (its tap goes with it); prune undoes the attachment (veth, lease, NAT,
+    // namespace).
+    n.ok(&["rm", "-f", &id]);
+    n.s.eventually(10, "the VM is gone", || !pid_alive(vm_pid));
+    let out = n.ok(&["network", "prune"]);
+    assert!(out.contains(&format!("removed network {net}")), "{out}");
+    n.assert_no_network_left(&[&id]);
+    assert!(get(port, "/", 1).is_err());
+    assert!(!n.ok(&["network", "ls"]).contains(&net));
+}
