@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -380,6 +380,11 @@ impl Agent {
             Message::Shutdown => {
                 self.kill_all();
                 self.finishing = true;
+            }
+            Message::NetFiles(f) if self.mode.pid1 => {
+                if let Err(e) = crate::net::update_files(Path::new(crate::net::FILES_DIR), &f) {
+                    self.send_error(0, "network", e);
+                }
             }
             Message::Stdin(data) => self.on_stdin(sid, data),
             Message::Close(StdStream::Stdin) => self.with_session(sid, |s| s.stdin_close = true),

@@ -205,10 +205,34 @@ fn find_nic(sys_class_net: &Path) -> Option<String> {
     names.into_iter().next()
 }
 
+/// Where the guest's copies of /etc/hosts and /etc/resolv.conf live (bind-mounted into the
+/// rootfs).
+pub const FILES_DIR: &str = "/run/strata/net";
+
+/// Rewrites the guest's /etc/hosts and /etc/resolv.conf in place (same inode: the bind mounts
+/// in the rootfs see the new contents) when the host's copies changed. Only files [`apply`] made
+/// are touched: a guest without a network ignores the message. Same limits as the annotations.
+pub fn update_files(dir: &Path, files: &strata_proto::NetFiles) -> Result<(), String> {
+    for (name, content) in [("hosts", &files.hosts), ("resolv.conf", &files.resolv)] {
+        let Some(c) = content else { continue };
+        if c.len() > MAX_FILE || c.contains('\0') {
+            return Err(format!(
+                "new /etc/{name} refused: longer than {MAX_FILE} bytes or contains a NUL byte"
+            ));
+        }
+        let p = dir.join(name);
+        if !p.is_file() {
+            continue;
+        }
+        std::fs::write(&p, c).map_err(|e| format!("rewrite {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
 /// Writes `content` to /run/strata/net/NAME and bind-mounts it on the rootfs's /etc/NAME
 /// (created if the image has none).
 fn etc_file(root: &Path, name: &str, content: &str) -> Result<(), String> {
-    let dir = Path::new("/run/strata/net");
+    let dir = Path::new(FILES_DIR);
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let src = dir.join(name);
     std::fs::write(&src, content).map_err(|e| format!("write {}: {e}", src.display()))?;
@@ -440,6 +464,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn file_updates_touch_only_files_that_exist_and_refuse_hostile_ones() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let files = |h: &str| strata_proto::NetFiles {
+            hosts: Some(h.into()),
+            resolv: Some("nameserver 1.1.1.1\n".into()),
+        };
+        update_files(d.path(), &files("x")).unwrap();
+        assert!(!d.path().join("hosts").exists(), "no network: nothing made");
+        std::fs::write(d.path().join("hosts"), "old").unwrap();
+        let ino = std::fs::metadata(d.path().join("hosts")).unwrap().ino();
+        update_files(d.path(), &files("127.0.0.1\tlocalhost\n10.0.0.2\tweb\n")).unwrap();
+        let p = d.path().join("hosts");
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "127.0.0.1\tlocalhost\n10.0.0.2\tweb\n"
+        );
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().ino(),
+            ino,
+            "rewritten in place"
+        );
+        assert!(!d.path().join("resolv.conf").exists());
+        assert!(update_files(d.path(), &files("a\0b")).is_err());
+        assert!(update_files(d.path(), &files(&"x".repeat(MAX_FILE + 1))).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "127.0.0.1\tlocalhost\n10.0.0.2\tweb\n"
+        );
     }
 
     #[test]

@@ -275,6 +275,15 @@ fn vm_httpd_published_and_names_between_vms_and_containers() {
         &format!("echo served-by-container > /tmp/index.html && {HTTPD}"),
     ]);
     let ct = ct.trim().to_string();
+    // The VM that started before it learns its name: the keeper pushes the rewritten hosts file.
+    let out = n.ok(&[
+        "exec",
+        "vmweb",
+        "sh",
+        "-c",
+        "for i in $(seq 50); do grep -q ctweb /etc/hosts && break; sleep 0.1; done; wget -q -T 5 -O - http://ctweb/index.html",
+    ]);
+    assert_eq!(out, "served-by-container\n");
     let out = n.ok(&[
         "run",
         "--rm",

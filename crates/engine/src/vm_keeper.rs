@@ -421,6 +421,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     // strata's own `--network bridge|NAME` (network.json in the container directory): the guest
     // must get its NIC. An engine's namespace may legitimately have only `lo` (`--network none`).
     let nic_required = netns.is_some() && crate::network::load(l.bundle).is_some();
+    let net_sources = net_file_sources(&config);
     st.cgroups_path = Some(match &l.spec.cgroups_path {
         Some(p) if !p.as_os_str().is_empty() => p.clone(),
         _ => PathBuf::from(format!("/strata-vm/{}", l.id)),
@@ -516,6 +517,13 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             }
         }
     };
+    if vm.nic().is_some() && (net_sources.0.is_some() || net_sources.1.is_some()) {
+        // Peers that join or leave later: strata-net (or the engine) rewrites the host's copies;
+        // the guest's follow.
+        let client = Arc::clone(&client);
+        let (hosts, resolv) = net_sources.clone();
+        std::thread::spawn(move || watch_net_files(&client, hosts, resolv));
+    }
     // strata-oci's keeper (the one that outlives its caller) is the pid engines were given for
     // the container: it lives in the VM's cgroups, so that the cgroups engines find from that pid
     // are the VM's (pause, update, removal); it leaves them before the VM's cgroup is removed.
@@ -779,6 +787,86 @@ pub fn netns_path(config: &serde_json::Value) -> Option<PathBuf> {
         .as_str()
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
+}
+
+/// The host files config.json bind-mounts on /etc/hosts and /etc/resolv.conf.
+fn net_file_sources(config: &serde_json::Value) -> (Option<PathBuf>, Option<PathBuf>) {
+    let source = |dest: &str| {
+        config["mounts"]
+            .as_array()?
+            .iter()
+            .find(|m| m["destination"] == dest)?["source"]
+            .as_str()
+            .map(PathBuf::from)
+    };
+    (source("/etc/hosts"), source("/etc/resolv.conf"))
+}
+
+/// Sends the guest the host's /etc/hosts and /etc/resolv.conf whenever a writer closes them
+/// (inotify IN_CLOSE_WRITE; strata-net rewrites them in place on every attach and detach of a
+/// peer). Ends when the VM's connection is gone or the files cannot be watched.
+fn watch_net_files(client: &Client, hosts: Option<PathBuf>, resolv: Option<PathBuf>) {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: a plain inotify fd, owned below.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    if fd < 0 {
+        tracing::warn!(
+            "cannot watch the VM's hosts file: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    // SAFETY: a fresh fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut watches = Vec::new();
+    for p in [&hosts, &resolv].into_iter().flatten() {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: a NUL-terminated path and our inotify fd.
+        let wd =
+            unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), libc::IN_CLOSE_WRITE) };
+        if wd >= 0 {
+            watches.push(wd);
+        }
+    }
+    if watches.is_empty() {
+        return;
+    }
+    let read = |p: &Option<PathBuf>| {
+        p.as_ref().and_then(|p| {
+            let mut s = String::new();
+            std::fs::File::open(p)
+                .and_then(|f| f.take(64 << 10).read_to_string(&mut s))
+                .ok()
+                .map(|_| s)
+        })
+    };
+    let mut last = (read(&hosts), read(&resolv));
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: reading inotify events into our buffer.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            return;
+        }
+        let now = (read(&hosts), read(&resolv));
+        if now == last {
+            continue;
+        }
+        let files = strata_proto::NetFiles {
+            hosts: now.0.clone().filter(|h| Some(h) != last.0.as_ref()),
+            resolv: now.1.clone().filter(|r| Some(r) != last.1.as_ref()),
+        };
+        if let Err(e) = client.net_files(files) {
+            tracing::debug!("stop sending network files to the VM: {e}");
+            return;
+        }
+        last = now;
+    }
 }
 
 /// The guest config with what its NIC took over (the agent's `dev.strata.net.*` annotations,

@@ -656,6 +656,13 @@ impl Client {
         self.shared.send(0, Message::Shutdown, "shutdown")
     }
 
+    /// Sends the guest new /etc/hosts and/or /etc/resolv.conf contents (a networked VM's peers
+    /// changed); the agent reports a refusal as a connection error.
+    pub fn net_files(&self, files: crate::message::NetFiles) -> Result<(), ClientError> {
+        self.shared
+            .send(0, Message::NetFiles(files), "send network files")
+    }
+
     /// Sends a raw frame (for tests of the agent's handling of odd but well-formed input).
     pub fn send_raw_bytes(&self, bytes: &[u8]) -> Result<(), ClientError> {
         self.shared.write_raw(bytes, "sending raw bytes")

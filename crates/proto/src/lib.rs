@@ -17,6 +17,7 @@
 //! host  Stdin/Close/Resize/Signal/Credit    Stdout/Stderr/Close/Credit    ◀──
 //!                                           Exit{code} after output EOF   ◀──
 //! host  ExitAck (s) ──────────▶ (after the main session's: sync, power off)
+//! host  NetFiles{hosts,resolv} (s=0) ▶ (any time: a networked guest's /etc files changed)
 //! ```
 //! The host must never rely on EOF (a UML serial line turns it into a hangup that drops input):
 //! everything, including stdin close, is a frame. The agent speaks first, because input sent
@@ -40,8 +41,8 @@ pub use frame::{
 };
 pub use guest::{halt_by_reboot, GuestParams, LowerFs, ParamError};
 pub use message::{
-    CreateRequest, ErrorMsg, ExecRequest, ExitStatus, Hello, Message, PayloadError, Started,
-    StdStream,
+    CreateRequest, ErrorMsg, ExecRequest, ExitStatus, Hello, Message, NetFiles, PayloadError,
+    Started, StdStream,
 };
 
 /// The protocol version negotiated in the handshake.

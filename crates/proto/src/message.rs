@@ -73,6 +73,17 @@ pub struct ExecRequest {
     pub tty: bool,
 }
 
+/// Host → agent (session 0): new contents of the guest's /etc/hosts and/or /etc/resolv.conf
+/// (the host rewrote its copy: a member joined or left the VM's network). The agent applies
+/// them only to a guest whose network it configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetFiles {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolv: Option<String>,
+}
+
 /// Agent → host: a session's process is running.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Started {
@@ -108,6 +119,7 @@ pub enum Message {
     Start,
     Started(Started),
     Exec(ExecRequest),
+    NetFiles(NetFiles),
     Stdin(Vec<u8>),
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
@@ -182,6 +194,7 @@ impl Message {
             Message::Start => FrameType::Start,
             Message::Started(_) => FrameType::Started,
             Message::Exec(_) => FrameType::Exec,
+            Message::NetFiles(_) => FrameType::NetFiles,
             Message::Stdin(_) => FrameType::Stdin,
             Message::Stdout(_) => FrameType::Stdout,
             Message::Stderr(_) => FrameType::Stderr,
@@ -202,6 +215,7 @@ impl Message {
             Message::Create(v) => serde_json::to_writer(out, v),
             Message::Started(v) => serde_json::to_writer(out, v),
             Message::Exec(v) => serde_json::to_writer(out, v),
+            Message::NetFiles(v) => serde_json::to_writer(out, v),
             Message::Exit(v) => serde_json::to_writer(out, v),
             Message::Shutdown | Message::Created | Message::Start | Message::ExitAck => Ok(()),
             Message::Stdin(d) | Message::Stdout(d) | Message::Stderr(d) => {
@@ -254,6 +268,7 @@ impl Message {
                 }
                 Message::Exec(req)
             }
+            FrameType::NetFiles => Message::NetFiles(json(payload)?),
             FrameType::Exit => Message::Exit(json(payload)?),
             FrameType::Shutdown => empty(payload).map(|_| Message::Shutdown)?,
             FrameType::LinkAck => Message::LinkAck(u32::from_le_bytes(fixed::<4>(payload)?)),

@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::error::{Result, VmmError};
@@ -89,7 +89,7 @@ pub(crate) fn attach(netns: &Path, tap: &str) -> Result<Option<NetnsTap>> {
         })
 }
 
-fn in_namespace(ns: &File, netns: &PathBuf, tap: &str) -> Result<Option<NetnsTap>> {
+fn in_namespace(ns: &File, netns: &Path, tap: &str) -> Result<Option<NetnsTap>> {
     // SAFETY: setns on an fd we hold; affects only this thread, which ends after this function.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(net_err(
