@@ -281,7 +281,7 @@ fn vm_httpd_published_and_names_between_vms_and_containers() {
         "vmweb",
         "sh",
         "-c",
-        "for i in $(seq 50); do grep -q ctweb /etc/hosts && break; sleep 0.1; done; wget -q -T 5 -O - http://ctweb/index.html",
+        "for i in $(seq 50); do grep -q ctweb /etc/hosts && break; sleep 0.1; done; wget -q -O - http://ctweb/index.html",
     ]);
     assert_eq!(out, "served-by-container\n");
     let out = n.ok(&[
@@ -295,8 +295,8 @@ fn vm_httpd_published_and_names_between_vms_and_containers() {
         "busybox",
         "sh",
         "-c",
-        "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -T 3 -O - http://ctweb/index.html && break; sleep 1; done; \
-         wget -q -T 5 -O - http://vmweb/index.html; ip -4 -o addr show eth0; ip route; cat /etc/hosts /etc/resolv.conf",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O - http://ctweb/index.html && break; sleep 1; done; \
+         wget -q -O - http://vmweb/index.html; ip -4 -o addr show eth0; ip route; cat /etc/hosts /etc/resolv.conf",
     ]);
     assert!(
         out.starts_with("served-by-container\nserved-by-vm\n"),

@@ -63,13 +63,18 @@ pub fn prepare(
     mounts: &[oci_spec::runtime::Mount],
     o: &VmOptions,
 ) -> anyhow::Result<()> {
+    let no_network = |name: &str| -> anyhow::Result<()> {
+        match o.network {
+            Some(net) if name != "uml" && name != "auto" => bail!(
+                "--network {net}: networks on the {name} platform are not supported yet; use --platform uml, or --network none"
+            ),
+            _ => Ok(()),
+        }
+    };
+    // Named platform first: the answer does not depend on whether it is installed here.
+    no_network(o.platform)?;
     let platform = vm_keeper::select_platform(o.platform).map_err(anyhow::Error::msg)?;
-    if let Some(net) = o.network.filter(|_| platform.name() != "uml") {
-        bail!(
-            "--network {net}: networks on the {} platform are not supported yet; use --platform uml, or --network none",
-            platform.name()
-        );
-    }
+    no_network(platform.name())?;
     let memory_mib = match o.memory {
         None => DEFAULT_MEMORY_MIB,
         Some(m) => {
