@@ -381,9 +381,12 @@ impl Agent {
                 self.kill_all();
                 self.finishing = true;
             }
-            Message::NetFiles(f) if self.mode.pid1 => {
-                if let Err(e) = crate::net::update_files(Path::new(crate::net::FILES_DIR), &f) {
-                    self.send_error(0, "network", e);
+            // Outside a guest (tests) there are no guest /etc files to rewrite.
+            Message::NetFiles(f) => {
+                if self.mode.pid1 {
+                    if let Err(e) = crate::net::update_files(Path::new(crate::net::FILES_DIR), &f) {
+                        self.send_error(0, "network", e);
+                    }
                 }
             }
             Message::Stdin(data) => self.on_stdin(sid, data),
@@ -484,6 +487,10 @@ impl Agent {
             Ok(s) => s,
             Err(e) => return self.refuse(sid, "create", "config", e.to_string()),
         };
+        let network = match crate::net::GuestNet::from_annotations(&spec.annotations) {
+            Ok(n) => n,
+            Err(e) => return self.refuse(sid, "create", "config", e.to_string()),
+        };
         if self.mode.pid1 || self.mode.assemble_rootfs {
             let root = match crate::guest::assemble_rootfs(&self.mode.guest) {
                 Ok(r) => r,
@@ -513,7 +520,7 @@ impl Agent {
                 if let Err(e) = crate::net::loopback_up() {
                     self.send_error(0, "warning", format!("cannot bring lo up: {e}"));
                 }
-                if let Some(n) = &spec.network {
+                if let Some(n) = &network {
                     if let Err(e) = crate::net::apply(n, &root) {
                         return self.refuse(sid, "create", "network", e);
                     }

@@ -17,12 +17,10 @@ pub struct Spec {
     /// Only `readonly` applies: the guest builds the rootfs from its disks, not from `path`.
     #[serde(default)]
     pub root: Option<Root>,
-    /// Only the `dev.strata.net.*` keys are read (crate::net); others may hold anything.
+    /// Only the `dev.strata.net.*` keys are read (crate::net, by the agent); others may hold
+    /// anything.
     #[serde(default)]
     pub annotations: serde_json::Value,
-    /// The guest's network, from the annotations.
-    #[serde(skip)]
-    pub network: Option<crate::net::GuestNet>,
 }
 
 /// The OCI `root` object.
@@ -105,8 +103,6 @@ pub struct Mount {
 pub enum SpecError {
     #[error("config is not a valid OCI document: {0}")]
     Json(String),
-    #[error(transparent)]
-    Network(#[from] crate::net::NetError),
     #[error("config has no process: the VM needs a process to run")]
     NoProcess,
     #[error("process.args is empty: give the command to run")]
@@ -158,9 +154,7 @@ pub fn is_clean_absolute(p: &str) -> bool {
 impl Spec {
     /// Parses and validates a config.json value.
     pub fn from_value(v: serde_json::Value) -> Result<Spec, SpecError> {
-        let mut spec: Spec =
-            serde_json::from_value(v).map_err(|e| SpecError::Json(e.to_string()))?;
-        spec.network = crate::net::GuestNet::from_annotations(&spec.annotations)?;
+        let spec: Spec = serde_json::from_value(v).map_err(|e| SpecError::Json(e.to_string()))?;
         spec.process
             .as_ref()
             .ok_or(SpecError::NoProcess)?

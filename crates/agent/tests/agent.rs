@@ -521,3 +521,46 @@ fn shutdown_kills_the_workload_and_ends_the_agent() {
         "workload {pid} survived the shutdown"
     );
 }
+
+#[test]
+fn hostile_network_annotations_refuse_create_and_net_files_without_a_network_are_harmless() {
+    for (notes, want) in [
+        (json!({"dev.strata.net.address": "10.0.0.1/33"}), "prefix"),
+        (
+            json!({"dev.strata.net.address": "10.0.0.2/24", "dev.strata.net.gateway": "8.8.8.8"}),
+            "is not another address",
+        ),
+        (json!({"dev.strata.net.hosts": "x"}), "is not"),
+        (
+            json!({"dev.strata.net.address": "10.0.0.2/24", "dev.strata.net.hosts": 7}),
+            "not a string",
+        ),
+    ] {
+        let agent = Agent::start();
+        let mut cfg: serde_json::Value = serde_json::from_slice(&config(&["true"])).unwrap();
+        cfg["annotations"] = notes.clone();
+        let err = agent
+            .client()
+            .create(&serde_json::to_vec(&cfg).unwrap())
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Agent { kind, .. } if kind == "config"),
+            "{notes}: {err}"
+        );
+        assert!(err.to_string().contains(want), "{notes}: {err}");
+    }
+    // Outside a guest (and in a guest without a network) new /etc files change nothing, and the
+    // agent keeps working.
+    let agent = Agent::start();
+    agent
+        .client()
+        .net_files(strata_proto::NetFiles {
+            hosts: Some("1.2.3.4\tx\n".into()),
+            resolv: Some("nameserver\0".into()),
+        })
+        .unwrap();
+    let (o, _, st) = run_main(&agent, &["echo", "fine"], b"");
+    assert_eq!((o.as_str(), st.code), ("fine\n", 0));
+    assert!(agent.client().connection_errors().is_empty());
+}
