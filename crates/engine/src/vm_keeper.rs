@@ -1385,4 +1385,65 @@ mod tests {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad:?}");
         }
     }
+
+    #[test]
+    fn a_nic_becomes_annotations_and_the_host_etc_mounts_leave_the_guest_config() {
+        let d = tempfile::tempdir().unwrap();
+        let hosts = d.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.1\tlocalhost\n10.87.0.2\tweb\n").unwrap();
+        let config = serde_json::json!({
+            "process": {"args": ["true"]},
+            "annotations": {"dev.strata.isolation": "vm"},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/x/ns"}]},
+            "mounts": [
+                {"destination": "/etc/hosts", "type": "bind", "source": hosts},
+                {"destination": "/etc/resolv.conf", "type": "bind", "source": d.path().join("missing")},
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+            ],
+        });
+        assert_eq!(netns_path(&config), Some(PathBuf::from("/run/x/ns")));
+        assert_eq!(
+            netns_path(&serde_json::json!({"linux": {"namespaces": [{"type": "network"}]}})),
+            None
+        );
+        assert_eq!(
+            net_file_sources(&config).0.as_deref(),
+            Some(hosts.as_path())
+        );
+        // Without a NIC nothing changes.
+        assert_eq!(with_network(config.clone(), None).unwrap(), config);
+        let nic = strata_vmm::GuestNic {
+            interface: "eth0".into(),
+            mac: "02:00:00:00:00:01".into(),
+            address: "10.87.0.3".parse().unwrap(),
+            prefix: 16,
+            gateway: Some("10.87.0.1".parse().unwrap()),
+            mtu: 1500,
+        };
+        // A source that cannot be read is an error naming it, not a guest without /etc/resolv.conf.
+        let err = with_network(config.clone(), Some(&nic)).unwrap_err();
+        assert!(
+            err.contains("missing") && err.contains("/etc/resolv.conf"),
+            "{err}"
+        );
+        let mut ok = config.clone();
+        ok["mounts"].as_array_mut().unwrap().remove(1);
+        let g = with_network(ok, Some(&nic)).unwrap();
+        let a = &g["annotations"];
+        assert_eq!(a["dev.strata.isolation"], "vm");
+        assert_eq!(a["dev.strata.net.address"], "10.87.0.3/16");
+        assert_eq!(a["dev.strata.net.gateway"], "10.87.0.1");
+        assert_eq!(a["dev.strata.net.mtu"], "1500");
+        assert_eq!(
+            a["dev.strata.net.hosts"],
+            "127.0.0.1\tlocalhost\n10.87.0.2\tweb\n"
+        );
+        let dests: Vec<&str> = g["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        assert_eq!(dests, ["/proc"]);
+    }
 }
