@@ -5,11 +5,10 @@
 #   - host-native (the same binaries on the host's loopback; iperf3 client and server on lo),
 #   - strata container (bridge network, portmap DNAT; iperf3 by name across the bridge),
 #   - Podman's bridge (CNI backend; runc: crun refuses this cgroup v1 hybrid host),
-#   - strata VM: a hook (VM_ROWS=1) for when `strata run --vm` joins bridge networks (helper
-#     vmnet's work); until then the row says it was not measured.
+#   - strata VM (the default VM platform; the guest's NIC joined to the veth, docs/networking.md),
 # Same image everywhere: scripts/build-netservers-image.sh (Debian's nginx, redis, iperf3).
 # Usage: bench/network.sh   (root; release build; wrk redis-tools iperf3 podman: scripts/deps.sh)
-#   DURATION=seconds per wrk/iperf3 run (default 5); NO_PODMAN=1 skips Podman.
+#   DURATION=seconds per wrk/iperf3 run (default 5); NO_PODMAN=1 skips Podman, NO_VM=1 the VMs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/network.sh: needs root (namespaces, iptables, CNI plugins)" >&2; exit 1; }
@@ -110,14 +109,23 @@ s_ip=$(st run --rm --network "$net" --entrypoint iperf3 netservers -c "ip$tag" -
 row "strata container (bridge, -p)" "$s_wrk" "$s_set" "$s_get" "$s_ip"
 for c in "web$tag" "kv$tag" "ip$tag"; do st rm -f "$c" >/dev/null; done
 
-# --- strata VM (hook) ------------------------------------------------------------------------------
-if [ -n "${VM_ROWS:-}" ]; then
-  # The same three servers with `--vm` (platform from `strata run --vm`'s default; name it in
-  # the row) once VMs join bridge networks; fill in like the container rows above.
-  echo "bench/network.sh: VM_ROWS is a hook for VM networking (helper vmnet); not implemented here" >&2
-  row "strata VM" "-" "-" "-" "-"
-else
-  row "strata VM" "not measured: VMs on bridge networks are helper vmnet's work (VM_ROWS=1 hook)" "" "" ""
+# --- strata VM ---------------------------------------------------------------------------------------
+# The same servers in VMs (the default VM platform: uml here) on the same network: the guest's NIC
+# takes over the namespace's veth (tap + tc mirred, docs/networking.md). NO_VM=1 skips the row;
+# VM_PLATFORM (default uml: the only platform with networks yet).
+if [ -z "${NO_VM:-}" ]; then
+  vp=${VM_PLATFORM:-uml}
+  v_http=$(free_port); v_redis=$(free_port)
+  st run -d --vm --platform "$vp" --memory 512m --name "vweb$tag" --network "$net" -p "127.0.0.1:$v_http:80" netservers >/dev/null
+  st run -d --vm --platform "$vp" --memory 512m --name "vkv$tag" --network "$net" -p "127.0.0.1:$v_redis:6379" \
+    --entrypoint redis-server netservers --protected-mode no --save '' --appendonly no >/dev/null
+  st run -d --vm --platform "$vp" --memory 256m --name "vip$tag" --network "$net" --entrypoint iperf3 netservers -s >/dev/null
+  v_wrk=$(wrk_rps "$v_http")
+  read -r v_set v_get <<<"$(redis_rps "$v_redis")"
+  sleep 0.5
+  v_ip=$(st run --rm --vm --platform "$vp" --network "$net" --entrypoint iperf3 netservers -c "vip$tag" -t "$dur" -J | iperf_gbps)
+  row "strata VM ($vp, bridge, -p)" "$v_wrk" "$v_set" "$v_get" "$v_ip"
+  for c in "vweb$tag" "vkv$tag" "vip$tag"; do st rm -f "$c" >/dev/null; done
 fi
 
 # --- Podman bridge ---------------------------------------------------------------------------------
