@@ -27,6 +27,11 @@ fn platforms() -> Vec<String> {
         .collect()
 }
 
+/// VM rows: one per platform, and uml's warm-pool row beside its cold one.
+fn rows(plats: &[String]) -> usize {
+    plats.len() + usize::from(plats.iter().any(|p| p == "uml"))
+}
+
 /// A platform's row label: `vm-uml`, `vm-qemu-tcg` (the accelerator named).
 fn label(p: &str) -> String {
     match strata_vmm::platform(p).unwrap().accelerator() {
@@ -74,9 +79,13 @@ fn compare_json_and_chart_in_every_layer() {
         !plats.is_empty(),
         "this test needs a VM platform (strata info)"
     );
-    assert_eq!(layers.len(), 1 + plats.len(), "{layers:?}");
+    assert_eq!(layers.len(), 1 + rows(&plats), "{layers:?}");
     for l in layers {
         let mut k = keys(l);
+        // The warm pool's row says so (uml only), beside the cold row of its platform.
+        if l["platform"] == "uml" && k.remove("warm") {
+            assert_eq!(l["warm"], true, "{l}");
+        }
         // qemu rows name their accelerator.
         if l["platform"] == "qemu" {
             assert!(
@@ -222,6 +231,9 @@ fn compare_json_and_chart_in_every_layer() {
         let label = label(p);
         assert!(texts.contains(&label), "{label} not in {texts:?}");
     }
+    if plats.iter().any(|p| p == "uml") {
+        assert!(texts.iter().any(|t| t == "vm-uml-warm"), "{texts:?}");
+    }
     let dots = doc
         .descendants()
         .filter(|n| n.has_tag_name("circle"))
@@ -248,6 +260,11 @@ fn compare_table_has_a_row_per_layer() {
     for p in platforms() {
         let r = row(&label(&p));
         assert!(!r.ends_with(&host_kernel()), "{out}");
+        if p == "uml" {
+            // The warm pool's row, beside the cold one.
+            let r = row("vm-uml-warm");
+            assert!(!r.ends_with(&host_kernel()), "{out}");
+        }
     }
     for probe in [
         "own_kernel",
@@ -385,7 +402,7 @@ fn compare_memory_reaches_every_layer() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         v["layers"].as_array().unwrap().len(),
-        1 + platforms().len(),
+        1 + rows(&platforms()),
         "{v}"
     );
     fails_cleanly(

@@ -39,6 +39,7 @@ pub mod run;
 pub mod terminal_relay;
 pub mod vm_backend;
 pub mod vm_keeper;
+pub mod vm_pool;
 
 pub use backend::{Backend, StartError, Stdio};
 pub use paths::Paths;

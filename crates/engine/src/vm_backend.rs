@@ -328,6 +328,9 @@ impl Backend for VmBackend {
             "Platform": st.platform,
             "Accelerator": st.accelerator,
             "MemoryMiB": st.memory_mib,
+            // Taken from the warm pool (vm_pool.rs) rather than booted for this instance.
+            "Warm": st.warm,
+            "WarmFallback": st.warm_fallback,
         }))
     }
 

@@ -102,6 +102,12 @@ pub struct KeeperState {
     /// the workload's execve took effect (its close-on-exec error pipe closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,
+    /// The VM came from the warm pool (vm_pool.rs) instead of a boot of its own.
+    #[serde(default)]
+    pub warm: bool,
+    /// Why a warm hand-over failed (the VM then booted cold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_fallback: Option<String>,
 }
 
 /// Starting a workload failed; `code` follows Docker (125 set-up, 126 cannot execute, 127 not
@@ -140,7 +146,7 @@ pub fn load_state(state_dir: &Path) -> Option<KeeperState> {
     serde_json::from_slice(&std::fs::read(state_path(state_dir)).ok()?).ok()
 }
 
-fn save_state(state_dir: &Path, st: &KeeperState) {
+pub(crate) fn save_state(state_dir: &Path, st: &KeeperState) {
     let tmp = state_dir.join(".state.json.tmp");
     if let Ok(b) = serde_json::to_vec(st) {
         if std::fs::write(&tmp, b).is_ok() {
@@ -428,18 +434,45 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     });
     save_state(l.state_dir, &st);
     let mut attempt = 0;
+    // The first try takes a VM from the warm pool when one fits; a hand-over that fails ends
+    // that VM and falls back to a cold boot (the cause is kept in state.json: `inspect` shows it).
+    // (A VM with a network boots cold: pooled VMs have no NIC.)
+    let mut try_warm = !l.hold && netns.is_none();
     let (mut vm, vm_pid, client, session) = loop {
-        attempt += 1;
-        let last = attempt >= 3;
-        let mut vm = match boot(l, platform.as_ref(), netns.as_deref()) {
-            Ok(v) => v,
-            Err(m) => {
-                restore_owners();
-                let _ = std::fs::remove_file(&sock_path);
-                return fail(&mut status, &mut st, 125, m);
+        let warm = if std::mem::take(&mut try_warm) {
+            match take_warm(l) {
+                Ok(w) => w,
+                Err(m) => {
+                    tracing::warn!("warm VM hand-over failed, booting cold: {m}");
+                    st.warm_fallback = Some(m);
+                    None
+                }
             }
+        } else {
+            None
         };
-        phase("guest kernel started");
+        let is_warm = warm.is_some();
+        if !is_warm {
+            attempt += 1;
+        }
+        let last = attempt >= 3;
+        let mut vm = match warm {
+            Some(p) => Booted::Warm(p),
+            None => match boot(l, platform.as_ref(), netns.as_deref()) {
+                Ok(v) => Booted::Cold(v),
+                Err(m) => {
+                    restore_owners();
+                    let _ = std::fs::remove_file(&sock_path);
+                    return fail(&mut status, &mut st, 125, m);
+                }
+            },
+        };
+        st.warm = is_warm;
+        phase(if is_warm {
+            "warm VM taken from the pool"
+        } else {
+            "guest kernel started"
+        });
         if nic_required && vm.nic().is_none() {
             let _ = vm.kill();
             restore_owners();
@@ -480,6 +513,12 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         };
         let client = match Client::from_unix_stream(channel, hello_within) {
             Ok(c) => Arc::new(c),
+            Err(e) if is_warm => {
+                let _ = vm.kill();
+                st.warm_fallback = Some(format!("the pooled VM's agent did not answer: {e}"));
+                tracing::warn!("warm VM hand-over failed, booting cold: {e}");
+                continue;
+            }
             Err(e) => {
                 let _ = vm.kill();
                 if !last && matches!(e, strata_proto::ClientError::Timeout(..)) {
@@ -505,6 +544,17 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         phase("agent answered");
         match client.create_within(&bytes, Some(Duration::from_secs(30))) {
             Ok(s) => break (vm, vm_pid, client, Arc::new(s)),
+            // A refusal of the workload's own config would refuse it after a cold boot too; a
+            // root disk the agent could not mount is the hand-over's failure.
+            Err(e)
+                if is_warm
+                    && !matches!(&e, strata_proto::ClientError::Agent { kind, .. } if kind != "rootfs") =>
+            {
+                let _ = vm.kill();
+                st.warm_fallback = Some(format!("create in the pooled VM: {e}"));
+                tracing::warn!("warm VM hand-over failed, booting cold: {e}");
+                continue;
+            }
             Err(e) => {
                 let _ = vm.kill();
                 if !last && matches!(e, strata_proto::ClientError::Timeout(..)) {
@@ -628,7 +678,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     code.unwrap_or(137)
 }
 
-fn close_other_fds(keep: &[RawFd]) {
+pub(crate) fn close_other_fds(keep: &[RawFd]) {
     let Ok(rd) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
@@ -658,7 +708,7 @@ fn console_tail(path: &Path) -> String {
 
 /// The agent's initramfs, found by the agent file's identity (device, inode, size, mtime) so a
 /// VM start does not read and hash the agent again (strata-vmm caches the archive by content).
-fn agent_initrd(agent: &Path, cache: &Path) -> Result<PathBuf, String> {
+pub(crate) fn agent_initrd(agent: &Path, cache: &Path) -> Result<PathBuf, String> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(agent).map_err(|e| format!("agent {}: {e}", agent.display()))?;
     let index = cache.join(format!(
@@ -682,6 +732,97 @@ fn agent_initrd(agent: &Path, cache: &Path) -> Result<PathBuf, String> {
         let _ = std::fs::rename(&tmp, &index);
     }
     Ok(p)
+}
+
+/// A VM booted for this instance, or taken from the warm pool.
+enum Booted {
+    Cold(strata_vmm::Vm),
+    Warm(crate::vm_pool::Pooled),
+}
+
+impl Booted {
+    fn pid(&self) -> i32 {
+        match self {
+            Booted::Cold(v) => v.pid(),
+            Booted::Warm(p) => p.pid(),
+        }
+    }
+
+    fn accelerator(&self) -> Option<&'static str> {
+        match self {
+            Booted::Cold(v) => v.accelerator(),
+            Booted::Warm(_) => None,
+        }
+    }
+
+    fn cgroup(&self) -> Option<&strata_vmm::cgroup::VmCgroup> {
+        match self {
+            Booted::Cold(v) => v.cgroup(),
+            Booted::Warm(p) => p.cgroup(),
+        }
+    }
+
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroup().map(|c| c.paths()).unwrap_or_default()
+    }
+
+    fn nic(&self) -> Option<&strata_vmm::GuestNic> {
+        match self {
+            Booted::Cold(v) => v.nic(),
+            Booted::Warm(_) => None,
+        }
+    }
+
+    fn take_channel(&mut self) -> Option<UnixStream> {
+        match self {
+            Booted::Cold(v) => v.take_channel(),
+            Booted::Warm(p) => p.take_channel(),
+        }
+    }
+
+    fn kill(&mut self) -> Result<(), String> {
+        match self {
+            Booted::Cold(v) => v.kill().map(|_| ()).map_err(|e| e.to_string()),
+            Booted::Warm(p) => {
+                p.kill();
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the VM has ended.
+    fn try_wait(&mut self) -> Result<Option<()>, String> {
+        match self {
+            Booted::Cold(v) => v
+                .try_wait()
+                .map(|s| s.map(|_| ()))
+                .map_err(|e| e.to_string()),
+            Booted::Warm(p) => Ok(p.has_exited().then_some(())),
+        }
+    }
+
+    fn report(&self) -> String {
+        match self {
+            Booted::Cold(v) => v.report(),
+            Booted::Warm(p) => p.report(),
+        }
+    }
+}
+
+/// Takes a VM from the warm pool and hands it this instance's root disk (hot-added as ubd0 with
+/// this VM's COW file). None when no pooled VM fits; an error when the hand-over failed (the
+/// pooled VM is then ended).
+fn take_warm(l: &Launch) -> Result<Option<crate::vm_pool::Pooled>, String> {
+    let Some(mut p) = crate::vm_pool::take(l.state_dir, l.id, l.spec)? else {
+        return Ok(None);
+    };
+    let cow = l.state_dir.join("root.cow");
+    if let Err(e) = strata_vmm::uml_hotplug::hot_add_disk(p.pid(), p.uid(), 0, &l.spec.disk, &cow) {
+        p.kill();
+        let _ = std::fs::remove_file(&cow);
+        return Err(e.to_string());
+    }
+    Ok(Some(p))
 }
 
 /// Boots the VM: kernel, agent initramfs, image disk with a fresh COW file, volume disks.
@@ -1152,6 +1293,33 @@ pub fn request(
     sendmsg::<()>(conn.as_raw_fd(), &iov, cm, MsgFlags::empty(), None)
         .map_err(|e| format!("send to the VM keeper: {e}"))?;
     Ok(BufReader::new(conn))
+}
+
+/// Sends one JSON request line (with `fds` attached) to the keeper whose socket is in `dir`
+/// (a VM's state directory or a pooled VM's slot).
+pub(crate) fn request_at(
+    dir: &Path,
+    req: &serde_json::Value,
+    fds: &[RawFd],
+) -> Result<BufReader<UnixStream>, String> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let conn = SocketPath::new(dir)
+        .and_then(|p| UnixStream::connect(p.path()))
+        .map_err(|e| format!("connect {}: {e}", dir.join("keeper.sock").display()))?;
+    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    let iov = [std::io::IoSlice::new(&line)];
+    let cmsgs = [ControlMessage::ScmRights(fds)];
+    let cm: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsgs };
+    sendmsg::<()>(conn.as_raw_fd(), &iov, cm, MsgFlags::empty(), None)
+        .map_err(|e| format!("send to the keeper: {e}"))?;
+    Ok(BufReader::new(conn))
+}
+
+/// Listens on `<dir>/keeper.sock`.
+pub(crate) fn bind_keeper_socket(dir: &Path) -> std::io::Result<UnixListener> {
+    let _ = std::fs::remove_file(dir.join("keeper.sock"));
+    SocketPath::new(dir).and_then(|p| UnixListener::bind(p.path()))
 }
 
 /// The keeper's socket named through an fd of its directory (`/proc/self/fd/N/keeper.sock`):

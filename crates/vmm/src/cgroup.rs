@@ -94,6 +94,45 @@ fn resources(
     r.build().map_err(invalid)
 }
 
+/// Moves a cgroup2 directory's processes into a new sibling `to` with the same limits, then
+/// removes `from`. (Memory charged before the move stays with `from` until reclaimed: cgroup2
+/// does not move charges.)
+fn move_cgroup2(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(to)?;
+    for f in [
+        "memory.max",
+        "memory.swap.max",
+        "memory.high",
+        "pids.max",
+        "cpu.max",
+    ] {
+        if let Ok(v) = std::fs::read_to_string(from.join(f)) {
+            let _ = std::fs::write(to.join(f), v.trim());
+        }
+    }
+    let procs = to.join("cgroup.procs");
+    // New processes may appear while moving (UML forks its helpers): until none is left.
+    for _ in 0..100 {
+        let pids = std::fs::read_to_string(from.join("cgroup.procs"))?;
+        if pids.trim().is_empty() {
+            break;
+        }
+        for pid in pids.lines() {
+            let _ = std::fs::write(&procs, pid);
+        }
+    }
+    std::fs::remove_dir(from).or_else(|e| {
+        // Undo: the processes go back, the new directory goes.
+        if let Ok(pids) = std::fs::read_to_string(&procs) {
+            for pid in pids.lines() {
+                let _ = std::fs::write(from.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = std::fs::remove_dir(to);
+        Err(e)
+    })
+}
+
 impl VmCgroup {
     /// Creates the VM's cgroup at `cgroups_path` (runc's interpretation; `None`:
     /// `/strata-vm/<id>`) with a memory limit, a pids limit and, with `cpus`, a CPU time quota
@@ -124,6 +163,61 @@ impl VmCgroup {
             cgroup,
             default_parent,
         })
+    }
+
+    /// Gives a VM made under strata's default parent (`/strata-vm/<id>`) a new id: every
+    /// hierarchy's directory is renamed to `/strata-vm/<new_id>` with its processes in it (the
+    /// warm pool re-labels a pooled VM to the instance it is handed to). Only for the default
+    /// parent: an engine's cgroupsPath is never renamed.
+    pub fn relabel(&mut self, new_id: &str) -> Result<()> {
+        if !self.default_parent {
+            return Err(VmmError::InvalidConfig(format!(
+                "VM {}: only a cgroup under /{DEFAULT_PARENT} can be re-labelled",
+                self.id
+            )));
+        }
+        let path = PathBuf::from(format!("/{DEFAULT_PARENT}/{new_id}"));
+        let mut new = Cgroup::resolve(Some(&path), new_id)
+            .map_err(|e| op_err(new_id, "resolve the cgroup", e))?;
+        let old_paths = self.paths();
+        let new_paths: Vec<PathBuf> = new.paths().into_iter().map(Path::to_path_buf).collect();
+        if old_paths.len() != new_paths.len() {
+            return Err(VmmError::InvalidConfig(format!(
+                "VM {}: the host's cgroup hierarchies changed",
+                self.id
+            )));
+        }
+        for (i, (from, to)) in old_paths.iter().zip(&new_paths).enumerate() {
+            // cgroup v1 renames a cgroup with its processes; cgroup2 refuses renames (EPERM):
+            // there the processes move into a new directory with the same limits.
+            let moved = match std::fs::rename(from, to) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => move_cgroup2(from, to),
+                r => r,
+            };
+            if let Err(e) = moved {
+                // Undo what was renamed: the cgroup stays whole under its old name.
+                for (f, t) in old_paths.iter().zip(&new_paths).take(i) {
+                    let _ = std::fs::rename(t, f);
+                }
+                return Err(VmmError::Cgroup {
+                    path: from.clone(),
+                    step: "rename",
+                    source: e,
+                });
+            }
+        }
+        new.created = self
+            .cgroup
+            .created
+            .iter()
+            .map(|d| match old_paths.iter().position(|p| p == d) {
+                Some(i) => new_paths[i].clone(),
+                None => d.clone(),
+            })
+            .collect();
+        self.cgroup = new;
+        self.id = new_id.to_string();
+        Ok(())
     }
 
     /// The `cgroup.procs` files of every hierarchy, opened for the jailed child to join by

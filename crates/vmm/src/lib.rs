@@ -32,6 +32,7 @@ mod qcow2;
 mod qemu;
 mod seccomp;
 mod uml;
+pub mod uml_hotplug;
 mod vm;
 
 pub use cgroup::MemoryStats;

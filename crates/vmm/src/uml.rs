@@ -73,6 +73,8 @@ pub(crate) fn command_line(config: &VmConfig, nic: Option<&GuestNic>) -> Vec<Str
     }
     // UML keeps its pid file and memory file in the jail's private /tmp.
     args.push("uml_dir=/tmp".into());
+    // A fixed instance name puts the management console at /tmp/vm/mconsole (uml_hotplug.rs).
+    args.push(format!("umid={}", crate::uml_hotplug::UMID));
     if config.initrd.is_some() {
         args.push("initrd=/initrd".into());
     }

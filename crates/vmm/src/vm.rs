@@ -118,6 +118,14 @@ impl Vm {
         self.cgroup.as_ref()
     }
 
+    /// Re-labels the VM's cgroup to `new_id` (see [`VmCgroup::relabel`]).
+    pub fn relabel(&mut self, new_id: &str) -> Result<()> {
+        match self.cgroup.as_mut() {
+            Some(cg) => cg.relabel(new_id),
+            None => Ok(()),
+        }
+    }
+
     /// Memory charged to the VM, from its cgroup.
     pub fn memory(&self) -> Result<MemoryStats> {
         let cg = self.cgroup.as_ref().ok_or_else(|| VmmError::Process {

@@ -67,16 +67,23 @@ struct Layer {
     platform: Option<String>,
     /// `kvm`/`tcg` for qemu.
     accelerator: Option<String>,
+    /// Runs take a VM from the warm pool (a pool of one, refilled before each run).
+    warm: bool,
 }
 
 impl Layer {
     fn label(&self) -> String {
-        match &self.platform {
+        let l = match &self.platform {
             Some(p) => match &self.accelerator {
                 Some(a) => format!("vm-{p}-{a}"),
                 None => format!("vm-{p}"),
             },
             None => "container".into(),
+        };
+        if self.warm {
+            l + "-warm"
+        } else {
+            l
         }
     }
 }
@@ -121,14 +128,26 @@ pub fn compare(g: &Global, a: CompareArgs) -> anyhow::Result<()> {
     let mut layers = vec![Layer {
         platform: None,
         accelerator: None,
+        warm: false,
     }];
     let mut unavailable = Vec::new();
     for p in strata_vmm::platforms() {
         match p.check() {
-            Ok(()) => layers.push(Layer {
-                platform: Some(p.name().to_string()),
-                accelerator: p.accelerator().map(str::to_string),
-            }),
+            Ok(()) => {
+                layers.push(Layer {
+                    platform: Some(p.name().to_string()),
+                    accelerator: p.accelerator().map(str::to_string),
+                    warm: false,
+                });
+                // The warm pool's row, beside the cold one (never mixed into it).
+                if p.name() == "uml" {
+                    layers.push(Layer {
+                        platform: Some(p.name().to_string()),
+                        accelerator: None,
+                        warm: true,
+                    });
+                }
+            }
             Err(u) => unavailable.push(format!("{}: {}", p.name(), u.reason)),
         }
     }
@@ -149,6 +168,18 @@ pub fn compare(g: &Global, a: CompareArgs) -> anyhow::Result<()> {
         ));
     }
     let exe = std::env::current_exe().context("find the strata binary")?;
+    let pool_memory = pool_memory_mib(a.memory.as_deref())?;
+    // The user's own pool of this shape is put back afterwards.
+    let user_pool = strata_engine::vm_pool::status(&g.root)
+        .into_iter()
+        .find(|p| p.platform == "uml" && p.memory_mib == pool_memory)
+        .map_or(0, |p| p.size);
+    let _restore = RestorePool {
+        g,
+        memory_mib: pool_memory,
+        size: user_pool,
+        used: layers.iter().any(|l| l.warm),
+    };
     let mut results = Vec::new();
     for layer in &layers {
         let label = layer.label();
@@ -199,6 +230,7 @@ pub fn compare(g: &Global, a: CompareArgs) -> anyhow::Result<()> {
             .into(),
             platform: layer.platform.clone(),
             accelerator: layer.accelerator.clone(),
+            warm: layer.warm,
             kernel,
             start_bytes: parts.total(),
             start_parts: parts,
@@ -230,6 +262,40 @@ pub fn compare(g: &Global, a: CompareArgs) -> anyhow::Result<()> {
         print_report(&report);
     }
     Ok(())
+}
+
+/// The guest memory a `--vm` run with `--memory m` gets (the pool's shape).
+fn pool_memory_mib(m: Option<&str>) -> anyhow::Result<u32> {
+    match m {
+        None => Ok(strata_engine::vm_backend::DEFAULT_MEMORY_MIB),
+        Some(m) => {
+            let b = strata_engine::options::parse_size(m).context("--memory")?;
+            u32::try_from((b >> 20).max(1)).context("--memory is too large")
+        }
+    }
+}
+
+/// Puts the user's pool of the warm row's shape back to its size (0: drained).
+struct RestorePool<'a> {
+    g: &'a Global,
+    memory_mib: u32,
+    size: u32,
+    used: bool,
+}
+
+impl Drop for RestorePool<'_> {
+    fn drop(&mut self) {
+        if self.used {
+            let _ = strata_engine::vm_pool::set_size(
+                &self.g.root,
+                &self.g.store,
+                "uml",
+                self.memory_mib,
+                self.size,
+                None,
+            );
+        }
+    }
 }
 
 /// `/bin/sh -c WRAPPER sh CMD...`: markers around CMD, then wait for stdin to close. The
@@ -291,6 +357,20 @@ fn run_instance(
     let name = format!("strata-compare-{}-{}", std::process::id(), next_serial());
     let argv = wrap_workload(&name, cmd);
     let mut c = strata_cmd(g, exe);
+    if layer.warm {
+        // A ready pooled VM before the clock starts: the row measures a run that finds one.
+        strata_engine::vm_pool::set_size(
+            &g.root,
+            &g.store,
+            "uml",
+            pool_memory_mib(a.memory.as_deref())?,
+            1,
+            Some(Duration::from_secs(120)),
+        )
+        .context("fill the warm VM pool")?;
+    } else if layer.platform.is_some() {
+        c.env("STRATA_VM_POOL", "off");
+    }
     c.args(["run", "--rm", "-i", "--name", &name]);
     if let Some(p) = &layer.platform {
         c.args(["--vm", "--platform", p]);
@@ -489,6 +569,24 @@ fn measure_instance(
     let mut memory_monitor = peak_rss(monitor_pid)
         .with_context(|| format!("read the peak RSS of `strata run` (pid {monitor_pid})"))?;
     if layer.platform.is_some() {
+        // Each row is what it says: a warm row's run took a pooled VM, a cold one booted.
+        let warm = st["warm"] == true;
+        if warm != layer.warm {
+            bail!(
+                "the {} run {}",
+                layer.label(),
+                if warm {
+                    "took a pooled VM".to_string()
+                } else {
+                    format!(
+                        "booted cold ({})",
+                        st["warm_fallback"]
+                            .as_str()
+                            .unwrap_or("no pooled VM was ready")
+                    )
+                }
+            );
+        }
         let dir = state_dir;
         let keeper = st["keeper_pid"]
             .as_i64()

@@ -62,6 +62,10 @@ pub struct LayerResult {
     /// How the VM's guest code runs (`kvm`, `tcg` on qemu); null otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accelerator: Option<String>,
+    /// The VM came from the warm pool (`strata vm pool`), refilled between runs; the cold row
+    /// of the same platform never takes a pooled VM.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
     /// `uname -r` inside the instance.
     pub kernel: String,
     pub start_bytes: u64,
@@ -82,12 +86,17 @@ pub struct LayerResult {
 }
 
 impl LayerResult {
-    /// `container`, `vm-uml` or `vm-qemu-tcg`.
+    /// `container`, `vm-uml`, `vm-uml-warm` or `vm-qemu-tcg`.
     pub fn label(&self) -> String {
-        match (&self.platform, &self.accelerator) {
+        let l = match (&self.platform, &self.accelerator) {
             (Some(p), Some(a)) => format!("{}-{p}-{a}", self.layer),
             (Some(p), None) => format!("{}-{p}", self.layer),
             (None, _) => self.layer.clone(),
+        };
+        if self.warm {
+            format!("{l}-warm")
+        } else {
+            l
         }
     }
 }

@@ -17,6 +17,7 @@ mod progress;
 mod ps;
 mod run;
 mod vm_info;
+mod vm_pool;
 
 use std::process::ExitCode;
 
@@ -94,6 +95,9 @@ enum Command {
     /// Guest kernels of the VM platforms
     #[command(subcommand)]
     Kernel(vm_info::KernelCommand),
+    /// VMs: the warm pool of pre-booted VMs (`strata vm pool`)
+    #[command(subcommand)]
+    Vm(vm_pool::VmCommand),
     /// What this host supports: containers (cgroup layout) and VM platforms, and why not
     Info(vm_info::JsonArg),
     /// Run a workload as a container and as a VM and compare size, start time, memory, kernel
@@ -151,6 +155,7 @@ fn main() -> ExitCode {
         Command::Stats(a) => ps::stats(&cli.global, a),
         Command::Kernel(c) => vm_info::kernel(c),
         Command::Info(a) => vm_info::info(a),
+        Command::Vm(c) => vm_pool::vm(&cli.global, c),
         Command::Compare(a) => compare::compare(&cli.global, a),
     };
     exit(result)

@@ -1,0 +1,319 @@
+//! The warm VM pool (issue 16, crates/engine/src/vm_pool.rs), with real UML VMs: a run takes a
+//! pooled VM (inspect says so) and the pool refills; a pooled VM never serves a second workload;
+//! killing a pool keeper or a pooled VM leaves nothing once the pool is used again; `--size 0`
+//! drains; bad sizes and platforms are clear errors that make nothing.
+
+mod cli_common;
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cli_common::Sandbox;
+use common::leaks::{assert_no_leaks, Scope, Snapshot};
+use common::root_or_skip;
+
+/// A sandbox whose pool is drained when the test ends, failed or not.
+struct Pool {
+    s: Sandbox,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = self.s.cmd().args(["vm", "pool", "--size", "0"]).output();
+        // Keepers that did not answer the drain: their VMs and cgroups by their state.
+        for slot in self.slots() {
+            if let Some(st) = state(&slot) {
+                for k in ["vm_pid", "keeper_pid"] {
+                    if let Some(pid) = st[k].as_i64().filter(|p| *p > 0) {
+                        // SAFETY: SIGKILL to a pid this test's pool recorded.
+                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Pool {
+    fn new() -> Pool {
+        Pool {
+            s: Sandbox::new("vm"),
+        }
+    }
+
+    fn shape_dir(&self) -> PathBuf {
+        self.s.root.path().join("vm/pool/uml-128m")
+    }
+
+    /// The pooled VMs' directories (any status).
+    fn slots(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.shape_dir())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Slots whose VM is ready for a workload.
+    fn ready(&self) -> Vec<PathBuf> {
+        self.slots()
+            .into_iter()
+            .filter(|s| state(s).is_some_and(|st| st["status"] == "ready"))
+            .collect()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.s.ok(&["vm", "pool", "--json"])).unwrap()
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::new()
+            .path(self.s.store.path())
+            .path(self.s.root.path())
+    }
+}
+
+fn state(slot: &std::path::Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(slot.join("state.json")).ok()?).ok()
+}
+
+fn slot_vm_id(slot: &std::path::Path) -> String {
+    format!("pool-{}", slot.file_name().unwrap().to_string_lossy())
+}
+
+fn alive(pid: i64) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    pid > 0
+        && unsafe { libc::kill(pid as i32, 0) } == 0
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+}
+
+fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The VM state of a running instance.
+fn vm_state(p: &Pool, id: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(p.s.root.path().join("vm").join(id).join("state.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_run_takes_a_pooled_vm_the_pool_refills_and_no_vm_serves_twice() {
+    if !root_or_skip() {
+        return;
+    }
+    let p = Pool::new();
+    let mut scope = p.scope();
+    let before = Snapshot::take(&scope);
+    let out = p.s.ok(&["vm", "pool", "--size", "1"]);
+    assert!(out.contains("uml"), "{out}");
+    let first = p.ready();
+    assert_eq!(first.len(), 1, "one pooled VM is ready: {first:?}");
+    let first_vm = state(&first[0]).unwrap()["vm_pid"].as_i64().unwrap();
+    scope.add_id(slot_vm_id(&first[0]));
+
+    let id =
+        p.s.ok(&["run", "-d", "--vm", "busybox", "sleep", "1000"])
+            .trim()
+            .to_string();
+    scope.add_id(id.clone());
+    let vm = &p.s.inspect(&id)["Vm"];
+    assert_eq!(vm["Warm"], true, "the run took the pooled VM: {vm}");
+    assert!(vm["WarmFallback"].is_null(), "{vm}");
+    let st = vm_state(&p, &id);
+    assert_eq!(
+        st["vm_pid"].as_i64().unwrap(),
+        first_vm,
+        "the pooled VM itself"
+    );
+    // Re-labelled: the VM's cgroup is the instance's, the pool's name is gone.
+    let cg = st["cgroup_dirs"].as_array().unwrap();
+    assert!(!cg.is_empty());
+    for d in cg {
+        let d = d.as_str().unwrap();
+        assert!(d.ends_with(&format!("strata-vm/{id}")), "{d}");
+        assert!(std::path::Path::new(d).exists(), "{d}");
+    }
+    assert!(
+        common::leaks::cgroup_dirs(&format!("/strata-vm/{}", slot_vm_id(&first[0])))
+            .iter()
+            .all(|d| !d.exists()),
+        "the pool's cgroup name is gone"
+    );
+    // The workload runs in the VM: exec reaches it.
+    let cmdline = p.s.ok(&["exec", &id, "cat", "/proc/cmdline"]);
+    assert!(cmdline.contains("strata.lower=/dev/ubda"), "{cmdline}");
+    // The claimed VM is no longer offered: its socket is gone.
+    assert!(!first[0].join("keeper.sock").exists());
+
+    // Refill: a new VM, not the claimed one.
+    eventually(60, "the pool refills", || {
+        let r = p.ready();
+        r.len() == 1 && r[0] != first[0]
+    });
+    let second = p.ready();
+    scope.add_id(slot_vm_id(&second[0]));
+    let second_vm = state(&second[0]).unwrap()["vm_pid"].as_i64().unwrap();
+    assert_ne!(second_vm, first_vm);
+
+    // The first VM ends with its workload and its slot goes.
+    p.s.ok(&["rm", "-f", &id]);
+    eventually(20, "the used VM is gone", || {
+        !alive(first_vm) && !first[0].exists()
+    });
+
+    // The next run gets the refilled VM, never the used one.
+    let out =
+        p.s.ok(&["run", "--rm", "--vm", "busybox", "echo", "warm again"]);
+    assert_eq!(out.trim(), "warm again");
+    eventually(20, "the second pooled VM was used and ended", || {
+        !alive(second_vm) && !second[0].exists()
+    });
+    eventually(60, "the pool refills again", || p.ready().len() == 1);
+    for s in p.slots() {
+        scope.add_id(slot_vm_id(&s));
+    }
+    // `--size 0` drains: nothing of the pool is left.
+    let st = p.status();
+    assert_eq!(st[0]["ready"], 1, "{st}");
+    assert!(
+        st[0]["idle_memory_bytes"][0].as_u64().unwrap() > 1 << 20,
+        "{st}"
+    );
+    p.s.ok(&["vm", "pool", "--size", "0"]);
+    assert!(
+        !p.shape_dir().exists(),
+        "the drained pool's directory is gone"
+    );
+    assert_no_leaks("pool used twice, then drained", &scope, &before);
+}
+
+#[test]
+fn killing_a_pool_keeper_or_a_pooled_vm_leaves_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let p = Pool::new();
+    let mut scope = p.scope();
+    let before = Snapshot::take(&scope);
+    p.s.ok(&["vm", "pool", "--size", "2"]);
+    let slots = p.ready();
+    assert_eq!(slots.len(), 2, "{slots:?}");
+    for s in &slots {
+        scope.add_id(slot_vm_id(s));
+    }
+    let a = state(&slots[0]).unwrap();
+    let b = state(&slots[1]).unwrap();
+    let (a_keeper, a_vm) = (
+        a["keeper_pid"].as_i64().unwrap(),
+        a["vm_pid"].as_i64().unwrap(),
+    );
+    let b_vm = b["vm_pid"].as_i64().unwrap();
+    // SAFETY: SIGKILL to the keeper and the VM this test's pool started.
+    unsafe {
+        libc::kill(a_keeper as i32, libc::SIGKILL);
+        libc::kill(b_vm as i32, libc::SIGKILL);
+    }
+    // A VM whose keeper died powers itself off (its agent's channel closed); a killed VM's
+    // keeper ends its slot.
+    eventually(30, "the orphaned VM powers off", || !alive(a_vm));
+    eventually(30, "the killed VM's slot goes", || !slots[1].exists());
+    // The next pool operation sweeps what the dead keeper left; a run still works (cold, or
+    // from the refill).
+    let st = p.status();
+    assert!(!slots[0].exists(), "swept: {st}");
+    let out =
+        p.s.ok(&["run", "--rm", "--vm", "busybox", "echo", "still fine"]);
+    assert_eq!(out.trim(), "still fine");
+    for s in p.slots() {
+        scope.add_id(slot_vm_id(&s));
+    }
+    p.s.ok(&["vm", "pool", "--size", "0"]);
+    assert_no_leaks("pool keeper and pooled VM killed", &scope, &before);
+}
+
+#[test]
+fn pool_size_zero_drains_every_idle_vm() {
+    if !root_or_skip() {
+        return;
+    }
+    let p = Pool::new();
+    let mut scope = p.scope();
+    let before = Snapshot::take(&scope);
+    p.s.ok(&["vm", "pool", "--size", "2"]);
+    let slots = p.ready();
+    assert_eq!(slots.len(), 2);
+    let pids: Vec<i64> = slots
+        .iter()
+        .map(|s| state(s).unwrap()["vm_pid"].as_i64().unwrap())
+        .collect();
+    for s in &slots {
+        scope.add_id(slot_vm_id(s));
+    }
+    // Shrinking ends only the surplus.
+    p.s.ok(&["vm", "pool", "--size", "1"]);
+    assert_eq!(p.slots().len(), 1);
+    p.s.ok(&["vm", "pool", "--size", "0"]);
+    assert!(p.slots().is_empty());
+    for pid in pids {
+        assert!(!alive(pid), "VM {pid} drained");
+    }
+    let out = p.s.ok(&["vm", "pool"]);
+    assert!(out.contains("no warm VM pool"), "{out}");
+    assert_no_leaks("pool drained", &scope, &before);
+}
+
+#[test]
+fn bad_pool_input_is_a_clear_error_that_makes_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let p = Pool::new();
+    for (args, want) in [
+        (vec!["--size", "-1"], "cannot be negative"),
+        (vec!["--size", "100000"], "at most 64"),
+        (vec!["--size", "99999999999999999999"], "not a whole number"),
+        (vec!["--size", "two"], "not a whole number"),
+        (
+            vec!["--size", "1", "--platform", "nope"],
+            "unknown platform",
+        ),
+        (vec!["--size", "1", "--platform", "qemu"], "uml VMs only"),
+        (vec!["--size", "1", "--memory", "1m"], "at least 64m"),
+        (
+            vec!["--size", "64", "--memory", "900g"],
+            "choose a smaller pool",
+        ),
+    ] {
+        let mut a = vec!["vm", "pool"];
+        a.extend(args.iter());
+        let (code, err) = p.s.fails(&a);
+        assert_ne!(code, 0);
+        assert!(err.contains(want), "{a:?}: {err}");
+    }
+    assert!(!p.s.root.path().join("vm").exists(), "nothing was made");
+}
