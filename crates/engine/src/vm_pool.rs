@@ -60,6 +60,8 @@ pub struct PoolStatus {
     pub booting: u32,
     /// Host memory charged to each ready VM's cgroup (bytes).
     pub idle_memory_bytes: Vec<u64>,
+    /// Resident memory of each ready VM's pool keeper (bytes).
+    pub keeper_memory_bytes: Vec<u64>,
 }
 
 /// The pools' directory under a runtime root.
@@ -213,7 +215,7 @@ pub fn set_size(
     }
     if size > 0 {
         // Every pooled VM may use its guest memory and UML's overhead on the host.
-        let need = u64::from(size) * (u64::from(memory_mib) + 96) << 20;
+        let need = (u64::from(size) * (u64::from(memory_mib) + 96)) << 20;
         if let Some(avail) = mem_available() {
             if need > avail {
                 bail!(
@@ -239,6 +241,7 @@ pub fn set_size(
     {
         let _l = lock(&dir).with_context(|| format!("lock {}", dir.display()))?;
         write_config(&dir, &c)?;
+        let _ = std::fs::remove_file(dir.join("last-error"));
         sweep(&dir);
         let (_, _, idle) = count(&dir);
         // Too many: the newest idle ones go first (they are the least likely to be ready).
@@ -272,12 +275,9 @@ pub fn set_size(
                 break;
             }
             if booting == 0 && ready < size {
-                // Every boot failed: the keepers left their reason in their console logs.
-                bail!(
-                    "the pool has {ready} of {size} VMs ready and none booting: the pooled VMs \
-                     did not come up (their console logs are gone with them; try \
-                     `strata run --vm --rm busybox true` for the cause)"
-                );
+                let why = std::fs::read_to_string(dir.join("last-error"))
+                    .unwrap_or_else(|_| "the agent did not answer in time".into());
+                bail!("the pool has {ready} of {size} VMs ready and none booting: {why}");
             }
             if t.elapsed() > limit {
                 bail!(
@@ -296,6 +296,7 @@ pub fn set_size(
         ready: 0,
         booting: 0,
         idle_memory_bytes: Vec::new(),
+        keeper_memory_bytes: Vec::new(),
     }))
 }
 
@@ -309,11 +310,18 @@ fn mem_available() -> Option<u64> {
 fn status_of(dir: &Path) -> Option<PoolStatus> {
     let c = read_config(dir)?;
     let (ready, booting, idle) = count(dir);
-    let idle_memory_bytes = idle
+    let ready_states: Vec<KeeperState> = idle
         .iter()
         .filter_map(|s| vm_keeper::load_state(s).filter(|st| st.status == "ready"))
-        .filter_map(|st| st.cgroup?.memory().ok())
+        .collect();
+    let idle_memory_bytes = ready_states
+        .iter()
+        .filter_map(|st| st.cgroup.as_ref()?.memory().ok())
         .map(|m| m.current_bytes)
+        .collect();
+    let keeper_memory_bytes = ready_states
+        .iter()
+        .filter_map(|st| rss_bytes(st.keeper_pid))
         .collect();
     Some(PoolStatus {
         platform: c.platform,
@@ -322,7 +330,15 @@ fn status_of(dir: &Path) -> Option<PoolStatus> {
         ready,
         booting,
         idle_memory_bytes,
+        keeper_memory_bytes,
     })
+}
+
+/// VmRSS of a process.
+fn rss_bytes(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    Some(l.split_whitespace().nth(1)?.parse::<u64>().ok()? << 10)
 }
 
 /// Every pool under the runtime root (after sweeping what dead keepers left).
@@ -620,7 +636,10 @@ fn keeper(slot: &Path, c: &PoolConfig) -> i32 {
     let mut vm = match boot(slot, &vm_id, c) {
         Ok(vm) => vm,
         Err(m) => {
-            let _ = std::fs::write(slot.join("error"), m);
+            // For `strata vm pool`, which reports it.
+            if let Some(dir) = slot.parent() {
+                let _ = std::fs::write(dir.join("last-error"), m);
+            }
             return gone(slot);
         }
     };
@@ -645,6 +664,14 @@ fn keeper(slot: &Path, c: &PoolConfig) -> i32 {
     let ready = poll_one(channel.as_fd(), libc::POLLIN, HELLO_WITHIN);
     if !ready || poll_one(pidfd.as_fd(), libc::POLLIN, Duration::ZERO) {
         let _ = vm.kill();
+        if let Some(dir) = slot.parent() {
+            let why = format!(
+                "the pooled VM's agent did not answer within {} s: {}",
+                HELLO_WITHIN.as_secs(),
+                vm.report()
+            );
+            let _ = std::fs::write(dir.join("last-error"), why);
+        }
         return gone(slot);
     }
     st.status = "ready".into();

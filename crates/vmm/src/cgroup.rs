@@ -121,7 +121,7 @@ fn move_cgroup2(from: &Path, to: &Path) -> std::io::Result<()> {
             let _ = std::fs::write(&procs, pid);
         }
     }
-    std::fs::remove_dir(from).or_else(|e| {
+    std::fs::remove_dir(from).map_err(|e| {
         // Undo: the processes go back, the new directory goes.
         if let Ok(pids) = std::fs::read_to_string(&procs) {
             for pid in pids.lines() {
@@ -129,7 +129,7 @@ fn move_cgroup2(from: &Path, to: &Path) -> std::io::Result<()> {
             }
         }
         let _ = std::fs::remove_dir(to);
-        Err(e)
+        e
     })
 }
 
@@ -474,6 +474,56 @@ mod tests {
         assert!(!cg.is_frozen());
         let err = cg.set_memory_limit(Some(1 << 30)).unwrap_err().to_string();
         assert!(err.contains("set the memory limit"), "{err}");
+    }
+
+    /// The warm pool's re-label (root only): every hierarchy's directory gets the new name with
+    /// the process still in it and the limits kept; the old name is gone; removal finds the new
+    /// directories. An engine's path is never renamed.
+    #[test]
+    fn relabel_moves_the_cgroup_with_its_process_and_limits() {
+        if !root() {
+            return;
+        }
+        let id = format!("strata-cgpool-{}", std::process::id());
+        let new_id = format!("strata-cgrelabel-{}", std::process::id());
+        let mut cg = VmCgroup::create(&id, None, 256 << 20, 64, None).unwrap();
+        let _guard = Guard(cg.clone());
+        let old = cg.paths();
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        if cg.join(pid).is_err() {
+            let _ = child.kill();
+        }
+        cg.relabel(&new_id).unwrap();
+        let _guard2 = Guard(cg.clone());
+        let new = cg.paths();
+        assert_eq!(new.len(), old.len());
+        for (o, n) in old.iter().zip(&new) {
+            assert!(!o.exists(), "{} still there", o.display());
+            assert!(n.ends_with(format!("strata-vm/{new_id}")), "{}", n.display());
+            let procs = std::fs::read_to_string(n.join("cgroup.procs")).unwrap();
+            assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+        }
+        assert_eq!(cg.memory().unwrap().limit_bytes, 256 << 20);
+        cg.remove().unwrap();
+        for d in &new {
+            assert!(!d.exists(), "{} left", d.display());
+        }
+        let _ = child.wait();
+        let mut engine = VmCgroup::create(
+            &id,
+            Some(Path::new(&format!("/strata-cgengine-{}", std::process::id()))),
+            256 << 20,
+            64,
+            None,
+        )
+        .unwrap();
+        let _guard3 = Guard(engine.clone());
+        assert!(engine.relabel(&new_id).is_err());
+        engine.remove().unwrap();
     }
 
     /// An engine's cgroupsPath is used as given (runc's interpretation), with the VM's limits;

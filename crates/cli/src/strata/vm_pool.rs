@@ -91,15 +91,19 @@ pub fn vm(g: &Global, c: VmCommand) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<9} {:>7} {:>5} {:>6} {:>8}  IDLE MEMORY PER VM",
+        "{:<9} {:>7} {:>5} {:>6} {:>8}  IDLE MEMORY PER VM (VM + KEEPER)",
         "PLATFORM", "MEMORY", "SIZE", "READY", "BOOTING"
     );
+    let avg_mib = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64 / 1048576.0;
     for p in &pools {
         let mem = if p.idle_memory_bytes.is_empty() {
             "-".to_string()
         } else {
-            let avg = p.idle_memory_bytes.iter().sum::<u64>() / p.idle_memory_bytes.len() as u64;
-            format!("{:.1} MiB", avg as f64 / 1048576.0)
+            format!(
+                "{:.1} MiB + {:.1} MiB",
+                avg_mib(&p.idle_memory_bytes),
+                avg_mib(&p.keeper_memory_bytes)
+            )
         };
         println!(
             "{:<9} {:>6}m {:>5} {:>6} {:>8}  {}",
