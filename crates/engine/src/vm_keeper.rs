@@ -809,19 +809,31 @@ impl Booted {
     }
 }
 
-/// Takes a VM from the warm pool and hands it this instance's root disk (hot-added as ubd0 with
+/// Takes a VM from the warm pool and hands it this instance's root disk (hot-added as ubd1 with
 /// this VM's COW file). None when no pooled VM fits; an error when the hand-over failed (the
 /// pooled VM is then ended).
 fn take_warm(l: &Launch) -> Result<Option<crate::vm_pool::Pooled>, String> {
+    let t = Instant::now();
     let Some(mut p) = crate::vm_pool::take(l.state_dir, l.id, l.spec)? else {
         return Ok(None);
     };
+    tracing::debug!(
+        us = t.elapsed().as_micros() as u64,
+        "vm keeper: pooled VM claimed"
+    );
     let cow = l.state_dir.join("root.cow");
-    if let Err(e) = strata_vmm::uml_hotplug::hot_add_disk(p.pid(), p.uid(), 0, &l.spec.disk, &cow) {
+    let index = crate::vm_pool::ROOT_DISK_INDEX;
+    if let Err(e) =
+        strata_vmm::uml_hotplug::hot_add_disk(p.pid(), p.uid(), index, &l.spec.disk, &cow)
+    {
         p.kill();
         let _ = std::fs::remove_file(&cow);
         return Err(e.to_string());
     }
+    tracing::debug!(
+        us = t.elapsed().as_micros() as u64,
+        "vm keeper: root disk hot-added"
+    );
     Ok(Some(p))
 }
 

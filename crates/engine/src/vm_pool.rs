@@ -35,6 +35,12 @@ use crate::vm_keeper::{self, KeeperState, VmSpec};
 
 /// The largest pool `strata vm pool --size` accepts per shape.
 pub const MAX_SIZE: u32 = 64;
+/// The ubd index the root disk is hot-added as: UML configures ubd0 with its default file
+/// (`root_fs`, absent in the jail) when the command line names none, so ubd0 cannot be added
+/// later; the disk comes as ubd1 (/dev/ubdb).
+pub const ROOT_DISK_INDEX: usize = 1;
+/// The nice value pooled VMs boot and idle at.
+const IDLE_NICE: i32 = 19;
 /// How long an idle pooled VM's agent has to say hello before its boot counts as failed.
 const HELLO_WITHIN: Duration = Duration::from_secs(30);
 
@@ -578,6 +584,11 @@ fn spawn_keeper(dir: &Path, c: &PoolConfig) {
         Ok(nix::unistd::ForkResult::Child) => {
             // SAFETY: second fork in the child, then _exit.
             if let Ok(nix::unistd::ForkResult::Child) = unsafe { nix::unistd::fork() } {
+                // A pooled VM boots at the lowest CPU priority (inherited by the VM): a refill
+                // must not slow down the workload whose claim started it. The claim restores
+                // normal priority.
+                // SAFETY: setpriority of this process.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, IDLE_NICE) };
                 let code = keeper(&slot, c);
                 // SAFETY: _exit in the forked child.
                 unsafe { libc::_exit(code) }
@@ -724,6 +735,10 @@ fn keeper(slot: &Path, c: &PoolConfig) -> i32 {
                     && id
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                // The VM works for a workload from now on: normal CPU priority.
+                renice_all(vm.cgroup(), 0);
+                // SAFETY: setpriority of this process (root may raise it back).
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
                 let relabelled = if valid {
                     vm.relabel(id).map_err(|e| e.to_string())
                 } else {
@@ -813,6 +828,24 @@ fn keeper(slot: &Path, c: &PoolConfig) -> i32 {
     0
 }
 
+/// Sets the nice value of every thread of the VM's processes.
+fn renice_all(cg: Option<&strata_vmm::cgroup::VmCgroup>, nice: i32) {
+    let Some(pids) = cg.and_then(|c| c.cgroup().pids().ok()) else {
+        return;
+    };
+    for pid in pids {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in rd.flatten() {
+            if let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+                // SAFETY: setpriority of a thread of the VM (PRIO_PROCESS names one thread).
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+            }
+        }
+    }
+}
+
 fn poll_one(fd: std::os::fd::BorrowedFd, events: i16, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     loop {
@@ -833,7 +866,8 @@ fn poll_one(fd: std::os::fd::BorrowedFd, events: i16, within: Duration) -> bool 
     }
 }
 
-/// Boots a pooled VM: the platform's kernel and the agent, no disk; the root disk will be ubd0.
+/// Boots a pooled VM: the platform's kernel and the agent, no disk; the root disk will come as
+/// disk [`ROOT_DISK_INDEX`].
 fn boot(slot: &Path, vm_id: &str, c: &PoolConfig) -> Result<strata_vmm::Vm, String> {
     let platform = vm_keeper::select_platform(&c.platform)?;
     let kernel = strata_vmm::default_kernel(platform.name())
@@ -847,7 +881,7 @@ fn boot(slot: &Path, vm_id: &str, c: &PoolConfig) -> Result<strata_vmm::Vm, Stri
     cfg.initrd = Some(initrd);
     cfg.init = Some(strata_vmm::initramfs::AGENT_GUEST_PATH.into());
     cfg.kernel_params = GuestContract {
-        lower: Some((platform.disk_device(0), DiskFormat::Ext4)),
+        lower: Some((platform.disk_device(ROOT_DISK_INDEX), DiskFormat::Ext4)),
         upper: None,
         rootrw: true,
     }

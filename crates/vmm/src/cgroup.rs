@@ -503,7 +503,11 @@ mod tests {
         assert_eq!(new.len(), old.len());
         for (o, n) in old.iter().zip(&new) {
             assert!(!o.exists(), "{} still there", o.display());
-            assert!(n.ends_with(format!("strata-vm/{new_id}")), "{}", n.display());
+            assert!(
+                n.ends_with(format!("strata-vm/{new_id}")),
+                "{}",
+                n.display()
+            );
             let procs = std::fs::read_to_string(n.join("cgroup.procs")).unwrap();
             assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
         }
@@ -515,7 +519,10 @@ mod tests {
         let _ = child.wait();
         let mut engine = VmCgroup::create(
             &id,
-            Some(Path::new(&format!("/strata-cgengine-{}", std::process::id()))),
+            Some(Path::new(&format!(
+                "/strata-cgengine-{}",
+                std::process::id()
+            ))),
             256 << 20,
             64,
             None,
