@@ -371,8 +371,12 @@ fn drain_slot(slot: &Path) {
         .ok()
         .and_then(|mut r| vm_keeper::answer(&mut r).ok())
         .is_some_and(|v| v["ok"] == true);
-    if !ok {
-        // Still booting (no listener yet) or gone: end it from outside.
+    let t = Instant::now();
+    while ok && slot.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if slot.exists() {
+        // Still booting (no listener yet), or its keeper did not finish: end it from outside.
         vm_keeper::destroy(slot);
     }
 }
