@@ -34,6 +34,16 @@ hyperfine --warmup 2 --runs "$runs" --export-json "$work/h.json" -N \
   -n vm-uml-warm "$strata run --vm --rm busybox true" >"$work/hyperfine.txt" 2>&1 \
   || { cat "$work/hyperfine.txt"; exit 1; }
 
+load=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# Where a warm start goes: the instance keeper's phase log (ms since the keeper forked), medians.
+for _ in $(seq 10); do
+  "$strata" vm pool --size 1 >/dev/null
+  STRATA_LOG=strata_engine=debug "$strata" run --vm --rm busybox true 2>&1 >/dev/null \
+    | sed 's/\x1b\[[0-9;]*m//g' | grep 'vm keeper:' | tr '\n' ' '
+  echo
+done >"$work/phases.txt"
+
 # Memory of idle pooled VMs: the VM's cgroup (guest memory touched + UML's host processes) and
 # the pool keeper's RSS.
 "$strata" vm pool --size 2 >/dev/null
@@ -47,13 +57,14 @@ read -r vm_mib keeper_mib <<<"$mem"
 "$strata" vm pool --size 0 >/dev/null
 
 body=$(mktemp)
-python3 - "$work/h.json" "$runs" "$kernel" "$vm_mib" "$keeper_mib" "$(nproc)" >"$body" <<'PY'
-import json, sys, datetime
-h, runs, kernel, vm_mib, keeper_mib, cpus = sys.argv[1:7]
+python3 - "$work/h.json" "$runs" "$kernel" "$vm_mib" "$keeper_mib" "$(nproc)" "$load" "$work/phases.txt" >"$body" <<'PY'
+import json, re, statistics, sys, datetime
+h, runs, kernel, vm_mib, keeper_mib, cpus, load, phases = sys.argv[1:9]
 r = {x["command"]: x for x in json.load(open(h))["results"]}
 print("## Warm VM pool: container vs cold VM vs warm VM (bench/vm-pool.sh)")
 print()
-print(f"Measured {datetime.date.today()} on this host ({cpus} CPUs shared with other jobs), uml platform,"
+print(f"Measured {datetime.date.today()} on this host ({cpus} CPUs shared with other jobs; load average"
+      f" {load} at the end), uml platform,"
       f" guest kernel {kernel}, release build, hyperfine -N, {runs} runs each, one run of the script:"
       " `strata run --rm busybox true` as a container, `--vm` booting its own VM"
       " (`STRATA_VM_POOL=off`), and `--vm` taking a VM from `strata vm pool --size 1`"
@@ -64,6 +75,27 @@ print("|---|---|---|---|---|---|")
 for name in ["container", "vm-uml-cold", "vm-uml-warm"]:
     x = r[name]; f = lambda v: f"{v*1000:.1f}"
     print(f"| {name} | {f(x['mean'])} | {f(x['stddev'] or 0)} | {f(x['median'])} | {f(x['min'])} | {f(x['max'])} |")
+steps = [("pooled VM claimed", "claim (connect, cgroup re-label, channel passed)", 1000),
+         ("root disk hot-added", "+ hot-add of the root disk (setns, bind, mconsole)", 1000),
+         ("agent answered", "+ the agent's hello (already waiting)", 1),
+         ("workload started", "+ create (agent mounts the disk) and start (fork/exec)", 1),
+         ("workload exited", "+ `true` ran and its status came back", 1),
+         ("VM reaped", "+ VM killed and reaped, cgroup removed", 1)]
+rows = {k: [] for k, _, _ in steps}
+for line in open(phases):
+    for k, _, div in steps:
+        m = re.search(re.escape(k) + r" (?:us|ms)=(\d+)", line)
+        if m:
+            rows[k].append(int(m.group(1)) / div)
+print()
+print("Where a warm start goes (the instance's VM keeper's phase log, ms since the keeper was"
+      " forked, median of 10 runs):")
+print()
+print("| phase | ms |")
+print("|---|---|")
+for k, what, div in steps:
+    if rows[k]:
+        print(f"| {what} | {statistics.median(rows[k]):.1f} |")
 print()
 print(f"Idle pooled VM: {vm_mib} MiB charged to its cgroup (guest memory touched + UML's host"
       f" processes) plus {keeper_mib} MiB RSS of its pool keeper.")
