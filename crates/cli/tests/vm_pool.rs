@@ -167,7 +167,10 @@ fn a_run_takes_a_pooled_vm_the_pool_refills_and_no_vm_serves_twice() {
     // The workload runs in the VM, which booted without a disk: its root came at hand-over.
     let cmdline = p.s.ok(&["exec", &id, "cat", "/proc/cmdline"]);
     assert!(cmdline.contains("strata.lower=/dev/ubdb"), "{cmdline}");
-    assert!(!cmdline.contains("ubd0=") && !cmdline.contains("ubd1="), "{cmdline}");
+    assert!(
+        !cmdline.contains("ubd0=") && !cmdline.contains("ubd1="),
+        "{cmdline}"
+    );
     let mounts = p.s.ok(&["exec", &id, "cat", "/proc/mounts"]);
     assert!(mounts.starts_with("/dev/ubdb / ext4 rw"), "{mounts}");
     // The claimed VM is no longer offered: its socket is gone.
@@ -190,8 +193,7 @@ fn a_run_takes_a_pooled_vm_the_pool_refills_and_no_vm_serves_twice() {
     });
 
     // The next run gets the refilled VM, never the used one.
-    let out =
-        p.s.ok(&["run", "--rm", "busybox", "echo", "warm again"]);
+    let out = p.s.ok(&["run", "--rm", "busybox", "echo", "warm again"]);
     assert_eq!(out.trim(), "warm again");
     eventually(20, "the second pooled VM was used and ended", || {
         !alive(second_vm) && !second[0].exists()
@@ -249,8 +251,7 @@ fn killing_a_pool_keeper_or_a_pooled_vm_leaves_nothing() {
     assert!(!slots[0].exists(), "swept: {st}");
     assert!(!alive(a_vm), "the orphaned VM was ended");
     assert_eq!(st[0]["ready"], 0, "{st}");
-    let out =
-        p.s.ok(&["run", "--rm", "busybox", "echo", "still fine"]);
+    let out = p.s.ok(&["run", "--rm", "busybox", "echo", "still fine"]);
     assert_eq!(out.trim(), "still fine");
     for s in p.slots() {
         scope.add_id(slot_vm_id(&s));

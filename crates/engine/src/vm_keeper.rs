@@ -643,6 +643,9 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     }
     st.started = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
     phase("workload started");
+    if let Booted::Warm(p) = &vm {
+        p.started();
+    }
     st.status = "running".into();
     save_state(l.state_dir, &st);
     if let Some(mut c) = start_reply.take() {

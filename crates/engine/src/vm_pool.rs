@@ -10,7 +10,8 @@
 //! come), waits until the agent's hello is in the channel, and then waits for one `claim`. A
 //! claim (from the instance's VM keeper, vm_keeper.rs) re-labels the VM's cgroup to the
 //! instance (`/strata-vm/<id>`), passes the channel over SCM_RIGHTS, closes the listener (a
-//! pooled VM never serves two workloads) and starts a replacement keeper (the refill). The
+//! pooled VM never serves two workloads) and, once the claimer says the workload started,
+//! starts a replacement keeper (the refill). The
 //! claimer hot-adds the image's disk (strata_vmm::uml_hotplug), then talks to the agent as after
 //! a cold boot. The claim connection stays open while the workload runs: when it closes (the
 //! instance ended, or its keeper died) the pool keeper kills and reaps the VM and removes its
@@ -446,6 +447,13 @@ impl Pooled {
         }
     }
 
+    /// Tells the pool keeper the workload started (it then starts the refill).
+    pub fn started(&self) {
+        if let Some(mut c) = self.conn.as_ref() {
+            let _ = c.write_all(b"started\n");
+        }
+    }
+
     pub fn has_exited(&self) -> bool {
         self.exited(0)
     }
@@ -795,7 +803,13 @@ fn keeper(slot: &Path, c: &PoolConfig) -> i32 {
     st.cgroup = vm.cgroup().cloned();
     st.cgroup_dirs = vm.cgroup_dirs();
     vm_keeper::save_state(slot, &st);
-    // The refill, while the claimed VM serves its workload.
+    // The refill, once the workload started (the claimer says so; at most 2 s later): its boot
+    // then does not compete with the hand-over and the workload's start for the CPU.
+    {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut line = String::new();
+        let _ = BufReader::new(&conn).read_line(&mut line);
+    }
     if let Some(dir) = slot.parent() {
         if let Ok(_l) = lock(dir) {
             if let Some(c) = read_config(dir) {
