@@ -121,7 +121,7 @@ fn move_cgroup2(from: &Path, to: &Path) -> std::io::Result<()> {
             let _ = std::fs::write(&procs, pid);
         }
     }
-    std::fs::remove_dir(from).map_err(|e| {
+    std::fs::remove_dir(from).inspect_err(|_| {
         // Undo: the processes go back, the new directory goes.
         if let Ok(pids) = std::fs::read_to_string(&procs) {
             for pid in pids.lines() {
@@ -129,7 +129,6 @@ fn move_cgroup2(from: &Path, to: &Path) -> std::io::Result<()> {
             }
         }
         let _ = std::fs::remove_dir(to);
-        e
     })
 }
 
