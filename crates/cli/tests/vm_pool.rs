@@ -321,3 +321,44 @@ fn bad_pool_input_is_a_clear_error_that_makes_nothing() {
     }
     assert!(!p.s.root.path().join("vm").exists(), "nothing was made");
 }
+
+#[test]
+fn a_failed_hand_over_destroys_the_pooled_vm_and_boots_cold_with_the_cause() {
+    if !root_or_skip() {
+        return;
+    }
+    let p = Pool::new();
+    let mut scope = p.scope();
+    let before = Snapshot::take(&scope);
+    p.s.ok(&["vm", "pool", "--size", "1"]);
+    let slot = p.ready().pop().expect("a ready pooled VM");
+    scope.add_id(slot_vm_id(&slot));
+    let vm = state(&slot).unwrap()["vm_pid"].as_i64().unwrap();
+    // Break the hand-over: the guest kernel's management console goes away (root reaches the
+    // jail's private /tmp through /proc).
+    let console = PathBuf::from(format!("/proc/{vm}/root/tmp/vm/mconsole"));
+    std::fs::remove_file(&console).expect("the pooled VM has a management console");
+    let id = p
+        .s
+        .ok(&["run", "-d", "busybox", "sleep", "1000"])
+        .trim()
+        .to_string();
+    scope.add_id(id.clone());
+    let v = &p.s.inspect(&id)["Vm"];
+    assert_eq!(v["Warm"], false, "{v}");
+    let why = v["WarmFallback"].as_str().unwrap_or_default();
+    assert!(why.contains("management console"), "{v}");
+    // The pooled VM whose hand-over failed is gone; the workload runs in a VM of its own.
+    eventually(20, "the broken pooled VM is destroyed", || {
+        !alive(vm) && !slot.exists()
+    });
+    assert_ne!(vm_state(&p, &id)["vm_pid"].as_i64().unwrap(), vm);
+    assert_eq!(p.s.ok(&["exec", &id, "echo", "cold"]).trim(), "cold");
+    p.s.ok(&["rm", "-f", &id]);
+    // A failed hand-over does not refill (only a claim that worked does): drain what is left.
+    for s in p.slots() {
+        scope.add_id(slot_vm_id(&s));
+    }
+    p.s.ok(&["vm", "pool", "--size", "0"]);
+    assert_no_leaks("failed hand-over", &scope, &before);
+}

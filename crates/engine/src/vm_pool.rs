@@ -388,6 +388,8 @@ fn drain_slot(slot: &Path) {
 pub struct Pooled {
     conn: Option<UnixStream>,
     pidfd: OwnedFd,
+    /// The pool keeper, which reaps the VM and removes its cgroup and slot after it.
+    keeper: Option<OwnedFd>,
     pid: i32,
     uid: u32,
     cgroup: Option<strata_vmm::cgroup::VmCgroup>,
@@ -413,13 +415,7 @@ impl Pooled {
     }
 
     fn exited(&self, timeout_ms: i32) -> bool {
-        let mut p = [libc::pollfd {
-            fd: self.pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: poll over one valid pollfd.
-        unsafe { libc::poll(p.as_mut_ptr(), 1, timeout_ms) > 0 }
+        pidfd_exited(&self.pidfd, timeout_ms)
     }
 
     /// Ends the VM: its pool keeper reaps it and removes its slot; we wait until it is gone.
@@ -437,8 +433,13 @@ impl Pooled {
         self.conn = None;
         let t = Instant::now();
         while !self.exited(100) && t.elapsed() < Duration::from_secs(10) {}
-        // The instance's cgroup is gone when this returns (its pool keeper removes it too, but a
-        // cold boot after a failed hand-over makes one of the same name at once).
+        // The pool keeper reaps the VM and removes the (re-labelled) cgroup: it must be done
+        // before this returns, or its removal could hit the cgroup of the same name that a cold
+        // boot after a failed hand-over makes at once.
+        if let Some(k) = &self.keeper {
+            while !pidfd_exited(k, 100) && t.elapsed() < Duration::from_secs(10) {}
+        }
+        // And if it could not (killed meanwhile): the cgroup goes here.
         if let Some(cg) = &self.cgroup {
             let _ = cg.remove();
             while cg.paths().iter().any(|p| p.exists()) && t.elapsed() < Duration::from_secs(10) {
@@ -467,6 +468,23 @@ impl Pooled {
             })
             .unwrap_or_default()
     }
+}
+
+fn pidfd_exited(fd: &OwnedFd, timeout_ms: i32) -> bool {
+    let mut p = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: poll over one valid pollfd.
+    unsafe { libc::poll(p.as_mut_ptr(), 1, timeout_ms) > 0 }
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open with a pid and no flags; the result is a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+    // SAFETY: a new fd from pidfd_open.
+    (pid > 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl Drop for Pooled {
@@ -563,16 +581,15 @@ fn claim(slot: &Path, id: &str) -> Result<Option<Pooled>, String> {
     let uid = v["uid"].as_u64().unwrap_or(0) as u32;
     let cgroup: Option<strata_vmm::cgroup::VmCgroup> =
         serde_json::from_value(v["cgroup"].clone()).ok();
-    // SAFETY: pidfd_open of the VM's leader, which its keeper has not reaped (it waits for our
-    // connection to close first).
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
-    if pid <= 0 || pidfd < 0 {
+    // The VM's leader is not reaped before our connection closes (its keeper waits for that).
+    let Some(pidfd) = pidfd_open(pid) else {
         return Err(format!("the pooled VM {pid} is gone"));
-    }
+    };
+    let keeper = pidfd_open(v["keeper_pid"].as_i64().unwrap_or(0) as i32);
     Ok(Some(Pooled {
         conn: Some(conn),
-        // SAFETY: a new fd from pidfd_open.
-        pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        pidfd,
+        keeper,
         pid,
         uid,
         cgroup,
@@ -764,6 +781,7 @@ fn keeper(slot: &Path, c: &PoolConfig) -> i32 {
                 }
                 let answer = serde_json::json!({
                     "ok": true,
+                    "keeper_pid": std::process::id(),
                     "vm_pid": vm.pid(),
                     "uid": vm.uid(),
                     "cgroup": vm.cgroup(),
@@ -805,12 +823,16 @@ fn keeper(slot: &Path, c: &PoolConfig) -> i32 {
     vm_keeper::save_state(slot, &st);
     // The refill, once the workload started (the claimer says so; at most 2 s later): its boot
     // then does not compete with the hand-over and the workload's start for the CPU.
-    {
+    // A hand-over that failed (the claimer closed without a word) refills nothing: a broken
+    // pool does not boot VMs in a loop.
+    let started = {
         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
         let mut line = String::new();
-        let _ = BufReader::new(&conn).read_line(&mut line);
-    }
-    if let Some(dir) = slot.parent() {
+        let r = BufReader::new(&conn).read_line(&mut line);
+        line == "started\n"
+            || matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
+    };
+    if let Some(dir) = slot.parent().filter(|_| started) {
         if let Ok(_l) = lock(dir) {
             if let Some(c) = read_config(dir) {
                 top_up(dir, &c);
