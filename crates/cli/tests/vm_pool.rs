@@ -338,11 +338,10 @@ fn a_failed_hand_over_destroys_the_pooled_vm_and_boots_cold_with_the_cause() {
     // jail's private /tmp through /proc).
     let console = PathBuf::from(format!("/proc/{vm}/root/tmp/vm/mconsole"));
     std::fs::remove_file(&console).expect("the pooled VM has a management console");
-    let id = p
-        .s
-        .ok(&["run", "-d", "busybox", "sleep", "1000"])
-        .trim()
-        .to_string();
+    let id =
+        p.s.ok(&["run", "-d", "busybox", "sleep", "1000"])
+            .trim()
+            .to_string();
     scope.add_id(id.clone());
     let v = &p.s.inspect(&id)["Vm"];
     assert_eq!(v["Warm"], false, "{v}");
