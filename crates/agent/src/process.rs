@@ -1,12 +1,21 @@
-//! Starting a workload process: fork, set up identity/limits/rootfs/cwd in the child, execvpe.
+//! Starting a workload process: a vfork-style child (`clone(CLONE_VM|CLONE_VFORK)` on a stack
+//! of its own) sets up identity/limits/rootfs/cwd and execs, like posix_spawn.
 //!
-//! The agent is single-threaded, so the child may run ordinary code between fork and exec. A
-//! close-on-exec error pipe reports which step failed and its errno, so the host gets the same
-//! answers Docker gives: 127 for a missing program, 126 for one that cannot be executed.
+//! Why not fork: inside a UML guest every address space is a host process driven by ptrace, so
+//! fork's copy of the agent's address space costs a host process, and every page the child
+//! touches before exec a guest page fault (bench/vm-exec.sh: fork+exec was most of an exec's
+//! latency). The vfork child borrows the agent's memory until its execve, so only the
+//! workload's own address space is made. The agent is suspended meanwhile (CLONE_VFORK).
+//!
+//! The child therefore allocates nothing and takes no lock: everything it needs (argv, envp,
+//! paths, limits) is prepared before the clone, and it makes plain system calls only (set*id
+//! as raw syscalls: glibc's wrappers would broadcast the change to the agent's threads). It
+//! reports which step failed and its errno in a record in the agent's memory, read once the
+//! clone returns, so the host gets the same answers Docker gives: 127 for a missing program,
+//! 126 for one that cannot be executed.
 
 use std::ffi::CString;
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -189,6 +198,67 @@ struct Prepared {
     no_new_privs: bool,
 }
 
+/// [`Prepared`] plus the NULL-terminated pointer arrays execve takes (pointing into it).
+struct Exec {
+    prep: Prepared,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl Exec {
+    fn new(prep: Prepared) -> Exec {
+        let ptrs = |v: &[CString]| {
+            v.iter()
+                .map(|a| a.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        Exec {
+            argv: ptrs(&prep.argv),
+            envp: ptrs(&prep.envp),
+            prep,
+        }
+    }
+}
+
+/// What the vfork child writes into the agent's memory when a step fails (step 0: it exec'd).
+#[derive(Default)]
+#[repr(C)]
+struct Failure {
+    step: u8,
+    errno: i32,
+}
+
+/// Everything the child reads, behind the one pointer clone(2) passes it.
+struct ChildArgs<'a> {
+    exec: &'a Exec,
+    tty: bool,
+    fds: [RawFd; 3],
+    failure: *mut Failure,
+}
+
+/// Stack of the vfork child: child_setup's frames and the libc calls it makes (a few KiB).
+const CHILD_STACK: usize = 64 * 1024;
+
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the ChildArgs the parent passed to clone; the parent is suspended
+    // (CLONE_VFORK) and keeps it alive until this child has exec'd or exited.
+    let a = unsafe { &*(arg as *const ChildArgs) };
+    let (step, errno) = child_setup(a.exec, a.tty, &a.fds);
+    // SAFETY: the record lives in the suspended parent's memory, which we share; _exit leaves
+    // without running anything of the agent's.
+    unsafe {
+        std::ptr::write_volatile(
+            a.failure,
+            Failure {
+                step: step as u8,
+                errno: errno as i32,
+            },
+        );
+        libc::_exit(127)
+    }
+}
+
 fn prepare(req: &SpawnRequest<'_>) -> Prepared {
     let p = req.process;
     let mut env = p.env.clone();
@@ -239,8 +309,7 @@ fn prepare(req: &SpawnRequest<'_>) -> Prepared {
 
 /// Starts the process. On [`SpawnError::Child`] the child exists and exits with 127 by itself.
 pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, SpawnError> {
-    let prep = prepare(req);
-    let (err_r, err_w) = pipe()?;
+    let exec = Exec::new(prepare(req));
     // (child end, agent end) for stdin, stdout, stderr; a pty gives one master for all three.
     let (child_fds, agent): ([OwnedFd; 3], Child) = if req.tty {
         let ws = req.process.console_size.map(|c| Winsize {
@@ -310,40 +379,46 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, SpawnError> {
         )
     };
 
-    // SAFETY: the agent is single-threaded, so the child inherits no locks held by other threads
-    // and may run ordinary code until exec or _exit.
-    let pid = unsafe { libc::fork() };
+    let mut failure = Failure::default();
+    let args = ChildArgs {
+        exec: &exec,
+        tty: req.tty,
+        fds: [
+            child_fds[0].as_raw_fd(),
+            child_fds[1].as_raw_fd(),
+            child_fds[2].as_raw_fd(),
+        ],
+        failure: &mut failure,
+    };
+    let mut stack = vec![0u8; CHILD_STACK];
+    // The stack grows down from its (16-byte aligned) top.
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+    // SAFETY: the child runs child_main on its own stack, shares our memory only while we are
+    // suspended (CLONE_VFORK: until its execve or _exit), has its own fd table, fs and signal
+    // dispositions (no CLONE_FILES/FS/SIGHAND), and touches nothing but `args`.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &args as *const ChildArgs as *mut libc::c_void,
+        )
+    };
     if pid < 0 {
         return Err(SpawnError::Prepare {
-            step: "fork",
+            step: "start a process (clone)",
             errno: Errno::last(),
         });
     }
-    if pid == 0 {
-        let (step, errno) = child_setup(&prep, req.tty, &child_fds);
-        let mut rec = [0u8; 5];
-        rec[0] = step as u8;
-        rec[1..].copy_from_slice(&(errno as i32).to_le_bytes());
-        // SAFETY: writing a stack buffer to our own pipe, then leaving without running any
-        // destructors of the agent's state.
-        unsafe {
-            libc::write(err_w.as_raw_fd(), rec.as_ptr().cast(), rec.len());
-            libc::_exit(127);
-        }
-    }
-    drop(err_w);
+    drop(stack);
     drop(child_fds);
-    let mut rec = Vec::with_capacity(5);
-    // SAFETY: err_r is an fd we own; File takes ownership and closes it.
-    let mut f = unsafe { std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(err_r)) };
-    let _ = f.read_to_end(&mut rec);
-    if rec.len() == 5 {
-        let step = Step::from_u8(rec[0]).unwrap_or(Step::Exec);
-        let errno = Errno::from_raw(i32::from_le_bytes([rec[1], rec[2], rec[3], rec[4]]));
+    // SAFETY: the child has exec'd or exited (CLONE_VFORK): nothing writes the record any more.
+    let failure = unsafe { std::ptr::read_volatile(&failure) };
+    if failure.step != 0 {
         return Err(SpawnError::Child {
             pid,
-            step,
-            errno,
+            step: Step::from_u8(failure.step).unwrap_or(Step::Exec),
+            errno: Errno::from_raw(failure.errno),
             program: req.process.args.first().cloned().unwrap_or_default(),
             cwd: req.process.cwd.clone(),
         });
@@ -351,8 +426,9 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, SpawnError> {
     Ok(Child { pid, ..agent })
 }
 
-/// Runs in the child between fork and exec; returns only on failure.
-fn child_setup(p: &Prepared, tty: bool, fds: &[OwnedFd; 3]) -> (Step, Errno) {
+/// Runs in the vfork child before exec; returns only on failure. No allocation, no locks.
+fn child_setup(e: &Exec, tty: bool, fds: &[RawFd; 3]) -> (Step, Errno) {
+    let p = &e.prep;
     macro_rules! check {
         ($step:expr, $call:expr) => {
             if $call < 0 {
@@ -360,8 +436,8 @@ fn child_setup(p: &Prepared, tty: bool, fds: &[OwnedFd; 3]) -> (Step, Errno) {
             }
         };
     }
-    // SAFETY: plain syscalls on values prepared before fork; pointers refer to live CStrings
-    // and stack structs for the duration of each call.
+    // SAFETY: plain syscalls on values prepared before the clone; pointers refer to live
+    // CStrings and stack structs for the duration of each call.
     unsafe {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
@@ -371,11 +447,11 @@ fn child_setup(p: &Prepared, tty: bool, fds: &[OwnedFd; 3]) -> (Step, Errno) {
         if tty {
             check!(
                 Step::ControllingTerminal,
-                libc::ioctl(fds[0].as_raw_fd(), libc::TIOCSCTTY, 0)
+                libc::ioctl(fds[0], libc::TIOCSCTTY, 0)
             );
         }
         for (target, fd) in fds.iter().enumerate() {
-            check!(Step::Stdio, libc::dup2(fd.as_raw_fd(), target as i32));
+            check!(Step::Stdio, libc::dup2(*fd, target as i32));
         }
         if let Some(root) = &p.root {
             check!(Step::Chroot, libc::chroot(root.as_ptr()));
@@ -384,18 +460,20 @@ fn child_setup(p: &Prepared, tty: bool, fds: &[OwnedFd; 3]) -> (Step, Errno) {
         for (res, lim) in &p.rlimits {
             check!(Step::Rlimit, libc::setrlimit(*res, lim));
         }
+        // Raw syscalls: they change this task only (glibc's wrappers would also signal the
+        // agent's other threads, were there any, and change the agent's credentials).
         let is_root = libc::geteuid() == 0;
         if is_root {
             check!(
                 Step::Groups,
-                libc::setgroups(p.groups.len(), p.groups.as_ptr())
+                libc::syscall(libc::SYS_setgroups, p.groups.len(), p.groups.as_ptr())
             );
         }
         if is_root || libc::getegid() != p.gid {
-            check!(Step::Gid, libc::setgid(p.gid));
+            check!(Step::Gid, libc::syscall(libc::SYS_setgid, p.gid));
         }
         if is_root || libc::geteuid() != p.uid {
-            check!(Step::Uid, libc::setuid(p.uid));
+            check!(Step::Uid, libc::syscall(libc::SYS_setuid, p.uid));
         }
         if let Some(m) = p.umask {
             libc::umask(m as libc::mode_t);
@@ -407,14 +485,10 @@ fn child_setup(p: &Prepared, tty: bool, fds: &[OwnedFd; 3]) -> (Step, Errno) {
                 libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
             );
         }
-        let mut argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).collect();
-        argv.push(std::ptr::null());
-        let mut envp: Vec<*const libc::c_char> = p.envp.iter().map(|e| e.as_ptr()).collect();
-        envp.push(std::ptr::null());
         // execvpe semantics: try every PATH entry; EACCES is remembered but the search goes on.
         let mut saw_eacces = false;
         for c in &p.candidates {
-            libc::execve(c.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::execve(c.as_ptr(), e.argv.as_ptr(), e.envp.as_ptr());
             match Errno::last() {
                 Errno::ENOENT | Errno::ENOTDIR => {}
                 Errno::EACCES => saw_eacces = true,
