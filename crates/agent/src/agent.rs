@@ -560,7 +560,7 @@ impl Agent {
         };
         self.started = true;
         let tty = process.terminal;
-        self.launch(sid, &process, tty);
+        self.launch(sid, &process, tty, true);
     }
 
     fn on_exec(&mut self, sid: u32, req: ExecRequest) {
@@ -584,10 +584,10 @@ impl Agent {
             Err(e) => return self.refuse(sid, "exec", "process", e.to_string()),
         };
         self.sessions.insert(sid, Session::new());
-        self.launch(sid, &process, req.tty);
+        self.launch(sid, &process, req.tty, req.stdin);
     }
 
-    fn launch(&mut self, sid: u32, process: &Process, tty: bool) {
+    fn launch(&mut self, sid: u32, process: &Process, tty: bool, stdin: bool) {
         let root = self
             .rootfs
             .clone()
@@ -595,6 +595,7 @@ impl Agent {
         let result = spawn(&SpawnRequest {
             process,
             tty,
+            stdin,
             root: root.as_deref(),
         });
         match result {
@@ -603,7 +604,8 @@ impl Agent {
                 if let Some(s) = self.sessions.get_mut(&sid) {
                     s.pid = child.pid;
                     s.tty = tty;
-                    s.stdin = Some(child.stdin);
+                    s.stdin_close |= child.stdin.is_none();
+                    s.stdin = child.stdin;
                     s.outs = [Some(child.stdout), child.stderr];
                     s.pty = child.pty;
                 }

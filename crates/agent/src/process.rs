@@ -132,8 +132,9 @@ impl SpawnError {
 #[derive(Debug)]
 pub struct Child {
     pub pid: i32,
-    /// Write end of stdin (a pipe, or a dup of the pty master).
-    pub stdin: OwnedFd,
+    /// Write end of stdin (a pipe, or a dup of the pty master); None when the process got a
+    /// stdin already at its end ([`SpawnRequest::stdin`] false).
+    pub stdin: Option<OwnedFd>,
     /// Read end of stdout (a pipe, or the pty master).
     pub stdout: OwnedFd,
     /// Read end of stderr (None with a pty: everything arrives on the master).
@@ -146,6 +147,9 @@ pub struct Child {
 pub struct SpawnRequest<'a> {
     pub process: &'a Process,
     pub tty: bool,
+    /// The host sends stdin. False (and no tty): the process's stdin is a pipe whose write end
+    /// is closed before it starts, so it reads EOF at once.
+    pub stdin: bool,
     /// Container rootfs to chroot into (None: run in the agent's own root).
     pub root: Option<&'a Path>,
 }
@@ -351,7 +355,7 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, SpawnError> {
             [pty.slave, s1, s2],
             Child {
                 pid: 0,
-                stdin: m1,
+                stdin: Some(m1),
                 stdout: m2,
                 stderr: None,
                 pty: Some(pty.master),
@@ -371,7 +375,8 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Child, SpawnError> {
             [in_r, out_w, e_w],
             Child {
                 pid: 0,
-                stdin: in_w,
+                // Dropping the write end now: EOF from the start.
+                stdin: req.stdin.then_some(in_w),
                 stdout: out_r,
                 stderr: Some(e_r),
                 pty: None,

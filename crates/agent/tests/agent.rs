@@ -391,6 +391,7 @@ fn hostile_frames_are_answered_with_errors_and_the_agent_keeps_working() {
             Message::Exec(strata_proto::ExecRequest {
                 process: process(&["true"]),
                 tty: false,
+                stdin: true,
             }),
         ),
     ] {

@@ -1215,7 +1215,9 @@ fn handle(
     start: &mpsc::Sender<UnixStream>,
 ) -> std::io::Result<()> {
     let (line, fds) = recv_request(&conn)?;
-    let reply = |conn: &mut UnixStream, v: serde_json::Value| writeln!(conn, "{v}");
+    // One write per answer (the caller wakes once, not once per JSON token).
+    let reply =
+        |conn: &mut UnixStream, v: serde_json::Value| conn.write_all(format!("{v}\n").as_bytes());
     let req: Request = match serde_json::from_slice(&line) {
         Ok(r) => r,
         Err(e) => {
@@ -1242,7 +1244,11 @@ fn handle(
                 set_console_size(&mut process, fd.as_fd(), tty);
             }
             let bytes = serde_json::to_vec(&process).unwrap_or_default();
-            let h = match client.exec(&bytes, tty) {
+            // A stdin of /dev/null (`strata exec` without -i) has nothing to send: the guest
+            // process gets a stdin at its end from the start, and no relay thread or
+            // Close(stdin) frame is needed.
+            let stdin = tty || !fds.first().is_some_and(|fd| is_dev_null(fd.as_fd()));
+            let h = match client.exec_with_stdin(&bytes, tty, stdin) {
                 Ok(h) => Arc::new(h),
                 Err(e) => {
                     return reply(
@@ -1253,10 +1259,18 @@ fn handle(
             };
             reply(&mut conn, serde_json::json!({"ok": true, "pid": h.pid()}))?;
             let mut it = fds.into_iter();
-            let code = relay_session(&h, it.next(), it.next(), it.next(), tty);
+            let stdin_fd = it.next().filter(|_| stdin);
+            let code = relay_session(&h, stdin_fd, it.next(), it.next(), tty);
             reply(&mut conn, serde_json::json!({"exit": code.unwrap_or(137)}))
         }
     }
+}
+
+/// Whether `fd` is the null device (character device 1:3).
+fn is_dev_null(fd: BorrowedFd) -> bool {
+    nix::sys::stat::fstat(fd.as_raw_fd()).is_ok_and(|st| {
+        st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == libc::makedev(1, 3)
+    })
 }
 
 fn recv_request(conn: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {

@@ -611,6 +611,17 @@ impl Client {
 
     /// Runs another process (an OCI `process` object as JSON) in the container rootfs.
     pub fn exec(&self, process_json: &[u8], tty: bool) -> Result<ExecHandle, ClientError> {
+        self.exec_with_stdin(process_json, tty, true)
+    }
+
+    /// [`Client::exec`]; `stdin` false: the process's stdin is at its end from the start (no
+    /// stdin to send: the session's stdin writer must not be used).
+    pub fn exec_with_stdin(
+        &self,
+        process_json: &[u8],
+        tty: bool,
+        stdin: bool,
+    ) -> Result<ExecHandle, ClientError> {
         let process: serde_json::Value =
             serde_json::from_slice(process_json).map_err(|e| ClientError::Agent {
                 step: "exec",
@@ -639,7 +650,15 @@ impl Client {
         // exec fails no handle will ever name it: forget it.
         let started = self
             .shared
-            .send(sid, Message::Exec(ExecRequest { process, tty }), "exec")
+            .send(
+                sid,
+                Message::Exec(ExecRequest {
+                    process,
+                    tty,
+                    stdin,
+                }),
+                "exec",
+            )
             .and_then(|()| self.wait_started(sid, "exec"));
         if let Err(e) = started {
             self.shared.lock().sessions.remove(&sid);

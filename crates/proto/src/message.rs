@@ -71,6 +71,19 @@ pub struct ExecRequest {
     pub process: serde_json::Value,
     /// Allocate a pty (overrides `process.terminal`).
     pub tty: bool,
+    /// The host has stdin to send. False: the process's stdin is at its end from the start
+    /// (the host's was /dev/null), so no stdin stream and no Close(stdin) frame are needed.
+    /// Ignored with a tty (the pty is the process's stdin). Absent: true.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub stdin: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Host → agent (session 0): new contents of the guest's /etc/hosts and/or /etc/resolv.conf

@@ -53,6 +53,12 @@ fn all_messages() -> Vec<Message> {
         Message::Exec(ExecRequest {
             process: serde_json::json!({"args": ["ls"]}),
             tty: true,
+            stdin: true,
+        }),
+        Message::Exec(ExecRequest {
+            process: serde_json::json!({"args": ["true"]}),
+            tty: false,
+            stdin: false,
         }),
         Message::NetFiles(crate::NetFiles {
             hosts: Some("127.0.0.1\tlocalhost\n".into()),

@@ -35,6 +35,16 @@ pub struct ExecArgs {
     pub container_and_cmd: Vec<String>,
 }
 
+/// Whether the exec goes into a VM (its container record says so). Anything else, including a
+/// container that cannot be found (exec reports that), takes the container path.
+pub fn into_vm(g: &Global, a: &ExecArgs) -> bool {
+    a.container_and_cmd.first().is_some_and(|key| {
+        strata_engine::records::Containers::new(&g.store)
+            .find(key)
+            .is_ok_and(|r| r.isolation == "vm")
+    })
+}
+
 /// Exits with the process's exit code (126/127 when it cannot be started).
 pub fn exec(g: &Global, a: ExecArgs) -> anyhow::Result<()> {
     let mut cmd = a.container_and_cmd;

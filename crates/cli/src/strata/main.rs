@@ -110,15 +110,14 @@ fn main() -> ExitCode {
     init();
     // CVE-2019-5736: a container's init is a fork of this process, so a workload could reach
     // this binary through /proc/<pid>/exe: commands that start processes in containers re-exec
-    // from a read-only mount of it first (protect_binary below).
-    if matches!(
-        cli.command,
-        Command::Run(_)
-            | Command::Create(_)
-            | Command::Start(_)
-            | Command::Restart(_)
-            | Command::Exec(_)
-    ) {
+    // from a read-only mount of it first (protect_binary below). An exec into a VM forks
+    // nothing into the guest (the process starts there, through the VM's keeper): no re-exec.
+    let protect = match &cli.command {
+        Command::Run(_) | Command::Create(_) | Command::Start(_) | Command::Restart(_) => true,
+        Command::Exec(a) => !exec::into_vm(&cli.global, a),
+        _ => false,
+    };
+    if protect {
         if let Err(e) = protect_binary() {
             eprintln!("strata: error: {e}");
             return ExitCode::from(125);
