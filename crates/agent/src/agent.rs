@@ -38,6 +38,15 @@ pub struct Mode {
     /// Assemble the rootfs from `guest` and chroot processes into it without being PID 1 (the
     /// guest's rootfs logic tested on a host, inside a private mount namespace).
     pub assemble_rootfs: bool,
+    /// [`boot_clock_us`] when the agent began (PID 1 mode), reported in the Hello.
+    pub started_us: Option<u64>,
+}
+
+/// The guest's CLOCK_BOOTTIME in microseconds (time since its kernel started the clock).
+pub fn boot_clock_us() -> Option<u64> {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .ok()
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
 }
 
 /// Why the loop ended.
@@ -444,6 +453,8 @@ impl Agent {
                 max_version: PROTOCOL_VERSION,
                 software: format!("strata-agent {}", env!("CARGO_PKG_VERSION")),
                 link_window: self.link_window,
+                agent_start_us: self.mode.started_us,
+                hello_us: self.mode.started_us.and(boot_clock_us()),
             }),
         );
     }

@@ -115,6 +115,7 @@ fn run_host(args: &Args) -> Result<ExitCode> {
         pid1: false,
         guest,
         assemble_rootfs,
+        started_us: None,
     };
     let mut agent = Agent::new(chan, mode)?;
     Ok(match agent.run()? {
@@ -124,6 +125,8 @@ fn run_host(args: &Args) -> Result<ExitCode> {
 }
 
 fn run_pid1() -> ! {
+    // For the host's start-phase split (guest kernel boot | agent set-up before hello).
+    let started_us = strata_agent::agent::boot_clock_us();
     let warnings = guest::mount_basics();
     ensure_std_fds(true);
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
@@ -167,6 +170,7 @@ fn run_pid1() -> ! {
         pid1: true,
         guest: params,
         assemble_rootfs: true,
+        started_us,
     };
     match Agent::new(chan, mode) {
         Ok(mut agent) => {

@@ -188,7 +188,10 @@ fn listings(iso: &str) {
     assert!(stats[0]["Pids"].as_u64().unwrap() >= 1);
     let v = s.inspect("l");
     assert_eq!(v["Config"]["process"]["args"][0], "sh");
-    // How a VM runs: its platform and (qemu) accelerator.
+    // How a VM runs: its platform and (qemu) accelerator, and where its start went.
+    if iso.starts_with("vm") {
+        assert_start_phases(&v["Vm"]["StartPhases"]);
+    }
     match iso {
         "vm" => assert_eq!(v["Vm"]["Platform"], "uml", "{v}"),
         "vm-qemu" => {
@@ -207,6 +210,31 @@ fn listings(iso: &str) {
     assert!(img[0]["RepoTags"].is_array());
     s.ok(&["rm", "-f", "l", "c"]);
     s.assert_nothing_left(&[]);
+}
+
+/// A VM's start phases: every phase, in order, none negative, summing to at most the total.
+fn assert_start_phases(p: &serde_json::Value) {
+    let phases = p["phases"].as_array().unwrap_or_else(|| panic!("{p}"));
+    let names: Vec<&str> = phases.iter().map(|x| x["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "keeper-setup",
+            "jail",
+            "kernel-boot",
+            "agent-setup",
+            "rootfs",
+            "workload-execve"
+        ],
+        "{p}"
+    );
+    let ms: Vec<f64> = phases.iter().map(|x| x["ms"].as_f64().unwrap()).collect();
+    assert!(ms.iter().all(|m| *m >= 0.0), "{p}");
+    // The guest kernel's boot and the agent's set-up are never free.
+    assert!(ms[2] > 0.0 && ms[3] > 0.0, "{p}");
+    let total = p["total_ms"].as_f64().unwrap();
+    assert!(ms.iter().sum::<f64>() <= total + 0.001, "{p}");
+    assert!(p["boot_attempts"].as_u64().unwrap() >= 1, "{p}");
 }
 
 /// A spawned `strata attach` with its output collected as it comes.

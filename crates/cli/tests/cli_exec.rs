@@ -56,6 +56,8 @@ fn exec(iso: &str) {
     );
     assert_eq!(text(&o.stdout), "in\n");
     assert_eq!(text(&o.stderr), "e\n");
+    // Without -i the process's stdin is at its end from the start.
+    assert_eq!(s.ok(&["exec", "e", "sh", "-c", "cat; echo eof"]), "eof\n");
     // exec shares the container's filesystem and pid namespace.
     s.ok(&["exec", "e", "sh", "-c", "echo shared > /tmp/f"]);
     assert_eq!(s.ok(&["exec", "e", "cat", "/tmp/f"]), "shared\n");

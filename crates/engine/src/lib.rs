@@ -36,6 +36,7 @@ pub mod records;
 pub mod relay;
 pub mod removal;
 pub mod run;
+pub mod start_phases;
 pub mod terminal_relay;
 pub mod vm_backend;
 pub mod vm_keeper;

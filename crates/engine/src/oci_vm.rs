@@ -47,6 +47,8 @@ pub struct BundleExec {
 pub const ISOLATION_ANNOTATION: &str = "dev.strata.isolation";
 /// The VM platform of a bundle (`auto`, `uml`, `qemu`); overrides `STRATA_VM_PLATFORM`.
 pub const PLATFORM_ANNOTATION: &str = "dev.strata.vm.platform";
+/// `strata-oci state`: the VM's start phases (`jail=3.1ms ... total=210.4ms`, start_phases.rs).
+pub const START_PHASES_ANNOTATION: &str = "dev.strata.vm.start-phases";
 
 /// The keeper's state directory of VM `id`.
 pub fn state_dir(root: &Path, id: &str) -> PathBuf {
@@ -248,11 +250,20 @@ pub fn state(root: &Path, id: &str) -> Result<serde_json::Value> {
             _ => "stopped",
         }
     };
-    let annotations = std::fs::read(st.bundle.join("config.json"))
+    let mut annotations = std::fs::read(st.bundle.join("config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .map(|v| v["annotations"].clone())
         .unwrap_or(serde_json::Value::Null);
+    // Where the VM's start went (start_phases.rs), as one line.
+    if let Some(p) = &st.start_phases {
+        if annotations.is_null() {
+            annotations = serde_json::json!({});
+        }
+        if let Some(map) = annotations.as_object_mut() {
+            map.insert(START_PHASES_ANNOTATION.into(), p.summary().into());
+        }
+    }
     Ok(serde_json::json!({
         "ociVersion": "1.0.2",
         "id": id,

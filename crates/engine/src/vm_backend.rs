@@ -331,6 +331,7 @@ impl Backend for VmBackend {
             // Taken from the warm pool (vm_pool.rs) rather than booted for this instance.
             "Warm": st.warm,
             "WarmFallback": st.warm_fallback,
+            "StartPhases": st.start_phases,
         }))
     }
 

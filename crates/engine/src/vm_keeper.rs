@@ -108,6 +108,9 @@ pub struct KeeperState {
     /// Why a warm hand-over failed (the VM then booted cold).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_fallback: Option<String>,
+    /// Where the start's time went, phase by phase (start_phases.rs), once the workload runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_phases: Option<crate::start_phases::StartPhases>,
 }
 
 /// Starting a workload failed; `code` follows Docker (125 set-up, 126 cannot execute, 127 not
@@ -345,6 +348,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         }
     };
     strata_container::kill_point::hit("keeper:forked");
+    let mut clock = crate::start_phases::PhaseClock::start();
     let t0 = Instant::now();
     let phase =
         |what: &str| tracing::debug!(ms = t0.elapsed().as_millis() as u64, "vm keeper: {what}");
@@ -433,12 +437,15 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         _ => PathBuf::from(format!("/strata-vm/{}", l.id)),
     });
     save_state(l.state_dir, &st);
+    clock.mark("keeper-setup");
+    let setup_phases = clock.marked();
     let mut attempt = 0;
     // The first try takes a VM from the warm pool when one fits; a hand-over that fails ends
     // that VM and falls back to a cold boot (the cause is kept in state.json: `inspect` shows it).
     // (A VM with a network boots cold: pooled VMs have no NIC.)
     let mut try_warm = !l.hold && netns.is_none();
     let (mut vm, vm_pid, client, session) = loop {
+        clock.boot_attempt(setup_phases);
         let warm = if std::mem::take(&mut try_warm) {
             match take_warm(l) {
                 Ok(w) => w,
@@ -473,6 +480,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         } else {
             "guest kernel started"
         });
+        clock.mark(if is_warm { "warm-take" } else { "jail" });
         if nic_required && vm.nic().is_none() {
             let _ = vm.kill();
             restore_owners();
@@ -541,9 +549,18 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
                 return fail(&mut status, &mut st, 125, m);
             }
         };
+        if is_warm {
+            // The pooled agent booted long ago: the hand-over's Hello is all there is to time.
+            clock.mark("warm-hello");
+        } else {
+            clock.mark_hello(client.agent_hello().agent_setup());
+        }
         phase("agent answered");
         match client.create_within(&bytes, Some(Duration::from_secs(30))) {
-            Ok(s) => break (vm, vm_pid, client, Arc::new(s)),
+            Ok(s) => {
+                clock.mark("rootfs");
+                break (vm, vm_pid, client, Arc::new(s));
+            }
             // A refusal of the workload's own config would refuse it after a cold boot too; a
             // root disk the agent could not mount is the hand-over's failure.
             Err(e)
@@ -615,8 +632,12 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         st.status = "created".into();
         save_state(l.state_dir, &st);
         report(&mut status, "ok");
+        let held = clock.pause();
         match start_rx.recv() {
-            Ok(conn) => start_reply = Some(conn),
+            Ok(conn) => {
+                clock.resume(held);
+                start_reply = Some(conn)
+            }
             Err(_) => {
                 leave_cgroups();
                 return 1;
@@ -642,6 +663,10 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         }
     }
     st.started = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+    clock.mark("workload-execve");
+    let phases = clock.finish();
+    tracing::debug!("vm keeper: start phases: {}", phases.summary());
+    st.start_phases = Some(phases);
     phase("workload started");
     if let Booted::Warm(p) = &vm {
         p.started();

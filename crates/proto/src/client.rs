@@ -514,6 +514,8 @@ impl Client {
                 max_version: PROTOCOL_VERSION,
                 software: format!("strata-proto {}", env!("CARGO_PKG_VERSION")),
                 link_window: None,
+                agent_start_us: None,
+                hello_us: None,
             }),
             "sending hello",
         )?;

@@ -16,6 +16,8 @@ fn agent_hello() -> Vec<u8> {
             max_version: 1,
             software: "fake".into(),
             link_window: None,
+            agent_start_us: None,
+            hello_us: None,
         }),
     )
     .encode()
@@ -146,6 +148,8 @@ fn an_agent_with_another_version_is_refused() {
             max_version: 9,
             software: "future".into(),
             link_window: None,
+            agent_start_us: None,
+            hello_us: None,
         }),
     );
     agent.write_all(&hello.encode().unwrap()).unwrap();

@@ -41,6 +41,26 @@ pub struct Hello {
     /// the host must never get that far ahead. None: no limit (sockets, vsock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_window: Option<u32>,
+    /// Agent only: the guest's CLOCK_BOOTTIME (microseconds since the guest kernel started
+    /// its clock) when the agent began (PID 1's first step) and when it sent this Hello. The
+    /// host splits its "VM process started → hello" time into the guest kernel's boot and the
+    /// agent's set-up with it (the two clocks are never compared). Guest-controlled: the host
+    /// clamps what it derives to what it measured itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_start_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hello_us: Option<u64>,
+}
+
+impl Hello {
+    /// How long the agent took from its start to this Hello by the guest's clock, when the
+    /// agent said (None when it did not, or the readings go backwards).
+    pub fn agent_setup(&self) -> Option<std::time::Duration> {
+        let (start, hello) = (self.agent_start_us?, self.hello_us?);
+        hello
+            .checked_sub(start)
+            .map(std::time::Duration::from_micros)
+    }
 }
 
 /// An error report. `session` in the frame header says which session it concerns (0: the

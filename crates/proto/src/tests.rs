@@ -37,6 +37,8 @@ fn all_messages() -> Vec<Message> {
             max_version: 1,
             software: "x".into(),
             link_window: Some(2048),
+            agent_start_us: Some(1_500),
+            hello_us: Some(9_000),
         }),
         Message::Error(ErrorMsg {
             kind: "k".into(),
@@ -288,4 +290,54 @@ fn fuzz_entry_point_survives_a_hostile_corpus() {
             }
         }
     }
+}
+
+#[test]
+fn an_exec_without_the_stdin_field_has_stdin_and_stdin_false_is_carried() {
+    let old = br#"{"process":{"args":["true"]},"tty":false}"#;
+    let Message::Exec(req) = Message::decode_payload(FrameType::Exec, old).unwrap() else {
+        panic!("not an exec")
+    };
+    assert!(req.stdin);
+    let mut bytes = Vec::new();
+    Message::Exec(ExecRequest {
+        stdin: false,
+        ..req
+    })
+    .encode_payload(&mut bytes)
+    .unwrap();
+    assert!(String::from_utf8_lossy(&bytes).contains(r#""stdin":false"#));
+    let Message::Exec(back) = Message::decode_payload(FrameType::Exec, &bytes).unwrap() else {
+        panic!("not an exec")
+    };
+    assert!(!back.stdin);
+}
+
+#[test]
+fn the_agent_setup_time_comes_from_its_clock_and_never_goes_negative() {
+    let hello = |start, hello| Hello {
+        min_version: 1,
+        max_version: 1,
+        software: String::new(),
+        link_window: None,
+        agent_start_us: start,
+        hello_us: hello,
+    };
+    assert_eq!(
+        hello(Some(1_000), Some(31_000)).agent_setup(),
+        Some(std::time::Duration::from_millis(30))
+    );
+    assert_eq!(hello(Some(31_000), Some(1_000)).agent_setup(), None);
+    assert_eq!(hello(None, Some(1_000)).agent_setup(), None);
+    assert_eq!(
+        hello(Some(u64::MAX), Some(u64::MAX)).agent_setup(),
+        Some(std::time::Duration::ZERO)
+    );
+    // An older agent's Hello has neither field.
+    let Message::Hello(h) =
+        Message::decode_payload(FrameType::Hello, br#"{"min_version":1,"max_version":1}"#).unwrap()
+    else {
+        panic!("not a hello")
+    };
+    assert_eq!(h.agent_setup(), None);
 }
