@@ -15,7 +15,11 @@
 # marker is counted as failed, not timed.
 # Memory: peak RSS of the largest host process (/usr/bin/time -v), and for the jailed path the
 # peak of the VM's cgroup (guest memory touched + host-side overhead).
-# Writes the "vm-boot" section of docs/benchmarks.md.
+# Then the product path phase by phase: `strata run --vm -d` per platform (uml, qemu), each
+# start's phases as its keeper measured them (`strata inspect` → Vm.StartPhases,
+# crates/engine/src/start_phases.rs), medians side by side.
+# Writes the "vm-boot" and "vm-start-phases" sections of docs/benchmarks.md.
+# PHASES_ONLY=1: only the phase breakdown (PHASE_RUNS runs per platform, default RUNS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/vm-section.sh
@@ -24,6 +28,69 @@ mem=128
 work=$(mktemp -d /tmp/strata-vm-boot.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+
+# The start phases of `strata run --vm` (release strata, its static agent), uml and qemu side
+# by side: median of each phase over PHASE_RUNS detached starts, after one unrecorded warm-up
+# start per platform (root disk and agent initramfs caches).
+phase_section() {
+  local n=${PHASE_RUNS:-$runs} pw="$work/phases" p i id
+  STRATA_BINS=strata bash scripts/build-release.sh -q
+  bash scripts/build-agent.sh >/dev/null 2>&1
+  local strata=("$CARGO_TARGET_DIR/release/strata" --store "$pw/store" --root "$pw/root" --quiet)
+  mkdir -p "$pw"
+  "${strata[@]}" image build-default >/dev/null
+  local load
+  load=$(cut -d' ' -f1-3 /proc/loadavg)
+  for p in uml qemu; do
+    for i in $(seq 0 "$n"); do
+      id=$("${strata[@]}" run --vm --platform "$p" -d busybox sleep 600)
+      [ "$i" = 0 ] || "${strata[@]}" inspect "$id" >"$pw/$p-$i.json"
+      "${strata[@]}" rm -f "$id" >/dev/null
+    done
+  done
+  local body=$pw/section.md
+  {
+    echo "## Where a \`strata run --vm\` start goes, phase by phase (bench/vm-boot.sh)"
+    echo
+    echo "Host: $(nproc) cores (shared), $(uname -r), load average at start: $load. Median of $n"
+    echo "detached starts per platform of \`busybox sleep\` (128 MiB guest), as each VM's keeper timed"
+    echo "them (\`strata inspect\` → Vm.StartPhases; crates/engine/src/start_phases.rs says what each"
+    echo "phase covers). \`total\` is keeper forked → workload execve; the CLI's own part before the"
+    echo "keeper (record, overlay/disk lookup, config.json) is not in it."
+    echo
+    python3 - "$pw" "$n" <<'PY'
+import glob, json, statistics, sys
+pw, n = sys.argv[1], int(sys.argv[2])
+cols, data, order = [], {}, []
+for p in ("uml", "qemu"):
+    runs = [json.load(open(f))[0]["Vm"] for f in sorted(glob.glob(f"{pw}/{p}-*.json"))]
+    if not runs:
+        continue
+    accel = runs[0].get("Accelerator")
+    col = f"{p}-{accel}" if accel else p
+    cols.append(col)
+    per = {}
+    for r in runs:
+        sp = r["StartPhases"]
+        for ph in sp["phases"]:
+            per.setdefault(ph["name"], []).append(ph["ms"])
+            if ph["name"] not in order:
+                order.append(ph["name"])
+        per.setdefault("total", []).append(sp["total_ms"])
+    data[col] = {k: statistics.median(v) for k, v in per.items()}
+print("| phase | " + " | ".join(f"{c} (ms)" for c in cols) + " |")
+print("|---|" + "---|" * len(cols))
+for ph in order + ["total"]:
+    print(f"| {ph} | " + " | ".join(f"{data[c].get(ph, float('nan')):.1f}" for c in cols) + " |")
+PY
+  } >"$body"
+  cat "$body"
+  vm_section vm-start-phases "$body"
+}
+if [ "${PHASES_ONLY:-0}" = 1 ]; then
+  phase_section
+  exit 0
+fi
 bash scripts/deps.sh
 
 strata_kernel=$(bash scripts/build-guest-kernel.sh)
@@ -149,3 +216,4 @@ done
 } >>"$body"
 cat "$body"
 vm_section vm-boot "$body"
+phase_section
