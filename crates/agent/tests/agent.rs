@@ -115,6 +115,44 @@ fn exit_codes_and_agent_exit_after_ack() {
 }
 
 #[test]
+fn an_exec_without_stdin_reads_eof_at_once_and_refuses_stdin_data() {
+    let agent = Agent::start();
+    let main = agent.client().create(&config(&["sleep", "1000"])).unwrap();
+    agent.client().start().unwrap();
+    let args = serde_json::to_vec(&process(&["sh", "-c", "cat; echo eof"])).unwrap();
+    // No stdin writer is ever taken or closed: the process must see EOF by itself.
+    let h = agent.client().exec_with_stdin(&args, false, false).unwrap();
+    let (o, _, st) = h.output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o), "eof\n");
+    assert_eq!(st.code, 0);
+    // Stdin data for such a session is refused on the connection, and the agent goes on.
+    let h = agent
+        .client()
+        .exec_with_stdin(
+            &serde_json::to_vec(&process(&["sleep", "1"])).unwrap(),
+            false,
+            false,
+        )
+        .unwrap();
+    let mut w = h.take_stdin().unwrap();
+    let _ = w.write_all(b"x");
+    let t = std::time::Instant::now();
+    while agent.client().connection_errors().is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let errs = agent.client().connection_errors();
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("stdin data after stdin close")),
+        "{errs:?}"
+    );
+    drop(w);
+    assert_eq!(h.output().unwrap().2.code, 0);
+    main.signal(libc::SIGKILL).unwrap();
+    assert_eq!(main.wait().unwrap().code, 137);
+}
+
+#[test]
 fn stdout_and_stderr_stay_separate_and_stdin_is_piped() {
     let agent = Agent::start();
     let (o, e, st) = run_main(

@@ -146,9 +146,28 @@ fn annotated_bundle_runs_in_a_vm(platform: Option<&str>) {
     let st: Value = serde_json::from_str(&oci.ok(&["state", &id])).unwrap();
     assert_eq!(st["pid"], pid);
     assert_eq!(st["annotations"]["dev.strata.isolation"], "vm");
+    // Held: the start is not over, so there are no start phases yet.
+    assert!(
+        st["annotations"]["dev.strata.vm.start-phases"].is_null(),
+        "{st}"
+    );
 
     oci.ok(&["start", &id]);
     assert_eq!(oci.status(&id), "running");
+    // Where the VM's start went, phase by phase (the wait for `start` not counted).
+    let st: Value = serde_json::from_str(&oci.ok(&["state", &id])).unwrap();
+    let phases = st["annotations"]["dev.strata.vm.start-phases"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        phases.starts_with("keeper-setup=")
+            && phases.contains(" jail=")
+            && phases.contains(" kernel-boot=")
+            && phases.contains(" rootfs=")
+            && phases.contains(" workload-execve=")
+            && phases.contains(" total="),
+        "{st}"
+    );
     // exec runs in the guest: its own kernel, the workload's files, the exit code comes back.
     let host = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
     let guest = oci.ok(&["exec", &id, "uname", "-r"]);
