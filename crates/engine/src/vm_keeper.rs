@@ -679,6 +679,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     report(&mut status, "ok");
     strata_container::kill_point::hit("keeper:running");
     let [i, o, e] = stdio;
+    let i = i.map_or(HostStdin::Closed, HostStdin::Fd);
     let code = relay_session(&session, i, o, e, l.spec.tty);
     phase("workload exited");
     strata_container::kill_point::hit("keeper:exited");
@@ -1098,16 +1099,32 @@ fn with_network(
     Ok(config)
 }
 
+/// What a session's stdin is on the host side.
+enum HostStdin {
+    /// Relayed from this fd.
+    Fd(OwnedFd),
+    /// None: the process's stdin is closed at once (a Close(stdin) frame).
+    Closed,
+    /// The process got a stdin already at its end (`ExecRequest::stdin` false): nothing to send.
+    AtEof,
+}
+
 /// Relays between host fds and a guest session until the process exits; its exit code (None
 /// when the connection to the VM was lost).
 fn relay_session(
     session: &Arc<Session>,
-    stdin: Option<OwnedFd>,
+    stdin: HostStdin,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
     tty: bool,
 ) -> Option<i32> {
     let done = Arc::new(AtomicBool::new(false));
+    let stdin = match stdin {
+        HostStdin::Fd(fd) => Some(fd),
+        HostStdin::Closed => None,
+        HostStdin::AtEof => return relay_output(session, stdout, stderr, done),
+    };
+    // Taken even without an fd: dropping the writer closes the process's stdin.
     if let (Some(fd), Some(mut w)) = (stdin, session.take_stdin()) {
         let done = Arc::clone(&done);
         let session = Arc::clone(session);
@@ -1157,6 +1174,17 @@ fn relay_session(
             let _ = w.close();
         });
     }
+    relay_output(session, stdout, stderr, done)
+}
+
+/// The output half of [`relay_session`]: until the process exits; then `done` tells the stdin
+/// relay to stop.
+fn relay_output(
+    session: &Arc<Session>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    done: Arc<AtomicBool>,
+) -> Option<i32> {
     let mut outs = Vec::new();
     for (fd, reader) in [
         (stdout, session.take_stdout()),
@@ -1284,7 +1312,11 @@ fn handle(
             };
             reply(&mut conn, serde_json::json!({"ok": true, "pid": h.pid()}))?;
             let mut it = fds.into_iter();
-            let stdin_fd = it.next().filter(|_| stdin);
+            let stdin_fd = match it.next() {
+                _ if !stdin => HostStdin::AtEof,
+                Some(fd) => HostStdin::Fd(fd),
+                None => HostStdin::Closed,
+            };
             let code = relay_session(&h, stdin_fd, it.next(), it.next(), tty);
             reply(&mut conn, serde_json::json!({"exit": code.unwrap_or(137)}))
         }
