@@ -28,8 +28,13 @@ pub struct ExecRequest {
 /// Runs `a` in the container named `key`; returns its exit code. A process that could not be
 /// started is an error holding a [`StartError`] (its `code` is 126/127/125).
 pub fn exec(paths: &Paths, key: &str, a: &ExecRequest) -> anyhow::Result<i32> {
+    exec_in(paths, paths.containers().find(key)?, a)
+}
+
+/// [`exec`] in the container of record `rec` (a caller that decided something from the record,
+/// such as whether to re-exec first, runs exactly that record's backend).
+pub fn exec_in(paths: &Paths, rec: crate::records::Record, a: &ExecRequest) -> anyhow::Result<i32> {
     let containers = paths.containers();
-    let rec = containers.find(key)?;
     if rec.live_state() != State::Running {
         bail!(
             "container {} is not running: start it with `strata start {}`",

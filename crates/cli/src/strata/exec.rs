@@ -57,6 +57,13 @@ pub fn exec(g: &Global, a: ExecArgs) -> anyhow::Result<()> {
         user: a.user,
         cmd,
     };
-    let code = strata_engine::exec::exec(&g.paths(), &key, &request)?;
+    let paths = g.paths();
+    let rec = paths.containers().find(&key)?;
+    // main.rs skipped the CVE-2019-5736 re-exec for a VM: the record used from here on must be
+    // one that needs none (a record changed since is a container: re-exec now).
+    if rec.isolation != "vm" {
+        crate::protect_binary()?;
+    }
+    let code = strata_engine::exec::exec_in(&paths, rec, &request)?;
     std::process::exit(code)
 }
