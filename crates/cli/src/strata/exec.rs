@@ -45,8 +45,9 @@ pub fn into_vm(g: &Global, a: &ExecArgs) -> bool {
     })
 }
 
-/// Exits with the process's exit code (126/127 when it cannot be started).
-pub fn exec(g: &Global, a: ExecArgs) -> anyhow::Result<()> {
+/// Exits with the process's exit code (126/127 when it cannot be started). `protect`: the
+/// CVE-2019-5736 re-exec (main.rs), for a container.
+pub fn exec(g: &Global, a: ExecArgs, protect: fn() -> anyhow::Result<()>) -> anyhow::Result<()> {
     let mut cmd = a.container_and_cmd;
     let key = cmd.remove(0);
     let request = ExecRequest {
@@ -62,7 +63,7 @@ pub fn exec(g: &Global, a: ExecArgs) -> anyhow::Result<()> {
     // main.rs skipped the CVE-2019-5736 re-exec for a VM: the record used from here on must be
     // one that needs none (a record changed since is a container: re-exec now).
     if rec.isolation != "vm" {
-        crate::protect_binary()?;
+        protect()?;
     }
     let code = strata_engine::exec::exec_in(&paths, rec, &request)?;
     std::process::exit(code)

@@ -146,7 +146,7 @@ fn main() -> ExitCode {
         Command::Ps(a) => ps::ps(&cli.global, a),
         Command::Network(c) => network::network(&cli.global, c),
         Command::Port(a) => network::port(&cli.global, a),
-        Command::Exec(a) => exec::exec(&cli.global, a),
+        Command::Exec(a) => exec::exec(&cli.global, a, protect_binary),
         Command::Logs(a) => logs::logs(&cli.global, a),
         Command::Attach(a) => attach::attach(&cli.global, a),
         Command::Wait(a) => lifecycle::wait(&cli.global, a),
