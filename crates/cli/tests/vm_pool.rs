@@ -144,6 +144,24 @@ fn a_run_takes_a_pooled_vm_the_pool_refills_and_no_vm_serves_twice() {
     let vm = &p.s.inspect(&id)["Vm"];
     assert_eq!(vm["Warm"], true, "the run took the pooled VM: {vm}");
     assert!(vm["WarmFallback"].is_null(), "{vm}");
+    // Its start phases are the hand-over's, not a boot's.
+    let phases: Vec<&str> = vm["StartPhases"]["phases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{vm}"))
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "keeper-setup",
+            "warm-take",
+            "warm-hello",
+            "rootfs",
+            "workload-execve"
+        ],
+        "{vm}"
+    );
     let st = vm_state(&p, &id);
     assert_eq!(
         st["vm_pid"].as_i64().unwrap(),
