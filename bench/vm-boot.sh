@@ -132,8 +132,8 @@ qemu_append="console=ttyS0 quiet reboot=t panic=-1 tsc_early_khz=$tsc_khz rdinit
 declare -A cmd=(
   [uml-strata]="$strata_kernel uml_dir=$work $uml_args"
   [uml-debian]="$debian_kernel uml_dir=$work $uml_args"
-  [qemu-tcg-strata-pvh]="$qemu_direct,acpi=off -kernel $qemu_vmlinux -initrd $work/qemu.cpio -append '$qemu_append lapic_timer_period=10000000'"
-  [qemu-tcg-strata-bzimage]="$qemu_direct,acpi=off -kernel $qemu_bz -initrd $work/qemu.cpio -append '$qemu_append lapic_timer_period=10000000'"
+  [qemu-tcg-strata-pvh]="$qemu_direct,acpi=off -kernel $qemu_vmlinux -initrd $work/qemu.cpio -append '$qemu_append tsc=reliable noapictimer noreplace-smp'"
+  [qemu-tcg-strata-bzimage]="$qemu_direct,acpi=off -kernel $qemu_bz -initrd $work/qemu.cpio -append '$qemu_append tsc=reliable noapictimer noreplace-smp'"
   [qemu-tcg-debian]="$qemu_direct,acpi=on -kernel $qemu_kernel -initrd $work/qemu.cpio -append '$qemu_append'"
 )
 order=(uml-strata uml-debian qemu-tcg-strata-pvh qemu-tcg-strata-bzimage qemu-tcg-debian)

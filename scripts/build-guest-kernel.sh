@@ -93,6 +93,8 @@ if [ "$platform" = qemu ]; then
   make "${arch[@]}" INSTALL_MOD_PATH="$stage/modules" INSTALL_MOD_STRIP=1 DEPMOD=/bin/true \
     modules_install >>"$log" 2>&1
   rm -f "$stage"/modules/lib/modules/*/build "$stage"/modules/lib/modules/*/source
+  # Symbols for reading a boot traced with initcall_debug (the vmlinux above is stripped).
+  install -m 0644 System.map "$stage/System.map"
 fi
 cp .config "$stage/config"
 cp "$log" "$stage/build.log"

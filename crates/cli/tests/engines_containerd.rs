@@ -10,7 +10,7 @@ use engines::daemons::start_containerd;
 use engines::image::IMAGE_REF;
 use engines::matrix::{Layer, Op};
 use engines::network;
-use engines::runtime::{Runtime, VM_ANNOTATION};
+use engines::runtime::Runtime;
 use engines::{cmd_timeout, sh, Engine, Harness};
 use std::path::PathBuf;
 use std::process::Command;
@@ -64,8 +64,8 @@ impl Ctr {
             .arg(&self.runc_root)
             .arg("--fifo-dir")
             .arg(&self.fifo_dir);
-        if layer == Layer::Vm {
-            c.arg("--annotation").arg(VM_ANNOTATION);
+        for a in layer.annotations() {
+            c.arg("--annotation").arg(a);
         }
         c
     }

@@ -10,6 +10,7 @@ use engines::daemons::{start_containerd, start_dockerd};
 use engines::matrix::{Layer, Op};
 use engines::{sh, Harness};
 use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
 
 /// strata-oci cells proven to pass under dockerd (container layer). Every cell passes; list the passing ones instead if one regresses.
 const STRATA_PASSING: &[Op] = engines::ALL_OPS;
@@ -17,14 +18,16 @@ const STRATA_PASSING: &[Op] = engines::ALL_OPS;
 /// runtimeArgs are the global `--vm` flag).
 const STRATA_VM_PASSING: &[Op] = engines::ALL_OPS;
 
-/// Docker 20.10 has no `run --annotation`, so the VM layer is a second runtime entry whose
-/// runtimeArgs select it: dockerd writes a wrapper that runs `strata-oci --vm ...`.
+/// Docker 20.10 has no `run --annotation`, so each VM layer is another runtime entry whose
+/// runtimeArgs select it: dockerd writes a wrapper that runs `strata-oci --vm ...`; for the qemu
+/// platform the entry's path is a script that sets `STRATA_VM_PLATFORM=qemu` first.
 fn docker_runtime_name(runtime: &str, layer: Layer) -> String {
     match (runtime, layer) {
         // "runc" is reserved by dockerd for its built-in entry.
         ("runc", _) => "runc-logged".into(),
         (_, Layer::Container) => "strata".into(),
         (_, Layer::Vm) => "strata-vm".into(),
+        (_, Layer::VmQemu) => "strata-vm-qemu".into(),
     }
 }
 
@@ -32,9 +35,21 @@ fn docker_runtime_name(runtime: &str, layer: Layer) -> String {
 fn docker_drives_runc_and_strata_oci() {
     let mut h = Harness::start("dockerd");
     let cd = start_containerd(&mut h.sb, false, "");
+    let qemu_wrapper = h.sb.path("strata-oci-qemu");
+    std::fs::write(
+        &qemu_wrapper,
+        format!(
+            "#!/bin/sh\nSTRATA_VM_PLATFORM=qemu exec {} \"$@\"\n",
+            h.strata.wrapper.display()
+        ),
+    )
+    .expect("write the qemu wrapper");
+    std::fs::set_permissions(&qemu_wrapper, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the qemu wrapper");
     let daemon_json = serde_json::json!({
         "runtimes": {
-            "strata-vm": { "path": h.strata.wrapper, "runtimeArgs": ["--vm"] }
+            "strata-vm": { "path": h.strata.wrapper, "runtimeArgs": ["--vm"] },
+            "strata-vm-qemu": { "path": qemu_wrapper, "runtimeArgs": ["--vm"] }
         }
     });
     let dockerd = start_dockerd(

@@ -372,7 +372,11 @@ fn killed_from_outside(iso: &str) {
         eventually(120, &format!("{what}: workload running"), || {
             let ids = store_ids(&s);
             ids.len() == 1 && {
-                let parent = if iso == "vm" { "strata-vm" } else { "strata" };
+                let parent = if iso.starts_with("vm") {
+                    "strata-vm"
+                } else {
+                    "strata"
+                };
                 !cgroup_pids(&format!("/{parent}/{}", ids[0])).is_empty()
             }
         });
@@ -381,7 +385,7 @@ fn killed_from_outside(iso: &str) {
         if let Some(mut c) = child {
             let _ = c.wait();
         }
-        if iso == "vm" {
+        if iso.starts_with("vm") {
             // The VM's host processes end with its keeper's caller, before any rm.
             eventually(30, &format!("{what}: VM processes end"), || {
                 cgroup_pids(&format!("/strata-vm/{id}")).is_empty()
@@ -401,12 +405,21 @@ fn strata_run_and_monitor_killed_from_outside() {
 
 #[test]
 fn strata_run_vm_monitor_and_keeper_killed_from_outside() {
+    vm_monitor_and_keeper_killed_from_outside("vm");
+}
+
+#[test]
+fn strata_run_qemu_vm_monitor_and_keeper_killed_from_outside() {
+    vm_monitor_and_keeper_killed_from_outside("vm-qemu");
+}
+
+fn vm_monitor_and_keeper_killed_from_outside(iso: &str) {
     if !ready() {
         return;
     }
-    killed_from_outside("vm");
-    // The keeper itself: the VM's host processes end with it.
-    let s = Sandbox::new("vm");
+    killed_from_outside(iso);
+    // The keeper itself: the VM's host processes (UML's or QEMU's) end with it.
+    let s = Sandbox::new(iso);
     let marker = unique_id("kpk");
     let scope = cli_scope(&s, &marker);
     let before = Snapshot::take(&scope);

@@ -174,7 +174,7 @@ fn run_soak(iso: &str, total: usize, batch: usize) {
     )
     .unwrap();
     let monitor = rec["monitor_pid"].as_i64().expect("monitor pid") as i32;
-    let keeper = (iso == "vm").then(|| {
+    let keeper = iso.starts_with("vm").then(|| {
         let st: serde_json::Value = serde_json::from_slice(
             &std::fs::read(s.root.path().join("vm").join(&long).join("state.json")).unwrap(),
         )
@@ -288,6 +288,14 @@ fn soak_strata_run_rm_vms() {
         return;
     }
     run_soak("vm", count("STRATA_SOAK_VM", 20), 5);
+}
+
+#[test]
+fn soak_strata_run_rm_qemu_vms() {
+    if !root_or_skip() {
+        return;
+    }
+    run_soak("vm-qemu", count("STRATA_SOAK_QEMU", 10), 5);
 }
 
 /// `strata run --rm --network NET` on a bridge network of the test's own, `batch` at a time:

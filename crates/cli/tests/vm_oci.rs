@@ -462,6 +462,16 @@ use std::os::fd::{AsFd, AsRawFd};
 
 #[test]
 fn a_terminal_vm_gets_its_pty_through_the_console_socket_and_leaves_nothing() {
+    terminal_vm_gets_its_pty_and_leaves_nothing(None);
+}
+
+#[test]
+fn a_terminal_qemu_vm_gets_its_pty_through_the_console_socket_and_leaves_nothing() {
+    terminal_vm_gets_its_pty_and_leaves_nothing(Some("qemu"));
+}
+
+/// On the default platform, or the one `platform` names in the bundle's annotation.
+fn terminal_vm_gets_its_pty_and_leaves_nothing(platform: Option<&str>) {
     if !root_or_skip() {
         return;
     }
@@ -473,6 +483,9 @@ fn a_terminal_vm_gets_its_pty_through_the_console_socket_and_leaves_nothing() {
         let mut b = Bundle::sh(id, script);
         b.edit(|c| {
             c["annotations"] = json!({"dev.strata.isolation": "vm"});
+            if let Some(p) = platform {
+                c["annotations"]["dev.strata.vm.platform"] = json!(p);
+            }
             c["root"]["readonly"] = json!(false);
             c["process"]["terminal"] = json!(true);
             c["process"]["consoleSize"] = json!({"height": 31, "width": 97});

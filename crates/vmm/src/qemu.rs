@@ -255,6 +255,23 @@ fn missing_options(config: &str) -> (Vec<String>, Vec<String>) {
     (missing, modules)
 }
 
+/// Kernel options for hardware microvm lacks, and the command-line word that stops the driver
+/// probing for it.
+const LEGACY_HINTS: &[(&str, &str)] = &[
+    ("CONFIG_PCI", "pci=off"),
+    ("CONFIG_SERIO_I8042", "i8042.noaux"),
+    ("CONFIG_VIDEO_NOMODESET", "nomodeset"),
+];
+
+/// The hints of `LEGACY_HINTS` whose driver a kernel with this .config has.
+fn legacy_hints(config: &str) -> Vec<&'static str> {
+    LEGACY_HINTS
+        .iter()
+        .filter(|(opt, _)| matches!(config_value(config, opt), Some("y" | "m")))
+        .map(|(_, hint)| *hint)
+        .collect()
+}
+
 /// What the platform learnt about a kernel before booting it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KernelFacts {
@@ -262,8 +279,10 @@ pub(crate) struct KernelFacts {
     /// The file QEMU boots: the bzImage, or the uncompressed `vmlinux` (PVH entry) beside a
     /// strata-built one, which skips the decompressor (~20 % of the CPU time of a TCG boot).
     pub boot_file: PathBuf,
-    /// The guest's timer frequency (CONFIG_HZ), when its configuration is known.
-    pub hz: Option<u32>,
+    /// Command-line hints for legacy hardware microvm does not have (`pci=off`, `i8042.noaux`,
+    /// `nomodeset`), each only where the kernel has (or may have) the driver: a kernel without
+    /// it reports the word as unknown and passes it on to PID 1 (argv or environment).
+    pub hints: Vec<&'static str>,
     /// Describe the devices with ACPI (the kernel's configuration is unknown, or it finds
     /// virtio-mmio devices only that way); else the command line does, and the guest skips ACPI.
     pub acpi: bool,
@@ -288,7 +307,7 @@ fn check_kernel(kernel: &Path, has_initrd: bool) -> Result<KernelFacts> {
             release,
             acpi: true,
             boot_file: kernel.to_path_buf(),
-            hz: None,
+            hints: LEGACY_HINTS.iter().map(|(_, h)| *h).collect(),
         });
     };
     {
@@ -327,7 +346,7 @@ fn check_kernel(kernel: &Path, has_initrd: bool) -> Result<KernelFacts> {
         release,
         acpi: wants_acpi(&text),
         boot_file,
-        hz: config_value(&text, "CONFIG_HZ").and_then(|v| v.parse().ok()),
+        hints: legacy_hints(&text),
     })
 }
 
@@ -372,7 +391,7 @@ pub(crate) fn kernel_cmdline(
     config: &VmConfig,
     accel: Accel,
     tsc_khz: Option<u64>,
-    hz: Option<u32>,
+    hints: &[&str],
 ) -> String {
     let mut p: Vec<String> = vec![
         "console=ttyS0".into(),
@@ -381,19 +400,27 @@ pub(crate) fn kernel_cmdline(
         "reboot=t".into(),
         "panic=-1".into(),
         "strata.halt=reboot".into(),
-        // Nothing probes for hardware that microvm does not have.
-        "pci=off".into(),
-        "i8042.noaux".into(),
-        "nomodeset".into(),
     ];
+    // Nothing probes for hardware that microvm does not have.
+    p.extend(hints.iter().map(|h| h.to_string()));
     if accel == Accel::Tcg {
+        // Under TCG the guest's TSC is the host's: telling the guest its rate spares the PIT
+        // calibration (which fails under emulation in ~40 % of boots), and `tsc=reliable` keeps
+        // the clocksource watchdog from comparing it with late PIT ticks, declaring it unstable
+        // and moving the guest clock to jiffies (it did so in every boot measured).
         if let Some(khz) = tsc_khz {
             p.push(format!("tsc_early_khz={khz}"));
         }
+        p.push("tsc=reliable".into());
         p.push("no_timer_check".into());
-        // QEMU's local APIC timer runs at 1 GHz: telling the guest spares its 100 ms calibration.
-        if let Some(hz) = hz.filter(|h| *h > 0) {
-            p.push(format!("lapic_timer_period={}", 1_000_000_000 / hz));
+        if config.vcpus == 1 {
+            // TCG has no TSC-deadline timer, so the kernel would calibrate the local APIC timer
+            // against the PIT and verify it, waiting 2 x 100 ms of real time. One vCPU needs no
+            // per-CPU timer: the PIT is the tick (one-shot, so an idle guest still sleeps).
+            p.push("noapictimer".into());
+            // Nor SMP locking: patching every LOCK prefix to a UP no-op (thousands of
+            // text_pokes, each a CR3 switch that flushes TCG's TLB) took ~0.2 s.
+            p.push("noreplace-smp".into());
         }
     }
     p.push(format!("strata.channel={CHANNEL_DEVICE}"));
@@ -452,7 +479,7 @@ pub(crate) fn command_line(
     if config.initrd.is_some() {
         push(&["-initrd", "/initrd"]);
     }
-    let cmdline = kernel_cmdline(config, accel, tsc_khz, facts.hz);
+    let cmdline = kernel_cmdline(config, accel, tsc_khz, &facts.hints);
     push(&["-append", &cmdline]);
     // The serial port (kernel console) on stdout: the console log or /dev/null.
     push(&[
@@ -1002,9 +1029,20 @@ mod tests {
         let f = check_kernel(&bz, true).unwrap();
         assert_eq!(f.boot_file, bz);
         assert_eq!(
-            (f.release.as_str(), f.acpi, f.hz),
-            ("6.1.192-strata", false, Some(100))
+            (f.release.as_str(), f.acpi, f.hints.is_empty()),
+            ("6.1.192-strata", false, true)
         );
+        // A kernel with PCI and the i8042 driver gets told not to probe for them.
+        std::fs::write(
+            dir.path().join("config"),
+            format!("{config}CONFIG_PCI=y\nCONFIG_SERIO_I8042=m\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            check_kernel(&bz, true).unwrap().hints,
+            ["pci=off", "i8042.noaux"]
+        );
+        std::fs::write(dir.path().join("config"), config).unwrap();
         std::fs::write(dir.path().join("vmlinux"), b"\x7fELF").unwrap();
         assert_eq!(
             check_kernel(&bz, true).unwrap().boot_file,
@@ -1063,7 +1101,7 @@ mod tests {
             release: "6.1".into(),
             acpi,
             boot_file: "/k".into(),
-            hz: Some(100),
+            hints: vec![],
         };
         let a = command_line(&c, Accel::Tcg, Some(2_445_406), &facts(false));
         let joined = a.join(" ");
@@ -1092,8 +1130,23 @@ mod tests {
         assert!(k.join(" ").contains("-accel kvm -cpu host"));
         assert!(k.join(" ").contains("acpi=on"));
         assert!(joined.contains("acpi=off"));
-        assert!(append.contains("lapic_timer_period=10000000"), "{append}");
-        assert!(!kernel_cmdline(&c, Accel::Kvm, Some(1), Some(100)).contains("tsc_early_khz"));
+        // Two vCPUs keep the local APIC timer and SMP locking.
+        assert!(append.contains("tsc=reliable"), "{append}");
+        assert!(!append.contains("noapictimer"), "{append}");
+        assert!(!append.contains("pci=off"), "{append}");
+        c.vcpus = 1;
+        let one = kernel_cmdline(&c, Accel::Tcg, Some(1), &["pci=off"]);
+        assert!(one.contains(" pci=off "), "{one}");
+        assert!(one.contains(" noapictimer noreplace-smp "), "{one}");
+        let kvm = kernel_cmdline(&c, Accel::Kvm, Some(1), &[]);
+        for tcg_only in [
+            "tsc_early_khz",
+            "tsc=reliable",
+            "noapictimer",
+            "noreplace-smp",
+        ] {
+            assert!(!kvm.contains(tcg_only), "{kvm}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use super::command::{run, wait_for};
 use super::image::IMAGE_REF;
 use super::matrix::Layer;
-use super::runtime::{Runtime, VM_ANNOTATION};
+use super::runtime::Runtime;
 use super::{cmd_timeout, sh, Engine};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -74,8 +74,8 @@ impl CliEngine {
                 c.arg("--runtime").arg(f(rt.name, layer));
             }
             RuntimeSelection::PodmanPath => {
-                if layer == Layer::Vm {
-                    c.arg("--annotation").arg(VM_ANNOTATION);
+                for a in layer.annotations() {
+                    c.arg("--annotation").arg(a);
                 }
             }
         }

@@ -61,11 +61,41 @@ impl Op {
     }
 }
 
-/// Container (namespaces + cgroups) or VM (annotation `dev.strata.isolation=vm`).
+/// Container (namespaces + cgroups) or VM (annotation `dev.strata.isolation=vm`) on the default
+/// platform (uml here) or on QEMU (`dev.strata.vm.platform=qemu` as well).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Layer {
     Container,
     Vm,
+    VmQemu,
+}
+
+impl Layer {
+    /// Whether the layer is a VM (either platform).
+    pub fn is_vm(self) -> bool {
+        self != Layer::Container
+    }
+
+    /// The bundle annotations (`key=value`) that select this layer.
+    pub fn annotations(self) -> &'static [&'static str] {
+        match self {
+            Layer::Container => &[],
+            Layer::Vm => &[super::runtime::VM_ANNOTATION],
+            Layer::VmQemu => &[
+                super::runtime::VM_ANNOTATION,
+                super::runtime::QEMU_ANNOTATION,
+            ],
+        }
+    }
+
+    /// The row label of the summary.
+    pub fn label(self) -> &'static str {
+        match self {
+            Layer::Container => "container",
+            Layer::Vm => "vm",
+            Layer::VmQemu => "vm-qemu",
+        }
+    }
 }
 
 enum Outcome {
@@ -179,7 +209,7 @@ impl Matrix {
             "engines: {:<10} {:<10} {:<9} {:<14} {}",
             self.engine,
             r.runtime,
-            format!("{:?}", r.layer).to_lowercase(),
+            r.layer.label(),
             r.op.name(),
             what
         )

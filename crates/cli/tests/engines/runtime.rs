@@ -14,6 +14,8 @@ pub const RUNC: &str = "/usr/sbin/runc";
 
 /// The annotation that selects strata's VM layer.
 pub const VM_ANNOTATION: &str = "dev.strata.isolation=vm";
+/// With [`VM_ANNOTATION`]: the VM runs on the qemu platform.
+pub const QEMU_ANNOTATION: &str = "dev.strata.vm.platform=qemu";
 
 /// One runtime binary as an engine sees it.
 pub struct Runtime {
@@ -89,6 +91,12 @@ pub fn strata_oci_path() -> PathBuf {
 /// `strata-oci features` does not advertise the isolation annotation, or a probe bundle annotated
 /// `dev.strata.isolation=vm` fails or does not see a guest kernel (its `uname -r` equals the host's).
 pub fn probe_vm_isolation(sb: &Sandbox, rootfs: &Path) -> Result<(), String> {
+    probe_vm_layer(sb, rootfs, &[VM_ANNOTATION]).map(drop)
+}
+
+/// [`probe_vm_isolation`] with the bundle annotated `annotations` (`key=value`), e.g. a platform;
+/// Ok carries the guest kernel's release.
+pub fn probe_vm_layer(sb: &Sandbox, rootfs: &Path, annotations: &[&str]) -> Result<String, String> {
     let strata = strata_oci_path();
     let features = run(
         Command::new(&strata).arg("features"),
@@ -115,7 +123,7 @@ pub fn probe_vm_isolation(sb: &Sandbox, rootfs: &Path) -> Result<(), String> {
         return Err("`strata-oci features` lists no dev.strata.isolation annotation".into());
     }
 
-    let bundle = sb.path("vm-probe");
+    let bundle = sb.path(&format!("vm-probe{}", annotations.len()));
     fs::create_dir_all(&bundle).map_err(|e| e.to_string())?;
     run(
         Command::new(RUNC).args(["spec", "--bundle"]).arg(&bundle),
@@ -129,18 +137,22 @@ pub fn probe_vm_isolation(sb: &Sandbox, rootfs: &Path) -> Result<(), String> {
     cfg["process"]["args"] = serde_json::json!(["uname", "-r"]);
     cfg["process"]["terminal"] = serde_json::json!(false);
     cfg["root"]["path"] = serde_json::json!(rootfs);
-    let (k, v) = VM_ANNOTATION.split_once('=').expect("annotation has =");
-    cfg["annotations"] = serde_json::json!({ k: v });
+    let mut notes = serde_json::Map::new();
+    for a in annotations {
+        let (k, v) = a.split_once('=').expect("annotation has =");
+        notes.insert(k.into(), v.into());
+    }
+    cfg["annotations"] = serde_json::Value::Object(notes);
     fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).map_err(|e| e.to_string())?;
 
-    let root = sb.path("vm-probe-root");
+    let root = sb.path(&format!("vm-probe-root{}", annotations.len()));
     let probe = run(
         Command::new(&strata)
             .arg("--root")
             .arg(&root)
             .args(["run", "--bundle"])
             .arg(&bundle)
-            .arg(format!("{}-vmprobe", sb.name)),
+            .arg(format!("{}-vmprobe{}", sb.name, annotations.len())),
         Duration::from_secs(180),
     );
     if probe.code != 0 {
@@ -153,5 +165,5 @@ pub fn probe_vm_isolation(sb: &Sandbox, rootfs: &Path) -> Result<(), String> {
             host.trim()
         ));
     }
-    Ok(())
+    Ok(probe.stdout.trim().to_string())
 }
