@@ -404,3 +404,42 @@ isolation_tests!(
     names,
     rm_leaves_nothing
 );
+
+/// A UML VM and a QEMU VM of one image at once share its read-only root disk. QEMU's image
+/// locks conflicted with UML's lock on that file: the qemu VM failed to start with "Failed to
+/// get consistent read lock" while a UML VM of the image ran.
+#[test]
+fn uml_and_qemu_vms_of_one_image_run_at_once() {
+    if !strata_testkit::root_and_busybox() {
+        return;
+    }
+    // "container": no isolation flags added; each run names its own platform.
+    let s = Sandbox::new("container");
+    let name = format!("both-{}", std::process::id());
+    s.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--vm",
+        "--platform",
+        "uml",
+        "busybox",
+        "sleep",
+        "60",
+    ]);
+    let out = s.strata(&[
+        "run",
+        "--rm",
+        "--vm",
+        "--platform",
+        "qemu",
+        "busybox",
+        "echo",
+        "qemu-ok",
+    ]);
+    s.ok(&["rm", "-f", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "qemu-ok");
+    s.assert_nothing_left(&[]);
+}

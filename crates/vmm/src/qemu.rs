@@ -508,8 +508,12 @@ pub(crate) fn command_line(
     for (i, disk) in config.disks.iter().enumerate() {
         let node = match (&disk.cow, disk.read_only) {
             (Some(_), _) => {
+                // The read-only base is shared by every VM of the image, UML's too: UML locks
+                // it with a whole-file POSIX lock that QEMU's byte-range image locks conflict
+                // with ("Failed to get consistent read lock"). It is never written, so QEMU's
+                // locking guards nothing here; the per-VM qcow2 layer keeps its lock.
                 let base = format!(
-                    "driver=raw,node-name=base{i},read-only=on,file.driver=file,file.filename=/disk{i}"
+                    "driver=raw,node-name=base{i},read-only=on,file.driver=file,file.filename=/disk{i},file.locking=off"
                 );
                 let top = format!(
                     "driver=qcow2,node-name=disk{i},backing=base{i},file.driver=file,file.filename=/disk{i}.qcow2"
@@ -519,8 +523,10 @@ pub(crate) fn command_line(
             }
             (None, ro) => {
                 let bd = format!(
-                    "driver=raw,node-name=disk{i},read-only={},file.driver=file,file.filename=/disk{i}",
-                    if ro { "on" } else { "off" }
+                    "driver=raw,node-name=disk{i},read-only={},file.driver=file,file.filename=/disk{i}{}",
+                    if ro { "on" } else { "off" },
+                    // Shared read-only disks: as the base above.
+                    if ro { ",file.locking=off" } else { "" }
                 );
                 push(&["-blockdev", &bd]);
                 format!("disk{i}")
@@ -1114,7 +1120,8 @@ mod tests {
             "socket,id=chan,fd=3",
             "file.filename=/disk0.qcow2",
             "backing=base0",
-            "driver=raw,node-name=disk1,read-only=on,file.driver=file,file.filename=/disk1",
+            "driver=raw,node-name=disk1,read-only=on,file.driver=file,file.filename=/disk1,file.locking=off",
+            "file.filename=/disk0,file.locking=off",
             "-sandbox on,",
         ] {
             assert!(joined.contains(want), "{want}: {joined}");
