@@ -412,7 +412,8 @@ fn soak_strata_run_rm_bridge_network() {
         assert!(netns.is_empty(), "netns files left: {netns:?}");
         let att = listing(s.root.path().join("net/attachments"));
         assert!(att.is_empty(), "attachments left: {att:?}");
-        assert!(s.ps().is_empty(), "containers left");
+        let left = s.ps();
+        assert!(left.is_empty(), "containers left: {left:#?}");
         done += n;
     }
     println!(

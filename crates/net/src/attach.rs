@@ -677,7 +677,7 @@ impl Networks {
                 .filter(|e| seen.insert((e.ip, e.names.clone())))
                 .collect();
             let text = names::render_hosts(own.as_ref(), &peers);
-            match names::write_in_place(hosts_file, &text) {
+            match names::write_in_place(hosts_file, &text, t.container_id == container_id) {
                 Ok(()) => {}
                 Err(e) if t.container_id == container_id => return Err(e),
                 Err(_) => {}

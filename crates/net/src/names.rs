@@ -57,10 +57,14 @@ pub fn render_hosts(own: Option<&HostEntry>, peers: &[HostEntry]) -> String {
 
 /// Writes `content` into an existing file in place (truncate + write, same inode): the file is
 /// bind-mounted into a running container, where a rename would not show.
-pub fn write_in_place(path: &Path, content: &str) -> Result<(), Error> {
+///
+/// `create`: make the file when missing. Only for the member being attached: a peer's file that
+/// is gone belongs to a container being removed, and re-creating it would race that removal
+/// (its directory's removal then fails and a half-removed container stays listed).
+pub fn write_in_place(path: &Path, content: &str, create: bool) -> Result<(), Error> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
+        .create(create)
         .truncate(false)
         .open(path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
@@ -121,6 +125,19 @@ pub fn render_resolv_conf(dns: &Dns) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// A peer's hosts file that is gone (its container is being removed) is not made again:
+    /// that raced the container's directory removal and left it listed (seen in the soak).
+    #[test]
+    fn a_missing_peer_hosts_file_is_not_recreated() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("hosts");
+        assert!(write_in_place(&p, "x\n", false).is_err());
+        assert!(!p.exists());
+        write_in_place(&p, "own\n", true).unwrap();
+        write_in_place(&p, "peer\n", false).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "peer\n");
+    }
     use super::*;
 
     #[test]
