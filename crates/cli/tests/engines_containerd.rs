@@ -277,10 +277,15 @@ fn network_cells(h: &mut Harness, ctr: &Ctr) {
         }
     }
     let mut failed = Vec::new();
-    for rt in [&h.runc, &h.strata] {
-        let name = format!("net-{}", rt.name);
-        let body = format!("served-by-{}-under-containerd", rt.name);
-        let mut run = ctr.run_base(rt, Layer::Container);
+    // Not strata's VM layer yet: ctr 1.6 runs CNI ADD on /proc/<task pid>/ns/net after create,
+    // and a VM's task pid (its keeper) has no namespace of its own for that (the plugin then
+    // finds the host's eth0 and fails: "container veth name provided (eth0) already exists");
+    // docs/engines.md. Podman, which hands the runtime a prepared namespace, has the VM cell.
+    for (rt, layer) in [(&h.runc, Layer::Container), (&h.strata, Layer::Container)] {
+        let cell_name = format!("{}/{}", rt.name, layer.label());
+        let name = format!("net-{}-{}", rt.name, layer.label());
+        let body = format!("served-by-{}-{}-under-containerd", rt.name, layer.label());
+        let mut run = ctr.run_base(rt, layer);
         run.args(["--rm", "--cni", IMAGE_REF, &name, "sh", "-c"])
             .arg(format!(
                 "{} & wait",
@@ -297,9 +302,27 @@ fn network_cells(h: &mut Harness, ctr: &Ctr) {
                     .map(|(p, _)| p)
                     .ok_or_else(|| "the task is not running".to_string())
             })?;
+            // The namespace CNI set up, as containerd handed it to the runtime: a VM's task pid
+            // (its keeper) is not in it, the guest's NIC took its interface over.
+            let bundle =
+                h.sb.path("containerd")
+                    .join("state/io.containerd.runtime.v2.task")
+                    .join(&ctr.namespace)
+                    .join(&name);
+            let config: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(bundle.join("config.json"))
+                    .map_err(|e| format!("config.json: {e}"))?,
+            )
+            .map_err(|e| format!("config.json: {e}"))?;
+            let netns = config["linux"]["namespaces"]
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["type"] == "network"))
+                .and_then(|n| n["path"].as_str())
+                .map(String::from)
+                .unwrap_or_else(|| format!("/proc/{pid}/ns/net"));
             let ip = engines::command::wait_for(Duration::from_secs(30), || {
                 let o = Command::new("nsenter")
-                    .arg(format!("--net=/proc/{pid}/ns/net"))
+                    .arg(format!("--net={netns}"))
                     .args(["ip", "-4", "-o", "addr", "show", "eth0"])
                     .output()
                     .map_err(|e| e.to_string())?;
@@ -324,12 +347,18 @@ fn network_cells(h: &mut Harness, ctr: &Ctr) {
         // plugin cannot find the address to unmasquerade and leaves that rule (runc and
         // strata-oci alike; docs/engines.md). The test removes what it made.
         network::remove_masquerade_leftovers(&format!("{}-{name}", ctr.namespace));
-        let cell = cell.and(status);
+        let cell = cell.and(status).map_err(|e| {
+            let mut err = String::new();
+            if let Some(mut p) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut p, &mut err);
+            }
+            format!("{e} (ctr run's stderr: {})", err.trim())
+        });
         match cell {
-            Ok(()) => eprintln!("containerd ctr run --cni, {}: pass", rt.name),
+            Ok(()) => eprintln!("containerd ctr run --cni, {cell_name}: pass"),
             Err(e) => {
-                eprintln!("containerd ctr run --cni, {}: FAIL: {e}", rt.name);
-                failed.push(format!("{}: {e}", rt.name));
+                eprintln!("containerd ctr run --cni, {cell_name}: FAIL: {e}");
+                failed.push(format!("{cell_name}: {e}"));
             }
         }
     }
