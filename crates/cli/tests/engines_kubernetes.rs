@@ -1,13 +1,15 @@
 //! The Kubernetes registration of docs/kubernetes.md, tested as far as this machine allows: the
 //! containerd config snippet is taken from the doc itself, pointed at the built strata-oci, and a
 //! private containerd with the CRI plugin enabled must load it (cri plugin `ok`, both handlers in
-//! `config dump` and in the CRI plugin's start-up configuration), and the VM handler's binary (the
-//! `strata-oci --vm` wrapper) must run a container in a VM through containerd's runc shim.
+//! `config dump` and in the CRI plugin's start-up configuration), and each VM handler's binary
+//! (the `strata-oci --vm` wrapper, on the default platform and on qemu) must run a container in a
+//! VM through containerd's runc shim.
 
 mod engines;
 
 use engines::command::{run, wait_for};
 use engines::daemons::{start_containerd, tail};
+use engines::matrix::Layer;
 use engines::sandbox::Sandbox;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -32,22 +34,36 @@ fn doc_snippet() -> String {
 fn containerd_cri_loads_the_documented_strata_handlers() {
     let mut sb = Sandbox::new("k8s");
     let strata = env!("CARGO_BIN_EXE_strata-oci");
-    let vm_wrapper = sb.path("strata-oci-vm");
-    fs::write(
-        &vm_wrapper,
-        format!("#!/bin/sh\nexec {strata} --vm \"$@\"\n"),
-    )
-    .unwrap();
-    fs::set_permissions(&vm_wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    // The wrappers of docs/kubernetes.md's install step, pointed at the built binary.
+    let wrapper = |name: &str, env: &str| {
+        let path = sb.path(name);
+        fs::write(
+            &path,
+            format!("#!/bin/sh\n{env}exec {strata} --vm \"$@\"\n"),
+        )
+        .unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    };
+    let vm_wrapper = wrapper("strata-oci-vm", "");
+    let qemu_wrapper = wrapper("strata-oci-vm-qemu", "STRATA_VM_PLATFORM=qemu ");
 
+    // The qemu wrapper's path first: the default one is a prefix of it.
     let snippet = doc_snippet()
         .replace(
-            "/usr/local/bin/strata-oci-vm",
-            &vm_wrapper.display().to_string(),
+            "/usr/local/bin/strata-oci-vm-qemu",
+            &qemu_wrapper.display().to_string(),
+        )
+        .replace(
+            "/usr/local/bin/strata-oci-vm\"",
+            &format!("{}\"", vm_wrapper.display()),
         )
         .replace("/usr/local/bin/strata-oci\"", &format!("{strata}\""));
     assert!(
-        snippet.contains(strata) && snippet.contains(&*vm_wrapper.to_string_lossy()),
+        snippet.contains(strata)
+            && snippet.contains(&*vm_wrapper.to_string_lossy())
+            && snippet.contains(&*qemu_wrapper.to_string_lossy())
+            && !snippet.contains("/usr/local/bin"),
         "{snippet}"
     );
     // Keep the CRI plugin's host-facing paths inside the sandbox; never pull the pause image.
@@ -112,6 +128,7 @@ fn containerd_cri_loads_the_documented_strata_handlers() {
     for (handler, binary) in [
         ("strata", strata.to_string()),
         ("strata-vm", vm_wrapper.display().to_string()),
+        ("strata-vm-qemu", qemu_wrapper.display().to_string()),
     ] {
         let table = format!(
             "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{handler}.options]"
@@ -140,7 +157,7 @@ fn containerd_cri_loads_the_documented_strata_handlers() {
             .ok_or_else(|| "no CRI start-up line yet".to_string())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", tail(&cd.log)));
-    for handler in ["strata", "strata-vm"] {
+    for handler in ["strata", "strata-vm", "strata-vm-qemu"] {
         let entry = format!("{handler}:{{Type:io.containerd.runc.v2");
         assert!(
             log.contains(&entry),
@@ -148,17 +165,13 @@ fn containerd_cri_loads_the_documented_strata_handlers() {
         );
     }
     assert!(
-        log.contains("PodAnnotations:[dev.strata.isolation]"),
-        "strata handler lets dev.strata.isolation through:\n{log}"
+        log.contains("PodAnnotations:[dev.strata.isolation dev.strata.vm.platform]"),
+        "strata handler lets dev.strata.isolation and dev.strata.vm.platform through:\n{log}"
     );
 
-    // The VM handler's binary (the documented `--vm` wrapper) runs an unannotated container in a
-    // VM through containerd's runc shim: the same shim calls the CRI plugin makes for a pod.
+    // Each VM handler's binary (the documented `--vm` wrappers) runs an unannotated container in
+    // a VM through containerd's runc shim: the same shim calls the CRI plugin makes for a pod.
     let img = engines::image::build(&sb);
-    // Expected to run wherever the VM rows of the other engine tests pass: not a skip.
-    if let Err(why) = engines::runtime::probe_vm_isolation(&sb, &img.rootfs) {
-        panic!("the strata-vm handler cannot run, VM isolation is unavailable: {why}");
-    }
     let ctr = || {
         let mut c = Command::new("ctr");
         c.arg("-a").arg(&cd.socket).arg("-n").arg(&sb.name);
@@ -170,26 +183,52 @@ fn containerd_cri_loads_the_documented_strata_handlers() {
     )
     .ok()
     .expect("ctr images import");
-    let o = run(
-        ctr()
-            .args(["run", "--rm", "--runc-binary"])
-            .arg(&vm_wrapper)
-            .arg("--runc-root")
-            .arg(sb.path("runc-root"))
-            .arg("--fifo-dir")
-            .arg(sb.path("fifo"))
-            .arg(engines::image::IMAGE_REF)
-            .arg(format!("{}-vm", sb.name))
-            .args(["uname", "-r"]),
-        Duration::from_secs(120),
-    )
-    .ok()
-    .unwrap_or_else(|e| panic!("ctr run through the strata-vm handler's binary: {e}"));
     let host = run(Command::new("uname").arg("-r"), Duration::from_secs(5)).stdout;
-    assert!(
-        !o.stdout.trim().is_empty() && o.stdout.trim() != host.trim(),
-        "the strata-vm handler's binary should run the container on a guest kernel, not the host's {}:\n{}",
-        host.trim(),
-        o.describe()
-    );
+    // Where the host has VMX/SVM the default platform is qemu too (`auto` picks qemu+kvm).
+    let default_is_qemu = fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|c| c.split_whitespace().any(|w| w == "vmx" || w == "svm"));
+    let mut default_release = String::new();
+    for (layer, handler, binary) in [
+        (Layer::Vm, "strata-vm", &vm_wrapper),
+        (Layer::VmQemu, "strata-vm-qemu", &qemu_wrapper),
+    ] {
+        // Expected to run wherever the VM rows of the other engine tests pass: not a skip.
+        if let Err(why) = engines::runtime::probe_vm_layer(&sb, &img.rootfs, layer.annotations()) {
+            panic!("the {handler} handler cannot run, VM isolation is unavailable: {why}");
+        }
+        let o = run(
+            ctr()
+                .args(["run", "--rm", "--runc-binary"])
+                .arg(binary)
+                .arg("--runc-root")
+                .arg(sb.path("runc-root"))
+                .arg("--fifo-dir")
+                .arg(sb.path("fifo"))
+                .arg(engines::image::IMAGE_REF)
+                .arg(format!("{}-{}", sb.name, layer.label()))
+                .args(["uname", "-r"]),
+            Duration::from_secs(120),
+        )
+        .ok()
+        .unwrap_or_else(|e| panic!("ctr run through the {handler} handler's binary: {e}"));
+        let release = o.stdout.trim();
+        assert!(
+            !release.is_empty() && release != host.trim(),
+            "the {handler} handler's binary should run the container on a guest kernel, not the host's {}:\n{}",
+            host.trim(),
+            o.describe()
+        );
+        if layer == Layer::Vm {
+            default_release = release.to_string();
+        } else if !default_is_qemu {
+            // Each platform boots its own kernel: the same release means the platform was ignored.
+            assert_ne!(
+                release,
+                default_release,
+                "the {handler} handler's binary booted the default platform's (UML's) kernel: \
+                 STRATA_VM_PLATFORM=qemu was ignored:\n{}",
+                o.describe()
+            );
+        }
+    }
 }

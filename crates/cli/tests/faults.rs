@@ -272,10 +272,22 @@ fn strata_run_killed_at_each_point_leaves_nothing_after_rm_f() {
 
 #[test]
 fn strata_run_vm_killed_at_each_point_leaves_nothing_after_rm_f() {
+    vm_run_killed_at_each_point("vm");
+}
+
+/// The same kill points on QEMU: they are the keeper's and the engine's, not a platform's, but
+/// what must end and be cleaned up behind them (QEMU's process, its jail and cgroup, its
+/// sockets and disks) is the platform's.
+#[test]
+fn strata_run_qemu_vm_killed_at_each_point_leaves_nothing_after_rm_f() {
+    vm_run_killed_at_each_point("vm-qemu");
+}
+
+fn vm_run_killed_at_each_point(iso: &str) {
     if !ready() {
         return;
     }
-    let s = Sandbox::new("vm");
+    let s = Sandbox::new(iso);
     for p in ["prepare:rootfs", "run:started", "run:exited"] {
         run_killed_at(&s, "rm", p, &["true"]);
     }
@@ -445,6 +457,16 @@ fn vm_monitor_and_keeper_killed_from_outside(iso: &str) {
 /// `delete --force`.
 #[test]
 fn oci_vm_create_killed_at_each_point_leaves_nothing_after_delete_force() {
+    oci_vm_create_killed_at_each_point(None);
+}
+
+/// The same on QEMU (`STRATA_VM_PLATFORM=qemu`, what a `strata-vm-qemu` engine runtime sets).
+#[test]
+fn oci_qemu_vm_create_killed_at_each_point_leaves_nothing_after_delete_force() {
+    oci_vm_create_killed_at_each_point(Some("qemu"));
+}
+
+fn oci_vm_create_killed_at_each_point(platform: Option<&str>) {
     if !ready() {
         return;
     }
@@ -454,7 +476,11 @@ fn oci_vm_create_killed_at_each_point_leaves_nothing_after_delete_force() {
         let b = Bundle::sh(&id, "sleep 1000");
         let scope = oci_scope(&oci, &b, &id);
         let before = Snapshot::take(&scope);
-        let st = Command::new(oci_bin())
+        let mut c = Command::new(oci_bin());
+        if let Some(p) = platform {
+            c.env("STRATA_VM_PLATFORM", p);
+        }
+        let st = c
             .arg("--root")
             .arg(oci.root.path())
             .args([
@@ -483,6 +509,39 @@ fn oci_vm_create_killed_at_each_point_leaves_nothing_after_delete_force() {
             &scope,
             &before,
         );
+    }
+    // The platform asked for is the one the kills hit (a failing create proves nothing): the
+    // same create, not killed, boots on it.
+    if let Some(p) = platform {
+        let id = unique_id("kpv");
+        let b = Bundle::sh(&id, "sleep 1000");
+        let scope = oci_scope(&oci, &b, &id);
+        let before = Snapshot::take(&scope);
+        let mut c = Command::new(oci_bin());
+        c.env("STRATA_VM_PLATFORM", p)
+            .arg("--root")
+            .arg(oci.root.path())
+            .args([
+                "--vm",
+                "create",
+                "--bundle",
+                b.path().to_str().unwrap(),
+                &id,
+            ]);
+        // The keeper keeps the create's stdio: files, not pipes.
+        let (st, _, stderr) = run_to_files(c, 120);
+        oci.track(&id);
+        let state: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(oci.root.path().join("vm").join(&id).join("state.json"))
+                .unwrap_or_default(),
+        )
+        .unwrap_or_default();
+        oci.ok(&["delete", "--force", &id]);
+        assert!(
+            st.success() && state["platform"] == p && state["accelerator"].is_string(),
+            "create --vm did not boot on {p} ({st:?}: {stderr}): state {state}"
+        );
+        assert_no_leaks(&format!("strata-oci --vm create on {p}"), &scope, &before);
     }
 }
 

@@ -297,10 +297,20 @@ impl Drop for Oci {
                     .map(|e| e.file_name().to_string_lossy().into_owned()),
             );
         }
+        // A VM's state lives under root/vm: without this a test that panics leaves its VM
+        // (keeper and guest) running.
+        let vm = self.root.path().join("vm");
+        if let Ok(rd) = std::fs::read_dir(&vm) {
+            ids.extend(
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.')),
+            );
+        }
         ids.sort();
         ids.dedup();
         for id in ids {
-            if self.root.path().join(&id).exists() {
+            if id != "vm" && (self.root.path().join(&id).exists() || vm.join(&id).exists()) {
                 let _ = Command::new(oci_bin())
                     .arg("--root")
                     .arg(self.root.path())
