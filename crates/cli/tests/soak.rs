@@ -333,6 +333,23 @@ fn soak_strata_run_rm_bridge_network() {
     let net = format!("soaknet{}", std::process::id());
     let subnet = format!("10.{}.{}.0/24", 190, 20 + std::process::id() % 200);
     ok(&s, &["network", "create", "--subnet", &subnet, &net]);
+    // Removes the network (its bridge device outlives the config directory) even when an
+    // assertion below fails: a failed run once left its bridge on the host.
+    struct RmNetwork<F: Fn()>(F);
+    impl<F: Fn()> Drop for RmNetwork<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let _rm_network = {
+        let (s, net, conf_path) = (s.clone(), net.clone(), conf.path().to_path_buf());
+        RmNetwork(move || {
+            let mut c = s.cmd();
+            c.env("STRATA_NET_CONFIG_DIR", &conf_path)
+                .args(["network", "rm", &net]);
+            let _ = cli_common::output_timeout(c, None, Duration::from_secs(60));
+        })
+    };
     let bridge = {
         use sha2::Digest;
         format!(
@@ -421,4 +438,5 @@ fn soak_strata_run_rm_bridge_network() {
         t0.elapsed().as_secs_f64()
     );
     ok(&s, &["network", "rm", &net]);
+    // (the guard's second `network rm` finds nothing and fails quietly)
 }
