@@ -276,6 +276,8 @@ fn network_cells(h: &mut Harness, ctr: &Ctr) {
             );
         }
     }
+    // The conflist's bridge (Podman's cni-podman0), made by the first ADD and left by ctr.
+    h.sb.remove_link_if_created("cni-podman0");
     let mut failed = Vec::new();
     // Not strata's VM layer yet: ctr 1.6 runs CNI ADD on /proc/<task pid>/ns/net after create,
     // and a VM's task pid (its keeper) has no namespace of its own for that (the plugin then

@@ -70,7 +70,7 @@ fn podman_drives_runc_and_strata_oci() {
     if !engines::only_network() {
         h.run_matrix(&podman, STRATA_PASSING, STRATA_VM_PASSING);
     }
-    network_cells(&h, &podman);
+    network_cells(&mut h, &podman);
 }
 
 /// `podman run --network bridge -p`: podman's default CNI network (bridge, portmap) around a
@@ -78,7 +78,9 @@ fn podman_drives_runc_and_strata_oci() {
 /// answers a real HTTP client on the host's loopback through the published port, and the port
 /// goes with the container. The same on strata's VM layer (UML platform: networks on qemu are
 /// refused, docs/networking.md): the guest's NIC takes over the namespace podman prepared.
-fn network_cells(h: &Harness, podman: &CliEngine) {
+fn network_cells(h: &mut Harness, podman: &CliEngine) {
+    // Podman makes its default network's bridge on first use and leaves it.
+    h.sb.remove_link_if_created("cni-podman0");
     let mut failed = Vec::new();
     for (rt, layer) in [
         (&h.runc, Layer::Container),

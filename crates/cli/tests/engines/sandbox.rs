@@ -117,6 +117,13 @@ impl Sandbox {
         }
     }
 
+    /// Records the host network device `name` (a bridge an engine makes on first use of its
+    /// default network, e.g. Podman's cni-podman0) for removal with the sandbox, when it does
+    /// not exist yet. Kept with the host paths as `/sys/class/net/<name>`.
+    pub fn remove_link_if_created(&mut self, name: &str) {
+        self.remove_if_created(&format!("/sys/class/net/{name}"));
+    }
+
     /// Whether the adopted daemon with this pid has exited (reaping it).
     pub fn daemon_exited(&mut self, pid: i32) -> bool {
         self.daemons
@@ -378,7 +385,13 @@ impl Sandbox {
             eprintln!("sandbox {}: cgroups left behind: {left:?}", self.name);
         }
         for p in &self.host_paths {
-            if p.is_dir() {
+            if let Ok(link) = p.strip_prefix("/sys/class/net") {
+                let _ = std::process::Command::new("ip")
+                    .args(["link", "del"])
+                    .arg(link)
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            } else if p.is_dir() {
                 let _ = fs::remove_dir_all(p);
             } else {
                 let _ = fs::remove_file(p);
