@@ -45,6 +45,14 @@ strata_rows() {
   cmds+=(-n "$label: network none" "$st run --rm --network none busybox true")
   cmds+=(-n "$label: network $net (bridge)" "$st run --rm --network $net busybox true")
   cmds+=(-n "$label: network $net, -p 127.0.0.1::80" "$st run --rm --network $net -p 127.0.0.1::80 busybox true")
+  # The same network without pre-attached namespaces (every start runs the plugins), when this
+  # build has --pool.
+  if $st network create --help 2>/dev/null | grep -q -- --pool; then
+    local cold="nsb$$x${k}c"
+    $st network create --pool 0 --subnet "10.198.$(($$ % 100 + 20 + k)).0/24" "$cold" >/dev/null
+    nets+=("$b $cold $d")
+    cmds+=(-n "$label: network $cold (bridge, --pool 0)" "$st run --rm --network $cold busybox true")
+  fi
   k=$((k + 1))
 }
 

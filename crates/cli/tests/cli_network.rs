@@ -7,6 +7,7 @@
 
 mod cli_common;
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -755,4 +756,160 @@ fn twenty_concurrent_runs_get_twenty_addresses() {
     assert_eq!(addrs.len(), 20, "{addrs:?}");
     n.assert_no_network_left(&[]);
     n.ok(&["network", "rm", &net]);
+}
+
+/// The network's pre-attached namespaces (`--pool`, 2 by default): a run takes a ready one (its
+/// attachment names the slot; no plugin ran), the pool is refilled off the run's path, a filler
+/// killed mid-slot leaves an unfinished slot that the next filler or `network prune` ends, a
+/// killed pooled run is undone by prune like any other, and `network rm` takes the pool with
+/// the network: no namespace mount, veth or bridge is left.
+#[test]
+fn runs_take_pre_attached_namespaces_and_the_pool_goes_with_the_network() {
+    if !ready_or_skip() {
+        return;
+    }
+    let n = Net::new();
+    let net = format!("pool{}", std::process::id());
+    n.ok(&["network", "create", "--subnet", &subnet(6), &net]);
+    let pool_dir = n.s.root.path().join("net/pool").join(&net);
+    let status = || -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(&n.ok(&["network", "inspect", &net])).unwrap();
+        v[0]["pool"].clone()
+    };
+    let filler_running = || {
+        std::fs::read_to_string(pool_dir.join("filling"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|o| o["pid"].as_i64())
+            .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+    };
+    let settled = |what: &str| {
+        n.s.eventually(60, what, || {
+            !filler_running() && !n.releasing() && status()["ready"] == 2
+        })
+    };
+    assert_eq!(status()["size"], 2);
+    // The first run attaches cold and starts the filler.
+    n.ok(&["run", "--rm", "--network", &net, "busybox", "true"]);
+    settled("the pool is filled after the first run");
+    let ready: BTreeSet<String> = std::fs::read_dir(&pool_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(ready.len(), 2);
+
+    // A detached run takes one of them: its namespace holds the slot's address.
+    let id = n
+        .ok(&["run", "-d", "--network", &net, "busybox", "sleep", "600"])
+        .trim()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&n.ok(&["network", "inspect", &net])).unwrap();
+    let member = &v[0]["containers"][0];
+    assert_eq!(member["container_id"], id.as_str());
+    let slot = member["cni_id"]
+        .as_str()
+        .expect("the run took a pooled namespace");
+    assert!(
+        ready.contains(slot),
+        "{slot} was not a ready slot: {ready:?}"
+    );
+    let addr = n.ok(&["exec", &id, "ip", "-4", "-o", "addr", "show", "eth0"]);
+    let want = member["result"]["ips"][0]["address"].as_str().unwrap();
+    assert!(
+        addr.contains(want),
+        "the container has not the slot's address {want}: {addr}"
+    );
+    settled("the pool is refilled after the pooled run");
+
+    // The pooled run's monitor and workload killed: prune undoes it, the slot's namespace too.
+    let v: serde_json::Value = serde_json::from_str(&n.ok(&["inspect", &id])).unwrap();
+    let pid = v[0]["State"]["Pid"].as_i64().unwrap() as i32;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ppid: i32 = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    for p in [ppid, pid] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    n.s.eventually(10, "the workload is gone", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let out = n.ok(&["network", "prune"]);
+    assert!(out.contains(&format!("detached {net}/{id}")), "{out}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(slot),
+        "the taken slot's namespace is still mounted"
+    );
+    n.ok(&["rm", "-f", &id]);
+    // A stopped container that names the network keeps prune from removing it.
+    let keeper = n
+        .ok(&["create", "--network", &net, "busybox", "true"])
+        .trim()
+        .to_string();
+
+    if cfg!(feature = "kill-points") {
+        // The filler killed between a slot's namespace and its ADD (the run itself is fine).
+        let o = {
+            let mut c = n.s.cmd();
+            c.env("STRATA_NET_CONFIG_DIR", n.conf.path())
+                .env("STRATA_KILL_POINT", "net:pool-filling")
+                .args(["run", "--rm", "--network", &net, "busybox", "true"]);
+            output_timeout(c, None, Duration::from_secs(120))
+        };
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        n.s.eventually(60, "the killed filler left an unfinished slot", || {
+            !filler_running() && !n.releasing() && status()["filling"] == 1
+        });
+        let out = n.ok(&["network", "prune"]);
+        assert!(
+            out.contains("removed unfinished pre-attached namespace"),
+            "{out}"
+        );
+        assert_eq!(status()["filling"], 0);
+        // Killed again; this time the next run's filler ends it and fills the pool.
+        let mut c = n.s.cmd();
+        c.env("STRATA_NET_CONFIG_DIR", n.conf.path())
+            .env("STRATA_KILL_POINT", "net:pool-filling")
+            .args(["run", "--rm", "--network", &net, "busybox", "true"]);
+        assert!(output_timeout(c, None, Duration::from_secs(120))
+            .status
+            .success());
+        n.s.eventually(60, "the killed filler is done", || {
+            !filler_running() && !n.releasing()
+        });
+        n.ok(&["run", "--rm", "--network", &net, "busybox", "true"]);
+        n.s.eventually(60, "the next filler swept the unfinished slot", || {
+            let s = status();
+            !filler_running() && !n.releasing() && s["filling"] == 0 && s["ready"] == 2
+        });
+    }
+
+    // rm takes the pool with the network.
+    n.ok(&["rm", &keeper]);
+    let v: serde_json::Value = serde_json::from_str(&n.ok(&["network", "inspect", &net])).unwrap();
+    let bridge = v[0]["bridge"].as_str().unwrap().to_string();
+    n.ok(&["network", "rm", &net]);
+    assert!(!pool_dir.exists(), "the pool directory is left");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = n.s.root.path().display().to_string();
+    assert!(
+        !mounts.contains(&format!("{root}/net/pool/")),
+        "a pool namespace is still mounted"
+    );
+    assert!(
+        !Path::new("/sys/class/net").join(&bridge).exists(),
+        "the bridge {bridge} is left"
+    );
+    n.assert_no_network_left(&[&id]);
 }

@@ -99,11 +99,25 @@ impl Net {
             !mounts.contains(&format!("{root}/net/netns/")),
             "a namespace mount is left"
         );
+        // Leases of the networks' pre-attached namespaces (pool slots) are the network's, not
+        // an instance's: they go with `network rm`.
+        let pool = self.s.root.path().join("net/pool");
+        let pooled = |id: &str| {
+            std::fs::read_dir(&pool)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|n| n.path().join(format!("{id}.json")).exists())
+        };
         let leases: Vec<_> = walk(&self.s.root.path().join("net/ipam"))
             .into_iter()
             .filter(|p| {
                 let n = p.file_name().unwrap().to_string_lossy();
                 n.parse::<std::net::Ipv4Addr>().is_ok()
+            })
+            .filter(|p| {
+                let holder = std::fs::read_to_string(p).unwrap_or_default();
+                !pooled(holder.lines().next().unwrap_or_default().trim())
             })
             .collect();
         assert!(leases.is_empty(), "leases left: {leases:?}");

@@ -7,7 +7,8 @@
 //!
 //! The names (crates/cli/tests/faults.rs lists them too): `create:*` in
 //! strata-container's create (strata-oci create/run and every container `strata run` starts),
-//! `prepare:*`, `run:*`, `monitor:*`, `keeper:*` and `net:releasing` (the detached network
+//! `prepare:*`, `run:*`, `monitor:*`, `keeper:*`, `net:pool-filling` (the network pool filler,
+//! between a slot's namespace and its ADD) and `net:releasing` (the detached network
 //! releaser, crates/cli/tests/cli_network.rs) in strata-engine.
 
 /// The environment variable naming the point to die at.

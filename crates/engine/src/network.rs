@@ -141,7 +141,7 @@ pub fn up(paths: &Paths, id: &str, name: &str, dir: &Path) -> anyhow::Result<()>
         format!("undo the network attachment a killed earlier run of {id} left (try `strata network prune`)")
     })?;
     nets.remove_netns(id)?;
-    let ns = nets.create_netns(id, owner)?;
+    let ns = nets.netns_dir_of(id);
     let hostname = std::fs::read_to_string(dir.join("etc/hostname"))
         .ok()
         .map(|h| h.trim().to_string())
@@ -156,13 +156,18 @@ pub fn up(paths: &Paths, id: &str, name: &str, dir: &Path) -> anyhow::Result<()>
         hosts_file: Some(dir.join("etc/hosts")),
         ..AttachRequest::new(&s.network, id, &ns, owner)
     };
-    let a = match nets.attach(&req) {
+    // From the network's pool of pre-attached namespaces when one is ready (no plugin runs on
+    // this path), else a new namespace and ADD; either way the next ones are made off this path.
+    let a = match nets.attach_new_netns(&req) {
         Ok(a) => a,
         Err(e) => {
             let _ = nets.remove_netns(id);
             return Err(anyhow::Error::new(e).context(format!("network {:?}", s.network)));
         }
     };
+    if nets.pool_wants_fill(&s.network) {
+        spawn_filler(&nets, &s.network);
+    }
     let resolv = dir.join("etc/resolv.conf");
     let written = std::fs::write(&resolv, strata_net::names::render_resolv_conf(&a.dns));
     s.address = Some(a.address.to_string());
@@ -207,6 +212,7 @@ pub fn release(paths: &Paths, id: &str, dir: &Path) {
     let Ok(nets) = networks(paths) else {
         return;
     };
+    let s_network = s.network.clone();
     forget_runtime(dir, s);
     // The releaser closes its end once it has taken the attachments over: we return only then,
     // so whoever comes next (`strata rm`, `start`, a run wanting the same port) finds them
@@ -243,6 +249,10 @@ pub fn release(paths: &Paths, id: &str, dir: &Path) {
             }
             drop(claimed_r);
             releaser(&nets, id, claimed_w);
+            // The released namespace's place in the pool (or what a start could not refill).
+            if nets.pool_wants_fill(&s_network) {
+                let _ = nets.fill_pool(&s_network, &|p| strata_container::kill_point::hit(p));
+            }
             // SAFETY: as above.
             unsafe { libc::_exit(0) };
         }
@@ -276,6 +286,58 @@ fn releaser(nets: &Networks, id: &str, claimed: std::os::fd::OwnedFd) {
     // keeper), one of which could have held the log writer's lock at the fork. A failed DEL
     // leaves the record with dead processes: `strata network prune` retries and reports it.
     let _ = detach(nets, id);
+}
+
+/// Makes the next pre-attached namespaces of `network` in a detached process (own session, no
+/// stdio or descriptors of ours), so the start that took one does not wait for the plugins. Only
+/// from a single-threaded process (a fork copies one thread; another could hold a lock the
+/// filler needs); otherwise the next release refills.
+fn spawn_filler(nets: &Networks, network: &str) {
+    let single = std::fs::read_to_string("/proc/self/status").is_ok_and(|st| {
+        st.lines()
+            .any(|l| l.split_whitespace().eq(["Threads:", "1"]))
+    });
+    if !single {
+        return;
+    }
+    // SAFETY: single-threaded (checked above); the child forks again and _exits, the grandchild
+    // fills and _exits.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => tracing::debug!("fork the network pool filler: {e}"),
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            // SAFETY: as above.
+            if let Ok(nix::unistd::ForkResult::Parent { .. }) = unsafe { nix::unistd::fork() } {
+                // SAFETY: _exit in a forked child; nothing of the parent must run at exit.
+                unsafe { libc::_exit(0) };
+            }
+            detach_from_caller();
+            let _ = nets.fill_pool(network, &|p| strata_container::kill_point::hit(p));
+            // SAFETY: as above.
+            unsafe { libc::_exit(0) };
+        }
+    }
+}
+
+/// A detached helper's start: own session, /dev/null as stdio (whoever reads the caller's output
+/// must see EOF when the caller is done), no other inherited descriptors.
+fn detach_from_caller() {
+    let _ = nix::unistd::setsid();
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..=2 {
+            // SAFETY: dup2 of a live fd onto our stdio numbers.
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
+        }
+    }
+    // SAFETY: closes descriptors this process inherited and no longer uses (`null` is already
+    // dup'ed onto 0-2; its own number closes with the rest).
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
 }
 
 /// DEL of every attachment of `id`, then its namespace.

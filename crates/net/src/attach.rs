@@ -222,16 +222,50 @@ impl Networks {
     /// Attaches `req.netns` to the network and returns what the member got. On any failure
     /// nothing is left: no record, no lease, no interface, no NAT rule.
     pub fn attach(&self, req: &AttachRequest) -> Result<Attachment, Error> {
-        validate_container_id(&req.container_id)?;
-        validate_ifname(&req.ifname)?;
-        for n in req.names.iter().chain(&req.hostname) {
-            names::validate_host_name(n)?;
-        }
         if !crate::netns::is_mounted(&req.netns) && !req.netns.starts_with("/proc") {
             return Err(Error::Invalid(format!(
                 "{} is not a network namespace",
                 req.netns.display()
             )));
+        }
+        let net = self.validated(req)?;
+        Ok(self
+            .attach_with(req, &net, false)?
+            .expect("no pool: always attaches"))
+    }
+
+    /// Makes the member's namespace at `req.netns` (which must be
+    /// `<state>/netns/<container id>`, as [`Networks::create_netns`] makes it) and attaches it:
+    /// from the network's pool of pre-attached namespaces when it has a ready one (see
+    /// [`crate::pool`]; no plugin runs), else through a new namespace and ADD. `--ip` and
+    /// interfaces other than eth0 always take the second way. On any failure nothing is left.
+    pub fn attach_new_netns(&self, req: &AttachRequest) -> Result<Attachment, Error> {
+        let net = self.validated(req)?;
+        if req.netns != self.netns_dir().join(&req.container_id) {
+            return Err(Error::Invalid(format!(
+                "{} is not where strata keeps the namespace of {}",
+                req.netns.display(),
+                req.container_id
+            )));
+        }
+        if net.pool_size() > 0 && req.ip.is_none() && req.ifname == "eth0" {
+            if let Some(a) = self.attach_with(req, &net, true)? {
+                return Ok(a);
+            }
+        }
+        self.create_netns(&req.container_id, req.owner)?;
+        self.attach_with(req, &net, false)
+            .map(|a| a.expect("no pool: always attaches"))
+            .inspect_err(|_| {
+                let _ = self.remove_netns(&req.container_id);
+            })
+    }
+
+    fn validated(&self, req: &AttachRequest) -> Result<crate::Network, Error> {
+        validate_container_id(&req.container_id)?;
+        validate_ifname(&req.ifname)?;
+        for n in req.names.iter().chain(&req.hostname) {
+            names::validate_host_name(n)?;
         }
         let net = self.get(&req.network)?;
         if !req.ports.is_empty() && !net.publishes_ports() {
@@ -269,8 +303,19 @@ impl Networks {
                 p.host_ip.expect("checked")
             )));
         }
+        Ok(net)
+    }
+
+    /// The attach itself; `pooled`: take a ready slot of the network's pool instead of running
+    /// ADD on `req.netns`, and bind its namespace at `req.netns` (`None` when no slot is ready).
+    fn attach_with(
+        &self,
+        req: &AttachRequest,
+        net: &crate::Network,
+        pooled: bool,
+    ) -> Result<Option<Attachment>, Error> {
         let _shared = lock::shared(&self.lock_path())?;
-        crate::rules::ensure(&self.cfg.state_dir, &net)?;
+        crate::rules::ensure(&self.cfg.state_dir, net)?;
         let dir = self.records_dir(&net.name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -288,7 +333,7 @@ impl Networks {
             }
             let others = self.finish_ended_holders(self.records(None)?, &req.ports)?;
             let ports = self.resolve_ports(&req.ports, &others)?;
-            let record = AttachmentRecord {
+            let mut record = AttachmentRecord {
                 network: net.name.clone(),
                 container_id: req.container_id.clone(),
                 ifname: req.ifname.clone(),
@@ -302,10 +347,29 @@ impl Networks {
                 conflist: net.conflist.clone(),
                 result: None,
                 release: None,
+                cni_id: None,
             };
-            write_record(&path, &record)?;
+            if pooled {
+                // Still under the ports lock: no other claim can take the same slot. The
+                // member's record (naming the slot) is written before the slot's goes, so a
+                // crash in between leaves a slot that prune knows is taken.
+                let Some((slot_path, slot)) = self.take_ready_slot(net) else {
+                    return Ok(None);
+                };
+                record.netns = slot.netns.clone();
+                record.conflist = slot.conflist.clone();
+                record.result = slot.result.clone();
+                record.cni_id = Some(slot.container_id.clone());
+                write_record(&path, &record)?;
+                let _ = std::fs::remove_file(&slot_path);
+            } else {
+                write_record(&path, &record)?;
+            }
             record
         };
+        if pooled {
+            return self.finish_pooled(req, net, record).map(Some);
+        }
 
         let rc = record.runtime_config();
         let args = record.args();
@@ -340,24 +404,64 @@ impl Networks {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        let attachment = match to_attachment(&record, &typed) {
+        self.publish_and_name(net, &record, &typed).map(Some)
+    }
+
+    /// A pooled attach after the claim: the member's namespace file is bound to the slot's
+    /// namespace, then ports and names as for any member.
+    fn finish_pooled(
+        &self,
+        req: &AttachRequest,
+        net: &crate::Network,
+        record: AttachmentRecord,
+    ) -> Result<Attachment, Error> {
+        let typed = match record.typed() {
+            Some(t) => t,
+            None => {
+                let _ = self.undo_record(&record);
+                return Err(Error::Invalid(format!(
+                    "pool slot {} of network {:?} has an unreadable ADD result",
+                    record.cni_container_id(),
+                    net.name
+                )));
+            }
+        };
+        if let Err(e) = self.bind_netns(&req.container_id, req.owner, &record.netns) {
+            let _ = self.undo_record(&record);
+            return Err(e);
+        }
+        self.publish_and_name(net, &record, &typed)
+            .inspect_err(|_| {
+                let _ = self.remove_netns(&req.container_id);
+            })
+    }
+
+    /// What every attach ends with: the member's address, its published ports and the /etc/hosts
+    /// of its peers and itself. On failure the attachment is undone.
+    fn publish_and_name(
+        &self,
+        net: &crate::Network,
+        record: &AttachmentRecord,
+        typed: &AddResult,
+    ) -> Result<Attachment, Error> {
+        let attachment = match to_attachment(record, typed) {
             Ok(a) => a,
             Err(e) => {
-                let _ = self.undo_record(&record);
+                let _ = self.undo_record(record);
                 return Err(e);
             }
         };
         if let Err(e) = crate::rules::publish(
-            &net,
+            net,
             &record.container_id,
             attachment.address.addr(),
             &record.ports,
         ) {
-            let _ = self.undo_record(&record);
+            let _ = self.undo_record(record);
             return Err(e);
         }
         if let Err(e) = self.refresh_hosts(&record.container_id) {
-            let _ = self.undo_record(&record);
+            let _ = self.undo_record(record);
             return Err(e);
         }
         Ok(attachment)
@@ -397,7 +501,7 @@ impl Networks {
                 continue;
             }
             self.undo_record(&r)?;
-            if r.netns.starts_with(self.netns_dir()) {
+            if r.netns.starts_with(self.netns_dir()) || r.cni_id.is_some() {
                 // The namespace strata made for it goes too (its owner is dead).
                 let _ = self.remove_netns(&r.container_id);
             }
@@ -520,7 +624,7 @@ impl Networks {
         };
         let (rc, args) = (r.runtime_config(), r.args());
         let inv = Invocation {
-            container_id: &r.container_id,
+            container_id: r.cni_container_id(),
             netns: Some(&r.netns),
             ifname: &r.ifname,
             args: &args,
@@ -566,14 +670,31 @@ impl Networks {
     /// DEL for a record (with its result as prevResult, or one made from its lease when ADD never
     /// finished), then the record goes. The namespace is passed only while it still exists.
     pub(crate) fn undo_record(&self, r: &AttachmentRecord) -> Result<(), Error> {
+        self.del_record(r)?;
+        if r.cni_id.is_some() {
+            // The pool slot's namespace the member took (its own namespace file, bound to the
+            // same namespace, is the caller's to remove).
+            crate::netns::remove(&r.netns)
+                .map_err(|e| Error::io(format!("removing {}", r.netns.display()), e))?;
+        }
+        let p = self.record_path(&r.network, &r.container_id);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("removing {}", p.display()), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// DEL of what `r` describes: strata's port rules, then the plugins.
+    pub(crate) fn del_record(&self, r: &AttachmentRecord) -> Result<(), Error> {
         let netns_alive = crate::netns::is_mounted(&r.netns);
-        let prev = r
-            .result
-            .clone()
-            .or_else(|| self.lease_result(&r.network, &r.conflist, &r.container_id, &r.ifname));
+        let prev = r.result.clone().or_else(|| {
+            self.lease_result(&r.network, &r.conflist, r.cni_container_id(), &r.ifname)
+        });
         let (rc, args) = (r.runtime_config(), r.args());
         let inv = Invocation {
-            container_id: &r.container_id,
+            container_id: r.cni_container_id(),
             netns: netns_alive.then_some(r.netns.as_path()),
             ifname: &r.ifname,
             args: &args,
@@ -590,14 +711,7 @@ impl Networks {
             prev.as_ref(),
             &inv,
         )?;
-        unpublished?;
-        let p = self.record_path(&r.network, &r.container_id);
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io(format!("removing {}", p.display()), e))
-            }
-            _ => Ok(()),
-        }
+        unpublished
     }
 
     /// A minimal prevResult from host-local's lease of `container_id` (for DEL after a crash

@@ -41,3 +41,14 @@ pub(crate) fn exclusive(path: &Path) -> Result<Lock, Error> {
 pub(crate) fn shared(path: &Path) -> Result<Lock, Error> {
     take(path, libc::LOCK_SH)
 }
+
+/// Exclusive lock if nobody holds it; `None` when another process does.
+pub(crate) fn try_exclusive(path: &Path) -> Result<Option<Lock>, Error> {
+    match take(path, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(l) => Ok(Some(l)),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::WouldBlock => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}

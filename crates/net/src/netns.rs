@@ -42,6 +42,28 @@ pub fn create(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Binds the namespace mounted at `source` on `path` (a new file): a second name for it.
+pub fn bind(source: &Path, path: &Path) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    if let Err(e) = mount(
+        Some(source),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        let _ = fs::remove_file(path);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
 /// Brings `lo` up in the calling thread's network namespace (one ioctl; the loopback CNI plugin
 /// would cost a process).
 fn loopback_up() -> io::Result<()> {

@@ -29,6 +29,8 @@ pub struct PruneReport {
     pub rules_removed: Vec<String>,
     /// Network namespaces unmounted.
     pub netns_removed: Vec<PathBuf>,
+    /// `network/slot` pre-attached namespaces ended (left unfinished by a killed filler).
+    pub pool_slots_removed: Vec<String>,
     /// Unused networks removed (by [`Networks::prune`]).
     pub networks_removed: Vec<String>,
     /// What could not be undone, with the cause (the rest was still done).
@@ -60,13 +62,22 @@ impl Networks {
             }
         }
 
-        // 2. Leases without a record.
+        // 1b. Pool slots a killed filler left unfinished, or a killed claimer handed over.
         let records = self.records(None)?;
+        let (slots_undone, slot_errors) = self.reconcile_pools(&records);
+        rep.pool_slots_removed = slots_undone;
+        rep.errors.extend(slot_errors);
+
+        // 2. Leases without a record (a pool slot's record counts).
         for net in self.list()? {
             for (ip, id, ifname) in leases(&net.lease_dir()) {
                 if records
                     .iter()
-                    .any(|r| r.network == net.name && r.container_id == id)
+                    .any(|r| r.network == net.name && r.cni_container_id() == id)
+                    || self
+                        .slots(&net.name)
+                        .iter()
+                        .any(|(_, s)| s.container_id == id)
                 {
                     continue;
                 }

@@ -71,9 +71,19 @@ pub struct AttachmentRecord {
     /// DELeting the same attachment at the same time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<Owner>,
+    /// The CNI_CONTAINERID the plugins know this attachment by, when it is not `container_id`:
+    /// the pool slot whose pre-attached namespace the member took (see [`crate::pool`]). DEL,
+    /// CHECK and the lease lookup use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_id: Option<String>,
 }
 
 impl AttachmentRecord {
+    /// The id the plugins (and host-local's lease) know this attachment by.
+    pub fn cni_container_id(&self) -> &str {
+        self.cni_id.as_deref().unwrap_or(&self.container_id)
+    }
+
     pub(crate) fn typed(&self) -> Option<AddResult> {
         serde_json::from_value(self.result.clone()?).ok()
     }

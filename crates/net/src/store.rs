@@ -57,6 +57,9 @@ pub struct CreateRequest {
     pub subnet: Option<Ipv4Net>,
     /// Gateway; `None` = the subnet's first address.
     pub gateway: Option<Ipv4Addr>,
+    /// Pre-attached namespaces to keep ready (see [`crate::pool`]); `None` =
+    /// [`crate::pool::DEFAULT_POOL`].
+    pub pool: Option<u32>,
 }
 
 /// `network inspect`: the network and its members.
@@ -76,6 +79,8 @@ pub struct NetworkInfo {
     pub config_file: PathBuf,
     /// Attached containers.
     pub containers: Vec<AttachmentRecord>,
+    /// Pre-attached namespaces (see [`crate::pool`]).
+    pub pool: crate::pool::PoolStatus,
 }
 
 /// The networks of one config directory and state directory.
@@ -181,6 +186,7 @@ impl Networks {
             name: DEFAULT_NETWORK.into(),
             subnet: Some(self.cfg.default_subnet),
             gateway: None,
+            pool: None,
         };
         self.create_locked(&req, true)
     }
@@ -261,8 +267,16 @@ impl Networks {
             }
             None => subnet.hosts().next().expect("a /30 or larger has hosts"),
         };
-        let conflist =
+        let pool = req.pool.unwrap_or(crate::pool::DEFAULT_POOL);
+        if pool > crate::pool::MAX_POOL {
+            return Err(Error::Invalid(format!(
+                "--pool {pool}: at most {} pre-attached namespaces per network",
+                crate::pool::MAX_POOL
+            )));
+        }
+        let mut conflist =
             config::bridge_conflist(&req.name, &bridge, subnet, gateway, &self.lease_root());
+        conflist["strata"]["pool"] = serde_json::json!(pool);
         let path = self.conflist_path(&req.name);
         let dir = &self.cfg.config_dir;
         std::fs::create_dir_all(dir)
@@ -308,6 +322,7 @@ impl Networks {
             gateway: n.gateway().map(|g| g.to_string()),
             config_file: n.path.clone(),
             containers,
+            pool: self.pool_status(&n.name)?,
         })
     }
 
@@ -331,6 +346,7 @@ impl Networks {
         for r in &records {
             self.undo_record(r)?;
         }
+        self.drain_pool(&n.name)?;
         crate::rules::remove(&self.cfg.state_dir, &n)?;
         if let Some(bridge) = n.bridge() {
             delete_link(bridge)?;
@@ -365,6 +381,36 @@ impl Networks {
         Ok(path)
     }
 
+    /// `container_id`'s namespace file bound to the namespace at `source` (a pool slot's), owned
+    /// by `owner` as [`Networks::create_netns`] makes it.
+    pub(crate) fn bind_netns(
+        &self,
+        container_id: &str,
+        owner: crate::Owner,
+        source: &Path,
+    ) -> Result<PathBuf, Error> {
+        validate_container_id(container_id)?;
+        let dir = self.netns_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let owner_file = dir.join(format!("{container_id}.owner"));
+        let path = dir.join(container_id);
+        std::fs::write(&owner_file, serde_json::to_vec(&owner).expect("serializes"))
+            .map_err(|e| Error::io(format!("writing {}", owner_file.display()), e))?;
+        if let Err(e) = crate::netns::bind(source, &path) {
+            let _ = std::fs::remove_file(&owner_file);
+            return Err(Error::io(
+                format!(
+                    "binding network namespace {} at {}",
+                    source.display(),
+                    path.display()
+                ),
+                e,
+            ));
+        }
+        Ok(path)
+    }
+
     /// Unmounts and removes a namespace made by [`Networks::create_netns`].
     pub fn remove_netns(&self, container_id: &str) -> Result<(), Error> {
         validate_container_id(container_id)?;
@@ -378,6 +424,11 @@ impl Networks {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Where [`Networks::create_netns`] (or a pooled attach) puts `container_id`'s namespace.
+    pub fn netns_dir_of(&self, container_id: &str) -> PathBuf {
+        self.netns_dir().join(container_id)
     }
 
     pub(crate) fn netns_dir(&self) -> PathBuf {

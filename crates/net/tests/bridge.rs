@@ -310,6 +310,7 @@ fn two_namespaces_reach_each_other_by_address_and_name() {
             name: name.clone(),
             subnet: Some(subnet(0)),
             gateway: None,
+            pool: None,
         })
         .unwrap();
     let bridge = net.bridge().unwrap().to_string();
@@ -425,6 +426,7 @@ fn published_port_reaches_a_server_from_the_host_loopback() {
             name: name.clone(),
             subnet: Some(subnet(1)),
             gateway: None,
+            pool: None,
         })
         .unwrap();
     let id = unique("web");
@@ -507,6 +509,7 @@ fn twenty_concurrent_attaches_get_twenty_addresses() {
             name: name.clone(),
             subnet: Some(subnet(2)),
             gateway: None,
+            pool: None,
         })
         .unwrap();
     let ids: Vec<String> = (0..20).map(|i| unique(&format!("c{i}-"))).collect();
@@ -557,6 +560,7 @@ fn bad_input_is_refused_and_leaves_nothing() {
             name: name.clone(),
             subnet: Some(sn),
             gateway: None,
+            pool: None,
         })
         .unwrap();
     let bridge = net.bridge().unwrap().to_string();
@@ -599,6 +603,7 @@ fn bad_input_is_refused_and_leaves_nothing() {
             name: name.clone(),
             subnet: Some(sn),
             gateway: None,
+            pool: None,
         })
         .unwrap_err();
     assert!(matches!(e, Error::Exists(_)), "{e}");
@@ -609,6 +614,7 @@ fn bad_input_is_refused_and_leaves_nothing() {
             name: unique("ov"),
             subnet: Some(half),
             gateway: None,
+            pool: None,
         })
         .unwrap_err();
     assert!(
@@ -625,6 +631,7 @@ fn bad_input_is_refused_and_leaves_nothing() {
                 name: unique("ov"),
                 subnet: Some(hn),
                 gateway: None,
+                pool: None,
             })
             .unwrap_err();
         assert!(e.to_string().contains(&dev), "{e}");
@@ -635,6 +642,7 @@ fn bad_input_is_refused_and_leaves_nothing() {
             name: unique("gw"),
             subnet: Some(subnet(4)),
             gateway: Some("192.0.2.77".parse().unwrap()),
+            pool: None,
         })
         .unwrap_err();
     assert!(matches!(e, Error::Subnet(_)), "{e}");
@@ -740,6 +748,7 @@ fn prune_undoes_an_attachment_whose_owner_was_killed() {
             name: name.clone(),
             subnet: Some(subnet(6)),
             gateway: None,
+            pool: None,
         })
         .unwrap();
     let bridge = net.bridge().unwrap().to_string();
@@ -889,6 +898,7 @@ fn prune_removes_published_port_rules_whose_record_was_lost() {
             name: name.clone(),
             subnet: Some(subnet(7)),
             gateway: None,
+            pool: None,
         })
         .unwrap();
     let id = unique("lost");
@@ -914,4 +924,229 @@ fn prune_removes_published_port_rules_whose_record_was_lost() {
         "{rep:?}"
     );
     assert_nothing_left(&env, &name, None, &[&id], &[a.address.addr()]);
+}
+
+/// The network's pool of pre-attached namespaces: filled up to its size, a slot serves exactly
+/// one member (its address, veth and namespace become the member's; no plugin runs), a member's
+/// detach ends its slot for good, a cold attach is used when the pool is empty or `--ip` is
+/// asked for, an unfinished slot of a dead filler is reconciled, and `remove` ends the ready
+/// slots with the network: no lease, veth, namespace mount or pool file is left.
+#[test]
+fn pool_slots_serve_one_member_each_and_go_with_the_network() {
+    if !ready_or_skip() {
+        return;
+    }
+    let env = Env::new(8);
+    let name = unique("tp");
+    let net = env
+        .nets
+        .create(&CreateRequest {
+            name: name.clone(),
+            subnet: Some(subnet(8)),
+            gateway: None,
+            pool: Some(2),
+        })
+        .unwrap();
+    let bridge = net.bridge().unwrap().to_string();
+    assert_eq!(net.pool_size(), 2);
+    assert!(env.nets.pool_wants_fill(&name));
+    assert_eq!(env.nets.fill_pool(&name, &|_| {}).unwrap(), 2);
+    assert!(!env.nets.pool_wants_fill(&name));
+    assert_eq!(
+        env.nets.fill_pool(&name, &|_| {}).unwrap(),
+        0,
+        "the pool is full"
+    );
+    let st = env.nets.pool_status(&name).unwrap();
+    assert_eq!((st.size, st.ready, st.filling), (2, 2, 0));
+    let pool_dir = env.dir.path().join("state/pool").join(&name);
+    let slot_ids = || -> BTreeSet<String> {
+        std::fs::read_dir(&pool_dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    let slots_before = slot_ids();
+    let brif = || -> usize {
+        std::fs::read_dir(Path::new("/sys/class/net").join(&bridge).join("brif"))
+            .map(|rd| rd.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(brif(), 2, "each ready slot has its veth on the bridge");
+
+    // Three members: two take the two slots, the third finds the pool empty and goes cold.
+    let ids: Vec<String> = (0..3).map(|i| unique(&format!("m{i}-"))).collect();
+    let mut addrs = Vec::new();
+    for id in &ids {
+        let ns = env.nets.netns_dir_of(id);
+        let mut req = AttachRequest::new(&name, id, &ns, Owner::current());
+        req.names = vec![format!("n-{id}")];
+        let a = env.nets.attach_new_netns(&req).unwrap();
+        // The member's own namespace file is the namespace that holds the address.
+        let o = in_ns(&ns, &["ip", "-4", "-o", "addr", "show", "eth0"]);
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(&a.address.to_string()),
+            "{id}'s namespace does not hold {}: {}",
+            a.address,
+            String::from_utf8_lossy(&o.stdout)
+        );
+        addrs.push(a.address.addr());
+    }
+    let distinct: BTreeSet<_> = addrs.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "an address was handed out twice: {addrs:?}"
+    );
+    let records: Vec<_> = ids
+        .iter()
+        .map(|id| env.nets.record(&name, id).unwrap())
+        .collect();
+    let taken: BTreeSet<String> = records.iter().filter_map(|r| r.cni_id.clone()).collect();
+    assert_eq!(
+        taken, slots_before,
+        "the two members took the two ready slots"
+    );
+    assert!(
+        records[2].cni_id.is_none(),
+        "the third member attached cold"
+    );
+    assert!(
+        slot_ids().is_empty(),
+        "a taken slot is no longer in the pool"
+    );
+    // Members reach each other (the pooled ones included).
+    let o = ping(&env.nets.netns_dir_of(&ids[0]), &addrs[2].to_string());
+    assert!(
+        o.status.success(),
+        "pooled member cannot reach the cold one"
+    );
+
+    // --ip never takes a slot.
+    env.nets.fill_pool(&name, &|_| {}).unwrap();
+    let fixed = unique("fixed");
+    let want: Ipv4Addr = subnet(8).hosts().nth(200).unwrap();
+    let mut req = AttachRequest::new(
+        &name,
+        &fixed,
+        &env.nets.netns_dir_of(&fixed),
+        Owner::current(),
+    );
+    req.ip = Some(want);
+    let a = env.nets.attach_new_netns(&req).unwrap();
+    assert_eq!(a.address.addr(), want);
+    assert!(env.nets.record(&name, &fixed).unwrap().cni_id.is_none());
+    assert_eq!(env.nets.pool_status(&name).unwrap().ready, 2);
+
+    // Detach ends the members' slots: lease, veth and the slot's namespace go.
+    for id in ids.iter().chain([&fixed]) {
+        env.nets.detach(&name, id).unwrap();
+        env.nets.remove_netns(id).unwrap();
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for slot in &taken {
+        assert!(
+            !mounts.contains(slot.as_str()),
+            "slot {slot}'s namespace is still mounted"
+        );
+    }
+    assert_eq!(brif(), 2, "only the two ready slots' veths are left");
+
+    // A filler killed between a slot's namespace and its ADD leaves an unfinished slot, which
+    // reconcile ends (the dead owner is a process that has exited).
+    let dead = {
+        let mut c = Command::new("true").spawn().unwrap();
+        let o = Owner::process(c.id() as i32).unwrap();
+        c.wait().unwrap();
+        o
+    };
+    let stale = pool_dir.join("pool-0123456789abcdef.json");
+    let stale_ns = pool_dir.join("pool-0123456789abcdef.ns");
+    strata_net::netns::create(&stale_ns).unwrap();
+    let mut rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(pool_dir.join(format!("{}.json", slot_ids().iter().next().unwrap())))
+            .unwrap(),
+    )
+    .unwrap();
+    rec["container_id"] = serde_json::json!("pool-0123456789abcdef");
+    rec["netns"] = serde_json::json!(stale_ns);
+    rec["owner"] = serde_json::to_value(dead).unwrap();
+    rec["result"] = serde_json::Value::Null;
+    std::fs::write(&stale, serde_json::to_vec(&rec).unwrap()).unwrap();
+    assert_eq!(env.nets.pool_status(&name).unwrap().filling, 1);
+    let rep = env.nets.reconcile().unwrap();
+    assert_eq!(
+        rep.pool_slots_removed,
+        vec![format!("{name}/pool-0123456789abcdef")],
+        "{rep:?}"
+    );
+    assert!(!stale.exists() && !stale_ns.exists());
+    assert_eq!(
+        env.nets.pool_status(&name).unwrap().ready,
+        2,
+        "ready slots stay"
+    );
+
+    // The network goes with its pool.
+    let slot_ns: Vec<PathBuf> = slot_ids()
+        .iter()
+        .map(|s| pool_dir.join(format!("{s}.ns")))
+        .collect();
+    env.nets.remove(&name).unwrap();
+    assert!(!pool_dir.exists(), "the pool directory is left");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for ns in slot_ns {
+        assert!(
+            !mounts.contains(ns.to_str().unwrap()),
+            "{} is still mounted",
+            ns.display()
+        );
+    }
+    assert!(
+        !Path::new("/sys/class/net").join(&bridge).exists(),
+        "the bridge is left"
+    );
+    assert_nothing_left(&env, &name, None, &[], &addrs);
+}
+
+/// `--pool` beyond the limit is refused and makes nothing; a network without a pool attaches
+/// cold and never starts a pool.
+#[test]
+fn pool_size_is_bounded_and_zero_means_none() {
+    if !ready_or_skip() {
+        return;
+    }
+    let env = Env::new(9);
+    let name = unique("tq");
+    let e = env
+        .nets
+        .create(&CreateRequest {
+            name: name.clone(),
+            subnet: Some(subnet(9)),
+            gateway: None,
+            pool: Some(strata_net::pool::MAX_POOL + 1),
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("--pool"), "{e}");
+    assert!(env.nets.get(&name).is_err(), "a refused network was made");
+    env.nets
+        .create(&CreateRequest {
+            name: name.clone(),
+            subnet: Some(subnet(9)),
+            gateway: None,
+            pool: Some(0),
+        })
+        .unwrap();
+    assert!(!env.nets.pool_wants_fill(&name));
+    assert_eq!(env.nets.fill_pool(&name, &|_| {}).unwrap(), 0);
+    let id = unique("c");
+    let req = AttachRequest::new(&name, &id, &env.nets.netns_dir_of(&id), Owner::current());
+    env.nets.attach_new_netns(&req).unwrap();
+    assert!(env.nets.record(&name, &id).unwrap().cni_id.is_none());
+    env.nets.detach(&name, &id).unwrap();
+    env.nets.remove_netns(&id).unwrap();
+    assert!(!env.dir.path().join("state/pool").join(&name).exists());
 }

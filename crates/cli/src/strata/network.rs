@@ -43,6 +43,10 @@ pub struct CreateArgs {
     /// Gateway (default: the subnet's first address)
     #[arg(long)]
     pub gateway: Option<String>,
+    /// Namespaces to keep attached ahead of time, so a start on this network runs no CNI plugin
+    /// (0 = none; each holds an address and a veth while it waits)
+    #[arg(long, value_name = "N", default_value_t = strata_net::pool::DEFAULT_POOL)]
+    pub pool: u32,
     pub name: String,
 }
 
@@ -75,6 +79,7 @@ pub fn network(g: &Global, c: NetworkCommand) -> anyhow::Result<()> {
                 name: a.name,
                 subnet,
                 gateway,
+                pool: Some(a.pool),
             })?;
             println!("{}", n.name);
         }
@@ -155,6 +160,9 @@ pub fn network(g: &Global, c: NetworkCommand) -> anyhow::Result<()> {
             }
             for n in &rep.netns_removed {
                 println!("removed network namespace {}", n.display());
+            }
+            for s in &rep.pool_slots_removed {
+                println!("removed unfinished pre-attached namespace {s}");
             }
             for n in &rep.networks_removed {
                 println!("removed network {n}");
