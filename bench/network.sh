@@ -9,6 +9,10 @@
 # Same image everywhere: scripts/build-netservers-image.sh (Debian's nginx, redis, iperf3).
 # Usage: bench/network.sh   (root; release build; wrk redis-tools iperf3 podman: scripts/deps.sh)
 #   DURATION=seconds per wrk/iperf3 run (default 5); NO_PODMAN=1 skips Podman, NO_VM=1 the VMs.
+#   ROUNDS=N (default 1): with N > 1 the strata container and Podman rows are measured N times,
+#   interleaved (strata, Podman, Podman, strata, ...: both sets of servers run the whole time), and
+#   each cell is the median; a last table gives strata / Podman per round (min, median, max), which
+#   is what the "within 5 % of Podman" question needs on a noisy host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/network.sh: needs root (namespaces, iptables, CNI plugins)" >&2; exit 1; }
@@ -19,6 +23,7 @@ for t in wrk redis-benchmark iperf3 nginx redis-server; do
   command -v "$t" >/dev/null || { echo "bench/network.sh: $t missing (scripts/deps.sh)" >&2; exit 1; }
 done
 dur="${DURATION:-5}"
+rounds="${ROUNDS:-1}"
 work="$(mktemp -d /tmp/strata-netbench.XXXXXX)"
 img="${NETSERVERS_IMAGE:-/var/tmp/strata-netservers-image}"
 scripts/build-netservers-image.sh "$img"
@@ -94,7 +99,7 @@ row "host-native (loopback)" "$n_wrk" "$n_set" "$n_get" "$n_ip (lo)"
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done
 pids=()
 
-# --- strata container ----------------------------------------------------------------------------
+# --- strata container and Podman's bridge, interleaved ---------------------------------------------
 st image load -i "$img/layout" -t netservers:latest >/dev/null
 st network create --subnet "10.198.$((tag % 200 + 20)).0/24" "$net" >/dev/null
 s_http=$(free_port); s_redis=$(free_port)
@@ -102,11 +107,62 @@ st run -d --name "web$tag" --network "$net" -p "127.0.0.1:$s_http:80" netservers
 st run -d --name "kv$tag" --network "$net" -p "127.0.0.1:$s_redis:6379" --entrypoint redis-server netservers \
   --protected-mode no --save '' --appendonly no >/dev/null
 st run -d --name "ip$tag" --network "$net" --entrypoint iperf3 netservers -s >/dev/null
-s_wrk=$(wrk_rps "$s_http")
-read -r s_set s_get <<<"$(redis_rps "$s_redis")"
-sleep 0.5
-s_ip=$(st run --rm --network "$net" --entrypoint iperf3 netservers -c "ip$tag" -t "$dur" -J | iperf_gbps)
+have_podman=""
+if [ -z "${NO_PODMAN:-}" ] && command -v podman >/dev/null; then
+  have_podman=1
+  p="$work/podman"
+  podman="podman --root $p/root --runroot $p/runroot --tmpdir $p/tmp --network-config-dir $p/networks --storage-driver vfs --cgroup-manager cgroupfs --events-backend file"
+  $podman pull -q "oci:$img/layout:latest" >/dev/null
+  pimg=$($podman images -q | head -1)
+  prun="$podman run --runtime runc --ulimit nofile=20000:20000 --ulimit nproc=30000:30000"
+  $podman network create --subnet "10.197.$((tag % 200 + 20)).0/24" "pb$tag" >/dev/null
+  p_http=$(free_port); p_redis=$(free_port)
+  $prun -d --name "pweb$tag" --network "pb$tag" -p "127.0.0.1:$p_http:80" "$pimg" >/dev/null
+  $prun -d --name "pkv$tag" --network "pb$tag" -p "127.0.0.1:$p_redis:6379" --entrypoint redis-server "$pimg" \
+    --protected-mode no --save '' --appendonly no >/dev/null
+  $prun -d --name "pip$tag" --network "pb$tag" --entrypoint iperf3 "$pimg" -s >/dev/null
+  # By address: Podman's CNI networks resolve names only with the dnsname plugin.
+  pip=$($podman inspect -f "{{(index .NetworkSettings.Networks \"pb$tag\").IPAddress}}" "pip$tag")
+fi
+measure_strata() { # -> "wrk set get iperf"
+  local w a g i
+  w=$(wrk_rps "$s_http")
+  read -r a g <<<"$(redis_rps "$s_redis")"
+  sleep 0.5
+  i=$(st run --rm --network "$net" --entrypoint iperf3 netservers -c "ip$tag" -t "$dur" -J | iperf_gbps)
+  echo "$w $a $g $i"
+}
+measure_podman() {
+  local w a g i
+  w=$(wrk_rps "$p_http")
+  read -r a g <<<"$(redis_rps "$p_redis")"
+  sleep 0.5
+  i=$($prun --rm --network "pb$tag" --entrypoint iperf3 "$pimg" -c "$pip" -t "$dur" -J | iperf_gbps)
+  echo "$w $a $g $i"
+}
+s_runs=(); p_runs=()
+for r in $(seq "$rounds"); do
+  # Alternate which goes first, so a drift of the host's load favours neither.
+  if [ $((r % 2)) = 1 ] || [ -z "$have_podman" ]; then
+    s_runs+=("$(measure_strata)")
+    [ -n "$have_podman" ] && p_runs+=("$(measure_podman)")
+  else
+    p_runs+=("$(measure_podman)")
+    s_runs+=("$(measure_strata)")
+  fi
+done
+median_cols() { # lines of 4 numbers on stdin -> their column medians
+  python3 -c '
+import sys, statistics
+rows = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
+print(" ".join("%.2f" % statistics.median(c) for c in zip(*rows)))'
+}
+read -r s_wrk s_set s_get s_ip <<<"$(printf '%s\n' "${s_runs[@]}" | median_cols)"
 row "strata container (bridge, -p)" "$s_wrk" "$s_set" "$s_get" "$s_ip"
+if [ -n "$have_podman" ]; then
+  read -r p_wrk p_set p_get p_ip <<<"$(printf '%s\n' "${p_runs[@]}" | median_cols)"
+  prow="| podman 4.3 bridge (CNI, runc) | $p_wrk | $p_set | $p_get | $p_ip |"
+fi
 for c in "web$tag" "kv$tag" "ip$tag"; do st rm -f "$c" >/dev/null; done
 
 # --- strata VM ---------------------------------------------------------------------------------------
@@ -128,28 +184,23 @@ if [ -z "${NO_VM:-}" ]; then
   for c in "vweb$tag" "vkv$tag" "vip$tag"; do st rm -f "$c" >/dev/null; done
 fi
 
-# --- Podman bridge ---------------------------------------------------------------------------------
-if [ -z "${NO_PODMAN:-}" ] && command -v podman >/dev/null; then
-  p="$work/podman"
-  podman="podman --root $p/root --runroot $p/runroot --tmpdir $p/tmp --network-config-dir $p/networks --storage-driver vfs --cgroup-manager cgroupfs --events-backend file"
-  $podman pull -q "oci:$img/layout:latest" >/dev/null
-  pimg=$($podman images -q | head -1)
-  prun="$podman run --runtime runc --ulimit nofile=20000:20000 --ulimit nproc=30000:30000"
-  $podman network create --subnet "10.197.$((tag % 200 + 20)).0/24" "pb$tag" >/dev/null
-  p_http=$(free_port); p_redis=$(free_port)
-  $prun -d --name "pweb$tag" --network "pb$tag" -p "127.0.0.1:$p_http:80" "$pimg" >/dev/null
-  $prun -d --name "pkv$tag" --network "pb$tag" -p "127.0.0.1:$p_redis:6379" --entrypoint redis-server "$pimg" \
-    --protected-mode no --save '' --appendonly no >/dev/null
-  $prun -d --name "pip$tag" --network "pb$tag" --entrypoint iperf3 "$pimg" -s >/dev/null
-  p_wrk=$(wrk_rps "$p_http")
-  read -r p_set p_get <<<"$(redis_rps "$p_redis")"
-  sleep 0.5
-  # By address: Podman's CNI networks resolve names only with the dnsname plugin.
-  pip=$($podman inspect -f "{{(index .NetworkSettings.Networks \"pb$tag\").IPAddress}}" "pip$tag")
-  p_ip=$($prun --rm --network "pb$tag" --entrypoint iperf3 "$pimg" -c "$pip" -t "$dur" -J | iperf_gbps)
-  row "podman 4.3 bridge (CNI, runc)" "$p_wrk" "$p_set" "$p_get" "$p_ip"
-fi
+if [ -n "$have_podman" ]; then rows+=("$prow"); fi
 
 echo "| instance | wrk nginx 4 KiB, req/s (-p) | redis SET req/s (-p) | redis GET req/s (-p) | iperf3 instance to instance, Gbit/s |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
+if [ -n "$have_podman" ] && [ "$rounds" -gt 1 ]; then
+  echo
+  echo "strata container / Podman, per round ($rounds rounds, interleaved; DURATION=$dur):"
+  echo
+  echo "| measure | min | median | max |"
+  echo "|---|---|---|---|"
+  python3 - "$(printf '%s;' "${s_runs[@]}")" "$(printf '%s;' "${p_runs[@]}")" <<'PY'
+import sys, statistics
+s = [list(map(float, r.split())) for r in sys.argv[1].split(";") if r.strip()]
+p = [list(map(float, r.split())) for r in sys.argv[2].split(";") if r.strip()]
+for k, name in enumerate(["wrk nginx 4 KiB (-p)", "redis SET (-p)", "redis GET (-p)", "iperf3 instance to instance"]):
+    q = [a[k] / b[k] for a, b in zip(s, p)]
+    print(f"| {name} | {min(q):.3f} | {statistics.median(q):.3f} | {max(q):.3f} |")
+PY
+fi
