@@ -69,6 +69,30 @@ impl Net {
         (o.status.code().unwrap_or(-1), text(&o.stderr))
     }
 
+    /// SIGKILLs a detached run's monitor and workload, as a crash would, and waits until the
+    /// workload is gone.
+    fn kill_monitor_and_workload(&self, id: &str) {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["inspect", id])).unwrap();
+        let pid = v[0]["State"]["Pid"].as_i64().unwrap() as i32;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // The workload's parent is its monitor.
+        let ppid: i32 = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        for p in [ppid, pid] {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        self.s.eventually(10, "the workload is gone", || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+    }
+
     fn attachments(&self) -> Vec<String> {
         let dir = self.s.root.path().join("net/attachments");
         let mut out = Vec::new();
@@ -672,25 +696,7 @@ fn network_prune_after_the_monitor_and_workload_were_killed() {
     let id = id.trim().to_string();
     assert!(get(port, "/").is_ok());
     assert!(iptables_rules().contains(&id), "the run made NAT rules");
-    // The workload's parent is its monitor: SIGKILL both, as a crash would.
-    let v: serde_json::Value = serde_json::from_str(&n.ok(&["inspect", &id])).unwrap();
-    let pid = v[0]["State"]["Pid"].as_i64().unwrap() as i32;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let ppid: i32 = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    for p in [ppid, pid] {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    n.s.eventually(10, "the workload is gone", || {
-        !Path::new(&format!("/proc/{pid}")).exists()
-    });
+    n.kill_monitor_and_workload(&id);
     assert_eq!(
         n.attachments().len(),
         1,
@@ -826,24 +832,7 @@ fn runs_take_pre_attached_namespaces_and_the_pool_goes_with_the_network() {
     settled("the pool is refilled after the pooled run");
 
     // The pooled run's monitor and workload killed: prune undoes it, the slot's namespace too.
-    let v: serde_json::Value = serde_json::from_str(&n.ok(&["inspect", &id])).unwrap();
-    let pid = v[0]["State"]["Pid"].as_i64().unwrap() as i32;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let ppid: i32 = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    for p in [ppid, pid] {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    n.s.eventually(10, "the workload is gone", || {
-        !Path::new(&format!("/proc/{pid}")).exists()
-    });
+    n.kill_monitor_and_workload(&id);
     let out = n.ok(&["network", "prune"]);
     assert!(out.contains(&format!("detached {net}/{id}")), "{out}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

@@ -263,21 +263,10 @@ pub fn release(paths: &Paths, id: &str, dir: &Path) {
 /// output must see EOF when the run returns), no inherited descriptors; takes the attachments
 /// over, then DELs them.
 fn releaser(nets: &Networks, id: &str, claimed: std::os::fd::OwnedFd) {
-    let _ = nix::unistd::setsid();
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        for fd in 0..=2 {
-            // SAFETY: dup2 of a live fd onto our stdio numbers.
-            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
-        }
-    }
+    detach_stdio();
     let claimed_ok = nets.begin_release(id, Owner::current()).is_ok();
     drop(claimed);
-    // SAFETY: closes descriptors this process inherited and no longer uses.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    close_inherited();
     if !claimed_ok {
         return; // the records stay with their dead owner: prune's work
     }
@@ -324,6 +313,12 @@ fn spawn_filler(nets: &Networks, network: &str) {
 /// A detached helper's start: own session, /dev/null as stdio (whoever reads the caller's output
 /// must see EOF when the caller is done), no other inherited descriptors.
 fn detach_from_caller() {
+    detach_stdio();
+    close_inherited();
+}
+
+/// Own session, /dev/null as stdio.
+fn detach_stdio() {
     let _ = nix::unistd::setsid();
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
@@ -335,8 +330,11 @@ fn detach_from_caller() {
             unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
         }
     }
-    // SAFETY: closes descriptors this process inherited and no longer uses (`null` is already
-    // dup'ed onto 0-2; its own number closes with the rest).
+}
+
+/// Closes every descriptor above stdio this process inherited.
+fn close_inherited() {
+    // SAFETY: closes descriptors this process inherited and no longer uses.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
 }
 

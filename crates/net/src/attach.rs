@@ -102,13 +102,14 @@ fn validate_ifname(name: &str) -> Result<(), Error> {
     }
 }
 
-fn write_record(path: &Path, r: &AttachmentRecord) -> Result<(), Error> {
+/// Writes a record atomically (temp file + rename): an attachment's, or a pool slot's.
+pub(crate) fn write_record(path: &Path, r: &AttachmentRecord) -> Result<(), Error> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(r).expect("serializes"))
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            Error::io(format!("writing attachment record {}", path.display()), e)
+            Error::io(format!("writing record {}", path.display()), e)
         })
 }
 

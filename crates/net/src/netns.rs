@@ -11,13 +11,7 @@ use nix::sched::{unshare, CloneFlags};
 
 /// Creates a new network namespace with its loopback up and bind-mounts it on `path` (a new file).
 pub fn create(path: &Path) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
+    new_mount_point(path)?;
     let target = path.to_path_buf();
     // unshare() affects only the calling thread: a short-lived thread makes the namespace, pins it
     // with the bind mount and exits, leaving this process's own namespace alone.
@@ -44,13 +38,7 @@ pub fn create(path: &Path) -> io::Result<()> {
 
 /// Binds the namespace mounted at `source` on `path` (a new file): a second name for it.
 pub fn bind(source: &Path, path: &Path) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
+    new_mount_point(path)?;
     if let Err(e) = mount(
         Some(source),
         path,
@@ -62,6 +50,18 @@ pub fn bind(source: &Path, path: &Path) -> io::Result<()> {
         return Err(e.into());
     }
     Ok(())
+}
+
+/// A new empty file (and its directory) to mount a namespace on.
+fn new_mount_point(path: &Path) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map(drop)
 }
 
 /// Brings `lo` up in the calling thread's network namespace (one ioctl; the loopback CNI plugin

@@ -53,16 +53,6 @@ fn read_slot(path: &Path) -> Option<AttachmentRecord> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-fn write_slot(path: &Path, r: &AttachmentRecord) -> Result<(), Error> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(r).expect("serializes"))
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(format!("writing pool slot {}", path.display()), e)
-        })
-}
-
 fn new_slot_id() -> Result<String, Error> {
     let mut b = [0u8; 8];
     getrandom(&mut b)?;
@@ -208,7 +198,7 @@ impl Networks {
             release: None,
             cni_id: None,
         };
-        write_slot(&path, &r)?;
+        crate::attach::write_record(&path, &r)?;
         if let Err(e) = crate::netns::create(&r.netns) {
             let _ = std::fs::remove_file(&path);
             return Err(Error::io(
@@ -234,7 +224,7 @@ impl Networks {
                 return Err(e.into());
             }
         }
-        if let Err(e) = write_slot(&path, &r) {
+        if let Err(e) = crate::attach::write_record(&path, &r) {
             let _ = self.undo_slot(&path, &r);
             return Err(e);
         }

@@ -363,22 +363,10 @@ impl Networks {
     /// A new network namespace for `container_id` under the state directory, owned by `owner`
     /// (prune removes it once the owner is gone and no attachment uses it).
     pub fn create_netns(&self, container_id: &str, owner: crate::Owner) -> Result<PathBuf, Error> {
-        validate_container_id(container_id)?;
-        let dir = self.netns_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let owner_file = dir.join(format!("{container_id}.owner"));
-        let path = dir.join(container_id);
-        std::fs::write(&owner_file, serde_json::to_vec(&owner).expect("serializes"))
-            .map_err(|e| Error::io(format!("writing {}", owner_file.display()), e))?;
-        if let Err(e) = crate::netns::create(&path) {
-            let _ = std::fs::remove_file(&owner_file);
-            return Err(Error::io(
-                format!("creating network namespace {}", path.display()),
-                e,
-            ));
-        }
-        Ok(path)
+        self.owned_netns(container_id, owner, |path| {
+            crate::netns::create(path)
+                .map_err(|e| Error::io(format!("creating network namespace {}", path.display()), e))
+        })
     }
 
     /// `container_id`'s namespace file bound to the namespace at `source` (a pool slot's), owned
@@ -389,6 +377,27 @@ impl Networks {
         owner: crate::Owner,
         source: &Path,
     ) -> Result<PathBuf, Error> {
+        self.owned_netns(container_id, owner, |path| {
+            crate::netns::bind(source, path).map_err(|e| {
+                Error::io(
+                    format!(
+                        "binding network namespace {} at {}",
+                        source.display(),
+                        path.display()
+                    ),
+                    e,
+                )
+            })
+        })
+    }
+
+    /// `<netns dir>/<container_id>` made by `make`, with its `.owner` file written first.
+    fn owned_netns(
+        &self,
+        container_id: &str,
+        owner: crate::Owner,
+        make: impl FnOnce(&Path) -> Result<(), Error>,
+    ) -> Result<PathBuf, Error> {
         validate_container_id(container_id)?;
         let dir = self.netns_dir();
         std::fs::create_dir_all(&dir)
@@ -397,16 +406,9 @@ impl Networks {
         let path = dir.join(container_id);
         std::fs::write(&owner_file, serde_json::to_vec(&owner).expect("serializes"))
             .map_err(|e| Error::io(format!("writing {}", owner_file.display()), e))?;
-        if let Err(e) = crate::netns::bind(source, &path) {
+        if let Err(e) = make(&path) {
             let _ = std::fs::remove_file(&owner_file);
-            return Err(Error::io(
-                format!(
-                    "binding network namespace {} at {}",
-                    source.display(),
-                    path.display()
-                ),
-                e,
-            ));
+            return Err(e);
         }
         Ok(path)
     }
