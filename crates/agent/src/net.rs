@@ -170,6 +170,31 @@ impl GuestNet {
     }
 }
 
+/// Fuzzing entry point: `data` as the JSON of an annotation map (or, failing that, as the value
+/// of every key): the parser never panics, and whatever it accepts satisfies what [`apply`]
+/// relies on.
+pub fn fuzz_net_config(data: &[u8]) {
+    let value = serde_json::from_slice::<serde_json::Value>(data).unwrap_or_else(|_| {
+        let s = String::from_utf8_lossy(data).into_owned();
+        serde_json::json!({
+            ADDRESS: s, GATEWAY: s, MTU: s, MAC: s, HOSTS: s, RESOLV: s,
+        })
+    });
+    if let Ok(Some(n)) = GuestNet::from_annotations(&value) {
+        assert!((1..=32).contains(&n.prefix));
+        assert!(n.mtu.is_none_or(|m| (68..=65535).contains(&m)));
+        assert!(n.mac.is_none_or(|m| m[0] & 1 == 0 && m != [0; 6]));
+        assert!(n
+            .hosts
+            .as_ref()
+            .is_none_or(|h| h.len() <= MAX_FILE && !h.contains('\0')));
+        assert!(n
+            .resolv
+            .as_ref()
+            .is_none_or(|h| h.len() <= MAX_FILE && !h.contains('\0')));
+    }
+}
+
 /// Six two-digit hex octets separated by `:`, unicast and not all zero.
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut out = [0u8; 6];
@@ -504,6 +529,20 @@ mod tests {
         ];
         for v in bad {
             assert!(parse(v.clone()).is_err(), "accepted {v}");
+        }
+    }
+
+    #[test]
+    fn the_fuzz_entry_point_takes_what_the_corpus_would() {
+        for d in [
+            &b""[..],
+            b"{}",
+            b"null",
+            b"10.0.0.1/8",
+            br#"{"dev.strata.net.address": "10.0.0.1/8", "dev.strata.net.mac": "02:00:00:00:00:01"}"#,
+            b"\xff\xfe",
+        ] {
+            fuzz_net_config(d);
         }
     }
 
