@@ -496,3 +496,48 @@ fn a_take_over_that_fails_at_start_fails_start_with_its_cause_and_leaves_nothing
         String::from_utf8_lossy(&leftover.stdout)
     );
 }
+
+/// The engine's network has an MTU the guest's NIC cannot take (it booted at 1500, before the
+/// namespace was configured; UML's driver goes no higher): the agent refuses the start-time
+/// configuration, `start` fails with that cause and `delete` leaves nothing.
+#[test]
+fn a_start_time_network_the_guest_refuses_fails_start_with_its_cause_and_leaves_nothing() {
+    if !vm_net_ready() {
+        return;
+    }
+    let oci = Oci::new();
+    let id = unique_id("vmcnimtu");
+    let _cleanup = Cleanup {
+        oci: &oci,
+        id: id.clone(),
+    };
+    let (_b, pid) = create_new_netns_vm(&oci, &id, "sleep 1000");
+    let mut net = EngineNet::new("vmtu", 199);
+    net.conf["mtu"] = json!(9000);
+    net.task_netns = Some(PathBuf::from(format!("/proc/{pid}/ns/net")));
+    net.add();
+    let out = oci.run(&["start", &id]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "start succeeded with MTU 9000");
+    assert!(
+        err.contains("MTU to 9000") && err.contains("start"),
+        "the cause is named: {err}"
+    );
+    let _ = net.plugin("DEL");
+    net.added = false;
+    oci.ok(&["delete", "--force", &id]);
+    assert!(reaped(pid), "the keeper (and its namespace) is gone");
+    assert!(!oci.root.path().join("vm").join(&id).exists());
+    let leftover = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ls -d /sys/fs/cgroup/*/strata-test-{id} 2>/dev/null"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        leftover.stdout.is_empty(),
+        "cgroups left: {}",
+        String::from_utf8_lossy(&leftover.stdout)
+    );
+}
