@@ -23,7 +23,7 @@ use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::error::{Result, VmmError};
@@ -44,12 +44,51 @@ pub struct GuestNic {
     pub mtu: u32,
 }
 
-/// A tap in the namespace, redirected to and from the interface.
+/// A VM's tap in its network namespace, as the platform hands it to the VM process.
 #[derive(Debug)]
 pub(crate) struct NetnsTap {
     /// The tap's file (frames without a packet-information header).
     pub fd: OwnedFd,
-    pub nic: GuestNic,
+    /// What the guest's NIC took over; None while the take-over waits for
+    /// [`crate::Vm::take_over_network`] (`VmConfig::network_at_start`).
+    pub nic: Option<GuestNic>,
+    /// The MAC and MTU the guest's NIC boots with: the interface's, or (take-over at start) a
+    /// MAC of its own and 1500.
+    pub boot_mac: String,
+    pub boot_mtu: u32,
+    /// The namespace and tap name of a take-over that waits: the platform stores them in
+    /// `Vm::deferred_nic`.
+    pub deferred: Option<(PathBuf, String)>,
+}
+
+/// The guest NIC of the VM `config` describes, for every platform: a tap in `config.network`,
+/// redirected to and from its interface now ([`attach`]), or made now and redirected at start
+/// ([`prepare`], `config.network_at_start`). None without a network, or when the namespace has
+/// no interface to take over now. The platform passes `fd` into the VM process and boots the
+/// guest's NIC with `boot_mac`/`boot_mtu`; the VM then holds the only fd, so the tap goes with
+/// it.
+pub(crate) fn for_vm(config: &crate::platform::VmConfig) -> Result<Option<NetnsTap>> {
+    let Some(ns) = &config.network else {
+        return Ok(None);
+    };
+    let tap = tap_name(&config.id);
+    if config.network_at_start {
+        let fd = prepare(ns, &tap)?;
+        return Ok(Some(NetnsTap {
+            fd,
+            nic: None,
+            boot_mac: boot_mac(&config.id),
+            boot_mtu: 1500,
+            deferred: Some((ns.clone(), tap)),
+        }));
+    }
+    Ok(attach(ns, &tap)?.map(|(fd, nic)| NetnsTap {
+        fd,
+        boot_mac: nic.mac.clone(),
+        boot_mtu: nic.mtu,
+        nic: Some(nic),
+        deferred: None,
+    }))
 }
 
 fn net_err(step: impl Into<String>, netns: &Path, source: io::Error) -> VmmError {
@@ -69,7 +108,7 @@ pub fn tap_name(id: &str) -> String {
 
 /// The MAC a guest NIC boots with before it took an interface over (see [`prepare`]): locally
 /// administered, unicast, from VM `id` (the agent gives the NIC the interface's MAC at start).
-pub(crate) fn boot_mac(id: &str) -> String {
+fn boot_mac(id: &str) -> String {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(format!("mac:{id}").as_bytes());
     let mut b = [0u8; 6];
@@ -85,7 +124,7 @@ pub(crate) fn boot_mac(id: &str) -> String {
 /// interface the guest takes over, makes the tap `tap` and redirects both ways. None when no
 /// interface other than `lo` has an IPv4 address (an engine's `--network none` namespace): the
 /// guest then has only its loopback.
-pub(crate) fn attach(netns: &Path, tap: &str) -> Result<Option<NetnsTap>> {
+fn attach(netns: &Path, tap: &str) -> Result<Option<(OwnedFd, GuestNic)>> {
     check_tap_name(tap)?;
     let tap = tap.to_string();
     in_netns(netns, move |netns, sock| {
@@ -94,7 +133,7 @@ pub(crate) fn attach(netns: &Path, tap: &str) -> Result<Option<NetnsTap>> {
         };
         let fd = open_tap(&tap).map_err(|e| net_err(format!("create tap {tap}"), netns, e))?;
         join_tap(netns, sock, &nic, &tap)?;
-        Ok(Some(NetnsTap { fd, nic }))
+        Ok(Some((fd, nic)))
     })
 }
 
@@ -102,7 +141,7 @@ pub(crate) fn attach(netns: &Path, tap: &str) -> Result<Option<NetnsTap>> {
 /// the VM booted: containerd's `ctr run --cni` runs its CNI ADD between `create` and `start`):
 /// makes the tap `tap` in `netns`, up, with no redirect yet. The guest boots with its NIC on
 /// it; [`take_over`] joins it to the namespace's interface once there is one.
-pub(crate) fn prepare(netns: &Path, tap: &str) -> Result<OwnedFd> {
+fn prepare(netns: &Path, tap: &str) -> Result<OwnedFd> {
     check_tap_name(tap)?;
     let tap = tap.to_string();
     in_netns(netns, move |netns, sock| {

@@ -363,18 +363,7 @@ impl Platform for UmlPlatform {
             // interface now, or (network_at_start) once the namespace has one
             // (Vm::take_over_network). The VM process itself stays in the jail's empty
             // namespace.
-            let tap_name = netns_tap::tap_name(&config.id);
-            let boot_mac = netns_tap::boot_mac(&config.id);
-            let tap = match &config.network {
-                Some(ns) if config.network_at_start => {
-                    netns_tap::prepare(ns, &tap_name).map(|fd| Some((fd, None)))
-                }
-                Some(ns) => {
-                    netns_tap::attach(ns, &tap_name).map(|t| t.map(|t| (t.fd, Some(t.nic))))
-                }
-                None => Ok(None),
-            };
-            let tap = match tap {
+            let tap = match netns_tap::for_vm(config) {
                 Ok(t) => t,
                 Err(e) => {
                     let _ = cgroup.destroy();
@@ -382,18 +371,14 @@ impl Platform for UmlPlatform {
                     return Err(e);
                 }
             };
-            let nic_args = tap.as_ref().map(|(_, nic)| match nic {
-                Some(n) => (n.mac.as_str(), n.mtu),
-                None => (boot_mac.as_str(), 1500),
-            });
             let mut fds = vec![
                 (null.as_raw_fd(), 0),
                 (out_fd, 1),
                 (out_fd, 2),
                 (guest_end.as_raw_fd(), CHANNEL_FD),
             ];
-            if let Some((fd, _)) = &tap {
-                fds.push((fd.as_raw_fd(), TAP_FD));
+            if let Some(t) = &tap {
+                fds.push((t.fd.as_raw_fd(), TAP_FD));
             }
             let spec = JailSpec {
                 root: jail_root,
@@ -404,7 +389,10 @@ impl Platform for UmlPlatform {
                 uid,
                 gid: uid,
                 exe: "/linux".into(),
-                argv: command_line(config, nic_args),
+                argv: command_line(
+                    config,
+                    tap.as_ref().map(|t| (t.boot_mac.as_str(), t.boot_mtu)),
+                ),
                 env: vec![
                     "TMPDIR=/tmp".into(),
                     "HOME=/tmp".into(),
@@ -447,11 +435,8 @@ impl Platform for UmlPlatform {
                 },
                 // Our tap fd closes here: the VM holds the only other one, so the tap goes
                 // with it.
-                deferred_nic: match (&tap, &config.network) {
-                    (Some((_, None)), Some(ns)) => Some((ns.clone(), tap_name.clone())),
-                    _ => None,
-                },
-                nic: tap.and_then(|(_, nic)| nic),
+                deferred_nic: tap.as_ref().and_then(|t| t.deferred.clone()),
+                nic: tap.and_then(|t| t.nic),
             })
         })();
         if result.is_err() {
