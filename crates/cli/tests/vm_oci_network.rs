@@ -541,3 +541,37 @@ fn a_start_time_network_the_guest_refuses_fails_start_with_its_cause_and_leaves_
         String::from_utf8_lossy(&leftover.stdout)
     );
 }
+
+/// An interface the guest's NIC cannot take over (no IPv4 address: an IPv6-only network) is
+/// not left behind silently: `start` fails saying so, and `delete` leaves nothing.
+#[test]
+fn an_interface_without_ipv4_at_start_fails_start_and_leaves_nothing() {
+    if !vm_net_ready() {
+        return;
+    }
+    let oci = Oci::new();
+    let id = unique_id("vmcniv6");
+    let _cleanup = Cleanup {
+        oci: &oci,
+        id: id.clone(),
+    };
+    let (_b, pid) = create_new_netns_vm(&oci, &id, "sleep 1000");
+    // Both ends in the keeper's namespace: they go with it.
+    ip_in(
+        pid,
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+        ],
+    );
+    ip_in(pid, &["link", "set", "eth0", "up"]);
+    let out = oci.run(&["start", &id]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "start succeeded without a network");
+    assert!(
+        err.contains("eth0") && err.contains("no IPv4 address"),
+        "the cause is named: {err}"
+    );
+    oci.ok(&["delete", "--force", &id]);
+    assert!(reaped(pid), "the keeper (and its namespace) is gone");
+    assert!(!oci.root.path().join("vm").join(&id).exists());
+}

@@ -161,11 +161,53 @@ pub fn take_over(netns: &Path, tap: &str) -> Result<Option<GuestNic>> {
     let tap = tap.to_string();
     in_netns(netns, move |netns, sock| {
         let Some(nic) = read_nic(netns, sock)? else {
+            // An interface the guest cannot take over (no IPv4 address: an IPv6-only network)
+            // must not leave the VM without the network the engine gave it, silently.
+            let others: Vec<String> = interface_names()
+                .map_err(|e| net_err("list the interfaces", netns, e))?
+                .into_iter()
+                .filter(|n| n != "lo" && *n != tap)
+                .collect();
+            if !others.is_empty() {
+                return Err(net_err(
+                    "take an interface over",
+                    netns,
+                    io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!(
+                            "no IPv4 address on {}: the VM's NIC takes over IPv4 interfaces only",
+                            others.join(", ")
+                        ),
+                    ),
+                ));
+            }
             return Ok(None);
         };
         join_tap(netns, sock, &nic, &tap)?;
         Ok(Some(nic))
     })
+}
+
+/// Every interface of the calling thread's network namespace (if_nameindex: netlink, opened in
+/// this thread's namespace).
+fn interface_names() -> io::Result<Vec<String>> {
+    // SAFETY: if_nameindex returns a list terminated by a zero entry, or null on error; freed
+    // below with if_freenameindex.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut names = Vec::new();
+    let mut p = list;
+    // SAFETY: walking the list up to its terminating entry; names are NUL-terminated.
+    unsafe {
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            names.push(CStr::from_ptr((*p).if_name).to_string_lossy().into_owned());
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    Ok(names)
 }
 
 /// The interface [`take_over`] would take over in `netns` now (None: only `lo`, or nothing
