@@ -108,6 +108,8 @@ pub struct Agent {
     hello: bool,
     spec: Option<Spec>,
     rootfs: Option<PathBuf>,
+    /// The guest's NIC was configured (at create, or by a start that took it over).
+    network_applied: bool,
     started: bool,
     finishing: bool,
     /// Problems found before the handshake, reported right after it.
@@ -152,6 +154,7 @@ impl Agent {
             hello: false,
             spec: None,
             rootfs: None,
+            network_applied: false,
             started: false,
             finishing: false,
             pending_warnings: Vec::new(),
@@ -384,7 +387,7 @@ impl Agent {
         match frame.message {
             Message::Hello(h) => self.on_hello(h),
             Message::Create(req) => self.on_create(sid, req),
-            Message::Start => self.on_start(sid),
+            Message::Start(req) => self.on_start(sid, req),
             Message::Exec(req) => self.on_exec(sid, req),
             Message::Shutdown => {
                 self.kill_all();
@@ -536,6 +539,7 @@ impl Agent {
                         return self.refuse(sid, "create", "network", e);
                     }
                 }
+                self.network_applied = network.is_some();
             }
             self.rootfs = Some(root);
         }
@@ -544,7 +548,7 @@ impl Agent {
         self.send(sid, Message::Created);
     }
 
-    fn on_start(&mut self, sid: u32) {
+    fn on_start(&mut self, sid: u32, req: strata_proto::StartRequest) {
         if sid != MAIN_SESSION {
             return self.refuse(
                 sid,
@@ -569,6 +573,38 @@ impl Agent {
                 "start before a successful create".into(),
             );
         };
+        // A network the host took over only now: configured before the main process runs, and
+        // its refusal is the start's.
+        if let Some(map) = req.network {
+            let net = match crate::net::GuestNet::from_annotations(&serde_json::Value::Object(map))
+            {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    return self.refuse(
+                        sid,
+                        "start",
+                        "config",
+                        format!("start's network has no {}", crate::net::ADDRESS),
+                    )
+                }
+                Err(e) => return self.refuse(sid, "start", "config", e.to_string()),
+            };
+            if self.network_applied {
+                return self.refuse(
+                    sid,
+                    "start",
+                    "network",
+                    "the network was already configured at create".into(),
+                );
+            }
+            if self.mode.pid1 {
+                let root = self.rootfs.clone().unwrap_or_else(|| "/".into());
+                if let Err(e) = crate::net::apply(&net, &root) {
+                    return self.refuse(sid, "start", "network", e);
+                }
+            }
+            self.network_applied = true;
+        }
         self.started = true;
         let tty = process.terminal;
         self.launch(sid, &process, tty, true);

@@ -5,8 +5,14 @@
 //! - `dev.strata.net.address`: `A.B.C.D/PREFIX` (required for the rest to apply),
 //! - `dev.strata.net.gateway`: `A.B.C.D` (the default route),
 //! - `dev.strata.net.mtu`: `68..=65535`,
+//! - `dev.strata.net.mac`: `aa:bb:cc:dd:ee:ff`, a unicast MAC the NIC takes (the interface's, when
+//!   the NIC booted with a MAC of its own and takes the interface over only at start),
 //! - `dev.strata.net.hosts`, `dev.strata.net.resolv`: the contents of /etc/hosts and
 //!   /etc/resolv.conf as a container on that network gets them.
+//!
+//! The same map comes with `Start` (strata_proto::StartRequest::network) when the host took the
+//! interface over only then (containerd's `ctr run --cni` configures the namespace between
+//! create and start).
 //!
 //! [`GuestNet::from_annotations`] is the parser (the document is user-authored under strata-oci:
 //! every value is checked before anything is configured); [`apply`] does the configuration with a
@@ -21,6 +27,7 @@ use std::path::Path;
 pub const ADDRESS: &str = "dev.strata.net.address";
 pub const GATEWAY: &str = "dev.strata.net.gateway";
 pub const MTU: &str = "dev.strata.net.mtu";
+pub const MAC: &str = "dev.strata.net.mac";
 pub const HOSTS: &str = "dev.strata.net.hosts";
 pub const RESOLV: &str = "dev.strata.net.resolv";
 
@@ -37,6 +44,7 @@ pub struct GuestNet {
     pub prefix: u8,
     pub gateway: Option<Ipv4Addr>,
     pub mtu: Option<u32>,
+    pub mac: Option<[u8; 6]>,
     pub hosts: Option<String>,
     pub resolv: Option<String>,
 }
@@ -92,7 +100,7 @@ impl GuestNet {
             return Ok(None);
         };
         let Some(address) = text(a, ADDRESS)? else {
-            for key in [GATEWAY, MTU, HOSTS, RESOLV] {
+            for key in [GATEWAY, MTU, MAC, HOSTS, RESOLV] {
                 if a.contains_key(key) {
                     return Err(NetError::NoAddress(key));
                 }
@@ -141,15 +149,67 @@ impl GuestNet {
                     .ok_or_else(|| invalid(MTU, format!("{m:?} is not 68-65535")))?,
             ),
         };
+        let mac = match text(a, MAC)? {
+            None => None,
+            Some(m) => Some(parse_mac(m).ok_or_else(|| {
+                invalid(
+                    MAC,
+                    format!("{m:?} is not a unicast MAC address (aa:bb:cc:dd:ee:ff)"),
+                )
+            })?),
+        };
         Ok(Some(GuestNet {
             address,
             prefix,
             gateway,
             mtu,
+            mac,
             hosts: file(a, HOSTS)?,
             resolv: file(a, RESOLV)?,
         }))
     }
+}
+
+/// Fuzzing entry point: `data` as the JSON of an annotation map (or, failing that, as the value
+/// of every key): the parser never panics, and whatever it accepts satisfies what [`apply`]
+/// relies on.
+pub fn fuzz_net_config(data: &[u8]) {
+    let value = serde_json::from_slice::<serde_json::Value>(data).unwrap_or_else(|_| {
+        let s = String::from_utf8_lossy(data).into_owned();
+        serde_json::json!({
+            ADDRESS: s, GATEWAY: s, MTU: s, MAC: s, HOSTS: s, RESOLV: s,
+        })
+    });
+    if let Ok(Some(n)) = GuestNet::from_annotations(&value) {
+        assert!((1..=32).contains(&n.prefix));
+        assert!(n.mtu.is_none_or(|m| (68..=65535).contains(&m)));
+        assert!(n.mac.is_none_or(|m| m[0] & 1 == 0 && m != [0; 6]));
+        assert!(n
+            .hosts
+            .as_ref()
+            .is_none_or(|h| h.len() <= MAX_FILE && !h.contains('\0')));
+        assert!(n
+            .resolv
+            .as_ref()
+            .is_none_or(|h| h.len() <= MAX_FILE && !h.contains('\0')));
+    }
+}
+
+/// Six two-digit hex octets separated by `:`, unicast and not all zero.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    if parts.next().is_some() || out[0] & 1 != 0 || out == [0; 6] {
+        return None;
+    }
+    Some(out)
 }
 
 /// Brings the loopback up (as every container's `--network none` has it).
@@ -168,6 +228,10 @@ pub fn apply(net: &GuestNet, root: &Path) -> Result<(), String> {
     if nic != NIC {
         s.rename(&nic, NIC)
             .map_err(|e| format!("rename {nic} to {NIC}: {e}"))?;
+    }
+    if let Some(mac) = net.mac {
+        s.set_mac(NIC, mac)
+            .map_err(|e| format!("set {NIC}'s MAC address: {e}"))?;
     }
     if let Some(mtu) = net.mtu {
         s.set_mtu(NIC, mtu)
@@ -342,6 +406,18 @@ impl Socket {
         self.ioctl(libc::SIOCSIFMTU, &mut r)
     }
 
+    fn set_mac(&self, iface: &str, mac: [u8; 6]) -> io::Result<()> {
+        let mut r = ifreq(iface);
+        // SAFETY: ifru_hwaddr is a plain sockaddr; ARPHRD_ETHER with the 6 address bytes.
+        unsafe {
+            r.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+            for (d, b) in r.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(mac) {
+                *d = b as libc::c_char;
+            }
+        }
+        self.ioctl(libc::SIOCSIFHWADDR, &mut r)
+    }
+
     fn set_addr(&self, iface: &str, req: libc::c_ulong, a: Ipv4Addr) -> io::Result<()> {
         let mut r = ifreq(iface);
         r.ifr_ifru.ifru_addr = sockaddr_in(a);
@@ -376,6 +452,7 @@ mod tests {
             ADDRESS: "10.87.0.5/16",
             GATEWAY: "10.87.0.1",
             MTU: "1500",
+            MAC: "0a:58:0A:57:00:05",
             HOSTS: "127.0.0.1\tlocalhost\n10.87.0.6\tweb\n",
             RESOLV: "nameserver 8.8.8.8\n",
             "other": {"not": "a string"},
@@ -386,6 +463,7 @@ mod tests {
         assert_eq!(n.prefix, 16);
         assert_eq!(n.gateway, Some(Ipv4Addr::new(10, 87, 0, 1)));
         assert_eq!(n.mtu, Some(1500));
+        assert_eq!(n.mac, Some([0x0a, 0x58, 0x0a, 0x57, 0, 5]));
         assert!(n.hosts.unwrap().contains("web"));
     }
 
@@ -431,11 +509,40 @@ mod tests {
             json!({ADDRESS: "10.0.0.1/8", HOSTS: "a\0b"}),
             json!({ADDRESS: "10.0.0.1/8", RESOLV: "nameserver\0"}),
             json!({ADDRESS: "10.0.0.1/8", RESOLV: {}}),
+            json!({ADDRESS: "10.0.0.1/8", MAC: ""}),
+            json!({ADDRESS: "10.0.0.1/8", MAC: "aa:bb:cc:dd:ee"}),
+            json!({ADDRESS: "10.0.0.1/8", MAC: "aa:bb:cc:dd:ee:ff:00"}),
+            json!({ADDRESS: "10.0.0.1/8", MAC: "aa:bb:cc:dd:ee:"}),
+            json!({ADDRESS: "10.0.0.1/8", MAC: "aa:bb:cc:dd:ee:f"}),
+            json!({ADDRESS: "10.0.0.1/8", MAC: "aa:bb:cc:dd:ee:fff"}),
+            json!({ADDRESS: "10.0.0.1/8", MAC: "aa-bb-cc-dd-ee-ff"}),
+            json!({ADDRESS: "10.0.0.1/8", MAC: "+a:bb:cc:dd:ee:ff"}),
+            json!({ADDRESS: "10.0.0.1/8", MAC: "gg:bb:cc:dd:ee:ff"}),
+            json!({ADDRESS: "10.0.0.1/8", MAC: "01:00:5e:00:00:01"}),
+            json!({ADDRESS: "10.0.0.1/8", MAC: "ff:ff:ff:ff:ff:ff"}),
+            json!({ADDRESS: "10.0.0.1/8", MAC: "00:00:00:00:00:00"}),
+            json!({ADDRESS: "10.0.0.1/8", MAC: "\u{e9}a:bb:cc:dd:ee:ff"}),
+            json!({ADDRESS: "10.0.0.1/8", MAC: 5}),
             json!({GATEWAY: "10.0.0.1"}),
+            json!({MAC: "02:00:00:00:00:01"}),
             json!({HOSTS: "x"}),
         ];
         for v in bad {
             assert!(parse(v.clone()).is_err(), "accepted {v}");
+        }
+    }
+
+    #[test]
+    fn the_fuzz_entry_point_takes_what_the_corpus_would() {
+        for d in [
+            &b""[..],
+            b"{}",
+            b"null",
+            b"10.0.0.1/8",
+            br#"{"dev.strata.net.address": "10.0.0.1/8", "dev.strata.net.mac": "02:00:00:00:00:01"}"#,
+            b"\xff\xfe",
+        ] {
+            fuzz_net_config(d);
         }
     }
 
@@ -456,11 +563,15 @@ mod tests {
             "0x10",
             "255.255.255.255/32",
             "1.2.3.4/08",
+            "aa:bb:cc:dd:ee:ff",
+            "::::::",
+            "0:0:0:0:0:0",
         ];
         for a in samples {
             for g in samples {
                 for m in samples {
-                    let _ = parse(json!({ADDRESS: a, GATEWAY: g, MTU: m, HOSTS: a, RESOLV: g}));
+                    let _ =
+                        parse(json!({ADDRESS: a, GATEWAY: g, MTU: m, MAC: m, HOSTS: a, RESOLV: g}));
                 }
             }
         }

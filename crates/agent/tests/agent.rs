@@ -423,7 +423,7 @@ fn hostile_frames_are_answered_with_errors_and_the_agent_keeps_working() {
         Frame::new(1, Message::Stdout(b"x".to_vec())),
         Frame::new(99, Message::Stdin(b"x".to_vec())),
         Frame::new(99, Message::Signal(9)),
-        Frame::new(1, Message::Start),
+        Frame::new(1, Message::Start(Default::default())),
         Frame::new(
             5,
             Message::Exec(strata_proto::ExecRequest {
@@ -602,4 +602,48 @@ fn hostile_network_annotations_refuse_create_and_net_files_without_a_network_are
     let (o, _, st) = run_main(&agent, &["echo", "fine"], b"");
     assert_eq!((o.as_str(), st.code), ("fine\n", 0));
     assert!(agent.client().connection_errors().is_empty());
+}
+
+/// A start that carries a network (the host took the interface over only at start): hostile
+/// values are refused as the start's error and the main process does not run; a valid one is
+/// accepted (outside a guest the agent configures no NIC) and the process runs.
+#[test]
+fn a_start_with_a_hostile_network_is_refused_and_a_valid_one_starts() {
+    let net = |v: serde_json::Value| strata_proto::StartRequest {
+        network: v.as_object().cloned(),
+    };
+    let agent = Agent::start();
+    let main = agent
+        .client()
+        .create(&config(&["sh", "-c", "echo ran"]))
+        .unwrap();
+    for bad in [
+        json!({}),
+        json!({"dev.strata.net.address": "10.0.0.5/16", "dev.strata.net.mac": "01:00:5e:00:00:01"}),
+        json!({"dev.strata.net.address": "10.0.0.5/16", "dev.strata.net.mac": "aa:bb:cc:dd:ee"}),
+        json!({"dev.strata.net.address": "10.0.0.5/40"}),
+        json!({"dev.strata.net.address": "10.0.0.5/16", "dev.strata.net.gateway": "11.0.0.1"}),
+        json!({"dev.strata.net.address": "10.0.0.5/16", "dev.strata.net.mtu": 1500}),
+        json!({"dev.strata.net.mac": "02:00:00:00:00:01"}),
+    ] {
+        let err = agent.client().start_with(net(bad.clone())).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Agent { kind, .. } if kind == "config"),
+            "{bad}: {err}"
+        );
+    }
+    agent
+        .client()
+        .start_with(net(json!({
+            "dev.strata.net.address": "10.0.0.5/16",
+            "dev.strata.net.gateway": "10.0.0.1",
+            "dev.strata.net.mac": "0a:58:0a:00:00:05",
+            "dev.strata.net.mtu": "1500",
+        })))
+        .unwrap();
+    let (o, _, st) = main.output().unwrap();
+    assert_eq!(
+        (String::from_utf8_lossy(&o).as_ref(), st.code),
+        ("ran\n", 0)
+    );
 }

@@ -257,8 +257,10 @@ fn containerd_drives_runc_and_strata_oci() {
 /// `ctr run --cni`: containerd's CNI (go-cni's defaults: the first conflist of /etc/cni/net.d,
 /// plugins in /opt/cni/bin) puts a container run by runc (harness check) and by strata-oci on the
 /// container layer on that network; busybox httpd in it answers a real HTTP client on the host at
-/// the container's address. ctr 1.6 has no port publishing. The container is stopped with
-/// SIGKILL; `ctr run --rm` then removes its network (CNI DEL) and the container.
+/// the container's address. ctr 1.6 has no port publishing. The same on strata's VM layer (UML
+/// platform): httpd runs in the guest, whose NIC took the interface CNI made in the keeper's
+/// namespace over at `start`. The container is stopped with SIGKILL; `ctr run --rm` then
+/// removes its network (CNI DEL) and the container.
 fn network_cells(h: &mut Harness, ctr: &Ctr) {
     if !std::path::Path::new("/etc/cni/net.d").is_dir() {
         panic!("ctr run --cni needs a conflist in /etc/cni/net.d (podman's Debian package installs 87-podman-bridge.conflist)");
@@ -279,11 +281,15 @@ fn network_cells(h: &mut Harness, ctr: &Ctr) {
     // The conflist's bridge (Podman's cni-podman0), made by the first ADD and left by ctr.
     h.sb.remove_link_if_created("cni-podman0");
     let mut failed = Vec::new();
-    // Not strata's VM layer yet: ctr 1.6 runs CNI ADD on /proc/<task pid>/ns/net after create,
-    // and a VM's task pid (its keeper) has no namespace of its own for that (the plugin then
-    // finds the host's eth0 and fails: "container veth name provided (eth0) already exists");
-    // docs/engines.md. Podman, which hands the runtime a prepared namespace, has the VM cell.
-    for (rt, layer) in [(&h.runc, Layer::Container), (&h.strata, Layer::Container)] {
+    // On strata's VM layer, ctr 1.6 runs its CNI ADD on /proc/<task pid>/ns/net after create:
+    // the task pid is the VM's keeper, which has a namespace of its own (config.json asks for a
+    // new one), and the guest's NIC takes that namespace's eth0 over at start
+    // (docs/engines.md). Before that, the plugin found the host's eth0 and failed.
+    for (rt, layer) in [
+        (&h.runc, Layer::Container),
+        (&h.strata, Layer::Container),
+        (&h.strata, Layer::Vm),
+    ] {
         let cell_name = format!("{}/{}", rt.name, layer.label());
         let name = format!("net-{}-{}", rt.name, layer.label());
         let body = format!("served-by-{}-{}-under-containerd", rt.name, layer.label());
@@ -304,8 +310,8 @@ fn network_cells(h: &mut Harness, ctr: &Ctr) {
                     .map(|(p, _)| p)
                     .ok_or_else(|| "the task is not running".to_string())
             })?;
-            // The namespace CNI set up, as containerd handed it to the runtime: a VM's task pid
-            // (its keeper) is not in it, the guest's NIC took its interface over.
+            // The namespace CNI set up: the task pid's (for a VM, its keeper's own namespace,
+            // whose eth0 keeps the address while the guest's NIC carries its traffic).
             let bundle =
                 h.sb.path("containerd")
                     .join("state/io.containerd.runtime.v2.task")

@@ -376,6 +376,12 @@ pub fn create(root: &Path, id: &str, c: &BundleCreate, hold: bool) -> Result<i32
             Some(s) => (s.as_fd(), s.as_fd(), s.as_fd()),
             None => (stdin.as_fd(), stdout.as_fd(), stderr.as_fd()),
         };
+        // config.json asks for a new network namespace (no path): the keeper gets one, as runc's
+        // init would, for an engine to configure between create and start.
+        let own_netns = config["linux"]["namespaces"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|n| n["type"] == "network"))
+            && vm_keeper::netns_path(&config).is_none();
         let pid = vm_keeper::launch(vm_keeper::Launch {
             id,
             state_dir: &dir,
@@ -384,6 +390,7 @@ pub fn create(root: &Path, id: &str, c: &BundleCreate, hold: bool) -> Result<i32
             config,
             hold,
             die_with_parent: false,
+            own_netns,
             stdin: i,
             stdout: o,
             stderr: e,

@@ -257,6 +257,7 @@ impl Backend for VmBackend {
             config,
             hold: false,
             die_with_parent: true,
+            own_netns: false,
             stdin: stdio.stdin,
             stdout: stdio.stdout,
             stderr: stdio.stderr,

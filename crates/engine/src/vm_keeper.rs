@@ -134,6 +134,12 @@ pub struct Launch<'a> {
     /// End the VM when the caller dies (foreground `strata run`); strata-oci's keeper outlives
     /// `strata-oci create`.
     pub die_with_parent: bool,
+    /// The keeper (the pid engines are given) lives in a network namespace of its own, as a
+    /// runc container's init does when config.json asks for a new one: an engine that
+    /// configures the task's namespace after `create` (containerd's `ctr run --cni` runs its
+    /// CNI ADD on `/proc/<pid>/ns/net`) configures that one, and the guest's NIC takes its
+    /// interface over at `start` ([`Launch::hold`]; docs/engines.md).
+    pub own_netns: bool,
     pub stdin: BorrowedFd<'a>,
     pub stdout: BorrowedFd<'a>,
     pub stderr: BorrowedFd<'a>,
@@ -380,6 +386,20 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         save_state(l.state_dir, st);
         code
     };
+    // Before any thread starts: the whole keeper moves.
+    let own_netns = if l.own_netns {
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+            return fail(
+                &mut status,
+                &mut st,
+                125,
+                format!("create the VM keeper's network namespace: {e}"),
+            );
+        }
+        Some(PathBuf::from(format!("/proc/{}/ns/net", std::process::id())))
+    } else {
+        None
+    };
     let platform = match select_platform(&l.spec.platform) {
         Ok(p) => p,
         Err(m) => return fail(&mut status, &mut st, 125, m),
@@ -432,6 +452,17 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     // must get its NIC. An engine's namespace may legitimately have only `lo` (`--network none`).
     let nic_required = netns.is_some() && crate::network::load(l.bundle).is_some();
     let net_sources = net_file_sources(&config);
+    // The keeper's own namespace, configured (or not) by the engine before `start`: the guest
+    // boots with its NIC on a tap there, taken over at start. A platform that cannot do that
+    // boots without a NIC and refuses a network that shows up at start.
+    let deferred_netns = own_netns
+        .as_deref()
+        .filter(|_| l.hold && platform.nic_at_start());
+    let config = if deferred_netns.is_some() {
+        without_net_mounts(config)
+    } else {
+        config
+    };
     st.cgroups_path = Some(match &l.spec.cgroups_path {
         Some(p) if !p.as_os_str().is_empty() => p.clone(),
         _ => PathBuf::from(format!("/strata-vm/{}", l.id)),
@@ -465,7 +496,12 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         let last = attempt >= 3;
         let mut vm = match warm {
             Some(p) => Booted::Warm(p),
-            None => match boot(l, platform.as_ref(), netns.as_deref()) {
+            None => match boot(
+                l,
+                platform.as_ref(),
+                netns.as_deref().or(deferred_netns),
+                deferred_netns.is_some(),
+            ) {
                 Ok(v) => Booted::Cold(v),
                 Err(m) => {
                     restore_owners();
@@ -645,21 +681,34 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         }
     }
     let stdio = [l.stdin, l.stdout, l.stderr].map(|fd| fd.try_clone_to_owned().ok());
-    match client.start() {
-        Ok(_) => {}
-        Err(e) => {
+    let started = match &own_netns {
+        Some(ns) => network_at_start(&mut vm, ns, platform.name(), &net_sources),
+        None => Ok(strata_proto::StartRequest::default()),
+    }
+    .and_then(|req| {
+        let with_network = req.network.is_some();
+        client
+            .start_with(req)
+            .map_err(|e| format!("start in the VM: {e}"))?;
+        Ok(with_network)
+    });
+    match started {
+        Ok(with_network) => {
+            if with_network && (net_sources.0.is_some() || net_sources.1.is_some()) {
+                let client = Arc::clone(&client);
+                let (hosts, resolv) = net_sources.clone();
+                std::thread::spawn(move || watch_net_files(&client, hosts, resolv));
+            }
+        }
+        Err(m) => {
             if let Some(mut c) = start_reply.take() {
-                let _ = writeln!(
-                    c,
-                    "{}",
-                    serde_json::json!({"ok": false, "message": e.to_string()})
-                );
+                let _ = writeln!(c, "{}", serde_json::json!({"ok": false, "message": m}));
             }
             leave_cgroups();
             let _ = vm.kill();
             restore_owners();
             let _ = std::fs::remove_file(&sock_path);
-            return fail(&mut status, &mut st, 125, format!("start in the VM: {e}"));
+            return fail(&mut status, &mut st, 125, m);
         }
     }
     st.started = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
@@ -802,6 +851,20 @@ impl Booted {
         }
     }
 
+    fn nic_deferred(&self) -> bool {
+        matches!(self, Booted::Cold(v) if v.nic_deferred())
+    }
+
+    fn take_over_network(&mut self) -> Result<Option<strata_vmm::GuestNic>, String> {
+        match self {
+            Booted::Cold(v) => v
+                .take_over_network()
+                .map(|n| n.cloned())
+                .map_err(|e| e.to_string()),
+            Booted::Warm(_) => Ok(None),
+        }
+    }
+
     fn take_channel(&mut self) -> Option<UnixStream> {
         match self {
             Booted::Cold(v) => v.take_channel(),
@@ -867,10 +930,12 @@ fn take_warm(l: &Launch) -> Result<Option<crate::vm_pool::Pooled>, String> {
 }
 
 /// Boots the VM: kernel, agent initramfs, image disk with a fresh COW file, volume disks.
+/// `network_at_start`: `netns` is configured later ([`VmConfig::network_at_start`]).
 fn boot(
     l: &Launch,
     platform: &dyn Platform,
     netns: Option<&Path>,
+    network_at_start: bool,
 ) -> Result<strata_vmm::Vm, String> {
     let kernel = match &l.spec.kernel {
         Some(k) => k.clone(),
@@ -923,6 +988,7 @@ fn boot(
     }
     cfg.console = Console::File(l.state_dir.join("console.log"));
     cfg.network = netns.map(Path::to_path_buf);
+    cfg.network_at_start = network_at_start;
     platform
         .boot(&cfg)
         .map_err(|e| format!("boot the {} VM: {e}", platform.name()))
@@ -1056,12 +1122,27 @@ fn watch_net_files(client: &Client, hosts: Option<PathBuf>, resolv: Option<PathB
 /// /etc/hosts and /etc/resolv.conf (strata's, kept current by strata-net, or the engine's); those
 /// bind mounts name host paths and leave the guest config. Unchanged without a NIC.
 fn with_network(
-    mut config: serde_json::Value,
+    config: serde_json::Value,
     nic: Option<&strata_vmm::GuestNic>,
 ) -> Result<serde_json::Value, String> {
     let Some(nic) = nic else {
         return Ok(config);
     };
+    let mut notes = nic_notes(nic, false);
+    notes.extend(read_net_files(&net_file_sources(&config))?);
+    let mut config = without_net_mounts(config);
+    if !config["annotations"].is_object() {
+        config["annotations"] = serde_json::json!({});
+    }
+    if let Some(a) = config["annotations"].as_object_mut() {
+        a.extend(notes);
+    }
+    Ok(config)
+}
+
+/// The `dev.strata.net.*` values of what the guest's NIC took over; `mac`: also the
+/// interface's MAC (a NIC that booted with one of its own takes it at start).
+fn nic_notes(nic: &strata_vmm::GuestNic, mac: bool) -> serde_json::Map<String, serde_json::Value> {
     let mut notes = serde_json::Map::new();
     notes.insert(
         "dev.strata.net.address".into(),
@@ -1071,32 +1152,78 @@ fn with_network(
         notes.insert("dev.strata.net.gateway".into(), gw.to_string().into());
     }
     notes.insert("dev.strata.net.mtu".into(), nic.mtu.to_string().into());
+    if mac {
+        notes.insert("dev.strata.net.mac".into(), nic.mac.clone().into());
+    }
+    notes
+}
+
+/// The contents of the host's /etc/hosts and /etc/resolv.conf for the guest (from
+/// [`net_file_sources`]), as `dev.strata.net.hosts`/`resolv` values.
+fn read_net_files(
+    sources: &(Option<PathBuf>, Option<PathBuf>),
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let mut notes = serde_json::Map::new();
+    for (src, dest, key) in [
+        (&sources.0, "/etc/hosts", "dev.strata.net.hosts"),
+        (&sources.1, "/etc/resolv.conf", "dev.strata.net.resolv"),
+    ] {
+        let Some(src) = src else { continue };
+        let mut text = String::new();
+        std::fs::File::open(src)
+            .and_then(|f| f.take(64 << 10).read_to_string(&mut text))
+            .map_err(|e| format!("read {} for the guest's {dest}: {e}", src.display()))?;
+        notes.insert(key.into(), text.into());
+    }
+    Ok(notes)
+}
+
+/// config.json without its bind mounts on /etc/hosts and /etc/resolv.conf (host paths; the
+/// guest gets their contents with its network).
+fn without_net_mounts(mut config: serde_json::Value) -> serde_json::Value {
     if let Some(mounts) = config["mounts"].as_array_mut() {
-        for (dest, key) in [
-            ("/etc/hosts", "dev.strata.net.hosts"),
-            ("/etc/resolv.conf", "dev.strata.net.resolv"),
-        ] {
-            let Some(i) = mounts.iter().position(|m| m["destination"] == dest) else {
-                continue;
-            };
-            let Some(src) = mounts[i]["source"].as_str().map(PathBuf::from) else {
-                continue;
-            };
-            let mut text = String::new();
-            std::fs::File::open(&src)
-                .and_then(|f| f.take(64 << 10).read_to_string(&mut text))
-                .map_err(|e| format!("read {} for the guest's {dest}: {e}", src.display()))?;
-            notes.insert(key.into(), text.into());
-            mounts.remove(i);
-        }
+        mounts.retain(|m| {
+            !(m["destination"] == "/etc/hosts" || m["destination"] == "/etc/resolv.conf")
+                || m["source"].as_str().is_none()
+        });
     }
-    if !config["annotations"].is_object() {
-        config["annotations"] = serde_json::json!({});
+    config
+}
+
+/// At `start` of a VM whose keeper has a network namespace of its own: what the engine put
+/// there since `create` goes to the guest. The guest's NIC (booted on a tap there) takes the
+/// namespace's interface over and the agent gets its address, routes, MTU, MAC and the
+/// engine's /etc files; nothing there (no CNI): the guest keeps only its loopback, as a runc
+/// container would. A platform that booted without a NIC refuses an interface it cannot carry.
+fn network_at_start(
+    vm: &mut Booted,
+    netns: &Path,
+    platform: &str,
+    net_sources: &(Option<PathBuf>, Option<PathBuf>),
+) -> Result<strata_proto::StartRequest, String> {
+    if vm.nic_deferred() {
+        let Some(nic) = vm
+            .take_over_network()
+            .map_err(|e| format!("take the network namespace's interface over: {e}"))?
+        else {
+            return Ok(strata_proto::StartRequest::default());
+        };
+        let mut notes = nic_notes(&nic, true);
+        notes.extend(read_net_files(net_sources)?);
+        return Ok(strata_proto::StartRequest {
+            network: Some(notes),
+        });
     }
-    if let Some(a) = config["annotations"].as_object_mut() {
-        a.extend(notes);
+    match strata_vmm::netns_interface(netns) {
+        Ok(None) => Ok(strata_proto::StartRequest::default()),
+        Ok(Some(i)) => Err(format!(
+            "the VM's network namespace {} has {i} (configured by the engine after create), but \
+             the {platform} platform cannot give the guest a NIC at start yet: use the uml \
+             platform, or no network",
+            netns.display()
+        )),
+        Err(e) => Err(format!("look at the VM's network namespace: {e}")),
     }
-    Ok(config)
 }
 
 /// What a session's stdin is on the host side.

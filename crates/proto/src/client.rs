@@ -594,6 +594,12 @@ impl Client {
 
     /// Releases the main process held by [`Client::create`]; returns its pid in the guest.
     pub fn start(&self) -> Result<u32, ClientError> {
+        self.start_with(crate::StartRequest::default())
+    }
+
+    /// [`Client::start`] with what the agent must do first (a network taken over only now); a
+    /// refusal of that is the start's error.
+    pub fn start_with(&self, req: crate::StartRequest) -> Result<u32, ClientError> {
         {
             let mut st = self.shared.lock();
             if !st.created {
@@ -607,7 +613,8 @@ impl Client {
                 s.error = None;
             }
         }
-        self.shared.send(MAIN_SESSION, Message::Start, "start")?;
+        self.shared
+            .send(MAIN_SESSION, Message::Start(req), "start")?;
         self.wait_started(MAIN_SESSION, "start")
     }
 

@@ -111,7 +111,9 @@ fn output_beyond_the_credit_window_is_refused() {
 #[test]
 fn host_only_messages_from_the_agent_are_refused() {
     expect_lost(
-        Frame::new(MAIN_SESSION, Message::Start).encode().unwrap(),
+        Frame::new(MAIN_SESSION, Message::Start(Default::default()))
+            .encode()
+            .unwrap(),
         "only the host may send",
     );
 }

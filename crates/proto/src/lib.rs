@@ -42,7 +42,7 @@ pub use frame::{
 pub use guest::{halt_by_reboot, GuestParams, LowerFs, ParamError};
 pub use message::{
     CreateRequest, ErrorMsg, ExecRequest, ExitStatus, Hello, Message, NetFiles, PayloadError,
-    Started, StdStream,
+    StartRequest, Started, StdStream,
 };
 
 /// The protocol version negotiated in the handshake.

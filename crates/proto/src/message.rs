@@ -117,6 +117,20 @@ pub struct NetFiles {
     pub resolv: Option<String>,
 }
 
+/// Host → agent (session 1): release the main process held by `Create`. Travels as an empty
+/// payload when it asks nothing more (the default), so a plain `Start` is what it always was.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// The guest's network, taken over only now (the host's engine configured the VM's network
+    /// namespace between create and start, as containerd's `ctr run --cni` does): the same keys
+    /// and values as the `dev.strata.net.*` annotations of create (address, gateway, mtu, mac,
+    /// hosts, resolv), applied before the main process runs. A map of strings; the agent checks
+    /// every value before configuring anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
 /// Agent → host: a session's process is running.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Started {
@@ -149,7 +163,7 @@ pub enum Message {
     Create(CreateRequest),
     /// Agent → host: the rootfs is ready and the main process is held until `Start`.
     Created,
-    Start,
+    Start(StartRequest),
     Started(Started),
     Exec(ExecRequest),
     NetFiles(NetFiles),
@@ -224,7 +238,7 @@ impl Message {
             Message::LinkAck(_) => FrameType::LinkAck,
             Message::Create(_) => FrameType::Create,
             Message::Created => FrameType::Created,
-            Message::Start => FrameType::Start,
+            Message::Start(_) => FrameType::Start,
             Message::Started(_) => FrameType::Started,
             Message::Exec(_) => FrameType::Exec,
             Message::NetFiles(_) => FrameType::NetFiles,
@@ -250,7 +264,8 @@ impl Message {
             Message::Exec(v) => serde_json::to_writer(out, v),
             Message::NetFiles(v) => serde_json::to_writer(out, v),
             Message::Exit(v) => serde_json::to_writer(out, v),
-            Message::Shutdown | Message::Created | Message::Start | Message::ExitAck => Ok(()),
+            Message::Start(v) if *v != StartRequest::default() => serde_json::to_writer(out, v),
+            Message::Shutdown | Message::Created | Message::Start(_) | Message::ExitAck => Ok(()),
             Message::Stdin(d) | Message::Stdout(d) | Message::Stderr(d) => {
                 out.extend_from_slice(d);
                 Ok(())
@@ -306,7 +321,8 @@ impl Message {
             FrameType::Shutdown => empty(payload).map(|_| Message::Shutdown)?,
             FrameType::LinkAck => Message::LinkAck(u32::from_le_bytes(fixed::<4>(payload)?)),
             FrameType::Created => empty(payload).map(|_| Message::Created)?,
-            FrameType::Start => empty(payload).map(|_| Message::Start)?,
+            FrameType::Start if payload.is_empty() => Message::Start(StartRequest::default()),
+            FrameType::Start => Message::Start(json(payload)?),
             FrameType::ExitAck => empty(payload).map(|_| Message::ExitAck)?,
             FrameType::Stdin => Message::Stdin(payload.to_vec()),
             FrameType::Stdout => Message::Stdout(payload.to_vec()),

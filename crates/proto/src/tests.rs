@@ -50,7 +50,12 @@ fn all_messages() -> Vec<Message> {
             config: serde_json::json!({"process": {"args": ["sh"]}}),
         }),
         Message::Created,
-        Message::Start,
+        Message::Start(Default::default()),
+        Message::Start(StartRequest {
+            network: serde_json::json!({"dev.strata.net.address": "10.88.0.5/16"})
+                .as_object()
+                .cloned(),
+        }),
         Message::Started(Started { pid: 42 }),
         Message::Exec(ExecRequest {
             process: serde_json::json!({"args": ["ls"]}),
@@ -113,18 +118,21 @@ fn every_message_round_trips_even_byte_by_byte() {
 #[test]
 fn bad_magic_is_reported_and_the_decoder_resyncs() {
     let mut bytes = b"login: garbage\r\n".to_vec();
-    bytes.extend(encode(1, Message::Start));
+    bytes.extend(encode(1, Message::Start(Default::default())));
     let (frames, errs) = decode_all(&bytes);
-    assert_eq!(frames, vec![Frame::new(1, Message::Start)]);
+    assert_eq!(
+        frames,
+        vec![Frame::new(1, Message::Start(Default::default()))]
+    );
     assert!(matches!(errs[0], DecodeError::BadMagic { .. }), "{errs:?}");
 }
 
 #[test]
 fn bad_version_and_flags_are_refused() {
-    let mut v = encode(1, Message::Start);
+    let mut v = encode(1, Message::Start(Default::default()));
     v[4] = 9;
     assert_eq!(decode_all(&v).1[0], DecodeError::BadVersion { found: 9 });
-    let mut f = encode(1, Message::Start);
+    let mut f = encode(1, Message::Start(Default::default()));
     f[6] = 1;
     assert_eq!(decode_all(&f).1[0], DecodeError::BadFlags { flags: 1 });
 }
@@ -199,6 +207,13 @@ fn bad_control_payloads_are_typed_errors() {
         (FrameType::NetFiles, b"{\"hosts\": 5}".to_vec()),
         (FrameType::NetFiles, b"\"x\"".to_vec()),
         (FrameType::Start, b"x".to_vec()),
+        (FrameType::Start, b"null".to_vec()),
+        (FrameType::Start, b"{\"network\": 5}".to_vec()),
+        (FrameType::Start, b"{\"network\": [\"a\"]}".to_vec()),
+        (
+            FrameType::Start,
+            b"{\"network\": {}, \"exec\": \"sh\"}".to_vec(),
+        ),
         (FrameType::Close, vec![3]),
         (FrameType::Close, vec![]),
         (FrameType::Credit, vec![1, 0, 0]),
@@ -340,4 +355,33 @@ fn the_agent_setup_time_comes_from_its_clock_and_never_goes_negative() {
         panic!("not a hello")
     };
     assert_eq!(h.agent_setup(), None);
+}
+
+#[test]
+fn a_plain_start_is_an_empty_frame_and_a_network_start_carries_it() {
+    // The default request travels as it always did: an empty payload.
+    let plain = encode(1, Message::Start(StartRequest::default()));
+    assert_eq!(plain.len(), header(FrameType::Start as u8, 1, 0).len());
+    let (frames, errs) = decode_all(&plain);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(
+        frames,
+        vec![Frame::new(1, Message::Start(StartRequest::default()))]
+    );
+    // `{}` is the default too.
+    let mut bytes = header(FrameType::Start as u8, 1, 2);
+    bytes.extend_from_slice(b"{}");
+    let (frames, _) = decode_all(&bytes);
+    assert_eq!(
+        frames,
+        vec![Frame::new(1, Message::Start(StartRequest::default()))]
+    );
+    let net = StartRequest {
+        network: serde_json::json!({"dev.strata.net.address": "10.88.0.5/16", "dev.strata.net.mac": "aa:bb:cc:dd:ee:01"})
+            .as_object()
+            .cloned(),
+    };
+    let (frames, errs) = decode_all(&encode(1, Message::Start(net.clone())));
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(frames, vec![Frame::new(1, Message::Start(net))]);
 }

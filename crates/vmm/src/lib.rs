@@ -41,7 +41,7 @@ pub use disk::{build_disk, DiskFormat};
 pub use error::{Result, Unavailable, VmmError};
 pub use kernel::{default_kernel, list_kernels, KernelInfo};
 pub use kvm::KvmPlatform;
-pub use netns_tap::GuestNic;
+pub use netns_tap::{interface as netns_interface, tap_name, GuestNic};
 pub use platform::{Console, Disk, Platform, VmConfig};
 pub use platforms::{detect, info, platform, platforms};
 pub use qemu::{

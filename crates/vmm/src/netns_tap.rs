@@ -10,6 +10,12 @@
 //! that one device and nothing else. The tap is not persistent, so it disappears with the last
 //! process holding it (the VM); the redirect on the interface then points nowhere and goes with
 //! the interface when the plugins' DEL removes it.
+//!
+//! When the namespace is configured only after the VM booted (containerd's `ctr run --cni` runs
+//! its CNI ADD on the task's namespace between `create` and `start`), the take-over is split:
+//! [`prepare`] makes the tap at boot (the guest's NIC exists from boot, unconnected, with a
+//! MAC of its own), [`take_over`] adds the redirects at `start` and returns what the guest's
+//! agent then configures (address, routes, MTU, and the interface's MAC).
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -17,7 +23,7 @@ use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::error::{Result, VmmError};
@@ -38,12 +44,51 @@ pub struct GuestNic {
     pub mtu: u32,
 }
 
-/// A tap in the namespace, redirected to and from the interface.
+/// A VM's tap in its network namespace, as the platform hands it to the VM process.
 #[derive(Debug)]
 pub(crate) struct NetnsTap {
     /// The tap's file (frames without a packet-information header).
     pub fd: OwnedFd,
-    pub nic: GuestNic,
+    /// What the guest's NIC took over; None while the take-over waits for
+    /// [`crate::Vm::take_over_network`] (`VmConfig::network_at_start`).
+    pub nic: Option<GuestNic>,
+    /// The MAC and MTU the guest's NIC boots with: the interface's, or (take-over at start) a
+    /// MAC of its own and 1500.
+    pub boot_mac: String,
+    pub boot_mtu: u32,
+    /// The namespace and tap name of a take-over that waits: the platform stores them in
+    /// `Vm::deferred_nic`.
+    pub deferred: Option<(PathBuf, String)>,
+}
+
+/// The guest NIC of the VM `config` describes, for every platform: a tap in `config.network`,
+/// redirected to and from its interface now ([`attach`]), or made now and redirected at start
+/// ([`prepare`], `config.network_at_start`). None without a network, or when the namespace has
+/// no interface to take over now. The platform passes `fd` into the VM process and boots the
+/// guest's NIC with `boot_mac`/`boot_mtu`; the VM then holds the only fd, so the tap goes with
+/// it.
+pub(crate) fn for_vm(config: &crate::platform::VmConfig) -> Result<Option<NetnsTap>> {
+    let Some(ns) = &config.network else {
+        return Ok(None);
+    };
+    let tap = tap_name(&config.id);
+    if config.network_at_start {
+        let fd = prepare(ns, &tap)?;
+        return Ok(Some(NetnsTap {
+            fd,
+            nic: None,
+            boot_mac: boot_mac(&config.id),
+            boot_mtu: 1500,
+            deferred: Some((ns.clone(), tap)),
+        }));
+    }
+    Ok(attach(ns, &tap)?.map(|(fd, nic)| NetnsTap {
+        fd,
+        boot_mac: nic.mac.clone(),
+        boot_mtu: nic.mtu,
+        nic: Some(nic),
+        deferred: None,
+    }))
 }
 
 fn net_err(step: impl Into<String>, netns: &Path, source: io::Error) -> VmmError {
@@ -55,50 +100,173 @@ fn net_err(step: impl Into<String>, netns: &Path, source: io::Error) -> VmmError
 }
 
 /// The tap's name for VM `id` (≤ 15 bytes; unique per VM so that two VMs never fight over one).
-pub(crate) fn tap_name(id: &str) -> String {
+pub fn tap_name(id: &str) -> String {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(id.as_bytes());
     format!("stap{}", &hex::encode(h)[..10])
+}
+
+/// The MAC a guest NIC boots with before it took an interface over (see [`prepare`]): locally
+/// administered, unicast, from VM `id` (the agent gives the NIC the interface's MAC at start).
+fn boot_mac(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("mac:{id}").as_bytes());
+    let mut b = [0u8; 6];
+    b.copy_from_slice(&h[..6]);
+    b[0] = (b[0] & 0xfc) | 0x02;
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Joins `netns` in a short-lived thread (only that thread changes namespace), reads the
 /// interface the guest takes over, makes the tap `tap` and redirects both ways. None when no
 /// interface other than `lo` has an IPv4 address (an engine's `--network none` namespace): the
 /// guest then has only its loopback.
-pub(crate) fn attach(netns: &Path, tap: &str) -> Result<Option<NetnsTap>> {
+fn attach(netns: &Path, tap: &str) -> Result<Option<(OwnedFd, GuestNic)>> {
+    check_tap_name(tap)?;
+    let tap = tap.to_string();
+    in_netns(netns, move |netns, sock| {
+        let Some(nic) = read_nic(netns, sock)? else {
+            return Ok(None);
+        };
+        let fd = open_tap(&tap).map_err(|e| net_err(format!("create tap {tap}"), netns, e))?;
+        join_tap(netns, sock, &nic, &tap)?;
+        Ok(Some((fd, nic)))
+    })
+}
+
+/// The first half of a take-over that happens later (an engine configures the namespace after
+/// the VM booted: containerd's `ctr run --cni` runs its CNI ADD between `create` and `start`):
+/// makes the tap `tap` in `netns`, up, with no redirect yet. The guest boots with its NIC on
+/// it; [`take_over`] joins it to the namespace's interface once there is one.
+fn prepare(netns: &Path, tap: &str) -> Result<OwnedFd> {
+    check_tap_name(tap)?;
+    let tap = tap.to_string();
+    in_netns(netns, move |netns, sock| {
+        let fd = open_tap(&tap).map_err(|e| net_err(format!("create tap {tap}"), netns, e))?;
+        sock.set_up(&tap)
+            .map_err(|e| net_err(format!("bring tap {tap} up"), netns, e))?;
+        Ok(fd)
+    })
+}
+
+/// The second half of a deferred take-over (see [`prepare`]): reads the interface the
+/// namespace has now and redirects it to and from the existing tap `tap`. None when the
+/// namespace still has no interface with an IPv4 address (the engine gave the VM no network):
+/// nothing is changed and the guest keeps only its loopback.
+pub fn take_over(netns: &Path, tap: &str) -> Result<Option<GuestNic>> {
+    check_tap_name(tap)?;
+    let tap = tap.to_string();
+    in_netns(netns, move |netns, sock| {
+        let Some(nic) = read_nic(netns, sock)? else {
+            // An interface the guest cannot take over (no IPv4 address: an IPv6-only network)
+            // must not leave the VM without the network the engine gave it, silently.
+            let others: Vec<String> = interface_names()
+                .map_err(|e| net_err("list the interfaces", netns, e))?
+                .into_iter()
+                .filter(|n| n != "lo" && *n != tap)
+                .collect();
+            if !others.is_empty() {
+                return Err(net_err(
+                    "take an interface over",
+                    netns,
+                    io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!(
+                            "no IPv4 address on {}: the VM's NIC takes over IPv4 interfaces only",
+                            others.join(", ")
+                        ),
+                    ),
+                ));
+            }
+            return Ok(None);
+        };
+        join_tap(netns, sock, &nic, &tap)?;
+        Ok(Some(nic))
+    })
+}
+
+/// Every interface of the calling thread's network namespace (if_nameindex: netlink, opened in
+/// this thread's namespace).
+fn interface_names() -> io::Result<Vec<String>> {
+    // SAFETY: if_nameindex returns a list terminated by a zero entry, or null on error; freed
+    // below with if_freenameindex.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut names = Vec::new();
+    let mut p = list;
+    // SAFETY: walking the list up to its terminating entry; names are NUL-terminated.
+    unsafe {
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            names.push(CStr::from_ptr((*p).if_name).to_string_lossy().into_owned());
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    Ok(names)
+}
+
+/// The interface [`take_over`] would take over in `netns` now (None: only `lo`, or nothing
+/// with an IPv4 address).
+pub fn interface(netns: &Path) -> Result<Option<String>> {
+    in_netns(netns, |netns, sock| {
+        Ok(pick_interface(
+            &sock
+                .ipv4_interfaces()
+                .map_err(|e| net_err("list the interfaces", netns, e))?,
+        ))
+    })
+}
+
+fn check_tap_name(tap: &str) -> Result<()> {
     if tap.is_empty() || tap.len() >= libc::IFNAMSIZ {
         return Err(VmmError::InvalidConfig(format!(
             "tap name {tap:?} must be 1-15 bytes"
         )));
     }
+    Ok(())
+}
+
+/// Runs `f` in a short-lived thread that joined `netns` (only that thread changes namespace),
+/// with an interface-ioctl socket made there.
+fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce(&Path, &Socket) -> Result<T> + Send + 'static,
+) -> Result<T> {
     let ns = File::options()
         .read(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(netns)
         .map_err(|e| net_err("open the network namespace", netns, e))?;
     let path = netns.to_path_buf();
-    let tap = tap.to_string();
-    std::thread::spawn(move || in_namespace(&ns, &path, &tap))
-        .join()
-        .unwrap_or_else(|_| {
-            Err(net_err(
-                "set up the tap",
-                netns,
-                io::Error::other("thread panicked"),
-            ))
-        })
+    std::thread::spawn(move || {
+        // SAFETY: setns on an fd we hold; affects only this thread, which ends after `f`.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(net_err(
+                "join the network namespace (is it a network namespace file, e.g. /proc/PID/ns/net or a bind mount of one?)",
+                &path,
+                io::Error::last_os_error(),
+            ));
+        }
+        let sock = Socket::new().map_err(|e| net_err("open a socket", &path, e))?;
+        f(&path, &sock)
+    })
+    .join()
+    .unwrap_or_else(|_| {
+        Err(net_err(
+            "set up the tap",
+            netns,
+            io::Error::other("thread panicked"),
+        ))
+    })
 }
 
-fn in_namespace(ns: &File, netns: &Path, tap: &str) -> Result<Option<NetnsTap>> {
-    // SAFETY: setns on an fd we hold; affects only this thread, which ends after this function.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(net_err(
-            "join the network namespace (is it a network namespace file, e.g. /proc/PID/ns/net or a bind mount of one?)",
-            netns,
-            io::Error::last_os_error(),
-        ));
-    }
-    let sock = Socket::new().map_err(|e| net_err("open a socket", netns, e))?;
+/// What the namespace's interface has (from the calling thread's namespace), None without one.
+fn read_nic(netns: &Path, sock: &Socket) -> Result<Option<GuestNic>> {
     let Some(interface) = pick_interface(
         &sock
             .ipv4_interfaces()
@@ -132,28 +300,29 @@ fn in_namespace(ns: &File, netns: &Path, tap: &str) -> Result<Option<NetnsTap>> 
     let routes = std::fs::read_to_string("/proc/thread-self/net/route")
         .map_err(|e| net_err("read /proc/thread-self/net/route", netns, e))?;
     let gateway = default_gateway(&routes, &interface);
-    let fd = open_tap(tap).map_err(|e| net_err(format!("create tap {tap}"), netns, e))?;
-    sock.set_mtu(tap, mtu)
+    Ok(Some(GuestNic {
+        interface,
+        mac,
+        address,
+        prefix,
+        gateway,
+        mtu,
+    }))
+}
+
+/// Gives the tap the interface's MTU, brings it up and redirects both ways.
+fn join_tap(netns: &Path, sock: &Socket, nic: &GuestNic, tap: &str) -> Result<()> {
+    sock.set_mtu(tap, nic.mtu)
         .and_then(|_| sock.set_up(tap))
         .map_err(|e| net_err(format!("bring tap {tap} up"), netns, e))?;
-    redirect(&interface, tap).map_err(|e| {
+    let interface = &nic.interface;
+    redirect(interface, tap).map_err(|e| {
         net_err(
             format!("redirect {interface} <-> {tap} with tc mirred"),
             netns,
             e,
         )
-    })?;
-    Ok(Some(NetnsTap {
-        fd,
-        nic: GuestNic {
-            interface,
-            mac,
-            address,
-            prefix,
-            gateway,
-            mtu,
-        },
-    }))
+    })
 }
 
 /// `eth0` when it has an address (the CNI convention), else the first other non-loopback one.
@@ -391,6 +560,11 @@ mod tests {
             Some("net1".into())
         );
         assert_eq!(pick_interface(&["lo".into()]), None);
+        let m = boot_mac("a");
+        assert_eq!(m.len(), 17, "{m}");
+        let first = u8::from_str_radix(&m[..2], 16).unwrap();
+        assert_eq!(first & 0x03, 0x02, "locally administered unicast: {m}");
+        assert_ne!(boot_mac("a"), boot_mac("b"));
         let t = tap_name("x".repeat(64).as_str());
         assert!(t.len() < libc::IFNAMSIZ, "{t}");
         assert_ne!(tap_name("a"), tap_name("b"));

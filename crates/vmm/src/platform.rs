@@ -63,6 +63,12 @@ pub struct VmConfig {
     /// guest gets one NIC that takes over that namespace's interface (address, MAC, routes;
     /// see netns_tap.rs). None: the guest has only its loopback.
     pub network: Option<PathBuf>,
+    /// The namespace in `network` is configured after boot (an engine's CNI ADD between
+    /// `create` and `start`, as containerd's `ctr run --cni` does): the guest boots with its
+    /// NIC on a tap of that namespace, unconnected, and [`crate::Vm::take_over_network`] joins
+    /// it to the namespace's interface later. Only on platforms whose
+    /// [`Platform::nic_at_start`] is true.
+    pub network_at_start: bool,
     /// A host directory private to this VM (e.g. `/run/strata/vm/<id>`); created if missing. The
     /// jail's root mount point lives here; it is removed again when the VM is reaped.
     pub runtime_dir: PathBuf,
@@ -88,6 +94,7 @@ impl VmConfig {
             kernel_params: Vec::new(),
             console: Console::Null,
             network: None,
+            network_at_start: false,
             runtime_dir: runtime_dir.into(),
         }
     }
@@ -167,6 +174,11 @@ pub trait Platform: Send + Sync {
         _user_initrd: bool,
     ) -> Result<()> {
         Ok(())
+    }
+    /// Whether `boot` honours [`VmConfig::network_at_start`] (a NIC whose namespace is
+    /// configured after boot).
+    fn nic_at_start(&self) -> bool {
+        false
     }
     /// Whether this host can run the platform, and if not, exactly why.
     fn check(&self) -> Result<(), Unavailable>;

@@ -937,6 +937,7 @@ impl Platform for QemuPlatform {
                     Console::Null => None,
                 },
                 nic: None,
+                deferred_nic: None,
             })
         })();
         if result.is_err() {

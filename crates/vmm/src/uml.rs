@@ -13,7 +13,7 @@ use crate::cgroup::VmCgroup;
 use crate::error::{Result, Unavailable, VmmError};
 use crate::jail::{self, JailFile, JailSpec};
 use crate::kvm::disk_letters;
-use crate::netns_tap::{self, GuestNic};
+use crate::netns_tap;
 use crate::platform::{Console, Platform, VmConfig};
 use crate::vm::Vm;
 
@@ -46,7 +46,8 @@ impl UmlPlatform {
 /// `/initrd`, `/diskN` (and `/diskN.cow`). `console=` comes before `init=` so that UML does not
 /// append `console=tty0` to init's arguments; UML's exit status is always 0, so nothing here
 /// depends on it.
-pub(crate) fn command_line(config: &VmConfig, nic: Option<&GuestNic>) -> Vec<String> {
+/// `nic`: the guest NIC's MAC and MTU at boot.
+pub(crate) fn command_line(config: &VmConfig, nic: Option<(&str, u32)>) -> Vec<String> {
     let mut args = vec!["linux".to_string()];
     for (i, disk) in config.disks.iter().enumerate() {
         args.push(match (&disk.cow, disk.read_only) {
@@ -63,12 +64,11 @@ pub(crate) fn command_line(config: &VmConfig, nic: Option<&GuestNic>) -> Vec<Str
     }
     args.push("ssl=null".into());
     args.push(format!("ssl1=fd:{CHANNEL_FD}"));
-    if let Some(nic) = nic {
+    if let Some((mac, mtu)) = nic {
         // The vector driver's `fd` transport over the tap fd the host opened (netns_tap.rs);
         // `vec=0`: a tap is not a socket, so no recvmmsg/sendmmsg, plain readv/writev.
         args.push(format!(
-            "vec0:transport=fd,fd={TAP_FD},vec=0,mac={},mtu={}",
-            nic.mac, nic.mtu
+            "vec0:transport=fd,fd={TAP_FD},vec=0,mac={mac},mtu={mtu}"
         ));
     }
     // UML keeps its pid file and memory file in the jail's private /tmp.
@@ -134,6 +134,10 @@ fn check_readable(what: &str, path: &Path, executable: bool) -> Result<()> {
 impl Platform for UmlPlatform {
     fn name(&self) -> &'static str {
         "uml"
+    }
+
+    fn nic_at_start(&self) -> bool {
+        true
     }
 
     fn check(&self) -> Result<(), Unavailable> {
@@ -356,17 +360,16 @@ impl Platform for UmlPlatform {
                 }
             };
             // The guest's NIC: a tap in the VM's network namespace, redirected to its
-            // interface. The VM process itself stays in the jail's empty namespace.
-            let tap = match &config.network {
-                Some(ns) => match netns_tap::attach(ns, &netns_tap::tap_name(&config.id)) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let _ = cgroup.destroy();
-                        remove_dirs();
-                        return Err(e);
-                    }
-                },
-                None => None,
+            // interface now, or (network_at_start) once the namespace has one
+            // (Vm::take_over_network). The VM process itself stays in the jail's empty
+            // namespace.
+            let tap = match netns_tap::for_vm(config) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = cgroup.destroy();
+                    remove_dirs();
+                    return Err(e);
+                }
             };
             let mut fds = vec![
                 (null.as_raw_fd(), 0),
@@ -386,7 +389,10 @@ impl Platform for UmlPlatform {
                 uid,
                 gid: uid,
                 exe: "/linux".into(),
-                argv: command_line(config, tap.as_ref().map(|t| &t.nic)),
+                argv: command_line(
+                    config,
+                    tap.as_ref().map(|t| (t.boot_mac.as_str(), t.boot_mtu)),
+                ),
                 env: vec![
                     "TMPDIR=/tmp".into(),
                     "HOME=/tmp".into(),
@@ -429,7 +435,8 @@ impl Platform for UmlPlatform {
                 },
                 // Our tap fd closes here: the VM holds the only other one, so the tap goes
                 // with it.
-                nic: tap.map(|t| t.nic),
+                deferred_nic: tap.as_ref().and_then(|t| t.deferred.clone()),
+                nic: tap.and_then(|t| t.nic),
             })
         })();
         if result.is_err() {

@@ -28,6 +28,9 @@ pub struct Vm {
     pub(crate) console_log: Option<PathBuf>,
     /// What the guest's NIC took over from the VM's network namespace.
     pub(crate) nic: Option<crate::GuestNic>,
+    /// The namespace and tap of a NIC whose take-over waits for [`Vm::take_over_network`]
+    /// ([`crate::VmConfig::network_at_start`]).
+    pub(crate) deferred_nic: Option<(PathBuf, String)>,
 }
 
 impl Vm {
@@ -88,6 +91,26 @@ impl Vm {
     /// MAC are the guest's to configure), None without [`crate::VmConfig::network`].
     pub fn nic(&self) -> Option<&crate::GuestNic> {
         self.nic.as_ref()
+    }
+
+    /// Whether the guest booted with a NIC whose take-over waits for
+    /// [`Vm::take_over_network`].
+    pub fn nic_deferred(&self) -> bool {
+        self.deferred_nic.is_some() && self.nic.is_none()
+    }
+
+    /// The second half of [`crate::VmConfig::network_at_start`]: joins the guest's NIC to the
+    /// interface its namespace has now (tc mirred both ways, netns_tap.rs) and returns what the
+    /// guest takes over (the caller gives it to the guest's agent). None when the namespace
+    /// still has no interface with an IPv4 address: the guest's NIC stays unconnected. Errors
+    /// name the namespace and the step; the VM is left as it was (the caller ends it).
+    pub fn take_over_network(&mut self) -> Result<Option<&crate::GuestNic>> {
+        if self.nic.is_none() {
+            if let Some((ns, tap)) = &self.deferred_nic {
+                self.nic = crate::netns_tap::take_over(ns, tap)?;
+            }
+        }
+        Ok(self.nic.as_ref())
     }
 
     /// The unprivileged host uid the VM runs as.
