@@ -396,7 +396,10 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
                 format!("create the VM keeper's network namespace: {e}"),
             );
         }
-        Some(PathBuf::from(format!("/proc/{}/ns/net", std::process::id())))
+        Some(PathBuf::from(format!(
+            "/proc/{}/ns/net",
+            std::process::id()
+        )))
     } else {
         None
     };

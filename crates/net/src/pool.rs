@@ -35,7 +35,8 @@ pub struct PoolStatus {
     pub size: u32,
     /// Slots ready to be taken.
     pub ready: u32,
-    /// Slots whose ADD is still running (or whose filler was killed: prune's work).
+    /// Slots whose ADD is still running (or whose filler was killed: the next filler's or
+    /// prune's work).
     pub filling: u32,
 }
 
@@ -71,6 +72,12 @@ fn getrandom(buf: &mut [u8]) -> Result<(), Error> {
     Ok(())
 }
 
+/// A ready slot a member may take: ADD finished, its namespace still mounted, made from the
+/// network's current conflist.
+fn usable(net: &Network, r: &AttachmentRecord) -> bool {
+    r.result.is_some() && crate::netns::is_mounted(&r.netns) && r.conflist == net.conflist
+}
+
 impl Networks {
     pub(crate) fn pool_dir(&self, network: &str) -> PathBuf {
         self.cfg.state_dir.join("pool").join(network)
@@ -95,11 +102,12 @@ impl Networks {
     pub fn pool_status(&self, network: &str) -> Result<PoolStatus, Error> {
         let net = self.get(network)?;
         let slots = self.slots(&net.name);
-        let ready = slots.iter().filter(|(_, r)| r.result.is_some()).count() as u32;
+        let ready = slots.iter().filter(|(_, r)| usable(&net, r)).count() as u32;
+        let filling = slots.iter().filter(|(_, r)| r.result.is_none()).count() as u32;
         Ok(PoolStatus {
             size: net.pool_size(),
             ready,
-            filling: slots.len() as u32 - ready,
+            filling,
         })
     }
 
@@ -113,7 +121,7 @@ impl Networks {
         let live = self
             .slots(&net.name)
             .iter()
-            .filter(|(_, r)| r.result.is_some() || r.owner.alive())
+            .filter(|(_, r)| usable(&net, r) || (r.result.is_none() && r.owner.alive()))
             .count();
         size > 0 && (live as u32) < size
     }
@@ -122,9 +130,9 @@ impl Networks {
     /// (the caller has written the member's record naming it first, see [`crate::pool`]).
     /// Called with the ports lock held: two claims never take the same slot.
     pub(crate) fn take_ready_slot(&self, net: &Network) -> Option<(PathBuf, AttachmentRecord)> {
-        self.slots(&net.name).into_iter().find(|(_, r)| {
-            r.result.is_some() && crate::netns::is_mounted(&r.netns) && r.conflist == net.conflist
-        })
+        self.slots(&net.name)
+            .into_iter()
+            .find(|(_, r)| usable(net, r))
     }
 
     /// Fills `network`'s pool up to its size, one slot at a time, and returns how many it made.
@@ -155,8 +163,12 @@ impl Networks {
                 // Unfinished slots of a killed filler: only a filler makes slots and we hold
                 // the fill lock, claims never take unfinished ones, prune needs the exclusive
                 // lock: they are ours to end.
+                // Ready slots made under another version of the conflist (edited by hand), or
+                // whose namespace was unmounted behind our back, can never be taken: they go too.
                 for (path, r) in self.slots(&net.name) {
-                    if r.result.is_none() && !r.owner.alive() {
+                    let dead = r.result.is_none() && !r.owner.alive();
+                    let stale = r.result.is_some() && !usable(&net, &r);
+                    if dead || stale {
                         let _ = self.undo_slot(&path, &r);
                     }
                 }

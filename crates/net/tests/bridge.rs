@@ -1090,6 +1090,33 @@ fn pool_slots_serve_one_member_each_and_go_with_the_network() {
         "ready slots stay"
     );
 
+    // The conflist edited by hand: the ready slots were made from the old one and are never
+    // taken; the next filler ends them and makes new ones.
+    let old_slots = slot_ids();
+    let conf_path = env.nets.get(&name).unwrap().path;
+    let mut conf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&conf_path).unwrap()).unwrap();
+    conf["x-edited"] = serde_json::json!(true);
+    std::fs::write(&conf_path, serde_json::to_vec_pretty(&conf).unwrap()).unwrap();
+    assert_eq!(
+        env.nets.pool_status(&name).unwrap().ready,
+        0,
+        "stale slots count as ready"
+    );
+    assert!(env.nets.pool_wants_fill(&name));
+    assert_eq!(env.nets.fill_pool(&name, &|_| {}).unwrap(), 2);
+    let new_slots = slot_ids();
+    assert_eq!(new_slots.len(), 2);
+    assert!(new_slots.is_disjoint(&old_slots), "stale slots were kept");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for slot in &old_slots {
+        assert!(
+            !mounts.contains(slot.as_str()),
+            "stale slot {slot} is still mounted"
+        );
+    }
+    assert_eq!(brif(), 2, "the stale slots' veths are gone");
+
     // The network goes with its pool.
     let slot_ns: Vec<PathBuf> = slot_ids()
         .iter()
