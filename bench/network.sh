@@ -5,10 +5,12 @@
 #   - host-native (the same binaries on the host's loopback; iperf3 client and server on lo),
 #   - strata container (bridge network, portmap DNAT; iperf3 by name across the bridge),
 #   - Podman's bridge (CNI backend; runc: crun refuses this cgroup v1 hybrid host),
-#   - strata VM (the default VM platform; the guest's NIC joined to the veth, docs/networking.md),
+#   - strata VM, one row per platform (uml, qemu with its accelerator: tcg where the host has no
+#     VMX/SVM; the guest's NIC joined to the veth, docs/networking.md),
 # Same image everywhere: scripts/build-netservers-image.sh (Debian's nginx, redis, iperf3).
 # Usage: bench/network.sh   (root; release build; wrk redis-tools iperf3 podman: scripts/deps.sh)
-#   DURATION=seconds per wrk/iperf3 run (default 5); NO_PODMAN=1 skips Podman, NO_VM=1 the VMs.
+#   DURATION=seconds per wrk/iperf3 run (default 5); NO_PODMAN=1 skips Podman, NO_VM=1 the VMs;
+#   VM_PLATFORMS="uml qemu" (default) the VM rows.
 #   ROUNDS=N (default 1): with N > 1 the strata container and Podman rows are measured N times,
 #   interleaved (strata, Podman, Podman, strata, ...: both sets of servers run the whole time), and
 #   each cell is the median; a last table gives strata / Podman per round (min, median, max), which
@@ -168,11 +170,11 @@ fi
 for c in "web$tag" "kv$tag" "ip$tag"; do st rm -f "$c" >/dev/null; done
 
 # --- strata VM ---------------------------------------------------------------------------------------
-# The same servers in VMs (the default VM platform: uml here) on the same network: the guest's NIC
-# takes over the namespace's veth (tap + tc mirred, docs/networking.md). NO_VM=1 skips the row;
-# VM_PLATFORM (default uml: the only platform with networks yet).
-if [ -z "${NO_VM:-}" ]; then
-  vp=${VM_PLATFORM:-uml}
+# The same servers in VMs of each platform on the same network: the guest's NIC (UML's vector
+# driver, QEMU's virtio-net) takes over the namespace's veth (tap + tc mirred, docs/networking.md).
+# NO_VM=1 skips the rows; VM_PLATFORMS (default "uml qemu") picks them.
+for vp in ${VM_PLATFORMS:-uml qemu}; do
+  [ -z "${NO_VM:-}" ] || break
   v_http=$(free_port); v_redis=$(free_port)
   st run -d --vm --platform "$vp" --memory 512m --name "vweb$tag" --network "$net" -p "127.0.0.1:$v_http:80" netservers >/dev/null
   st run -d --vm --platform "$vp" --memory 512m --name "vkv$tag" --network "$net" -p "127.0.0.1:$v_redis:6379" \
@@ -182,9 +184,11 @@ if [ -z "${NO_VM:-}" ]; then
   read -r v_set v_get <<<"$(redis_rps "$v_redis")"
   sleep 0.5
   v_ip=$(st run --rm --vm --platform "$vp" --network "$net" --entrypoint iperf3 netservers -c "vip$tag" -t "$dur" -J | iperf_gbps)
-  row "strata VM ($vp, bridge, -p)" "$v_wrk" "$v_set" "$v_get" "$v_ip"
+  # The platform as `strata inspect` names it: uml, or qemu with its accelerator (qemu-tcg here).
+  vname=$(st inspect "vweb$tag" | python3 -c 'import json,sys; v=json.load(sys.stdin)[0]["Vm"]; a=v.get("Accelerator"); print(v["Platform"] + ("-" + a if a else ""))')
+  row "strata VM ($vname, bridge, -p)" "$v_wrk" "$v_set" "$v_get" "$v_ip"
   for c in "vweb$tag" "vkv$tag" "vip$tag"; do st rm -f "$c" >/dev/null; done
-fi
+done
 
 if [ -n "$have_podman" ]; then rows+=("$prow"); fi
 

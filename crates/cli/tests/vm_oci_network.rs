@@ -5,6 +5,7 @@
 //! over the namespace's eth0: busybox httpd in the guest is fetched from the host over the bridge
 //! at the address the plugin gave, the guest's /etc/hosts is the engine's file, and after
 //! `delete` the tap is gone from the namespace (the engine's DEL then removes the rest).
+//! The `qemu` tests do the same on the QEMU platform (`dev.strata.vm.platform: qemu`).
 //!
 //! containerd's `ctr run --cni` order, too: config.json asks for a new namespace (no path), the
 //! engine runs its CNI ADD on the task pid's namespace (`/proc/<keeper>/ns/net`) after `create`
@@ -175,6 +176,15 @@ impl Drop for Cleanup<'_> {
 
 #[test]
 fn a_vm_bundle_serves_on_the_network_namespace_an_engine_prepared() {
+    serves_on_an_engine_namespace("uml");
+}
+
+#[test]
+fn a_qemu_vm_bundle_serves_on_the_network_namespace_an_engine_prepared() {
+    serves_on_an_engine_namespace("qemu");
+}
+
+fn serves_on_an_engine_namespace(platform: &str) {
     if !root_or_skip()
         || !strata_testkit::require(
             Path::new("/usr/lib/cni/bridge").exists(),
@@ -186,18 +196,24 @@ fn a_vm_bundle_serves_on_the_network_namespace_an_engine_prepared() {
     // SAFETY: prctl with integer arguments (the keeper outlives `create`; reap it as a shim).
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     let pid = std::process::id();
-    let subnet = format!("10.196.{}.0/24", pid % 250);
+    // Each platform's test its own subnet, namespace and bridge (they run in parallel).
+    let (k, tag) = if platform == "qemu" {
+        (125, "q")
+    } else {
+        (0, "")
+    };
+    let subnet = format!("10.196.{}.0/24", (pid + k) % 250);
     let prefix = &subnet[..subnet.len() - 4];
     let ipam = tempfile::tempdir().unwrap();
     let mut net = EngineNet {
-        name: format!("strata-vmoci-{pid}"),
+        name: format!("strata-vmoci{tag}-{pid}"),
         task_netns: None,
-        bridge: format!("stvo{}", pid % 100_000),
+        bridge: format!("stvo{tag}{}", pid % 100_000),
         conf: json!({
             "cniVersion": "1.0.0",
-            "name": format!("strata-vmoci-{pid}"),
+            "name": format!("strata-vmoci{tag}-{pid}"),
             "type": "bridge",
-            "bridge": format!("stvo{}", pid % 100_000),
+            "bridge": format!("stvo{tag}{}", pid % 100_000),
             "isGateway": true,
             "ipMasq": false,
             "ipam": {
@@ -243,7 +259,8 @@ fn a_vm_bundle_serves_on_the_network_namespace_an_engine_prepared() {
     .unwrap();
     let netns = net.netns();
     b.edit(|c| {
-        c["annotations"] = json!({"dev.strata.isolation": "vm"});
+        c["annotations"] =
+            json!({"dev.strata.isolation": "vm", "dev.strata.vm.platform": platform});
         c["root"]["readonly"] = json!(false);
         let nss = c["linux"]["namespaces"].as_array_mut().unwrap();
         nss.retain(|n| n["type"] != "network");
@@ -326,11 +343,17 @@ fn netns_of(pid: i32) -> PathBuf {
 }
 
 /// A VM bundle asking for a new network namespace (the default spec's `{"type": "network"}`),
-/// created, its keeper's pid read from the pid file.
+/// created, its keeper's pid read from the pid file. On the default platform (uml here).
 fn create_new_netns_vm(oci: &Oci, id: &str, script: &str) -> (Bundle, i32) {
+    create_new_netns_vm_on(oci, id, script, "auto")
+}
+
+/// [`create_new_netns_vm`] on `platform` (`dev.strata.vm.platform`).
+fn create_new_netns_vm_on(oci: &Oci, id: &str, script: &str, platform: &str) -> (Bundle, i32) {
     let mut b = Bundle::sh(id, script);
     b.edit(|c| {
-        c["annotations"] = json!({"dev.strata.isolation": "vm"});
+        c["annotations"] =
+            json!({"dev.strata.isolation": "vm", "dev.strata.vm.platform": platform});
         c["root"]["readonly"] = json!(false);
         let nss = c["linux"]["namespaces"].as_array().unwrap();
         assert!(
@@ -364,6 +387,17 @@ fn vm_net_ready() -> bool {
 
 #[test]
 fn a_vm_gets_the_network_an_engine_configures_between_create_and_start() {
+    network_configured_between_create_and_start("auto", "vcni", 197);
+}
+
+/// The same on QEMU: its virtio-net NIC boots on the tap with a MAC of its own and takes the
+/// interface's MAC, address and routes at start.
+#[test]
+fn a_qemu_vm_gets_the_network_an_engine_configures_between_create_and_start() {
+    network_configured_between_create_and_start("qemu", "qcni", 188);
+}
+
+fn network_configured_between_create_and_start(platform: &str, tag: &str, second: u8) {
     if !vm_net_ready() {
         return;
     }
@@ -373,17 +407,18 @@ fn a_vm_gets_the_network_an_engine_configures_between_create_and_start() {
         oci: &oci,
         id: id.clone(),
     };
-    let (_b, pid) = create_new_netns_vm(
+    let (_b, pid) = create_new_netns_vm_on(
         &oci,
         &id,
         "echo served-after-start > /tmp/index.html && exec httpd -f -p 80 -h /tmp",
+        platform,
     );
     // Before the engine's ADD the namespace has the VM's tap (the guest's NIC since boot) and
     // nothing else but lo.
     let links = ip_in(pid, &["-o", "link"]);
     assert!(links.contains("stap"), "{links}");
     // The engine's ADD on the task pid's namespace, as ctr run --cni does after create.
-    let mut net = EngineNet::new("vcni", 197);
+    let mut net = EngineNet::new(tag, second);
     net.task_netns = Some(PathBuf::from(format!("/proc/{pid}/ns/net")));
     let (cidr, mac) = net.add();
     let addr = cidr.split('/').next().unwrap().to_string();

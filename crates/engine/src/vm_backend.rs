@@ -63,18 +63,7 @@ pub fn prepare(
     mounts: &[oci_spec::runtime::Mount],
     o: &VmOptions,
 ) -> anyhow::Result<()> {
-    let no_network = |name: &str| -> anyhow::Result<()> {
-        match o.network {
-            Some(net) if name != "uml" && name != "auto" => bail!(
-                "--network {net}: networks on the {name} platform are not supported yet; use --platform uml, or --network none"
-            ),
-            _ => Ok(()),
-        }
-    };
-    // Named platform first: the answer does not depend on whether it is installed here.
-    no_network(o.platform)?;
     let platform = vm_keeper::select_platform(o.platform).map_err(anyhow::Error::msg)?;
-    no_network(platform.name())?;
     let memory_mib = match o.memory {
         None => DEFAULT_MEMORY_MIB,
         Some(m) => {
@@ -112,7 +101,13 @@ pub fn prepare(
         }
     }
     platform
-        .precheck(vcpus, memory_mib, o.kernel, o.initrd.is_some())
+        .precheck(
+            vcpus,
+            memory_mib,
+            o.kernel,
+            o.initrd.is_some(),
+            o.network.is_some(),
+        )
         .map_err(|e| anyhow::anyhow!("--platform {}: {e}", platform.name()))?;
     let cache = store.join("vm");
     let disk = strata_vmm::build_disk(

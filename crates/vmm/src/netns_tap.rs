@@ -99,6 +99,10 @@ fn net_err(step: impl Into<String>, netns: &Path, source: io::Error) -> VmmError
     }
 }
 
+/// The jailed VM process's fd number for the tap (UML's vector `fd` transport, QEMU's
+/// `-netdev tap,fd=`).
+pub(crate) const TAP_FD: i32 = 4;
+
 /// The tap's name for VM `id` (≤ 15 bytes; unique per VM so that two VMs never fight over one).
 pub fn tap_name(id: &str) -> String {
     use sha2::{Digest, Sha256};

@@ -165,13 +165,15 @@ pub trait Platform: Send + Sync {
     }
     /// Checks, before a front end creates anything, what `boot` will refuse later: vCPUs and
     /// memory beyond the host, an unusable `kernel` (None: the platform's default). `user_initrd`:
-    /// the user brings an initrd (which may carry the kernel's modules).
+    /// the user brings an initrd (which may carry the kernel's modules). `network`: the VM joins
+    /// a network (the kernel needs a NIC).
     fn precheck(
         &self,
         _vcpus: u32,
         _memory_mib: u32,
         _kernel: Option<&std::path::Path>,
         _user_initrd: bool,
+        _network: bool,
     ) -> Result<()> {
         Ok(())
     }

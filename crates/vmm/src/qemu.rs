@@ -9,6 +9,10 @@
 //!   overlay from [`crate::qcow2`]), the strata-proto channel on a virtio console (`/dev/hvc0`) whose
 //!   host end is a socketpair handed to QEMU as an fd, virtio-rng fed by QEMU's getrandom, and the
 //!   serial port (the kernel console) on QEMU's stdout (the console log).
+//! - Network (`--network bridge|NAME`, an engine's namespace): virtio-net over QEMU's tap
+//!   backend on the tap fd the host opened in the VM's network namespace and redirected to its
+//!   interface (crate::netns_tap, the same as UML's), with that interface's MAC; QEMU itself stays
+//!   in the jail's empty network namespace and never opens /dev/net/tun. No vhost.
 //! - Power-off: the guest has no ACPI, so the agent ends a VM with a reboot (`strata.halt=reboot`,
 //!   `reboot=t`) and QEMU runs with `-no-reboot`: the reset ends QEMU. A guest panic does the same
 //!   (`panic=-1`).
@@ -25,6 +29,7 @@ use crate::cgroup::VmCgroup;
 use crate::error::{Result, Unavailable, VmmError};
 use crate::jail::{self, JailFile, JailSpec};
 use crate::kvm::{cpu_has_virtualization, disk_letters};
+use crate::netns_tap::{self, TAP_FD};
 use crate::platform::{Console, Platform, VmConfig};
 use crate::vm::Vm;
 
@@ -208,6 +213,9 @@ const REQUIRED: &[(&str, &str)] = &[
     ("CONFIG_SERIAL_8250_CONSOLE", "the console log"),
 ];
 
+/// What a VM on a network needs on top of `REQUIRED`.
+const REQUIRED_NETWORK: &[(&str, &str)] = &[("CONFIG_VIRTIO_NET", "the NIC of --network")];
+
 /// The kernel's build configuration when it sits beside the kernel: `config` in a strata kernel
 /// cache entry, `config-RELEASE` in a Debian-style /boot.
 fn kernel_config(kernel: &Path, release: &str) -> Option<(PathBuf, String)> {
@@ -237,11 +245,13 @@ fn wants_acpi(config: &str) -> bool {
         && config_value(config, "CONFIG_ACPI") == Some("y")
 }
 
-/// Options of `REQUIRED` that `config` (a .config) lacks, and the ones built as modules.
-fn missing_options(config: &str) -> (Vec<String>, Vec<String>) {
+/// Options of `REQUIRED` (and `REQUIRED_NETWORK` for a VM on a network) that `config` (a
+/// .config) lacks, and the ones built as modules.
+fn missing_options(config: &str, network: bool) -> (Vec<String>, Vec<String>) {
     let mut missing = Vec::new();
     let mut modules = Vec::new();
-    for (opt, why) in REQUIRED {
+    let network_opts = if network { REQUIRED_NETWORK } else { &[] };
+    for (opt, why) in REQUIRED.iter().chain(network_opts) {
         if *opt == "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES" && wants_acpi(config) {
             continue;
         }
@@ -289,8 +299,8 @@ pub(crate) struct KernelFacts {
 }
 
 /// Checks the kernel file: a readable bzImage whose configuration (when known) has what the
-/// platform needs.
-fn check_kernel(kernel: &Path, has_initrd: bool) -> Result<KernelFacts> {
+/// platform needs (with `network`, a NIC too).
+fn check_kernel(kernel: &Path, has_initrd: bool, network: bool) -> Result<KernelFacts> {
     let mut head = Vec::new();
     File::open(kernel)
         .and_then(|f| f.take(64 << 10).read_to_end(&mut head))
@@ -311,7 +321,7 @@ fn check_kernel(kernel: &Path, has_initrd: bool) -> Result<KernelFacts> {
         });
     };
     {
-        let (missing, modules) = missing_options(&text);
+        let (missing, modules) = missing_options(&text, network);
         if !missing.is_empty() {
             return Err(VmmError::InvalidConfig(format!(
                 "kernel {} ({release}) lacks {} according to {}: rebuild it with these options \
@@ -443,6 +453,7 @@ pub(crate) fn command_line(
     accel: Accel,
     tsc_khz: Option<u64>,
     facts: &KernelFacts,
+    nic_mac: Option<&str>,
 ) -> Vec<String> {
     let acpi = facts.acpi;
     let mut a: Vec<String> = vec!["qemu-system-x86_64".into()];
@@ -535,6 +546,16 @@ pub(crate) fn command_line(
         let dev = format!("virtio-blk-device,drive={node}");
         push(&["-device", &dev]);
     }
+    if let Some(mac) = nic_mac {
+        // The tap fd the host opened (netns_tap.rs). It has no IFF_VNET_HDR, so QEMU's tap
+        // backend moves plain frames (no offloads; the host kernel segments what the veth
+        // receives on its way into the tap). No `host_mtu`: the agent sets the interface's MTU,
+        // which the namespace may only have at start (`network_at_start`), and virtio-net
+        // without it takes any MTU up to 65535.
+        let netdev = format!("tap,id=net0,fd={TAP_FD}");
+        let dev = format!("virtio-net-device,netdev=net0,mac={mac}");
+        push(&["-netdev", &netdev, "-device", &dev]);
+    }
     a
 }
 
@@ -595,7 +616,11 @@ fn preflight(p: &QemuPlatform, config: &VmConfig, accel: Accel) -> Result<Kernel
             reason,
         })
         .map_err(VmmError::Unavailable)?;
-    let facts = check_kernel(&config.kernel, config.initrd.is_some())?;
+    let facts = check_kernel(
+        &config.kernel,
+        config.initrd.is_some(),
+        config.network.is_some(),
+    )?;
     if let Some(initrd) = &config.initrd {
         check_readable("initrd", initrd)?;
     }
@@ -673,6 +698,10 @@ impl Platform for QemuPlatform {
         self.accel() == Accel::Kvm
     }
 
+    fn nic_at_start(&self) -> bool {
+        true
+    }
+
     fn accelerator(&self) -> Option<&'static str> {
         Some(self.accel().name())
     }
@@ -683,22 +712,32 @@ impl Platform for QemuPlatform {
         memory_mib: u32,
         kernel: Option<&Path>,
         user_initrd: bool,
+        network: bool,
     ) -> Result<()> {
         check_host_resources(vcpus, memory_mib)?;
-        if let Some(k) = kernel {
-            check_kernel(k, user_initrd)?;
+        match kernel {
+            Some(k) => {
+                check_kernel(k, user_initrd, network)?;
+            }
+            // strata's own kernel: one built from an older guest/qemu.config (the fallback
+            // while this one's is not built) may lack the NIC.
+            None if network => {
+                if let Some(k) = crate::kernel::default_kernel("qemu") {
+                    check_kernel(&k.path, false, true).map_err(|e| match e {
+                        VmmError::InvalidConfig(why) => VmmError::InvalidConfig(format!(
+                            "{why} (this is strata's qemu kernel built from an older \
+                             guest/qemu.config: run scripts/build-guest-kernel.sh qemu)"
+                        )),
+                        e => e,
+                    })?;
+                }
+            }
+            None => {}
         }
         Ok(())
     }
 
     fn boot(&self, config: &VmConfig) -> Result<Vm> {
-        if config.network.is_some() {
-            return Err(VmmError::InvalidConfig(
-                "networks on the qemu platform are not supported yet: use --platform uml, or \
-                 --network none"
-                    .into(),
-            ));
-        }
         let accel = self.accel();
         let facts = preflight(self, config, accel)?;
         let libs = crate::kernel::shared_libraries(&self.binary)
@@ -886,6 +925,24 @@ impl Platform for QemuPlatform {
                     return Err(fail(e));
                 }
             };
+            // The guest's NIC: a tap in the VM's network namespace, redirected to its
+            // interface (as on UML). QEMU stays in the jail's empty namespace.
+            let tap = match netns_tap::for_vm(config) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = cgroup.destroy();
+                    return Err(fail(e));
+                }
+            };
+            let mut fds = vec![
+                (null.as_raw_fd(), 0),
+                (out_fd, 1),
+                (stderr.as_raw_fd(), 2),
+                (guest_end.as_raw_fd(), CHANNEL_FD),
+            ];
+            if let Some(t) = &tap {
+                fds.push((t.fd.as_raw_fd(), TAP_FD));
+            }
             let spec = JailSpec {
                 root: jail_root,
                 files,
@@ -893,7 +950,13 @@ impl Platform for QemuPlatform {
                 uid,
                 gid,
                 exe: "/qemu".into(),
-                argv: command_line(config, accel, host_tsc_khz(), &facts),
+                argv: command_line(
+                    config,
+                    accel,
+                    host_tsc_khz(),
+                    &facts,
+                    tap.as_ref().map(|t| t.boot_mac.as_str()),
+                ),
                 env: vec![
                     "TMPDIR=/tmp".into(),
                     "HOME=/tmp".into(),
@@ -901,12 +964,7 @@ impl Platform for QemuPlatform {
                     // QEMU looks for modules beside its (unknowable, without /proc) exec dir.
                     format!("QEMU_MODULE_DIR={QEMU_MODULE_DIR}"),
                 ],
-                fds: vec![
-                    (null.as_raw_fd(), 0),
-                    (out_fd, 1),
-                    (stderr.as_raw_fd(), 2),
-                    (guest_end.as_raw_fd(), CHANNEL_FD),
-                ],
+                fds,
                 cgroup_procs: procs,
                 rlimits: vec![
                     (libc::RLIMIT_CORE, 0),
@@ -936,8 +994,10 @@ impl Platform for QemuPlatform {
                     Console::File(p) => Some(p.clone()),
                     Console::Null => None,
                 },
-                nic: None,
-                deferred_nic: None,
+                // Our tap fd closes here: QEMU holds the only other one, so the tap goes with
+                // it.
+                deferred_nic: tap.as_ref().and_then(|t| t.deferred.clone()),
+                nic: tap.and_then(|t| t.nic),
             })
         })();
         if result.is_err() {
@@ -1033,7 +1093,7 @@ mod tests {
         let config = "CONFIG_VIRTIO_MMIO=y\nCONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\nCONFIG_VIRTIO_CONSOLE=y\nCONFIG_VIRTIO_BLK=y\nCONFIG_BLK_DEV_INITRD=y\nCONFIG_SERIAL_8250_CONSOLE=y\nCONFIG_PVH=y\nCONFIG_HZ=100\n";
         std::fs::write(dir.path().join("config"), config).unwrap();
         // Without a vmlinux: the bzImage.
-        let f = check_kernel(&bz, true).unwrap();
+        let f = check_kernel(&bz, true, false).unwrap();
         assert_eq!(f.boot_file, bz);
         assert_eq!(
             (f.release.as_str(), f.acpi, f.hints.is_empty()),
@@ -1046,13 +1106,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            check_kernel(&bz, true).unwrap().hints,
+            check_kernel(&bz, true, false).unwrap().hints,
             ["pci=off", "i8042.noaux"]
         );
         std::fs::write(dir.path().join("config"), config).unwrap();
         std::fs::write(dir.path().join("vmlinux"), b"\x7fELF").unwrap();
         assert_eq!(
-            check_kernel(&bz, true).unwrap().boot_file,
+            check_kernel(&bz, true, false).unwrap().boot_file,
             dir.path().join("vmlinux")
         );
         // A kernel without PVH support keeps its bzImage.
@@ -1061,25 +1121,34 @@ mod tests {
             config.replace("CONFIG_PVH=y\n", ""),
         )
         .unwrap();
-        assert_eq!(check_kernel(&bz, true).unwrap().boot_file, bz);
+        assert_eq!(check_kernel(&bz, true, false).unwrap().boot_file, bz);
     }
 
     #[test]
     fn config_options() {
         let full = "CONFIG_VIRTIO_MMIO=y\nCONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\nCONFIG_VIRTIO_CONSOLE=y\nCONFIG_VIRTIO_BLK=y\nCONFIG_BLK_DEV_INITRD=y\nCONFIG_SERIAL_8250_CONSOLE=y\n";
-        assert_eq!(missing_options(full), (vec![], vec![]));
+        assert_eq!(missing_options(full, false), (vec![], vec![]));
         let (missing, _) = missing_options(
             &full.replace("CONFIG_VIRTIO_MMIO=y", "# CONFIG_VIRTIO_MMIO is not set"),
+            false,
         );
         assert_eq!(missing.len(), 1);
         assert!(missing[0].starts_with("CONFIG_VIRTIO_MMIO "), "{missing:?}");
-        let (missing, modules) =
-            missing_options(&full.replace("CONFIG_VIRTIO_BLK=y", "CONFIG_VIRTIO_BLK=m"));
+        let (missing, modules) = missing_options(
+            &full.replace("CONFIG_VIRTIO_BLK=y", "CONFIG_VIRTIO_BLK=m"),
+            false,
+        );
         assert!(missing.is_empty());
         assert!(modules[0].starts_with("CONFIG_VIRTIO_BLK "));
         // Debian's: no command-line devices, but ACPI describes them.
         let debian = full.replace("CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y", "") + "CONFIG_ACPI=y\n";
-        assert_eq!(missing_options(&debian), (vec![], vec![]));
+        assert_eq!(missing_options(&debian, false), (vec![], vec![]));
+        // A VM on a network needs the NIC too.
+        let (missing, _) = missing_options(full, true);
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].starts_with("CONFIG_VIRTIO_NET "), "{missing:?}");
+        let with_net = format!("{full}CONFIG_VIRTIO_NET=y\n");
+        assert_eq!(missing_options(&with_net, true), (vec![], vec![]));
         assert!(wants_acpi(&debian));
         assert!(!wants_acpi(full));
     }
@@ -1110,7 +1179,7 @@ mod tests {
             boot_file: "/k".into(),
             hints: vec![],
         };
-        let a = command_line(&c, Accel::Tcg, Some(2_445_406), &facts(false));
+        let a = command_line(&c, Accel::Tcg, Some(2_445_406), &facts(false), None);
         let joined = a.join(" ");
         for want in [
             "-nodefaults -no-user-config",
@@ -1127,6 +1196,21 @@ mod tests {
         ] {
             assert!(joined.contains(want), "{want}: {joined}");
         }
+        assert!(!joined.contains("-netdev"), "no network, no NIC: {joined}");
+        let n = command_line(
+            &c,
+            Accel::Tcg,
+            None,
+            &facts(false),
+            Some("aa:bb:cc:00:11:22"),
+        )
+        .join(" ");
+        assert!(
+            n.ends_with(
+                "-netdev tap,id=net0,fd=4 -device virtio-net-device,netdev=net0,mac=aa:bb:cc:00:11:22"
+            ),
+            "{n}"
+        );
         let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
         assert!(append.contains("tsc_early_khz=2445406"), "{append}");
         assert!(append.contains("strata.channel=/dev/hvc0"), "{append}");
@@ -1134,7 +1218,7 @@ mod tests {
             append.ends_with("strata.lower=/dev/vda rdinit=/strata-agent"),
             "{append}"
         );
-        let k = command_line(&c, Accel::Kvm, Some(1), &facts(true));
+        let k = command_line(&c, Accel::Kvm, Some(1), &facts(true), None);
         assert!(k.join(" ").contains("-accel kvm -cpu host"));
         assert!(k.join(" ").contains("acpi=on"));
         assert!(joined.contains("acpi=off"));

@@ -13,7 +13,7 @@ use crate::cgroup::VmCgroup;
 use crate::error::{Result, Unavailable, VmmError};
 use crate::jail::{self, JailFile, JailSpec};
 use crate::kvm::disk_letters;
-use crate::netns_tap;
+use crate::netns_tap::{self, TAP_FD};
 use crate::platform::{Console, Platform, VmConfig};
 use crate::vm::Vm;
 
@@ -26,8 +26,6 @@ const HOST_OVERHEAD_BYTES: u64 = 96 << 20;
 const PIDS_MAX: u64 = 8192;
 /// The jailed process's fd number for the channel.
 const CHANNEL_FD: i32 = 3;
-/// The jailed process's fd number for the tap of the guest's NIC (`--network bridge|NAME`).
-const TAP_FD: i32 = 4;
 /// ubd's device limit.
 const MAX_DISKS: usize = 16;
 
