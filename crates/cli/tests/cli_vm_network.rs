@@ -292,6 +292,17 @@ fn httpd_published_and_names(platform: &'static [&'static str], k: u32) {
         .as_str()
         .unwrap()
         .to_string();
+    // The VM runs on the platform asked for, and its NIC has the MAC of the veth it took over.
+    let want = if platform.is_empty() { "uml" } else { "qemu" };
+    assert_eq!(v[0]["Vm"]["Platform"], want, "{v}");
+    let mac = v[0]["NetworkSettings"]["Networks"][&net]["MacAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        n.ok(&["exec", "vmweb", "cat", "/sys/class/net/eth0/address"]),
+        format!("{mac}\n")
+    );
 
     // A container reaches the VM by name (its /etc/hosts names the VM).
     let out = n.ok(&[
@@ -425,7 +436,7 @@ fn qemu_vm_bad_network_input_and_failed_start_leave_nothing() {
         &["run", "--rm", "--vm", "--network", &net, "busybox", "true"],
         &[("STRATA_QEMU", "/bin/false")],
     );
-    assert!(err.contains("VM"), "{err}");
+    assert!(err.contains("the guest agent did not answer"), "{err}");
     assert!(n.s.ps().is_empty(), "no container is left");
     n.s.eventually(30, "the failed run's network is released", || {
         n.attachments().is_empty()
