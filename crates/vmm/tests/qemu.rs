@@ -374,4 +374,50 @@ fn bad_input_is_refused_before_anything_is_created() {
     let mut c = base.clone();
     c.initrd = Some(PathBuf::from("/nonexistent/initrd"));
     refused(&c, QemuPlatform::new(), &["initrd", "/nonexistent/initrd"]);
+    // A VM on a network whose kernel has no virtio-net (its config beside it says so).
+    let kdir = dir.path().join("nonet");
+    std::fs::create_dir(&kdir).unwrap();
+    std::fs::copy(&kernel, kdir.join("bzImage")).unwrap();
+    std::fs::write(
+        kdir.join("config"),
+        config.replace("CONFIG_VIRTIO_NET=y", "# CONFIG_VIRTIO_NET is not set"),
+    )
+    .unwrap();
+    let mut c = base.clone();
+    c.kernel = kdir.join("bzImage");
+    c.network = Some(dir.path().join("netns"));
+    refused(
+        &c,
+        QemuPlatform::new(),
+        &["CONFIG_VIRTIO_NET (the NIC of --network)"],
+    );
+}
+
+/// A network namespace that cannot be joined fails the boot at the tap, after the runtime
+/// directory, the overlay and the cgroup were made: all of them go again, and no QEMU starts.
+#[test]
+fn a_network_that_cannot_be_joined_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = busybox_disk(dir.path(), "#!/bin/sh\n");
+    let mut c = qconfig("badnet", dir.path(), &disk);
+    // A regular file, not a namespace.
+    let not_ns = dir.path().join("not-a-netns");
+    std::fs::write(&not_ns, b"").unwrap();
+    c.network = Some(not_ns);
+    let err = QemuPlatform::new()
+        .boot(&c)
+        .expect_err("booted")
+        .to_string();
+    assert!(
+        err.contains("join the network namespace") && err.contains("not-a-netns"),
+        "{err}"
+    );
+    assert!(!c.runtime_dir.exists(), "{err}: runtime dir left");
+    assert!(!dir.path().join("root.cow").exists(), "{err}: overlay left");
+    assert!(processes_mentioning(&c.id).is_empty(), "a process is left");
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let left = h.path().join("strata-vm").join(&c.id);
+        assert!(!left.exists(), "cgroup {} left", left.display());
+    }
+    assert!(!Path::new("/sys/fs/cgroup/strata-vm").join(&c.id).exists());
 }
