@@ -51,8 +51,20 @@ const TCG_TB_MIB: u32 = 32;
 const PIDS_MAX: u64 = 512;
 /// The jailed QEMU's fd number for the channel socket.
 const CHANNEL_FD: i32 = 3;
-/// microvm's virtio-mmio transports.
-const MAX_DISKS: usize = 20;
+/// microvm's virtio-mmio transports: 24 with ACPI (a second IOAPIC), 8 without (measured with
+/// QEMU 7.2: a ninth `-device virtio-*-device` fails with "No 'virtio-bus' bus found").
+const TRANSPORTS_ACPI: usize = 24;
+const TRANSPORTS_NO_ACPI: usize = 8;
+
+/// The disks a VM can have: microvm's transports less the console, the RNG and the NIC.
+fn max_disks(acpi: bool, network: bool) -> usize {
+    let transports = if acpi {
+        TRANSPORTS_ACPI
+    } else {
+        TRANSPORTS_NO_ACPI
+    };
+    transports - 2 - usize::from(network)
+}
 
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -625,10 +637,15 @@ fn preflight(p: &QemuPlatform, config: &VmConfig, accel: Accel) -> Result<Kernel
         check_readable("initrd", initrd)?;
     }
     check_host_resources(config.vcpus, config.memory_mib)?;
-    if config.disks.len() > MAX_DISKS {
+    let max = max_disks(facts.acpi, config.network.is_some());
+    if config.disks.len() > max {
         return Err(VmmError::InvalidConfig(format!(
-            "{} disks requested: microvm has {MAX_DISKS} virtio-mmio slots",
-            config.disks.len()
+            "{} disks requested (the image's root disk and one per volume): microvm has {} \
+             virtio-mmio slots {} ACPI and the console, the RNG{} take the others: use at most {max}",
+            config.disks.len(),
+            if facts.acpi { TRANSPORTS_ACPI } else { TRANSPORTS_NO_ACPI },
+            if facts.acpi { "with" } else { "without" },
+            if config.network.is_some() { " and the NIC" } else { "" },
         )));
     }
     for (i, disk) in config.disks.iter().enumerate() {
@@ -1248,6 +1265,14 @@ mod tests {
         }
         assert!(host_cpus() >= 1);
         assert!(host_memory_mib().unwrap() > 64);
+    }
+
+    #[test]
+    fn disk_slots() {
+        assert_eq!(max_disks(false, false), 6);
+        assert_eq!(max_disks(false, true), 5);
+        assert_eq!(max_disks(true, false), 22);
+        assert_eq!(max_disks(true, true), 21);
     }
 
     #[test]

@@ -391,6 +391,23 @@ fn bad_input_is_refused_before_anything_is_created() {
         QemuPlatform::new(),
         &["CONFIG_VIRTIO_NET (the NIC of --network)"],
     );
+    // More disks than microvm has virtio-mmio slots (8 without ACPI, as strata's kernel boots:
+    // the console and the RNG take two, a NIC one more).
+    let mut c = base.clone();
+    let ro = Disk {
+        path: disk.clone(),
+        cow: None,
+        read_only: true,
+    };
+    c.disks.extend(std::iter::repeat(ro).take(6));
+    refused(&c, QemuPlatform::new(), &["7 disks requested", "at most 6"]);
+    c.disks.pop();
+    c.network = Some(dir.path().join("netns"));
+    refused(
+        &c,
+        QemuPlatform::new(),
+        &["6 disks requested", "and the NIC", "at most 5"],
+    );
 }
 
 /// A network namespace that cannot be joined fails the boot at the tap, after the runtime
