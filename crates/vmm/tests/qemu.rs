@@ -399,7 +399,7 @@ fn bad_input_is_refused_before_anything_is_created() {
         cow: None,
         read_only: true,
     };
-    c.disks.extend(std::iter::repeat(ro).take(6));
+    c.disks.extend(std::iter::repeat_n(ro, 6));
     refused(&c, QemuPlatform::new(), &["7 disks requested", "at most 6"]);
     c.disks.pop();
     c.network = Some(dir.path().join("netns"));
