@@ -18,6 +18,8 @@ pub const WANTED: &[&str] = &[
     "virtio_blk",
     "virtio_console",
     "virtio_rng",
+    // The NIC of a VM on a network (qemu platform): without one it binds to nothing.
+    "virtio_net",
     // ext4's metadata checksums ask the crypto API for crc32c, which cannot autoload here.
     "crc32c_generic",
     "ext4",
