@@ -628,10 +628,13 @@ fn preflight(p: &QemuPlatform, config: &VmConfig, accel: Accel) -> Result<Kernel
             reason,
         })
         .map_err(VmmError::Unavailable)?;
+    // A NIC whose namespace is configured at start (`network_at_start`: an engine's new
+    // namespace) may never be needed (`ctr run` without `--cni`): a kernel without virtio-net
+    // boots, and an interface that does show up fails start with the agent's cause.
     let facts = check_kernel(
         &config.kernel,
         config.initrd.is_some(),
-        config.network.is_some(),
+        config.network.is_some() && !config.network_at_start,
     )?;
     if let Some(initrd) = &config.initrd {
         check_readable("initrd", initrd)?;
