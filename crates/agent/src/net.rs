@@ -182,16 +182,16 @@ pub fn fuzz_net_config(data: &[u8]) {
     });
     if let Ok(Some(n)) = GuestNet::from_annotations(&value) {
         assert!((1..=32).contains(&n.prefix));
-        assert!(n.mtu.is_none_or(|m| (68..=65535).contains(&m)));
-        assert!(n.mac.is_none_or(|m| m[0] & 1 == 0 && m != [0; 6]));
+        assert!(n.mtu.map_or(true, |m| (68..=65535).contains(&m)));
+        assert!(n.mac.map_or(true, |m| m[0] & 1 == 0 && m != [0; 6]));
         assert!(n
             .hosts
             .as_ref()
-            .is_none_or(|h| h.len() <= MAX_FILE && !h.contains('\0')));
+            .map_or(true, |h| h.len() <= MAX_FILE && !h.contains('\0')));
         assert!(n
             .resolv
             .as_ref()
-            .is_none_or(|h| h.len() <= MAX_FILE && !h.contains('\0')));
+            .map_or(true, |h| h.len() <= MAX_FILE && !h.contains('\0')));
     }
 }
 
