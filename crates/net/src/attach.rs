@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::cni::{self, AddResult, Dns, Invocation};
 use crate::names::{self, HostEntry};
 use crate::ports::{PortSpec, Protocol};
-use crate::record::{validate_container_id, AttachmentRecord, PublishedPort};
+use crate::record::{validate_container_id, write_record, AttachmentRecord, PublishedPort};
 use crate::{lock, Error, Networks, Owner};
 
 /// How long an attach or detach waits for another process's DEL of the same attachment.
@@ -100,17 +100,6 @@ fn validate_ifname(name: &str) -> Result<(), Error> {
             "invalid interface name {name:?}: 1-15 letters, digits, '_', '.' or '-'"
         )))
     }
-}
-
-/// Writes a record atomically (temp file + rename): an attachment's, or a pool slot's.
-pub(crate) fn write_record(path: &Path, r: &AttachmentRecord) -> Result<(), Error> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(r).expect("serializes"))
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(format!("writing record {}", path.display()), e)
-        })
 }
 
 /// True when two host bindings of one protocol and port would collide.

@@ -14,6 +14,34 @@ use sha2::{Digest, Sha256};
 use crate::cni::CNI_VERSION;
 use crate::Error;
 
+/// Pool size of networks made without `--pool`.
+pub const DEFAULT_POOL: u32 = 2;
+
+/// Largest pool a network may ask for.
+pub const MAX_POOL: u32 = 32;
+
+/// What a network's pool holds now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PoolStatus {
+    /// Slots the network asks for.
+    pub size: u32,
+    /// Slots ready to be taken.
+    pub ready: u32,
+    /// Slots whose ADD is still running (or whose filler was killed: the next filler's or
+    /// prune's work).
+    pub filling: u32,
+}
+
+impl Network {
+    /// How many pre-attached namespaces the network keeps (0 = none; conflists not made by
+    /// strata have no pool).
+    pub fn pool_size(&self) -> u32 {
+        self.conflist["strata"]["pool"]
+            .as_u64()
+            .map_or(0, |n| n.min(MAX_POOL as u64) as u32)
+    }
+}
+
 /// Names `--network` takes that are not networks.
 pub const RESERVED: [&str; 3] = ["none", "host", "container"];
 

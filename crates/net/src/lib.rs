@@ -25,8 +25,8 @@ mod store;
 
 pub use attach::{AttachRequest, Attachment};
 pub use config::Network;
+pub use config::PoolStatus;
 pub use owner::Owner;
-pub use pool::PoolStatus;
 pub use ports::{PortSpec, Protocol};
 pub use prune::PruneReport;
 pub use record::{AttachmentRecord, PublishedPort};

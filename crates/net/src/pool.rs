@@ -22,33 +22,7 @@ use crate::cni::{self, Invocation};
 use crate::record::AttachmentRecord;
 use crate::{lock, Error, Network, Networks, Owner};
 
-/// Pool size of networks made without `--pool`.
-pub const DEFAULT_POOL: u32 = 2;
-
-/// Largest pool a network may ask for.
-pub const MAX_POOL: u32 = 32;
-
-/// What a network's pool holds now.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct PoolStatus {
-    /// Slots the network asks for.
-    pub size: u32,
-    /// Slots ready to be taken.
-    pub ready: u32,
-    /// Slots whose ADD is still running (or whose filler was killed: the next filler's or
-    /// prune's work).
-    pub filling: u32,
-}
-
-impl Network {
-    /// How many pre-attached namespaces the network keeps (0 = none; conflists not made by
-    /// strata have no pool).
-    pub fn pool_size(&self) -> u32 {
-        self.conflist["strata"]["pool"]
-            .as_u64()
-            .map_or(0, |n| n.min(MAX_POOL as u64) as u32)
-    }
-}
+pub use crate::config::{PoolStatus, DEFAULT_POOL, MAX_POOL};
 
 fn read_slot(path: &Path) -> Option<AttachmentRecord> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
@@ -210,7 +184,7 @@ impl Networks {
             release: None,
             cni_id: None,
         };
-        crate::attach::write_record(&path, &r)?;
+        crate::record::write_record(&path, &r)?;
         if let Err(e) = crate::netns::create(&r.netns) {
             let _ = std::fs::remove_file(&path);
             return Err(Error::io(
@@ -236,7 +210,7 @@ impl Networks {
                 return Err(e.into());
             }
         }
-        if let Err(e) = crate::attach::write_record(&path, &r) {
+        if let Err(e) = crate::record::write_record(&path, &r) {
             let _ = self.undo_slot(&path, &r);
             return Err(e);
         }

@@ -125,6 +125,17 @@ impl AttachmentRecord {
     }
 }
 
+/// Writes a record atomically (temp file + rename): an attachment's, or a pool slot's.
+pub(crate) fn write_record(path: &Path, r: &AttachmentRecord) -> Result<(), Error> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(r).expect("serializes"))
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(format!("writing record {}", path.display()), e)
+        })
+}
+
 /// Container ids: 1-128 of `[A-Za-z0-9_.-]`, starting with a letter or digit (they name files).
 pub fn validate_container_id(id: &str) -> Result<(), Error> {
     let ok = !id.is_empty()

@@ -58,7 +58,7 @@ pub struct CreateRequest {
     /// Gateway; `None` = the subnet's first address.
     pub gateway: Option<Ipv4Addr>,
     /// Pre-attached namespaces to keep ready (see [`crate::pool`]); `None` =
-    /// [`crate::pool::DEFAULT_POOL`].
+    /// [`crate::config::DEFAULT_POOL`].
     pub pool: Option<u32>,
 }
 
@@ -80,7 +80,7 @@ pub struct NetworkInfo {
     /// Attached containers.
     pub containers: Vec<AttachmentRecord>,
     /// Pre-attached namespaces (see [`crate::pool`]).
-    pub pool: crate::pool::PoolStatus,
+    pub pool: crate::config::PoolStatus,
 }
 
 /// The networks of one config directory and state directory.
@@ -267,11 +267,11 @@ impl Networks {
             }
             None => subnet.hosts().next().expect("a /30 or larger has hosts"),
         };
-        let pool = req.pool.unwrap_or(crate::pool::DEFAULT_POOL);
-        if pool > crate::pool::MAX_POOL {
+        let pool = req.pool.unwrap_or(crate::config::DEFAULT_POOL);
+        if pool > crate::config::MAX_POOL {
             return Err(Error::Invalid(format!(
                 "--pool {pool}: at most {} pre-attached namespaces per network",
-                crate::pool::MAX_POOL
+                crate::config::MAX_POOL
             )));
         }
         let mut conflist =

@@ -61,23 +61,27 @@ pub(crate) struct NetnsTap {
     pub deferred: Option<(PathBuf, String)>,
 }
 
-/// The guest NIC of the VM `config` describes, for every platform: a tap in `config.network`,
-/// redirected to and from its interface now ([`attach`]), or made now and redirected at start
-/// ([`prepare`], `config.network_at_start`). None without a network, or when the namespace has
-/// no interface to take over now. The platform passes `fd` into the VM process and boots the
-/// guest's NIC with `boot_mac`/`boot_mtu`; the VM then holds the only fd, so the tap goes with
-/// it.
-pub(crate) fn for_vm(config: &crate::platform::VmConfig) -> Result<Option<NetnsTap>> {
-    let Some(ns) = &config.network else {
+/// The guest NIC of VM `id` (its `VmConfig`'s `id`, `network` and `network_at_start`), for
+/// every platform: a tap in the namespace `network`, redirected to and from its interface now
+/// ([`attach`]), or made now and redirected at start ([`prepare`], `at_start`). None without a
+/// network, or when the namespace has no interface to take over now. The platform passes `fd`
+/// into the VM process and boots the guest's NIC with `boot_mac`/`boot_mtu`; the VM then holds
+/// the only fd, so the tap goes with it.
+pub(crate) fn for_vm(
+    id: &str,
+    network: Option<&PathBuf>,
+    at_start: bool,
+) -> Result<Option<NetnsTap>> {
+    let Some(ns) = network else {
         return Ok(None);
     };
-    let tap = tap_name(&config.id);
-    if config.network_at_start {
+    let tap = tap_name(id);
+    if at_start {
         let fd = prepare(ns, &tap)?;
         return Ok(Some(NetnsTap {
             fd,
             nic: None,
-            boot_mac: boot_mac(&config.id),
+            boot_mac: boot_mac(id),
             boot_mtu: 1500,
             deferred: Some((ns.clone(), tap)),
         }));

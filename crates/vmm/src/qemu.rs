@@ -947,7 +947,11 @@ impl Platform for QemuPlatform {
             };
             // The guest's NIC: a tap in the VM's network namespace, redirected to its
             // interface (as on UML). QEMU stays in the jail's empty namespace.
-            let tap = match netns_tap::for_vm(config) {
+            let tap = match netns_tap::for_vm(
+                &config.id,
+                config.network.as_ref(),
+                config.network_at_start,
+            ) {
                 Ok(t) => t,
                 Err(e) => {
                     let _ = cgroup.destroy();

@@ -361,7 +361,11 @@ impl Platform for UmlPlatform {
             // interface now, or (network_at_start) once the namespace has one
             // (Vm::take_over_network). The VM process itself stays in the jail's empty
             // namespace.
-            let tap = match netns_tap::for_vm(config) {
+            let tap = match netns_tap::for_vm(
+                &config.id,
+                config.network.as_ref(),
+                config.network_at_start,
+            ) {
                 Ok(t) => t,
                 Err(e) => {
                     let _ = cgroup.destroy();
