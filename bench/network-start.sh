@@ -5,7 +5,7 @@
 # host) beside it, same three rows, in its own private root. The network's own cost (namespace,
 # CNI ADD; DEL runs after the run returned since the release, see docs/networking.md) is in the
 # difference to the `none` row of the same tool.
-# Usage: bench/network-start.sh [RUNS]   (root; scripts/build-release.sh first; hyperfine)
+# Usage: bench/network-start.sh [RUNS]   (root; scripts/build-release.sh first)
 #   STRATA_BIN=path (default target/release/strata); STRATA_BIN_BEFORE=path adds the same rows
 #   for another build (A/B, each with its own network made by that build); NO_PODMAN=1 skips
 #   Podman.
@@ -18,6 +18,7 @@ bin="${STRATA_BIN:-target/release/strata}"
 work="$(mktemp -d /tmp/strata-netstart.XXXXXX)"
 k=0
 cmds=()
+pcmds=()
 nets=()
 cleanup() {
   for n in "${nets[@]}"; do
@@ -71,24 +72,44 @@ if [ -z "${NO_PODMAN:-}" ] && command -v podman >/dev/null; then
   $podman import "$p/bb.tar" localhost/strata-bench-bb >/dev/null
   # The ulimits: podman's defaults exceed this host's hard limits (as in engines_podman.rs).
   prun="$podman run --rm --runtime runc --ulimit nofile=20000:20000 --ulimit nproc=30000:30000"
-  cmds+=(-n "podman (runc): network none" "$prun --network none localhost/strata-bench-bb true")
-  cmds+=(-n "podman (runc): network bridge" "$prun --network bridge localhost/strata-bench-bb true")
-  cmds+=(-n "podman (runc): network bridge, -p 127.0.0.1::80" "$prun --network bridge -p 127.0.0.1::80 localhost/strata-bench-bb true")
+  pcmds+=(-n "podman (runc): network none" "$prun --network none localhost/strata-bench-bb true")
+  pcmds+=(-n "podman (runc): network bridge" "$prun --network bridge localhost/strata-bench-bb true")
+  pcmds+=(-n "podman (runc): network bridge, -p 127.0.0.1::80" "$prun --network bridge -p 127.0.0.1::80 localhost/strata-bench-bb true")
 fi
 
-hyperfine -N -w 3 -r "$runs" --export-json "$work/h.json" "${cmds[@]}" >/dev/null
-python3 - "$work/h.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"]
+# Round robin: one run of each row per round (after 3 warm-up rounds), so a change of the host's
+# load (other work on a 2-core machine) hits every row alike; each row's min and median over the
+# rounds. (hyperfine runs all runs of one command before the next, which turns load drift into
+# differences between rows.) strata's rows and Podman's are two separate round robins: a Podman
+# run leaves work behind (conmon, cleanup) that would land on the next strata run.
+cat >"$work/rr.py" <<'PY'
+import shlex, statistics, subprocess, sys, time
+runs = int(sys.argv[1])
+args = sys.argv[2:]
+rows = [(args[i + 1], shlex.split(args[i + 2])) for i in range(0, len(args), 3)]  # -n NAME CMD
+times = {name: [] for name, _ in rows}
+for r in range(3 + runs):
+    for name, cmd in rows:
+        t = time.perf_counter()
+        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        dt = time.perf_counter() - t
+        if p.returncode != 0:
+            sys.exit(f"{name}: {shlex.join(cmd)} failed: {p.stderr.decode(errors='replace')}")
+        if r >= 3:
+            times[name].append(dt)
 print("| run --rm ... true | min | median | network adds (median, vs the same tool's none) |")
 print("|---|---|---|---|")
 base = None
-for x in r:
-    tool, _, what = x["command"].partition(": ")
+for name, _ in rows:
+    tool, _, what = name.partition(": ")
+    med = statistics.median(times[name])
     if what == "network none":
-        base = x["median"]
-        add = ""
+        base, add = med, ""
     else:
-        add = f"{(x['median'] - base) * 1e3:+.1f} ms"
-    print(f"| {x['command']} | {x['min']*1e3:.1f} ms | {x['median']*1e3:.1f} ms | {add} |")
+        add = f"{(med - base) * 1e3:+.1f} ms"
+    print(f"| {name} | {min(times[name])*1e3:.1f} ms | {med*1e3:.1f} ms | {add} |")
 PY
+python3 "$work/rr.py" "$runs" "${cmds[@]}"
+if [ ${#pcmds[@]} -gt 0 ]; then
+  python3 "$work/rr.py" "$runs" "${pcmds[@]}" | tail -n +3
+fi
