@@ -573,6 +573,7 @@ impl Agent {
                 "start before a successful create".into(),
             );
         };
+        let stdin = req.stdin;
         // A network the host took over only now: configured before the main process runs, and
         // its refusal is the start's.
         if let Some(map) = req.network {
@@ -607,7 +608,7 @@ impl Agent {
         }
         self.started = true;
         let tty = process.terminal;
-        self.launch(sid, &process, tty, true);
+        self.launch(sid, &process, tty, stdin);
     }
 
     fn on_exec(&mut self, sid: u32, req: ExecRequest) {

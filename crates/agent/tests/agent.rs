@@ -611,6 +611,7 @@ fn hostile_network_annotations_refuse_create_and_net_files_without_a_network_are
 fn a_start_with_a_hostile_network_is_refused_and_a_valid_one_starts() {
     let net = |v: serde_json::Value| strata_proto::StartRequest {
         network: v.as_object().cloned(),
+        ..Default::default()
     };
     let agent = Agent::start();
     let main = agent

@@ -379,3 +379,115 @@ fn a_failed_hand_over_destroys_the_pooled_vm_and_boots_cold_with_the_cause() {
     p.s.ok(&["vm", "pool", "--size", "0"]);
     assert_no_leaks("failed hand-over", &scope, &before);
 }
+
+/// Whether a process is stopped (SIGSTOP: state T).
+fn stopped(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('T')
+    })
+}
+
+/// `run --vm --rm` of a warm VM returns once the workload's exit is known: the VM's teardown
+/// (kill, reap, cgroup and slot removal) is its pool keeper's, a detached process. Held there
+/// (a stop point), the run has returned and left no container, a new run of the same name
+/// works; killed there, what it had not finished (slot, re-labelled cgroup) is swept by the next
+/// pool operation and nothing is left.
+#[test]
+fn a_warm_run_returns_before_the_vm_teardown_and_a_killed_teardown_leaves_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let p = Pool::new();
+    let mut scope = p.scope();
+    let before = Snapshot::take(&scope);
+    // Every pool keeper of this pool (and of its refills) stops at the start of its teardown.
+    let out =
+        p.s.cmd()
+            .args(["vm", "pool", "--size", "1"])
+            .env("STRATA_STOP_POINT", "pool:teardown")
+            .output()
+            .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let slot = p.ready().pop().expect("a ready pooled VM");
+    scope.add_id(slot_vm_id(&slot));
+    let first = state(&slot).unwrap();
+    let (keeper, vm) = (
+        first["keeper_pid"].as_i64().unwrap(),
+        first["vm_pid"].as_i64().unwrap(),
+    );
+
+    let out = p.s.ok(&[
+        "run", "--name", "warm-end", "--rm", "busybox", "echo", "done",
+    ]);
+    assert_eq!(out.trim(), "done");
+    // The run returned while the teardown is held: the VM's slot and its re-labelled cgroup
+    // are still the (stopped) pool keeper's to remove.
+    let claimed = state(&slot).expect("the used VM's slot is still there");
+    assert_eq!(claimed["status"], "claimed", "{claimed}");
+    let cg = claimed["cgroup_dirs"].as_array().unwrap();
+    let id = cg[0]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    scope.add_id(id.clone());
+    eventually(20, "the pool keeper reaches its teardown", || {
+        stopped(keeper)
+    });
+    assert!(
+        cg.iter()
+            .any(|d| std::path::Path::new(d.as_str().unwrap()).exists()),
+        "the teardown is the pool keeper's: {claimed}"
+    );
+    // Nothing of the container is left to the user, and its name is free again.
+    assert!(p.s.ps().is_empty(), "{:?}", p.s.ps());
+    assert!(!p.s.root.path().join("vm").join(&id).exists());
+    assert_eq!(
+        p.s.ok(&["run", "--name", "warm-end", "--rm", "busybox", "echo", "again"])
+            .trim(),
+        "again"
+    );
+    // The teardown killed halfway: the VM dies (it was sent SIGKILL with the workload's end),
+    // and the next pool operation sweeps the slot and the cgroup.
+    // SAFETY: SIGKILL to the pool keeper this test's pool started.
+    unsafe { libc::kill(keeper as i32, libc::SIGKILL) };
+    eventually(20, "the used VM ends", || !alive(vm));
+    for s in p.slots() {
+        scope.add_id(slot_vm_id(&s));
+        if let Some(cg) = state(&s).and_then(|st| st["cgroup_dirs"].as_array().cloned()) {
+            for d in cg {
+                if let Some(i) = d.as_str().and_then(|d| d.rsplit('/').next()) {
+                    scope.add_id(i.to_string());
+                }
+            }
+        }
+    }
+    let st = p.status();
+    assert!(!slot.exists(), "swept: {st}");
+    for d in cg {
+        let d = d.as_str().unwrap();
+        assert!(!std::path::Path::new(d).exists(), "{d} removed");
+    }
+    // The second run's pool keeper is held in its teardown too: let it finish.
+    for s in p.slots() {
+        if let Some(k) = state(&s).and_then(|st| st["keeper_pid"].as_i64()) {
+            if stopped(k) {
+                // SAFETY: SIGCONT to a pool keeper this test's pool started.
+                unsafe { libc::kill(k as i32, libc::SIGCONT) };
+            }
+        }
+    }
+    eventually(20, "held teardowns finish", || {
+        p.slots()
+            .iter()
+            .all(|s| state(s).is_some_and(|st| st["status"] != "claimed"))
+    });
+    p.s.ok(&["vm", "pool", "--size", "0"]);
+    assert_no_leaks("warm teardown held, then killed", &scope, &before);
+}

@@ -108,9 +108,20 @@ pub struct KeeperState {
     /// Why a warm hand-over failed (the VM then booted cold).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_fallback: Option<String>,
+    /// A pooled VM's slot directory and its pool keeper, which reaps the VM and removes its
+    /// cgroup and slot after the workload (the detached teardown: [`destroy`] does not wait for
+    /// it while that keeper lives, and finishes it when that keeper died).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_slot: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pool_keeper_pid: i32,
     /// Where the start's time went, phase by phase (start_phases.rs), once the workload runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_phases: Option<crate::start_phases::StartPhases>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// Starting a workload failed; `code` follows Docker (125 set-up, 126 cannot execute, 127 not
@@ -514,6 +525,10 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             },
         };
         st.warm = is_warm;
+        if let Booted::Warm(p) = &vm {
+            st.pool_slot = Some(p.slot().to_path_buf());
+            st.pool_keeper_pid = p.keeper_pid();
+        }
         phase(if is_warm {
             "warm VM taken from the pool"
         } else {
@@ -684,10 +699,17 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         }
     }
     let stdio = [l.stdin, l.stdout, l.stderr].map(|fd| fd.try_clone_to_owned().ok());
+    // A /dev/null stdin (`run` without -i) is not relayed: the workload's stdin is at its end
+    // from the start, and no Close(stdin) frame wakes the guest while it starts.
+    let stdin_at_eof = !l.spec.tty && is_dev_null(l.stdin);
     let started = match &own_netns {
         Some(ns) => network_at_start(&mut vm, ns, platform.name(), &net_sources),
         None => Ok(strata_proto::StartRequest::default()),
     }
+    .map(|req| strata_proto::StartRequest {
+        stdin: !stdin_at_eof,
+        ..req
+    })
     .and_then(|req| {
         let with_network = req.network.is_some();
         client
@@ -731,7 +753,11 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     report(&mut status, "ok");
     strata_container::kill_point::hit("keeper:running");
     let [i, o, e] = stdio;
-    let i = i.map_or(HostStdin::Closed, HostStdin::Fd);
+    let i = match i {
+        _ if stdin_at_eof => HostStdin::AtEof,
+        Some(fd) => HostStdin::Fd(fd),
+        None => HostStdin::Closed,
+    };
     let code = relay_session(&session, i, o, e, l.spec.tty);
     phase("workload exited");
     strata_container::kill_point::hit("keeper:exited");
@@ -750,8 +776,18 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         std::thread::sleep(Duration::from_millis(5));
     }
     leave_cgroups();
-    let _ = vm.kill();
-    phase("VM reaped");
+    match &mut vm {
+        // Its pool keeper, a detached process, reaps it and removes its cgroup and slot: the
+        // caller (`strata run --rm`, the monitor) does not wait for the VM's end.
+        Booted::Warm(p) => {
+            p.end_detached();
+            phase("VM handed to its pool keeper's teardown");
+        }
+        Booted::Cold(_) => {
+            let _ = vm.kill();
+            phase("VM reaped");
+        }
+    }
     restore_owners();
     let _ = std::fs::remove_file(&sock_path);
     let _ = std::fs::remove_file(l.state_dir.join("root.cow"));
@@ -1005,6 +1041,33 @@ pub fn guest_config(
     spec: &VmSpec,
     platform: &dyn Platform,
 ) -> Result<serde_json::Value, String> {
+    // The agent reads only these (crates/agent/src/spec.rs); the rest (`linux`: namespaces,
+    // cgroups, devices, masked paths; the capability sets) is the host runtime's. Left out, the
+    // Create fits in one window of a UML channel (2 KiB, Hello::link_window) instead of waiting
+    // for the guest's acknowledgement of each one.
+    if let Some(c) = config.as_object_mut() {
+        c.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "ociVersion" | "process" | "root" | "hostname" | "mounts" | "annotations"
+            )
+        });
+    }
+    if let Some(p) = config["process"].as_object_mut() {
+        p.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "terminal"
+                    | "consoleSize"
+                    | "user"
+                    | "args"
+                    | "env"
+                    | "cwd"
+                    | "rlimits"
+                    | "noNewPrivileges"
+            )
+        });
+    }
     config["process"]["terminal"] = serde_json::json!(spec.tty);
     if let Some(mounts) = config["mounts"].as_array_mut() {
         mounts.retain(|m| m["destination"] != "/dev/console");
@@ -1215,6 +1278,7 @@ fn network_at_start(
         notes.extend(read_net_files(net_sources)?);
         return Ok(strata_proto::StartRequest {
             network: Some(notes),
+            ..Default::default()
         });
     }
     match strata_vmm::netns_interface(netns) {
@@ -1623,17 +1687,31 @@ pub fn destroy(state_dir: &Path) {
         if let Some(cg) = st.cgroup.as_ref().filter(|cg| cg.is_frozen()) {
             let _ = cg.set_frozen(false);
         }
+        // A pooled VM is its pool keeper's child: while that keeper lives it reaps the VM and
+        // removes its cgroup and slot (the detached teardown), and nothing here waits for it.
+        let pool_keeper =
+            st.pool_slot.is_some() && st.pool_keeper_pid > 0 && alive(st.pool_keeper_pid);
         let t = Instant::now();
-        while (alive(st.keeper_pid) || alive(st.vm_pid)) && t.elapsed() < Duration::from_secs(10) {
+        while (alive(st.keeper_pid) || (!pool_keeper && alive(st.vm_pid)))
+            && t.elapsed() < Duration::from_secs(10)
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
         if alive(st.keeper_pid) {
             // SAFETY: the keeper did not finish: it goes too.
             unsafe { libc::kill(st.keeper_pid, libc::SIGKILL) };
         }
-        remove_cgroup(&st);
-        if st.cgroup.is_none() {
-            remove_unrecorded_cgroup(&st, state_dir);
+        if !pool_keeper {
+            remove_cgroup(&st);
+            if st.cgroup.is_none() {
+                remove_unrecorded_cgroup(&st, state_dir);
+            }
+            // A pool keeper that died before it finished: its slot (and what it records).
+            if let Some(slot) = &st.pool_slot {
+                if slot.exists() {
+                    destroy(slot);
+                }
+            }
         }
     }
     let _ = std::fs::remove_dir_all(state_dir);

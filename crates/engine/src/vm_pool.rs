@@ -395,6 +395,12 @@ pub struct Pooled {
     cgroup: Option<strata_vmm::cgroup::VmCgroup>,
     channel: Option<UnixStream>,
     console_log: PathBuf,
+    /// The pooled VM's slot and its pool keeper's pid (recorded in the instance's state: a
+    /// teardown left to a pool keeper that died is finished from there).
+    slot: PathBuf,
+    keeper_pid: i32,
+    /// Ended with [`Pooled::end_detached`]: nothing is left to wait for here.
+    released: bool,
 }
 
 impl Pooled {
@@ -412,6 +418,35 @@ impl Pooled {
 
     pub fn take_channel(&mut self) -> Option<UnixStream> {
         self.channel.take()
+    }
+
+    /// The pooled VM's slot directory.
+    pub fn slot(&self) -> &Path {
+        &self.slot
+    }
+
+    /// The pid of the pool keeper that reaps the VM and removes its cgroup and slot.
+    pub fn keeper_pid(&self) -> i32 {
+        self.keeper_pid
+    }
+
+    /// Ends the VM after its workload exited, without waiting for it: SIGKILL to its leader and
+    /// the claim connection closed; its pool keeper (a detached process) reaps it and removes its
+    /// cgroup and slot. A pool keeper that dies meanwhile leaves a slot with a dead keeper, which
+    /// the next pool operation (or `destroy` of the instance's state) finishes.
+    pub fn end_detached(&mut self) {
+        // SAFETY: pidfd_send_signal to the VM's leader through its pidfd.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        self.conn = None;
+        self.released = true;
     }
 
     fn exited(&self, timeout_ms: i32) -> bool {
@@ -489,7 +524,7 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if !self.has_exited() {
+        if !self.released && !self.has_exited() {
             self.kill();
         }
     }
@@ -514,7 +549,13 @@ pub fn take(state_dir: &Path, id: &str, spec: &VmSpec) -> Result<Option<Pooled>,
         let Some(st) = vm_keeper::load_state(&slot) else {
             continue;
         };
-        if st.status != "ready" || !vm_keeper::alive(st.keeper_pid) {
+        if !vm_keeper::alive(st.keeper_pid) {
+            // What a pool keeper killed from outside left (e.g. during the detached teardown
+            // of a VM it served): its VM, cgroup and slot.
+            vm_keeper::destroy(&slot);
+            continue;
+        }
+        if st.status != "ready" {
             continue;
         }
         match claim(&slot, id) {
@@ -595,6 +636,9 @@ fn claim(slot: &Path, id: &str) -> Result<Option<Pooled>, String> {
         cgroup,
         channel: Some(UnixStream::from(channel)),
         console_log: slot.join("console.log"),
+        slot: slot.to_path_buf(),
+        keeper_pid: v["keeper_pid"].as_i64().unwrap_or(0) as i32,
+        released: false,
     }))
 }
 
@@ -863,6 +907,8 @@ fn keeper(slot: &Path, c: &PoolConfig) -> i32 {
             break;
         }
     }
+    // The detached teardown of a VM that served a workload (the claimer returned already).
+    strata_container::kill_point::hit("pool:teardown");
     let _ = vm.kill();
     let _ = std::fs::remove_dir_all(slot);
     0

@@ -119,7 +119,7 @@ pub struct NetFiles {
 
 /// Host → agent (session 1): release the main process held by `Create`. Travels as an empty
 /// payload when it asks nothing more (the default), so a plain `Start` is what it always was.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
     /// The guest's network, taken over only now (the host's engine configured the VM's network
@@ -129,6 +129,20 @@ pub struct StartRequest {
     /// every value before configuring anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The host has stdin to send to the main process. False: its stdin is at its end from the
+    /// start (the host's was /dev/null), so no stdin stream and no Close(stdin) frame, which
+    /// would wake the guest while the workload starts. Ignored with a tty. Absent: true.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub stdin: bool,
+}
+
+impl Default for StartRequest {
+    fn default() -> StartRequest {
+        StartRequest {
+            network: None,
+            stdin: true,
+        }
+    }
 }
 
 /// Agent → host: a session's process is running.

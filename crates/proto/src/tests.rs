@@ -55,6 +55,7 @@ fn all_messages() -> Vec<Message> {
             network: serde_json::json!({"dev.strata.net.address": "10.88.0.5/16"})
                 .as_object()
                 .cloned(),
+            ..Default::default()
         }),
         Message::Started(Started { pid: 42 }),
         Message::Exec(ExecRequest {
@@ -380,6 +381,7 @@ fn a_plain_start_is_an_empty_frame_and_a_network_start_carries_it() {
         network: serde_json::json!({"dev.strata.net.address": "10.88.0.5/16", "dev.strata.net.mac": "aa:bb:cc:dd:ee:01"})
             .as_object()
             .cloned(),
+        ..Default::default()
     };
     let (frames, errs) = decode_all(&encode(1, Message::Start(net.clone())));
     assert!(errs.is_empty(), "{errs:?}");
