@@ -12,8 +12,8 @@ fn agent_hello() -> Vec<u8> {
     Frame::new(
         0,
         Message::Hello(Hello {
-            min_version: 1,
-            max_version: 1,
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
             software: "fake".into(),
             link_window: None,
             agent_start_us: None,

@@ -45,8 +45,10 @@ pub use message::{
     StartRequest, Started, StdStream,
 };
 
-/// The protocol version negotiated in the handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version negotiated in the handshake. 2: `StartRequest::stdin` (an agent of
+/// version 1 refuses the field; a host and agent of different versions part at the hello with
+/// an error naming both, so a pooled VM booted by an older agent falls back to a cold boot).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Fuzzing entry point: runs the decoder over `data` fed in chunks whose sizes come from the
 /// input itself, checking that it never panics, never buffers beyond its bound, always makes
