@@ -547,7 +547,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             return fail(&mut status, &mut st, 125, m);
         }
         let bytes = match with_network(config.clone(), vm.nic()) {
-            Ok(c) => serde_json::to_vec(&c).unwrap_or_default(),
+            Ok(c) => serde_json::to_vec(&on_the_wire(c)).unwrap_or_default(),
             Err(m) => {
                 let _ = vm.kill();
                 restore_owners();
@@ -1089,6 +1089,26 @@ pub fn guest_config(
         }
     }
     Ok(config)
+}
+
+/// The guest config as Create carries it: without what names host paths the guest cannot use
+/// and the agent would skip with a warning each (the root's host path, the bind mounts of the
+/// host's /etc/hostname, /etc/hosts and /etc/resolv.conf: the hostname is the guest kernel's,
+/// a NIC's hosts and resolv.conf travel as annotations). A busybox run's Create then fits in one
+/// window of a UML channel.
+fn on_the_wire(mut config: serde_json::Value) -> serde_json::Value {
+    if let Some(root) = config["root"].as_object_mut() {
+        root.remove("path");
+    }
+    if let Some(mounts) = config["mounts"].as_array_mut() {
+        mounts.retain(|m| {
+            !(m["type"] == "bind"
+                && ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"]
+                    .iter()
+                    .any(|d| m["destination"] == *d))
+        });
+    }
+    config
 }
 
 /// The network namespace config.json joins by path: strata's bridge attachment
@@ -1831,6 +1851,60 @@ mod tests {
         let mut s = spec();
         s.volumes[0].destination = "/elsewhere".into();
         assert!(guest_config(cfg, &s, &p).is_err());
+    }
+
+    /// Create carries only what the agent reads, without host paths it would skip: a busybox
+    /// run's config fits in one 2 KiB window of a UML channel.
+    #[test]
+    fn the_guest_config_keeps_what_the_agent_reads_and_no_host_paths() {
+        let host = "/var/lib/strata/containers/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let cfg = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "hostname": "h",
+            "root": {"path": format!("{host}/rootfs"), "readonly": true},
+            "process": {
+                "args": ["true"], "env": ["A=1"], "cwd": "/", "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "noNewPrivileges": true,
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+                "capabilities": {"bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"]},
+                "apparmorProfile": "x",
+            },
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/etc/hosts", "type": "bind", "source": format!("{host}/etc/hosts")},
+                {"destination": "/etc/hostname", "type": "bind", "source": format!("{host}/etc/hostname")},
+                {"destination": "/etc/resolv.conf", "type": "bind", "source": format!("{host}/etc/resolv.conf")},
+            ],
+            "annotations": {"dev.strata.isolation": "vm"},
+            "linux": {"namespaces": [{"type": "pid"}], "maskedPaths": ["/proc/kcore"]},
+        });
+        let mut s = spec();
+        s.volumes.clear();
+        s.tty = false;
+        let g = guest_config(cfg, &s, &strata_vmm::UmlPlatform::new()).unwrap();
+        // Sources of the network files stay readable before the wire form drops them.
+        assert!(net_file_sources(&g).0.is_some());
+        let w = on_the_wire(g);
+        let keys: Vec<&str> = w.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "annotations",
+                "hostname",
+                "mounts",
+                "ociVersion",
+                "process",
+                "root"
+            ]
+        );
+        let p = w["process"].as_object().unwrap();
+        assert!(!p.contains_key("capabilities") && !p.contains_key("apparmorProfile"));
+        assert_eq!(p["noNewPrivileges"], true);
+        assert_eq!(p["rlimits"][0]["hard"], 1024);
+        assert_eq!(w["root"], serde_json::json!({"readonly": true}));
+        assert_eq!(w["mounts"].as_array().unwrap().len(), 1);
+        assert!(!w.to_string().contains(host), "{w}");
     }
 
     #[test]
