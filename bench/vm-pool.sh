@@ -86,7 +86,7 @@ steps = [("pooled VM claimed", "claim (connect, cgroup re-label, channel passed)
          ("agent answered", "+ the agent's hello (already waiting)", 1),
          ("workload started", "+ create (agent mounts the disk) and start (fork/exec)", 1),
          ("workload exited", "+ `true` ran and its status came back", 1),
-         ("VM reaped", "+ VM killed and reaped, cgroup removed", 1)]
+         ("VM handed to its pool keeper's teardown", "+ VM sent SIGKILL, its teardown left to its pool keeper (detached)", 1)]
 rows = {k: [] for k, _, _ in steps}
 for line in open(phases):
     for k, _, div in steps:
