@@ -8,8 +8,9 @@
 //! The names (crates/cli/tests/faults.rs lists them too): `create:*` in
 //! strata-container's create (strata-oci create/run and every container `strata run` starts),
 //! `prepare:*`, `run:*`, `monitor:*`, `keeper:*`, `net:pool-filling` (the network pool filler,
-//! between a slot's namespace and its ADD) and `net:releasing` (the detached network
-//! releaser, crates/cli/tests/cli_network.rs) in strata-engine.
+//! between a slot's namespace and its ADD), `net:releasing` (the detached network
+//! releaser, crates/cli/tests/cli_network.rs) and `pool:teardown` (a warm VM's pool keeper at
+//! the start of its detached teardown, crates/cli/tests/vm_pool.rs) in strata-engine.
 
 /// The environment variable naming the point to die at.
 pub const ENV: &str = "STRATA_KILL_POINT";
