@@ -491,3 +491,45 @@ fn a_warm_run_returns_before_the_vm_teardown_and_a_killed_teardown_leaves_nothin
     p.s.ok(&["vm", "pool", "--size", "0"]);
     assert_no_leaks("warm teardown held, then killed", &scope, &before);
 }
+
+/// `run --vm` is not re-executed from a read-only copy of the binary (the CVE-2019-5736
+/// defence of container runs): nothing of this process reaches the guest, whose processes
+/// live in the VM. The foreground `strata` runs from the installed binary itself.
+#[test]
+fn a_vm_run_skips_the_re_exec_that_container_runs_need() {
+    if !root_or_skip() {
+        return;
+    }
+    let p = Pool::new();
+    let name = format!("noreexec-{}", std::process::id());
+    let mut child =
+        p.s.cmd()
+            .args([
+                "run", "--vm", "--rm", "--name", &name, "busybox", "sleep", "30",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    struct Reap<'a>(&'a mut std::process::Child, std::process::Command);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            let _ = self.1.output();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id();
+    let mut rm = p.s.cmd();
+    rm.args(["rm", "-f", &name]);
+    let reap = Reap(&mut child, rm);
+    eventually(60, "the VM runs", || {
+        p.s.ps().iter().any(|c| c["Name"] == name.as_str())
+    });
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(
+        exe,
+        std::fs::canonicalize(cli_common::STRATA).unwrap(),
+        "the VM run was re-executed"
+    );
+    drop(reap);
+}

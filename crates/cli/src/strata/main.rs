@@ -112,7 +112,13 @@ fn main() -> ExitCode {
     // this binary through /proc/<pid>/exe: commands that start processes in containers re-exec
     // from a read-only mount of it first (protect_binary below). An exec into a VM forks
     // nothing into the guest (the process starts there, through the VM's keeper): no re-exec.
+    // Nor does `run` of a VM: its keeper (a fork of this process) execs only the VM, whose
+    // guest processes cannot reach the host's /proc; the VM's cgroup still moves soon.
     let protect = match &cli.command {
+        Command::Run(a) if a.create.is_vm() => {
+            strata_container::cgroups::prewarm::start();
+            false
+        }
         Command::Run(_) | Command::Create(_) | Command::Start(_) | Command::Restart(_) => true,
         Command::Exec(a) => !exec::into_vm(&cli.global, a),
         _ => false,

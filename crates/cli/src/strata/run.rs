@@ -141,6 +141,13 @@ impl CreateArgs {
     }
 }
 
+impl CreateArgs {
+    /// The workload runs in a VM (`--vm`, `--platform` or `--kernel`).
+    pub fn is_vm(&self) -> bool {
+        self.vm || self.platform.is_some() || self.kernel.is_some()
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Run in the background and print the container id
