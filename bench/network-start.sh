@@ -30,9 +30,12 @@ cleanup() {
     $podman rm -af >/dev/null 2>&1 || true
     $podman network rm -f "pnet$$" >/dev/null 2>&1 || true
     $podman system reset -f >/dev/null 2>&1 || true
+    # Podman's default bridge, made by the first `--network bridge` run, outlives its config.
+    if [ -z "$had_podman_bridge" ]; then ip link delete cni-podman0 >/dev/null 2>&1 || true; fi
   fi
   rm -rf "$work"
 }
+had_podman_bridge=$([ -e /sys/class/net/cni-podman0 ] && echo 1 || true)
 trap cleanup EXIT
 
 # strata_rows LABEL BIN: a private store/root/config dir and network for BIN, three rows.
