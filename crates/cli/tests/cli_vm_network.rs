@@ -438,8 +438,14 @@ fn qemu_vm_bad_network_input_and_failed_start_leave_nothing() {
     );
     assert!(err.contains("the guest agent did not answer"), "{err}");
     assert!(n.s.ps().is_empty(), "no container is left");
+    // The detached releaser removes the attachment record when DEL succeeded and the
+    // namespace mount right after it: wait for both.
+    let ns_dir = format!("{}/net/netns/", n.s.root.path().display());
     n.s.eventually(30, "the failed run's network is released", || {
         n.attachments().is_empty()
+            && !std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .contains(&ns_dir)
     });
     n.assert_no_network_left(&[]);
     assert_no_vm_state(&n);
