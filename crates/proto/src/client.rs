@@ -19,6 +19,10 @@ use crate::PROTOCOL_VERSION;
 pub const MAIN_SESSION: u32 = 1;
 /// Default time to wait for the agent's handshake answer.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time to wait for the agent to answer a Start or an Exec (Started, or the error of a
+/// process that could not run): the agent answers as soon as the process was spawned, so only a
+/// hung guest (or an agent that cannot read the request) takes this long.
+pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Consumed bytes are returned to the agent as credit once this many have accumulated.
 const CREDIT_BATCH: u32 = INITIAL_WINDOW / 4;
 
@@ -439,6 +443,8 @@ fn reader_loop(weak: Weak<Shared>, mut reader: Box<dyn Read + Send>) {
 pub struct Client {
     shared: Arc<Shared>,
     agent: Hello,
+    /// How long `start` and `exec` wait for the agent's answer, in milliseconds.
+    answer_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Client {
@@ -519,7 +525,13 @@ impl Client {
             }),
             "sending hello",
         )?;
-        Ok(Client { shared, agent })
+        Ok(Client {
+            shared,
+            agent,
+            answer_timeout_ms: std::sync::atomic::AtomicU64::new(
+                DEFAULT_ANSWER_TIMEOUT.as_millis() as u64,
+            ),
+        })
     }
 
     /// Connects over a Unix stream socket (the host end of a VM's channel, or a socketpair),
@@ -537,6 +549,15 @@ impl Client {
         };
         let (reader, closer) = (clone(&stream)?, clone(&stream)?);
         Self::connect(Box::new(reader), Box::new(stream), Some(closer), timeout)
+    }
+
+    /// How long [`Client::start`] and [`Client::exec`] wait for the agent's answer before they
+    /// fail with [`ClientError::Timeout`] (default [`DEFAULT_ANSWER_TIMEOUT`]).
+    pub fn set_answer_timeout(&self, timeout: Duration) {
+        self.answer_timeout_ms.store(
+            timeout.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// The agent's handshake answer (its software version).
@@ -697,7 +718,11 @@ impl Client {
     }
 
     fn wait_started(&self, sid: u32, step: &'static str) -> Result<u32, ClientError> {
-        self.shared.wait_for(None, step, |st| {
+        let timeout = Duration::from_millis(
+            self.answer_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        self.shared.wait_for(Some(timeout), step, |st| {
             let s = st.sessions.get(&sid)?;
             if let Some(pid) = s.started {
                 return Some(Ok(pid));

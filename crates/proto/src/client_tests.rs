@@ -169,3 +169,24 @@ fn a_silent_agent_times_out() {
         .unwrap_err();
     assert!(matches!(err, ClientError::Timeout(..)), "{err}");
 }
+
+#[test]
+fn an_agent_that_never_answers_start_times_out_with_the_step() {
+    // Created, then nothing: an agent that cannot read the Start (another build) or a hung guest.
+    let (client, t) = fake_agent(created_then(Vec::new()));
+    client
+        .create(br#"{"process": {"args": ["true"]}}"#)
+        .unwrap();
+    client.set_answer_timeout(Duration::from_millis(200));
+    let err = client.start().unwrap_err();
+    assert!(
+        matches!(err, ClientError::Timeout(d, "start") if d == Duration::from_millis(200)),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("waiting for the agent to start"),
+        "{err}"
+    );
+    drop(client);
+    t.join().unwrap();
+}
