@@ -437,6 +437,11 @@ fn qemu_vm_bad_network_input_and_failed_start_leave_nothing() {
         &[("STRATA_QEMU", "/bin/false")],
     );
     assert!(err.contains("the guest agent did not answer"), "{err}");
+    // The cause: the VM process itself ended, and how.
+    assert!(
+        err.contains("the VM process (qemu) ended with exit status: 1"),
+        "{err}"
+    );
     assert!(n.s.ps().is_empty(), "no container is left");
     // The detached releaser removes the attachment record when DEL succeeded and the
     // namespace mount right after it: wait for both.

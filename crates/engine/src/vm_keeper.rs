@@ -582,6 +582,13 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
                 continue;
             }
             Err(e) => {
+                // A channel that closed usually means the VM process itself ended (a QEMU that
+                // refused its command line, a kernel that died): say how, it is the cause.
+                let ended = if matches!(e, strata_proto::ClientError::ConnectionLost(_)) {
+                    vm.ended_how(Duration::from_millis(500))
+                } else {
+                    None
+                };
                 let _ = vm.kill();
                 if !last && matches!(e, strata_proto::ClientError::Timeout(..)) {
                     tracing::warn!(
@@ -591,11 +598,12 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
                 }
                 // QEMU's own stderr and the console, or the console alone (UML).
                 let report = vm.report();
+                let how = ended.map(|h| format!("; {h}")).unwrap_or_default();
                 let m = if report.contains("stderr:") {
-                    format!("the guest agent did not answer: {e}; {report}")
+                    format!("the guest agent did not answer: {e}{how}; {report}")
                 } else {
                     format!(
-                        "the guest agent did not answer: {e}{}",
+                        "the guest agent did not answer: {e}{how}{}",
                         console_tail(&console)
                     )
                 };
@@ -627,6 +635,13 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
                 continue;
             }
             Err(e) => {
+                // A channel that closed usually means the VM process itself ended (a QEMU that
+                // refused its command line, a kernel that died): say how, it is the cause.
+                let ended = if matches!(e, strata_proto::ClientError::ConnectionLost(_)) {
+                    vm.ended_how(Duration::from_millis(500))
+                } else {
+                    None
+                };
                 let _ = vm.kill();
                 if !last && matches!(e, strata_proto::ClientError::Timeout(..)) {
                     tracing::warn!("boot {attempt}: no answer to create ({e}); booting again");
@@ -634,7 +649,13 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
                 }
                 restore_owners();
                 let _ = std::fs::remove_file(&sock_path);
-                return fail(&mut status, &mut st, 125, format!("create in the VM: {e}"));
+                let how = ended.map(|h| format!("; {h}")).unwrap_or_default();
+                return fail(
+                    &mut status,
+                    &mut st,
+                    125,
+                    format!("create in the VM: {e}{how}"),
+                );
             }
         }
     };
@@ -936,6 +957,24 @@ impl Booted {
         match self {
             Booted::Cold(v) => v.report(),
             Booted::Warm(p) => p.report(),
+        }
+    }
+
+    /// How the VM process ended, if it ends within `within` (a booted VM's status: QEMU's, or
+    /// the UML kernel's as its jail's reaper passes it on); None while it runs.
+    fn ended_how(&mut self, within: Duration) -> Option<String> {
+        let Booted::Cold(v) = self else {
+            return None;
+        };
+        let t = Instant::now();
+        loop {
+            match v.try_wait() {
+                Ok(Some(s)) => {
+                    return Some(format!("the VM process ({}) ended with {s}", v.platform()))
+                }
+                Ok(None) if t.elapsed() < within => std::thread::sleep(Duration::from_millis(10)),
+                _ => return None,
+            }
         }
     }
 }
