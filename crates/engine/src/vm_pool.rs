@@ -435,6 +435,13 @@ impl Pooled {
     /// cgroup and slot. A pool keeper that dies meanwhile leaves a slot with a dead keeper, which
     /// the next pool operation (or `destroy` of the instance's state) finishes.
     pub fn end_detached(&mut self) {
+        self.sigkill_and_hang_up();
+        self.released = true;
+    }
+
+    /// SIGKILL to the VM's leader (through its pidfd) and the claim connection closed: what both
+    /// ways of ending a pooled VM start with.
+    fn sigkill_and_hang_up(&mut self) {
         // SAFETY: pidfd_send_signal to the VM's leader through its pidfd.
         unsafe {
             libc::syscall(
@@ -446,7 +453,6 @@ impl Pooled {
             )
         };
         self.conn = None;
-        self.released = true;
     }
 
     fn exited(&self, timeout_ms: i32) -> bool {
@@ -455,17 +461,7 @@ impl Pooled {
 
     /// Ends the VM: its pool keeper reaps it and removes its slot; we wait until it is gone.
     pub fn kill(&mut self) {
-        // SAFETY: pidfd_send_signal to the VM's leader through its pidfd.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        self.conn = None;
+        self.sigkill_and_hang_up();
         let t = Instant::now();
         while !self.exited(100) && t.elapsed() < Duration::from_secs(10) {}
         // The pool keeper reaps the VM and removes the (re-labelled) cgroup: it must be done
