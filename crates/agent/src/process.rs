@@ -491,8 +491,21 @@ fn child_setup(e: &Exec, tty: bool, fds: &[RawFd; 3]) -> (Step, Errno) {
             );
         }
         // execvpe semantics: try every PATH entry; EACCES is remembered but the search goes on.
+        // A PATH entry that does not hold the program is skipped with access(2), not execve:
+        // an execve makes the new address space before it looks the file up, and in a UML
+        // guest an address space is a host process (created, then killed, for each miss:
+        // five of them for busybox's /bin/true under Docker's default PATH).
         let mut saw_eacces = false;
+        let several = p.candidates.len() > 1;
         for c in &p.candidates {
+            if several && libc::access(c.as_ptr(), libc::F_OK) < 0 {
+                match Errno::last() {
+                    Errno::ENOENT | Errno::ENOTDIR => continue,
+                    // Anything else (EACCES on a directory of the path, ELOOP...): let
+                    // execve say it, as execvpe would.
+                    _ => {}
+                }
+            }
             libc::execve(c.as_ptr(), e.argv.as_ptr(), e.envp.as_ptr());
             match Errno::last() {
                 Errno::ENOENT | Errno::ENOTDIR => {}

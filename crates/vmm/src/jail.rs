@@ -61,6 +61,8 @@ pub(crate) struct JailSpec {
     pub cgroup_procs: Vec<File>,
     /// (resource, soft = hard limit).
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// Pin the VM's host processes (the child and everything it forks) to this CPU.
+    pub cpu: Option<usize>,
 }
 
 /// Steps of the child, in order; the index travels over the error pipe.
@@ -94,6 +96,7 @@ const STEPS: &[&str] = &[
     "install seccomp filter",
     "setsid",
     "fork the kernel process",
+    "pin to one CPU",
 ];
 
 const S_PRIVATE: u32 = 0;
@@ -125,6 +128,7 @@ const S_MKDIR: u32 = 25;
 const S_SECCOMP: u32 = 26;
 const S_SETSID: u32 = 27;
 const S_FORK: u32 = 28;
+const S_AFFINITY: u32 = 29;
 
 /// Data of one bind mount, as C strings prepared before the clone.
 struct PreparedFile {
@@ -152,6 +156,7 @@ struct Prepared {
     max_target: RawFd,
     cgroup_fds: Vec<RawFd>,
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    cpu: Option<libc::cpu_set_t>,
     uid: libc::uid_t,
     gid: libc::gid_t,
     slash: CString,
@@ -290,6 +295,15 @@ pub(crate) fn spawn(spec: &JailSpec) -> Result<i32> {
                 )
             })
             .collect(),
+        cpu: spec.cpu.map(|cpu| {
+            // SAFETY: cpu_set_t is a plain bit array; CPU_ZERO/CPU_SET only write into it.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_ZERO(&mut set);
+                libc::CPU_SET(cpu, &mut set);
+                set
+            }
+        }),
         uid: spec.uid,
         gid: spec.gid,
         slash: cstring("/", b"/")?,
@@ -509,6 +523,14 @@ unsafe fn child(p: &Prepared, err: RawFd) -> ! {
     for (resource, limit) in &p.rlimits {
         check!(libc::setrlimit(*resource, limit), S_RLIMIT);
     }
+    // After the cgroup join (a cpuset there would reset the mask); inherited by every process
+    // the kernel forks.
+    if let Some(set) = &p.cpu {
+        check!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set),
+            S_AFFINITY
+        );
+    }
     for &(src, target) in &p.fds {
         check!(libc::dup2(src, target), S_DUP2);
     }
@@ -649,6 +671,34 @@ struct CapData {
 
 /// A fresh unprivileged uid for one VM, from a range no login or container uid map uses, so
 /// that two VMs (or a VM and any host process) never share an owner.
+/// The CPU a single-CPU guest's host processes are pinned to: the one the caller runs on now
+/// (where the scheduler just placed it, so a busy CPU is less likely), within the caller's
+/// affinity; None when the caller may run on one CPU only (nothing to choose).
+///
+/// Why pin: a UML guest is one CPU whose kernel and user space are separate host processes
+/// that hand control to each other over ptrace at every guest system call and page fault, and
+/// never run at once. Left to the host scheduler they are spread over CPUs, and each hand-over
+/// becomes a cross-CPU wake-up (an inter-processor interrupt, dear in a VM such as this host):
+/// an exec of `true` into a UML VM took 11 or 19-25 ms depending on where they landed, pinned
+/// 9-14 ms (docs/benchmarks.md, "Exec into a VM").
+pub(crate) fn cpu_for_single_cpu_guest() -> Option<usize> {
+    // SAFETY: sched_getaffinity writes into the zeroed set we own; CPU_* read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        if libc::CPU_COUNT(&set) < 2 {
+            return None;
+        }
+        let now = libc::sched_getcpu();
+        if now >= 0 && libc::CPU_ISSET(now as usize, &set) {
+            return Some(now as usize);
+        }
+        (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &set))
+    }
+}
+
 pub(crate) fn allocate_uid() -> u32 {
     const BASE: u32 = 2_100_000_000;
     let mut r = [0u8; 4];
@@ -678,7 +728,33 @@ mod tests {
         assert_eq!(STEPS[S_MKDIR as usize], "create directory");
         assert_eq!(STEPS[S_SECCOMP as usize], "install seccomp filter");
         assert_eq!(STEPS[S_FORK as usize], "fork the kernel process");
-        assert_eq!(STEPS.len(), S_FORK as usize + 1);
+        assert_eq!(STEPS[S_AFFINITY as usize], "pin to one CPU");
+        assert_eq!(STEPS.len(), S_AFFINITY as usize + 1);
+    }
+
+    #[test]
+    fn a_single_cpu_guest_gets_a_cpu_the_caller_may_use_or_none_when_it_has_one() {
+        std::thread::spawn(|| {
+            // SAFETY: sched_getaffinity/sched_setaffinity on this test thread with a set we own.
+            unsafe {
+                let mut all: libc::cpu_set_t = std::mem::zeroed();
+                let size = std::mem::size_of::<libc::cpu_set_t>();
+                assert_eq!(libc::sched_getaffinity(0, size, &mut all), 0);
+                let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                    .filter(|&c| libc::CPU_ISSET(c, &all))
+                    .collect();
+                match super::cpu_for_single_cpu_guest() {
+                    Some(c) => assert!(allowed.len() > 1 && allowed.contains(&c), "{c}"),
+                    None => assert_eq!(allowed.len(), 1),
+                }
+                let mut one: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(*allowed.last().unwrap(), &mut one);
+                assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
+                assert_eq!(super::cpu_for_single_cpu_guest(), None);
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -995,6 +995,8 @@ impl Platform for QemuPlatform {
                     (libc::RLIMIT_NOFILE, 1024),
                     (libc::RLIMIT_NPROC, PIDS_MAX),
                 ],
+                // QEMU's vCPU and I/O threads run at once: not pinned (jail.rs says why UML is).
+                cpu: None,
             };
             tracing::debug!(id = %config.id, uid, argv = ?spec.argv, "booting QEMU guest");
             let pid = match jail::spawn(&spec) {

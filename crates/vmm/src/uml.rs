@@ -411,6 +411,7 @@ impl Platform for UmlPlatform {
                     (libc::RLIMIT_NOFILE, 1024),
                     (libc::RLIMIT_NPROC, PIDS_MAX),
                 ],
+                cpu: jail::cpu_for_single_cpu_guest(),
             };
             tracing::debug!(id = %config.id, uid, argv = ?spec.argv, "booting UML guest");
             let pid = match jail::spawn(&spec) {
