@@ -14,10 +14,12 @@ platform=${1:-uml}
 case "$platform" in
   uml)
     fragment=${STRATA_UML_CONFIG:-$root/guest/uml.config}
+    patches=$root/guest/uml-patches
     arch=(ARCH=um SUBARCH=x86_64); base=defconfig; targets=(linux); artifact=linux; built=linux
     lockname=.build.lock ;;
   qemu)
     fragment=${STRATA_QEMU_CONFIG:-$root/guest/qemu.config}
+    patches=$root/guest/qemu-patches
     arch=(ARCH=x86_64); base=tinyconfig; targets=(bzImage vmlinux modules); artifact=bzImage
     built=arch/x86/boot/bzImage; lockname=.build-qemu.lock ;;
   *) echo "build-guest-kernel: unknown platform '$platform' (use uml or qemu)" >&2; exit 2 ;;
@@ -28,7 +30,7 @@ cache=${STRATA_KERNEL_DIR:-/var/lib/strata/kernels}
 die() { echo "build-guest-kernel: $*" >&2; exit 1; }
 [ -r "$fragment" ] || die "config fragment $fragment not found"
 [ -r "$source_tar" ] || die "kernel source $source_tar not found: install linux-source-6.1 (scripts/deps.sh)"
-for tool in make gcc flex bison bc xz sha256sum; do
+for tool in make gcc flex bison bc xz sha256sum patch; do
   command -v "$tool" >/dev/null || die "$tool is missing: run scripts/deps.sh"
 done
 
@@ -39,7 +41,14 @@ if [ -n "$pkg" ]; then
 else
   version=$(basename "$source_tar" .tar.xz)
 fi
-hash=$(sha256sum "$fragment" | cut -c1-12)
+# Patches to the kernel source (guest/<platform>-patches/*.patch, applied in name order with
+# patch -p1): part of the cache key, so a changed patch builds a new kernel. Without patches
+# the key is the fragment's hash alone (crates/vmm/src/kernel.rs computes the same).
+patch_files=()
+if [ -d "$patches" ]; then
+  while IFS= read -r f; do patch_files+=("$f"); done < <(find "$patches" -maxdepth 1 -name '*.patch' | LC_ALL=C sort)
+fi
+hash=$(cat "$fragment" "${patch_files[@]}" | sha256sum | cut -c1-12)
 out="$cache/$platform-$version-$hash"
 
 if [ -s "$out/$artifact" ]; then echo "$out/$artifact"; exit 0; fi
@@ -60,6 +69,7 @@ start=$(date +%s)
   echo "# $platform kernel: source $source_tar ($version), fragment $fragment ($hash)"
   tar -xJf "$source_tar" -C "$work" --strip-components=1
   cd "$work"
+  for p in "${patch_files[@]}"; do echo "# patch $p"; patch -p1 --forward <"$p"; done
   make "${arch[@]}" "$base"
   env "${arch[@]}" scripts/kconfig/merge_config.sh -m .config "$fragment"
   make "${arch[@]}" olddefconfig

@@ -2,7 +2,7 @@
 # Installs the Debian packages strata and its tests need (idempotent, quiet when all are present).
 set -euo pipefail
 pkgs=(busybox-static e2fsprogs erofs-utils iproute2 skopeo umoci runc crun hyperfine user-mode-linux
-      linux-source-6.1 bc flex bison libelf-dev libssl-dev docker-registry qemu-system-x86
+      linux-source-6.1 bc flex bison patch libelf-dev libssl-dev docker-registry qemu-system-x86
       linux-image-amd64
       apache2-utils strace containernetworking-plugins iptables
       wrk redis-server redis-tools nginx-light iperf3)

@@ -18,6 +18,10 @@ use tracing::{debug, warn};
 use crate::process::{spawn, SpawnError, SpawnRequest};
 use crate::spec::{Process, Spec};
 
+/// How long the end of a process's output waits for its exit before it is sent alone (the
+/// exit of a process takes well under this; see `Agent::run`).
+const EXIT_LINGER: Duration = Duration::from_millis(2);
+
 /// Stop reading workload output while this much is waiting to go out on the channel.
 const MAX_OUT_QUEUE: usize = 1 << 20;
 /// Stdin credit is returned to the host in batches of this size (or when the buffer drains).
@@ -116,6 +120,9 @@ pub struct Agent {
     pending_warnings: Vec<String>,
     /// Link window announced to the host (tty channels, see `Hello::link_window`).
     link_window: Option<u32>,
+    /// The session of an output that reached its end, in this round of the loop, before its
+    /// process was reaped.
+    closed_before_exit: Option<u32>,
 }
 
 #[derive(Clone, Copy)]
@@ -161,6 +168,7 @@ impl Agent {
             // Half of n_tty's 4 KiB input buffer: the tty never throttles (which would end UML
             // 6.1 serial input for good) while the host keeps to this window.
             link_window: tty.then_some(TTY_LINK_WINDOW),
+            closed_before_exit: None,
         })
     }
 
@@ -173,6 +181,9 @@ impl Agent {
     pub fn run(&mut self) -> Result<Outcome, AgentError> {
         self.announce();
         let mut chan_closed = self.flush();
+        // After an output's end that is (most likely) its process exiting: the session and
+        // until when its exit is waited for before anything is sent (see below).
+        let mut linger: Option<(u32, Instant)> = None;
         loop {
             if (self.finishing || chan_closed) && self.out.is_empty() {
                 break;
@@ -182,7 +193,13 @@ impl Agent {
                 break;
             }
             let (mut fds, slots) = self.poll_set();
-            let timeout = self.poll_timeout();
+            let timeout = match linger {
+                Some((_, until)) => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    left.as_micros().div_ceil(1000) as i32
+                }
+                None => self.poll_timeout(),
+            };
             // SAFETY: fds is a live, correctly sized array of pollfd for the duration of the call.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if n < 0 {
@@ -213,6 +230,23 @@ impl Agent {
             }
             self.expire_orphan_outputs();
             self.report_exits();
+            // A process that exits closes its stdout, then its stderr, then its parent gets
+            // SIGCHLD; the first close wakes us (the kernel reschedules between the closes), and
+            // we would send a frame per step: each a write and a wake-up of the host, and in UML
+            // every guest system call of ours a ptrace round trip. So after an output's end
+            // before its process's exit, nothing is sent until that exit is reaped or
+            // EXIT_LINGER passed: the poll in between sleeps, which lets the exit finish. A
+            // process that closed an output and lives on delays that Close by EXIT_LINGER.
+            if let Some(sid) = self.closed_before_exit.take() {
+                linger.get_or_insert((sid, Instant::now() + EXIT_LINGER));
+            }
+            if let Some((sid, until)) = linger {
+                let reaped = self.sessions.get(&sid).map_or(true, |s| s.exit.is_some());
+                if !reaped && !chan_closed && Instant::now() < until {
+                    continue;
+                }
+                linger = None;
+            }
             chan_closed |= self.flush();
         }
         self.kill_all();
@@ -818,11 +852,15 @@ impl Agent {
             }
             None => {
                 s.outs[i] = None;
+                let before_exit = s.exit.is_none();
                 if s.tty {
                     s.outs = [None, None];
                     self.send(sid, Message::Close(StdStream::Stderr));
                 }
                 self.send(sid, Message::Close(stream));
+                if before_exit {
+                    self.closed_before_exit = Some(sid);
+                }
             }
         }
     }

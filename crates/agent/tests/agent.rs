@@ -152,6 +152,32 @@ fn an_exec_without_stdin_reads_eof_at_once_and_refuses_stdin_data() {
     assert_eq!(main.wait().unwrap().code, 137);
 }
 
+/// The agent collects a process's exit with the end of its outputs before it writes to the
+/// host (agent.rs, `closed_before_exit`); an output closed by a process that lives on must
+/// still reach the host at once, not with the next event.
+#[test]
+fn an_output_closed_by_a_process_that_lives_on_reaches_the_host_at_once() {
+    let agent = Agent::start();
+    let main = agent.client().create(&config(&["sleep", "1000"])).unwrap();
+    agent.client().start().unwrap();
+    let args = serde_json::to_vec(&process(&["sh", "-c", "echo x; exec >&-; sleep 20"])).unwrap();
+    let h = agent.client().exec_with_stdin(&args, false, false).unwrap();
+    let mut out = h.take_stdout().unwrap();
+    let t = std::time::Instant::now();
+    let mut got = Vec::new();
+    out.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"x\n");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the Close of stdout waited for the process ({:?})",
+        t.elapsed()
+    );
+    h.signal(libc::SIGKILL).unwrap();
+    assert_eq!(h.wait().unwrap().code, 137);
+    main.signal(libc::SIGKILL).unwrap();
+    assert_eq!(main.wait().unwrap().code, 137);
+}
+
 #[test]
 fn stdout_and_stderr_stay_separate_and_stdin_is_piped() {
     let agent = Agent::start();

@@ -1072,6 +1072,27 @@ fn boot(
         .map_err(|e| format!("boot the {} VM: {e}", platform.name()))
 }
 
+/// Drops from an OCI `process` what the agent does not read (crates/agent/src/spec.rs: the
+/// capability sets, apparmor, selinux, oomScoreAdj... are the host runtime's): every byte of a
+/// Create or an Exec crosses the guest's channel, which UML reads one byte per host read.
+fn keep_what_the_agent_reads(process: &mut serde_json::Value) {
+    if let Some(p) = process.as_object_mut() {
+        p.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "terminal"
+                    | "consoleSize"
+                    | "user"
+                    | "args"
+                    | "env"
+                    | "cwd"
+                    | "rlimits"
+                    | "noNewPrivileges"
+            )
+        });
+    }
+}
+
 /// config.json as the guest sees it: the same document, with the host-only parts replaced —
 /// the volume bind mounts become mounts of their block devices, the host pty at /dev/console
 /// goes (the agent allocates the guest's own pty), and `terminal` says whether there is one.
@@ -1092,21 +1113,7 @@ pub fn guest_config(
             )
         });
     }
-    if let Some(p) = config["process"].as_object_mut() {
-        p.retain(|k, _| {
-            matches!(
-                k.as_str(),
-                "terminal"
-                    | "consoleSize"
-                    | "user"
-                    | "args"
-                    | "env"
-                    | "cwd"
-                    | "rlimits"
-                    | "noNewPrivileges"
-            )
-        });
-    }
+    keep_what_the_agent_reads(&mut config["process"]);
     config["process"]["terminal"] = serde_json::json!(spec.tty);
     if let Some(mounts) = config["mounts"].as_array_mut() {
         mounts.retain(|m| m["destination"] != "/dev/console");
@@ -1549,6 +1556,7 @@ fn handle(
             if let Some(fd) = fds.first() {
                 set_console_size(&mut process, fd.as_fd(), tty);
             }
+            keep_what_the_agent_reads(&mut process);
             let bytes = serde_json::to_vec(&process).unwrap_or_default();
             // A stdin of /dev/null (`strata exec` without -i) has nothing to send: the guest
             // process gets a stdin at its end from the start, and no relay thread or
@@ -1890,6 +1898,35 @@ mod tests {
         let mut s = spec();
         s.volumes[0].destination = "/elsewhere".into();
         assert!(guest_config(cfg, &s, &p).is_err());
+    }
+
+    /// An Exec's process carries only what the agent reads (the capability sets alone were
+    /// ~600 of the 973 bytes of an exec of `true`).
+    #[test]
+    fn an_exec_process_keeps_what_the_agent_reads() {
+        let mut p = serde_json::json!({
+            "args": ["true"], "env": ["A=1"], "cwd": "/", "terminal": false,
+            "consoleSize": {"height": 1, "width": 2},
+            "user": {"uid": 0, "gid": 0}, "noNewPrivileges": true,
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "capabilities": {"bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"]},
+            "apparmorProfile": "x", "oomScoreAdj": 5, "selinuxLabel": "y",
+        });
+        keep_what_the_agent_reads(&mut p);
+        let keys: Vec<&str> = p.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "args",
+                "consoleSize",
+                "cwd",
+                "env",
+                "noNewPrivileges",
+                "rlimits",
+                "terminal",
+                "user"
+            ]
+        );
     }
 
     /// Create carries only what the agent reads, without host paths it would skip: a busybox

@@ -31,21 +31,41 @@ pub const UML_CONFIG_FRAGMENT: &str = include_str!("../../../guest/uml.config");
 /// The config fragment strata's QEMU kernel is built with (`scripts/build-guest-kernel.sh qemu`).
 pub const QEMU_CONFIG_FRAGMENT: &str = include_str!("../../../guest/qemu.config");
 
-fn fragment_hash(fragment: &str) -> String {
+/// The patches strata's UML kernel source gets (guest/uml-patches/, in name order; the build
+/// script applies every `*.patch` there, and a test checks this list is that directory).
+pub const UML_KERNEL_PATCHES: &[(&str, &str)] = &[(
+    "0001-um-map-the-fault-around-window.patch",
+    include_str!("../../../guest/uml-patches/0001-um-map-the-fault-around-window.patch"),
+)];
+
+/// The same for the QEMU kernel (guest/qemu-patches/): none.
+pub const QEMU_KERNEL_PATCHES: &[(&str, &str)] = &[];
+
+/// The cache key of a kernel: the first 12 hex digits of the sha256 of its config fragment
+/// followed by its patches (`cat fragment patches... | sha256sum`, as the build script does).
+fn kernel_hash(fragment: &str, patches: &[(&str, &str)]) -> String {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(fragment.as_bytes());
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    let mut h = Sha256::new();
+    h.update(fragment.as_bytes());
+    for (_, p) in patches {
+        h.update(p.as_bytes());
+    }
+    h.finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
-/// The hash that names a kernel built from this strata's guest/uml.config in the cache (the
-/// first 12 hex digits of its sha256, as the build script computes it).
+/// The hash that names a kernel built from this strata's guest/uml.config and
+/// guest/uml-patches in the cache.
 pub fn uml_config_hash() -> String {
-    fragment_hash(UML_CONFIG_FRAGMENT)
+    kernel_hash(UML_CONFIG_FRAGMENT, UML_KERNEL_PATCHES)
 }
 
-/// The same for guest/qemu.config.
+/// The same for guest/qemu.config (and guest/qemu-patches).
 pub fn qemu_config_hash() -> String {
-    fragment_hash(QEMU_CONFIG_FRAGMENT)
+    kernel_hash(QEMU_CONFIG_FRAGMENT, QEMU_KERNEL_PATCHES)
 }
 
 /// The kernel cache directory (`STRATA_KERNEL_DIR`, else [`DEFAULT_KERNEL_DIR`]).
@@ -202,22 +222,46 @@ mod tests {
 
     #[test]
     fn config_hash_is_the_build_scripts() {
-        // scripts/build-guest-kernel.sh names the cache entry with `sha256sum | cut -c1-12`.
+        // scripts/build-guest-kernel.sh names the cache entry with
+        // `cat fragment patches... | sha256sum | cut -c1-12`, the patches being every
+        // guest/<platform>-patches/*.patch in name order.
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let out = std::process::Command::new("sha256sum")
-            .arg(repo.join("guest/uml.config"))
-            .output()
-            .unwrap();
-        let expected = String::from_utf8(out.stdout).unwrap()[..12].to_string();
-        assert_eq!(uml_config_hash(), expected);
-        let out = std::process::Command::new("sha256sum")
-            .arg(repo.join("guest/qemu.config"))
-            .output()
-            .unwrap();
-        assert_eq!(
-            qemu_config_hash(),
-            String::from_utf8(out.stdout).unwrap()[..12]
-        );
+        for (platform, patches, got) in [
+            ("uml", UML_KERNEL_PATCHES, uml_config_hash()),
+            ("qemu", QEMU_KERNEL_PATCHES, qemu_config_hash()),
+        ] {
+            let mut on_disk: Vec<String> =
+                std::fs::read_dir(repo.join(format!("guest/{platform}-patches")))
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .filter(|n| n.ends_with(".patch"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            on_disk.sort();
+            let listed: Vec<&str> = patches.iter().map(|(n, _)| *n).collect();
+            assert_eq!(on_disk, listed, "guest/{platform}-patches vs kernel.rs");
+            let mut cat = format!(
+                "cat {}",
+                repo.join(format!("guest/{platform}.config")).display()
+            );
+            for n in &listed {
+                cat += &format!(
+                    " {}",
+                    repo.join(format!("guest/{platform}-patches/{n}")).display()
+                );
+            }
+            let out = std::process::Command::new("sh")
+                .args(["-c", &format!("{cat} | sha256sum")])
+                .output()
+                .unwrap();
+            assert_eq!(
+                got,
+                String::from_utf8(out.stdout).unwrap()[..12],
+                "{platform}"
+            );
+        }
     }
 
     #[test]
