@@ -489,6 +489,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     // that VM and falls back to a cold boot (the cause is kept in state.json: `inspect` shows it).
     // (A VM with a network boots cold: pooled VMs have no NIC.)
     let mut try_warm = !l.hold && netns.is_none();
+    let mut prewarm_child = None;
     let (mut vm, vm_pid, client, session) = loop {
         clock.boot_attempt(setup_phases);
         let warm = if std::mem::take(&mut try_warm) {
@@ -508,6 +509,11 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             attempt += 1;
         }
         let last = attempt >= 3;
+        if warm.is_none() && !strata_container::cgroups::prewarm::started() {
+            // The CLI skipped it for a run it expected to be warm (main.rs): the cold boot's
+            // cgroup join gets its grace period started now (the helper is reaped below).
+            prewarm_child = strata_container::cgroups::prewarm::start();
+        }
         let mut vm = match warm {
             Some(p) => Booted::Warm(p),
             None => match boot(
@@ -659,6 +665,13 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             }
         }
     };
+    if let Some(pid) = prewarm_child {
+        // Done long ago (one grace period; the boot took longer): no zombie for the VM's life.
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
     if vm.nic().is_some() && (net_sources.0.is_some() || net_sources.1.is_some()) {
         // Peers that join or leave later: strata-net (or the engine) rewrites the host's copies;
         // the guest's follow.

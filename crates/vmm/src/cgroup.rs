@@ -49,6 +49,10 @@ pub struct VmCgroup {
     /// then is the shared parent removed when it is left empty.
     #[serde(default)]
     default_parent: bool,
+    /// cgroup2 directories re-labelled by [`VmCgroup::relabel`] whose processes have not moved
+    /// yet (old, new): [`VmCgroup::finish_relabel`] moves them; removal removes both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    moving: Vec<(PathBuf, PathBuf)>,
 }
 
 fn op_err(id: &str, step: &'static str, source: CgroupError) -> VmmError {
@@ -97,7 +101,8 @@ fn resources(
 /// Moves a cgroup2 directory's processes into a new sibling `to` with the same limits, then
 /// removes `from`. (Memory charged before the move stays with `from` until reclaimed: cgroup2
 /// does not move charges.)
-fn move_cgroup2(from: &Path, to: &Path) -> std::io::Result<()> {
+/// The first half of moving a cgroup2 directory: the new one, with the old one's limits.
+fn make_cgroup2_like(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir(to)?;
     for f in [
         "memory.max",
@@ -110,6 +115,11 @@ fn move_cgroup2(from: &Path, to: &Path) -> std::io::Result<()> {
             let _ = std::fs::write(to.join(f), v.trim());
         }
     }
+    Ok(())
+}
+
+/// The second half: every process from `from` into `to`, then `from` goes.
+fn move_cgroup2_processes(from: &Path, to: &Path) -> std::io::Result<()> {
     let procs = to.join("cgroup.procs");
     // New processes may appear while moving (UML forks its helpers): until none is left.
     for _ in 0..100 {
@@ -161,6 +171,7 @@ impl VmCgroup {
             id: id.to_string(),
             cgroup,
             default_parent,
+            moving: Vec::new(),
         })
     }
 
@@ -186,17 +197,27 @@ impl VmCgroup {
                 self.id
             )));
         }
+        let mut moving = Vec::new();
         for (i, (from, to)) in old_paths.iter().zip(&new_paths).enumerate() {
             // cgroup v1 renames a cgroup with its processes; cgroup2 refuses renames (EPERM):
-            // there the processes move into a new directory with the same limits.
+            // there a new directory with the same limits is made now, and the processes move
+            // into it in finish_relabel. Moving a process waits for the kernel's cgroup-attach
+            // grace period (cgroups/prewarm.rs in strata-container: ~10 ms here) while holding
+            // the cgroup lock, which a warm start's hand-over should not wait for.
             let moved = match std::fs::rename(from, to) {
-                Err(e) if e.raw_os_error() == Some(libc::EPERM) => move_cgroup2(from, to),
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    make_cgroup2_like(from, to).map(|()| moving.push((from.clone(), to.clone())))
+                }
                 r => r,
             };
             if let Err(e) = moved {
-                // Undo what was renamed: the cgroup stays whole under its old name.
+                // Undo what was renamed or made: the cgroup stays whole under its old name.
                 for (f, t) in old_paths.iter().zip(&new_paths).take(i) {
-                    let _ = std::fs::rename(t, f);
+                    if moving.iter().any(|(_, m)| m == t) {
+                        let _ = std::fs::remove_dir(t);
+                    } else {
+                        let _ = std::fs::rename(t, f);
+                    }
                 }
                 return Err(VmmError::Cgroup {
                     path: from.clone(),
@@ -216,6 +237,21 @@ impl VmCgroup {
             .collect();
         self.cgroup = new;
         self.id = new_id.to_string();
+        self.moving = moving;
+        Ok(())
+    }
+
+    /// Moves the processes of the cgroup2 directories [`VmCgroup::relabel`] left under their
+    /// old name into the new one and removes the old one. Until then the VM is accounted under
+    /// the old name, with the same limits.
+    pub fn finish_relabel(&mut self) -> Result<()> {
+        for (from, to) in std::mem::take(&mut self.moving) {
+            move_cgroup2_processes(&from, &to).map_err(|e| VmmError::Cgroup {
+                path: from.clone(),
+                step: "move the processes to the re-labelled cgroup",
+                source: e,
+            })?;
+        }
         Ok(())
     }
 
@@ -325,6 +361,10 @@ impl VmCgroup {
     /// Removes the cgroup after the VM was reaped (its processes are gone; exiting ones are
     /// waited for briefly), then strata's shared `strata-vm` parent if it is left empty.
     pub(crate) fn destroy(&self) -> Result<()> {
+        // A re-label whose processes never moved: the old cgroup2 directory goes too.
+        for (from, _) in &self.moving {
+            let _ = std::fs::remove_dir(from);
+        }
         let result = self
             .cgroup
             .destroy()
@@ -345,7 +385,7 @@ impl VmCgroup {
         }
         let t = Instant::now();
         loop {
-            let pids = match self.cgroup.pids() {
+            let mut pids = match self.cgroup.pids() {
                 Ok(p) => p,
                 Err(e) if self.paths().iter().all(|p| !p.exists()) => {
                     tracing::debug!(error = %e, "VM cgroup already gone");
@@ -353,6 +393,13 @@ impl VmCgroup {
                 }
                 Err(e) => return Err(op_err(id, "list processes", e)),
             };
+            // Processes a re-label had not moved yet (cgroup2).
+            for (from, _) in &self.moving {
+                let listed = std::fs::read_to_string(from.join("cgroup.procs")).unwrap_or_default();
+                pids.extend(listed.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+            pids.sort_unstable();
+            pids.dedup();
             if pids.is_empty() {
                 break;
             }
@@ -498,6 +545,17 @@ mod tests {
         }
         cg.relabel(&new_id).unwrap();
         let _guard2 = Guard(cg.clone());
+        // cgroup2 cannot rename: its new directory exists with the limits, the process moves
+        // in finish_relabel (not on the hand-over's path).
+        for (from, to) in cg.moving.clone() {
+            assert!(to.exists(), "{}", to.display());
+            let procs = std::fs::read_to_string(from.join("cgroup.procs")).unwrap();
+            assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+        }
+        let v2 = cg.cgroup.unified_path().is_some();
+        assert_eq!(!cg.moving.is_empty(), v2, "{:?}", cg.moving);
+        cg.finish_relabel().unwrap();
+        assert!(cg.moving.is_empty());
         let new = cg.paths();
         assert_eq!(new.len(), old.len());
         for (o, n) in old.iter().zip(&new) {
@@ -530,6 +588,34 @@ mod tests {
         let _guard3 = Guard(engine.clone());
         assert!(engine.relabel(&new_id).is_err());
         engine.remove().unwrap();
+    }
+
+    /// A VM removed between the re-label and the move of its cgroup2 processes (its pool
+    /// keeper killed in between) leaves neither directory.
+    #[test]
+    fn a_relabel_not_finished_is_removed_whole() {
+        if !root() {
+            return;
+        }
+        let id = format!("strata-cgpoolx-{}", std::process::id());
+        let new_id = format!("strata-cgrelabelx-{}", std::process::id());
+        let mut cg = VmCgroup::create(&id, None, 256 << 20, 64, None).unwrap();
+        let _guard = Guard(cg.clone());
+        let old = cg.paths();
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        cg.join(child.id() as i32).unwrap();
+        cg.relabel(&new_id).unwrap();
+        // As the instance's keeper knows it: from the claim's answer.
+        let recorded: VmCgroup =
+            serde_json::from_str(&serde_json::to_string(&cg).unwrap()).unwrap();
+        recorded.remove().unwrap();
+        for d in old.iter().chain(&cg.paths()) {
+            assert!(!d.exists(), "{} left", d.display());
+        }
+        let _ = child.wait();
     }
 
     /// An engine's cgroupsPath is used as given (runc's interpretation), with the VM's limits;

@@ -149,6 +149,14 @@ impl Vm {
         }
     }
 
+    /// Finishes a re-label (see [`VmCgroup::finish_relabel`]).
+    pub fn finish_relabel(&mut self) -> Result<()> {
+        match self.cgroup.as_mut() {
+            Some(cg) => cg.finish_relabel(),
+            None => Ok(()),
+        }
+    }
+
     /// Memory charged to the VM, from its cgroup.
     pub fn memory(&self) -> Result<MemoryStats> {
         let cg = self.cgroup.as_ref().ok_or_else(|| VmmError::Process {

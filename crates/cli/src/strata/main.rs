@@ -116,7 +116,12 @@ fn main() -> ExitCode {
     // guest processes cannot reach the host's /proc; the VM's cgroup still moves soon.
     let protect = match &cli.command {
         Command::Run(a) if a.create.is_vm() => {
-            strata_container::cgroups::prewarm::start();
+            // A warm VM (`strata vm pool`) moves no process between cgroups on the way, and
+            // the prewarm's grace period holds the cgroup lock its hand-over renames under:
+            // only a cold boot gets it (here, or from its keeper when the pool had none that fit).
+            if !strata_engine::vm_pool::any_ready(&cli.global.root) {
+                strata_container::cgroups::prewarm::start();
+            }
             false
         }
         Command::Run(_) | Command::Create(_) | Command::Start(_) | Command::Restart(_) => true,

@@ -33,6 +33,7 @@ const HELPER_STACK: usize = 16 * 1024;
 /// when the caller execs (the CVE-2019-5736 re-exec) the helper keeps the old memory alive
 /// until it exits.
 pub fn start() -> Option<i32> {
+    STARTED.store(true, std::sync::atomic::Ordering::Relaxed);
     // One read (proc files report size 0: read_to_string alone would grow from 32 bytes).
     let mut own = String::with_capacity(4096);
     std::io::Read::read_to_string(
@@ -58,6 +59,15 @@ pub fn start() -> Option<i32> {
         )
     };
     (pid > 0).then_some(pid)
+}
+
+/// Whether this process (or the one it was forked from) called [`start`].
+static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether [`start`] was called in this process (or before the fork that made it): a caller
+/// that skipped it early, because it might not move anything, can start it once it knows.
+pub fn started() -> bool {
+    STARTED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The helper: writes "0" (= the writer) to the `cgroup.procs` of its own cgroup.
