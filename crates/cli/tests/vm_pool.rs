@@ -280,6 +280,47 @@ fn killing_a_pool_keeper_or_a_pooled_vm_leaves_nothing() {
     assert_no_leaks("pool keeper and pooled VM killed", &scope, &before);
 }
 
+/// A pooled VM dies with its pool keeper (jail.rs: the parent-death signal), whatever its
+/// guest does: here its kernel is stopped, so no agent powers it off when the channel closes.
+#[test]
+fn a_killed_pool_keeper_takes_its_vm_with_it_even_when_the_guest_does_not_react() {
+    if !root_or_skip() {
+        return;
+    }
+    let p = Pool::new();
+    let mut scope = p.scope();
+    let before = Snapshot::take(&scope);
+    p.s.ok(&["vm", "pool", "--size", "1"]);
+    let slot = p.ready().pop().expect("a ready pooled VM");
+    scope.add_id(slot_vm_id(&slot));
+    let st = state(&slot).unwrap();
+    let (keeper, vm) = (
+        st["keeper_pid"].as_i64().unwrap(),
+        st["vm_pid"].as_i64().unwrap(),
+    );
+    // The guest kernel: the jail's init's child.
+    let kernel = std::fs::read_to_string(format!("/proc/{vm}/task/{vm}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("the jail's init has forked the kernel")
+        .parse::<i64>()
+        .unwrap();
+    // SAFETY: SIGSTOP to the guest kernel and SIGKILL to the pool keeper this test started.
+    unsafe {
+        libc::kill(kernel as i32, libc::SIGSTOP);
+        libc::kill(keeper as i32, libc::SIGKILL);
+    }
+    eventually(10, "the VM dies with its keeper", || {
+        !alive(vm) && !alive(kernel)
+    });
+    // The next pool operation sweeps the slot and the cgroup.
+    let st = p.status();
+    assert!(!slot.exists(), "swept: {st}");
+    p.s.ok(&["vm", "pool", "--size", "0"]);
+    assert_no_leaks("pool keeper killed under a stopped guest", &scope, &before);
+}
+
 #[test]
 fn pool_size_zero_drains_every_idle_vm() {
     if !root_or_skip() {

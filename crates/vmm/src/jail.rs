@@ -97,6 +97,7 @@ const STEPS: &[&str] = &[
     "setsid",
     "fork the kernel process",
     "pin to one CPU",
+    "set the parent-death signal",
 ];
 
 const S_PRIVATE: u32 = 0;
@@ -129,6 +130,7 @@ const S_SECCOMP: u32 = 26;
 const S_SETSID: u32 = 27;
 const S_FORK: u32 = 28;
 const S_AFFINITY: u32 = 29;
+const S_PDEATHSIG: u32 = 30;
 
 /// Data of one bind mount, as C strings prepared before the clone.
 struct PreparedFile {
@@ -590,6 +592,16 @@ unsafe fn child(p: &Prepared, err: RawFd) -> ! {
         S_CAPSET
     );
     check!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), S_NNP);
+    // The VM dies with the process that started it (its keeper, or a pooled VM's pool keeper):
+    // a VM nobody keeps cannot be reached, stopped or cleaned up by anyone. After the last
+    // change of credentials, which clears it. As PID 1 of the jail's pid namespace, our death
+    // ends the kernel process and everything else in the jail. (Were the spawner killed
+    // between the clone and this call, the VM would outlive it: the next sweep of its state
+    // removes it, as before.)
+    check!(
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
+        S_PDEATHSIG
+    );
     // Last, so that none of the steps above needs a denied call.
     let prog = crate::seccomp::SockFprog {
         len: p.seccomp.len() as u16,
@@ -669,8 +681,6 @@ struct CapData {
     inheritable: u32,
 }
 
-/// A fresh unprivileged uid for one VM, from a range no login or container uid map uses, so
-/// that two VMs (or a VM and any host process) never share an owner.
 /// The CPU a single-CPU guest's host processes are pinned to: the one the caller runs on now
 /// (where the scheduler just placed it, so a busy CPU is less likely), within the caller's
 /// affinity; None when the caller may run on one CPU only (nothing to choose).
@@ -699,6 +709,8 @@ pub(crate) fn cpu_for_single_cpu_guest() -> Option<usize> {
     }
 }
 
+/// A fresh unprivileged uid for one VM, from a range no login or container uid map uses, so
+/// that two VMs (or a VM and any host process) never share an owner.
 pub(crate) fn allocate_uid() -> u32 {
     const BASE: u32 = 2_100_000_000;
     let mut r = [0u8; 4];
@@ -729,7 +741,8 @@ mod tests {
         assert_eq!(STEPS[S_SECCOMP as usize], "install seccomp filter");
         assert_eq!(STEPS[S_FORK as usize], "fork the kernel process");
         assert_eq!(STEPS[S_AFFINITY as usize], "pin to one CPU");
-        assert_eq!(STEPS.len(), S_AFFINITY as usize + 1);
+        assert_eq!(STEPS[S_PDEATHSIG as usize], "set the parent-death signal");
+        assert_eq!(STEPS.len(), S_PDEATHSIG as usize + 1);
     }
 
     #[test]
