@@ -33,10 +33,16 @@ pub const QEMU_CONFIG_FRAGMENT: &str = include_str!("../../../guest/qemu.config"
 
 /// The patches strata's UML kernel source gets (guest/uml-patches/, in name order; the build
 /// script applies every `*.patch` there, and a test checks this list is that directory).
-pub const UML_KERNEL_PATCHES: &[(&str, &str)] = &[(
-    "0001-um-map-the-fault-around-window.patch",
-    include_str!("../../../guest/uml-patches/0001-um-map-the-fault-around-window.patch"),
-)];
+pub const UML_KERNEL_PATCHES: &[(&str, &str)] = &[
+    (
+        "0001-um-map-the-fault-around-window.patch",
+        include_str!("../../../guest/uml-patches/0001-um-map-the-fault-around-window.patch"),
+    ),
+    (
+        "0002-um-read-fd-channels-in-bulk.patch",
+        include_str!("../../../guest/uml-patches/0002-um-read-fd-channels-in-bulk.patch"),
+    ),
+];
 
 /// The same for the QEMU kernel (guest/qemu-patches/): none.
 pub const QEMU_KERNEL_PATCHES: &[(&str, &str)] = &[];
@@ -99,9 +105,26 @@ pub fn default_kernel(platform: &str) -> Option<KernelInfo> {
 /// `qemu-<version>-<hash>/bzImage`, with a `version` file. Per platform, the one built from this
 /// strata's fragment comes first (a kernel built from an older or newer fragment may lack what
 /// this strata needs, or have what it avoids), then the others, newest first.
+///
+/// Every VM start asks (the platform checks, then the boot): the listing (a directory read and
+/// a `version` file per kernel) is kept for this process while the directory's mtime stays the
+/// same; the build script publishes a kernel by renaming its directory into `dir`, which
+/// changes it.
 pub fn list_built(dir: &Path) -> Vec<KernelInfo> {
+    type Listing = (PathBuf, std::time::SystemTime, Vec<KernelInfo>);
+    static CACHE: std::sync::Mutex<Option<Listing>> = std::sync::Mutex::new(None);
+    let mtime = std::fs::metadata(dir).and_then(|m| m.modified()).ok();
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let (Some(m), Some((d, t, list))) = (mtime, cache.as_ref()) {
+        if d == dir && *t == m {
+            return list.clone();
+        }
+    }
     let mut all = list_built_preferring(dir, &uml_config_hash(), "uml");
     all.extend(list_built_preferring(dir, &qemu_config_hash(), "qemu"));
+    if let Some(m) = mtime {
+        *cache = Some((dir.to_path_buf(), m, all.clone()));
+    }
     all
 }
 
@@ -189,6 +212,28 @@ mod tests {
         assert_eq!(list[0].size, 3);
         assert!(list[0].source.contains("abcdef012345"));
         assert!(list_built(&dir.path().join("missing")).is_empty());
+    }
+
+    /// The listing kept between calls follows the directory: a kernel published later (the
+    /// build script renames its directory in) or removed is seen at the next call.
+    #[test]
+    fn a_kept_listing_sees_kernels_published_or_removed_since() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_kernel(dir.path(), "aaaaaaaaaaaa", 10);
+        assert_eq!(list_built(dir.path()).len(), 1);
+        assert_eq!(list_built(dir.path()).len(), 1);
+        let stage = tempfile::tempdir_in(dir.path()).unwrap();
+        fake_kernel(stage.path(), "bbbbbbbbbbbb", 0);
+        std::fs::rename(
+            stage.path().join("uml-6.1.192-2-bbbbbbbbbbbb"),
+            dir.path().join("uml-6.1.192-2-bbbbbbbbbbbb"),
+        )
+        .unwrap();
+        assert_eq!(list_built(dir.path()).len(), 2);
+        std::fs::remove_dir_all(dir.path().join("uml-6.1.192-2-aaaaaaaaaaaa")).unwrap();
+        let list = list_built(dir.path());
+        assert_eq!(list.len(), 1);
+        assert!(list[0].source.contains("bbbbbbbbbbbb"), "{list:?}");
     }
 
     fn fake_kernel(dir: &Path, hash: &str, age_secs: u64) {
