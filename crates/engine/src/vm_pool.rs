@@ -1132,10 +1132,12 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_uml_vms_fit() {
+    fn only_plain_uml_and_qemu_vms_fit() {
         assert!(fits(&spec()));
         let mut s = spec();
         s.platform = "qemu".into();
+        assert!(fits(&s));
+        s.platform = "kvm".into();
         assert!(!fits(&s));
         let mut s = spec();
         s.kernel = Some("/k".into());
@@ -1161,8 +1163,8 @@ mod tests {
         assert!(e.to_string().contains("at most"), "{e}");
         let e = set_size(&root, t.path(), "vmware", 128, 1, None).unwrap_err();
         assert!(e.to_string().contains("unknown platform"), "{e}");
-        let e = set_size(&root, t.path(), "qemu", 128, 1, None).unwrap_err();
-        assert!(e.to_string().contains("uml VMs only"), "{e}");
+        let e = set_size(&root, t.path(), "kvm", 128, 1, None).unwrap_err();
+        assert!(e.to_string().contains("uml and qemu VMs"), "{e}");
         assert!(!root.exists());
     }
 }

@@ -112,11 +112,7 @@ pub fn hot_add_root(qmp: &mut Qmp, base: &Path, overlay: &Path) -> Result<()> {
 /// Sends `file` to QEMU with `add-fd`; returns its fd set's id.
 fn add_fd(qmp: &mut Qmp, file: &File, what: &str) -> Result<u64> {
     let v = qmp
-        .execute(
-            "add-fd",
-            Some(json!({"opaque": what})),
-            &[file.as_raw_fd()],
-        )
+        .execute("add-fd", Some(json!({"opaque": what})), &[file.as_raw_fd()])
         .map_err(|e| failed(what, e))?;
     v.get("fdset-id")
         .and_then(serde_json::Value::as_u64)

@@ -284,7 +284,10 @@ mod tests {
         );
         assert_eq!(
             parse(br#"{"error": {"class": "GenericError", "desc": "Could not open"}}"#),
-            Ok(Message::Error("GenericError".into(), "Could not open".into()))
+            Ok(Message::Error(
+                "GenericError".into(),
+                "Could not open".into()
+            ))
         );
         assert_eq!(
             parse(br#"{"error": 5}"#),
@@ -294,11 +297,22 @@ mod tests {
             parse(br#"{"timestamp": {}, "event": "RESET"}"#),
             Ok(Message::Event("RESET".into()))
         );
-        for bad in [&b"[]"[..], b"", b"{", b"{}", b"\xff\xfe", b"null", b"{\"x\":1}"] {
+        for bad in [
+            &b"[]"[..],
+            b"",
+            b"{",
+            b"{}",
+            b"\xff\xfe",
+            b"null",
+            b"{\"x\":1}",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
         // A desc is cut, not trusted to be small.
-        let long = format!(r#"{{"error": {{"class": "x", "desc": "{}"}}}}"#, "a".repeat(5000));
+        let long = format!(
+            r#"{{"error": {{"class": "x", "desc": "{}"}}}}"#,
+            "a".repeat(5000)
+        );
         match parse(long.as_bytes()) {
             Ok(Message::Error(_, d)) => assert_eq!(d.len(), 1024),
             m => panic!("{m:?}"),
