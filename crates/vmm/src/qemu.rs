@@ -1263,6 +1263,20 @@ mod tests {
             assert!(joined.contains(want), "{want}: {joined}");
         }
         assert!(!joined.contains("-netdev"), "no network, no NIC: {joined}");
+        assert!(
+            !joined.contains("-mon"),
+            "no QMP monitor on a cold VM: {joined}"
+        );
+        // The warm pool's VM: a QMP monitor on fd 5 and the root device over a placeholder.
+        let mut hot = VmConfig::new("p", "/k", "/run/p");
+        hot.hot_root = true;
+        let h = command_line(&hot, Accel::Tcg, None, &facts(false), None).join(" ");
+        for want in [
+            "-chardev socket,id=qmp,fd=5 -mon chardev=qmp,mode=control",
+            "-blockdev driver=raw,node-name=root,file.driver=null-co,file.size=1099511627776,file.read-zeroes=on -device virtio-blk-device,drive=root",
+        ] {
+            assert!(h.contains(want), "{want}: {h}");
+        }
         let n = command_line(
             &c,
             Accel::Tcg,

@@ -372,7 +372,7 @@ mod tests {
         let e = q.execute("query-status", None, &[]).unwrap_err();
         assert!(e.to_string().contains("longer than"), "{e}");
         // Endless events.
-        let ev = br#"{"event": "X"}"#.repeat(1)
+        let ev = br#"{"event": "X"}"#.to_vec()
             .into_iter()
             .chain(*b"\n")
             .collect::<Vec<u8>>()
