@@ -6,14 +6,16 @@
 //! (`<slot>/`: `state.json` in the VM keeper's format, `keeper.sock`, `console.log`, `run/`).
 //!
 //! Each pooled VM has its own small keeper process (detached, in its own session): it boots a
-//! VM with no disk at all (kernel, agent initramfs; `strata.lower=/dev/ubda` names the disk to
-//! come), waits until the agent's hello is in the channel, and then waits for one `claim`. A
+//! VM with no disk at all (kernel, agent initramfs; `strata.lower=/dev/ubdb` names the disk to
+//! come; a qemu VM has its root device from boot, over a placeholder, and a QMP monitor), waits
+//! until the agent's hello is in the channel, and then waits for one `claim`. A
 //! claim (from the instance's VM keeper, vm_keeper.rs) re-labels the VM's cgroup to the
 //! instance (`/strata-vm/<id>`), passes the channel over SCM_RIGHTS, closes the listener (a
 //! pooled VM never serves two workloads) and, once the claimer says the workload started,
 //! starts a replacement keeper (the refill). The
-//! claimer hot-adds the image's disk (strata_vmm::uml_hotplug), then talks to the agent as after
-//! a cold boot. The claim connection stays open while the workload runs: when it closes (the
+//! claimer hot-adds the image's disk (strata_vmm::uml_hotplug; on qemu it puts the image under
+//! the root device over the QMP monitor the claim passed along, strata_vmm::qemu_hotplug), then
+//! talks to the agent as after a cold boot. The claim connection stays open while the workload runs: when it closes (the
 //! instance ended, or its keeper died) the pool keeper kills and reaps the VM and removes its
 //! directory. Pooled VMs hold no workload data: the disk, config.json and stdio arrive only at
 //! hand-over.
