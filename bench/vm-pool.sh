@@ -142,7 +142,7 @@ print()
 for line in open(mem):
     p, vm_mib, keeper_mib = line.split()
     vmm = "UML's host processes" if p == "uml" else "QEMU"
-    print(f"Idle pooled {p} VM: {vm_mib} MiB charged to its cgroup (guest memory touched + {vmm})"
+    print(f"- Idle pooled {p} VM: {vm_mib} MiB charged to its cgroup (guest memory touched + {vmm})"
           f" plus {keeper_mib} MiB RSS of its pool keeper.")
 PY
 vm_section vm-pool "$body"
