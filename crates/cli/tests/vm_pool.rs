@@ -263,10 +263,21 @@ fn killing_a_pool_keeper_or_a_pooled_vm_leaves_nothing() {
     if !root_or_skip() {
         return;
     }
-    let p = Pool::new();
+    killing_a_keeper_or_a_vm(Pool::new());
+}
+
+#[test]
+fn killing_a_qemu_pool_keeper_or_a_pooled_qemu_vm_leaves_nothing() {
+    if !root_or_skip() || !qemu_or_skip() {
+        return;
+    }
+    killing_a_keeper_or_a_vm(Pool::qemu());
+}
+
+fn killing_a_keeper_or_a_vm(p: Pool) {
     let mut scope = p.scope();
     let before = Snapshot::take(&scope);
-    p.s.ok(&["vm", "pool", "--size", "2"]);
+    p.s.ok(&["vm", "pool", "--size", "2", "--platform", p.platform]);
     let slots = p.ready();
     assert_eq!(slots.len(), 2, "{slots:?}");
     for s in &slots {
@@ -297,7 +308,7 @@ fn killing_a_pool_keeper_or_a_pooled_vm_leaves_nothing() {
     for s in p.slots() {
         scope.add_id(slot_vm_id(&s));
     }
-    p.s.ok(&["vm", "pool", "--size", "0"]);
+    p.s.ok(&["vm", "pool", "--size", "0", "--platform", p.platform]);
     assert_no_leaks("pool keeper and pooled VM killed", &scope, &before);
 }
 
