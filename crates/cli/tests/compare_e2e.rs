@@ -27,9 +27,16 @@ fn platforms() -> Vec<String> {
         .collect()
 }
 
-/// VM rows: one per platform, and uml's warm-pool row beside its cold one.
+/// Platforms the warm pool holds: each has a warm row beside its cold one.
+const POOLED: [&str; 2] = ["uml", "qemu"];
+
+/// VM rows: one per platform, and a warm-pool row beside the cold one of uml and qemu.
 fn rows(plats: &[String]) -> usize {
-    plats.len() + usize::from(plats.iter().any(|p| p == "uml"))
+    plats.len()
+        + plats
+            .iter()
+            .filter(|p| POOLED.contains(&p.as_str()))
+            .count()
 }
 
 /// A platform's row label: `vm-uml`, `vm-qemu-tcg` (the accelerator named).
@@ -82,8 +89,8 @@ fn compare_json_and_chart_in_every_layer() {
     assert_eq!(layers.len(), 1 + rows(&plats), "{layers:?}");
     for l in layers {
         let mut k = keys(l);
-        // The warm pool's row says so (uml only), beside the cold row of its platform.
-        if l["platform"] == "uml" && k.remove("warm") {
+        // The warm pool's row says so (uml and qemu), beside the cold row of its platform.
+        if POOLED.iter().any(|p| l["platform"] == *p) && k.remove("warm") {
             assert_eq!(l["warm"], true, "{l}");
         }
         // qemu rows name their accelerator.
@@ -184,7 +191,9 @@ fn compare_json_and_chart_in_every_layer() {
     ] {
         assert_eq!(probe(c, n), want, "container probe {n}: {c}");
     }
-    for (vm, plat) in layers[1..].iter().zip(&plats) {
+    // The cold rows, one per platform in strata-vmm's order (a warm row follows its cold one).
+    let cold = layers[1..].iter().filter(|l| l["warm"] != true);
+    for (vm, plat) in cold.zip(&plats) {
         assert_eq!(vm["layer"], "vm");
         assert_eq!(vm["platform"], plat.as_str());
         let k = strata_vmm::kernel::default_kernel(plat).expect("a guest kernel");
@@ -231,8 +240,9 @@ fn compare_json_and_chart_in_every_layer() {
         let label = label(p);
         assert!(texts.contains(&label), "{label} not in {texts:?}");
     }
-    if plats.iter().any(|p| p == "uml") {
-        assert!(texts.iter().any(|t| t == "vm-uml-warm"), "{texts:?}");
+    for p in plats.iter().filter(|p| POOLED.contains(&p.as_str())) {
+        let warm = format!("{}-warm", label(p));
+        assert!(texts.contains(&warm), "{warm} not in {texts:?}");
     }
     let dots = doc
         .descendants()
@@ -260,9 +270,9 @@ fn compare_table_has_a_row_per_layer() {
     for p in platforms() {
         let r = row(&label(&p));
         assert!(!r.ends_with(&host_kernel()), "{out}");
-        if p == "uml" {
-            // The warm pool's row, beside the cold one.
-            let r = row("vm-uml-warm");
+        if POOLED.contains(&p.as_str()) {
+            // The warm pool's row, beside the cold one (`vm-uml-warm`, `vm-qemu-tcg-warm`).
+            let r = row(&format!("{}-warm", label(&p)));
             assert!(!r.ends_with(&host_kernel()), "{out}");
         }
     }

@@ -37,3 +37,22 @@ pub fn hit(name: &str) {
     #[cfg(not(feature = "kill-points"))]
     let _ = name;
 }
+
+/// The environment variable naming a step to fail on purpose (test builds only): the step then
+/// does what it would do with bad input, e.g. hands QEMU a file it cannot open, so a test can
+/// see the real error path (`qemu:hot-add`, the warm qemu hand-over, crates/cli/tests/vm_pool.rs).
+pub const FAIL_ENV: &str = "STRATA_FAIL_POINT";
+
+/// Whether the step of this name is to fail (test builds only; always false otherwise).
+#[inline]
+pub fn fails(name: &str) -> bool {
+    #[cfg(feature = "kill-points")]
+    {
+        std::env::var_os(FAIL_ENV).is_some_and(|v| v == name)
+    }
+    #[cfg(not(feature = "kill-points"))]
+    {
+        let _ = name;
+        false
+    }
+}

@@ -902,7 +902,7 @@ impl Booted {
     fn accelerator(&self) -> Option<&'static str> {
         match self {
             Booted::Cold(v) => v.accelerator(),
-            Booted::Warm(_) => None,
+            Booted::Warm(p) => p.accelerator(),
         }
     }
 
@@ -992,9 +992,10 @@ impl Booted {
     }
 }
 
-/// Takes a VM from the warm pool and hands it this instance's root disk (hot-added as ubd1 with
-/// this VM's COW file). None when no pooled VM fits; an error when the hand-over failed (the
-/// pooled VM is then ended).
+/// Takes a VM from the warm pool and hands it this instance's root disk with this VM's own
+/// copy-on-write layer (UML: hot-added as ubd1 with a COW file; qemu: the image and a qcow2
+/// overlay put under the root device over QMP). None when no pooled VM fits; an error when the
+/// hand-over failed (the pooled VM is then ended).
 fn take_warm(l: &Launch) -> Result<Option<crate::vm_pool::Pooled>, String> {
     let t = Instant::now();
     let Some(mut p) = crate::vm_pool::take(l.state_dir, l.id, l.spec)? else {
@@ -1005,10 +1006,18 @@ fn take_warm(l: &Launch) -> Result<Option<crate::vm_pool::Pooled>, String> {
         "vm keeper: pooled VM claimed"
     );
     let cow = l.state_dir.join("root.cow");
-    let index = crate::vm_pool::ROOT_DISK_INDEX;
-    if let Err(e) =
-        strata_vmm::uml_hotplug::hot_add_disk(p.pid(), p.uid(), index, &l.spec.disk, &cow)
-    {
+    let added = match p.take_qmp() {
+        // qemu: the claim passed the VM's monitor (the claimer's copy closes here, after use).
+        Some(mut qmp) => strata_vmm::qemu_hotplug::hot_add_root(&mut qmp, &l.spec.disk, &cow),
+        None if l.spec.platform == "qemu" => Err(strata_vmm::VmmError::HotAdd(
+            "the pooled qemu VM came without its QMP monitor".into(),
+        )),
+        None => {
+            let index = crate::vm_pool::ROOT_DISK_INDEX;
+            strata_vmm::uml_hotplug::hot_add_disk(p.pid(), p.uid(), index, &l.spec.disk, &cow)
+        }
+    };
+    if let Err(e) = added {
         p.kill();
         let _ = std::fs::remove_file(&cow);
         return Err(e.to_string());

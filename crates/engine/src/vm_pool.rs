@@ -6,14 +6,16 @@
 //! (`<slot>/`: `state.json` in the VM keeper's format, `keeper.sock`, `console.log`, `run/`).
 //!
 //! Each pooled VM has its own small keeper process (detached, in its own session): it boots a
-//! VM with no disk at all (kernel, agent initramfs; `strata.lower=/dev/ubda` names the disk to
-//! come), waits until the agent's hello is in the channel, and then waits for one `claim`. A
+//! VM with no disk at all (kernel, agent initramfs; `strata.lower=/dev/ubdb` names the disk to
+//! come; a qemu VM has its root device from boot, over a placeholder, and a QMP monitor), waits
+//! until the agent's hello is in the channel, and then waits for one `claim`. A
 //! claim (from the instance's VM keeper, vm_keeper.rs) re-labels the VM's cgroup to the
 //! instance (`/strata-vm/<id>`), passes the channel over SCM_RIGHTS, closes the listener (a
 //! pooled VM never serves two workloads) and, once the claimer says the workload started,
 //! starts a replacement keeper (the refill). The
-//! claimer hot-adds the image's disk (strata_vmm::uml_hotplug), then talks to the agent as after
-//! a cold boot. The claim connection stays open while the workload runs: when it closes (the
+//! claimer hot-adds the image's disk (strata_vmm::uml_hotplug; on qemu it puts the image under
+//! the root device over the QMP monitor the claim passed along, strata_vmm::qemu_hotplug), then
+//! talks to the agent as after a cold boot. The claim connection stays open while the workload runs: when it closes (the
 //! instance ended, or its keeper died) the pool keeper kills and reaps the VM and removes its
 //! directory. Pooled VMs hold no workload data: the disk, config.json and stdio arrive only at
 //! hand-over.
@@ -40,10 +42,34 @@ pub const MAX_SIZE: u32 = 64;
 /// (`root_fs`, absent in the jail) when the command line names none, so ubd0 cannot be added
 /// later; the disk comes as ubd1 (/dev/ubdb).
 pub const ROOT_DISK_INDEX: usize = 1;
+/// The platforms the pool holds VMs of.
+pub const PLATFORMS: [&str; 2] = ["uml", "qemu"];
+
+/// The disk index a pooled VM's root disk has: UML's hot-added ubd1; on qemu the root device
+/// (vda) is there from boot, over a placeholder the image replaces (strata_vmm::qemu_hotplug).
+pub fn root_disk_index(platform: &str) -> usize {
+    if platform == "qemu" {
+        0
+    } else {
+        ROOT_DISK_INDEX
+    }
+}
+
+/// How long an idle pooled VM's agent has to say hello: a qemu VM under TCG boots in software
+/// emulation at the lowest CPU priority.
+fn hello_within(platform: &str) -> Duration {
+    if platform == "qemu" {
+        Duration::from_secs(90)
+    } else {
+        HELLO_WITHIN
+    }
+}
 /// The nice value pooled VMs boot and idle at.
 const IDLE_NICE: i32 = 19;
 /// How long an idle pooled VM's agent has to say hello before its boot counts as failed.
 const HELLO_WITHIN: Duration = Duration::from_secs(30);
+/// How long QEMU has to answer one QMP command.
+const QMP_ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// `pool.json`: what one pool holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -84,11 +110,11 @@ fn shape_dir(pools: &Path, platform: &str, memory_mib: u32) -> PathBuf {
     pools.join(shape_name(platform, memory_mib))
 }
 
-/// Whether a VM with this spec can come from the pool: the uml platform with strata's own
-/// kernel, no initrd, no volumes, one vCPU, strata's own cgroup (not an engine's), no network
-/// (a VM has none yet). Anything else boots cold.
+/// Whether a VM with this spec can come from the pool: the uml or qemu platform with strata's
+/// own kernel, no initrd, no volumes, one vCPU, strata's own cgroup (not an engine's), no
+/// network (a VM has none yet). Anything else boots cold.
 pub fn fits(spec: &VmSpec) -> bool {
-    spec.platform == "uml"
+    PLATFORMS.contains(&spec.platform.as_str())
         && spec.kernel.is_none()
         && spec.initrd.is_none()
         && spec.volumes.is_empty()
@@ -207,12 +233,12 @@ pub fn set_size(
 ) -> anyhow::Result<PoolStatus> {
     use anyhow::{bail, Context};
     match platform {
-        "uml" => {}
-        "qemu" | "kvm" => bail!(
-            "--platform {platform}: the warm pool holds uml VMs only (qemu VMs boot cold: \
-             docs/architecture.md says why); use --platform uml"
+        "uml" | "qemu" => {}
+        "kvm" => bail!(
+            "--platform kvm: the warm pool holds uml and qemu VMs (kvm VMs boot cold: \
+             docs/architecture.md says why); use --platform uml or qemu"
         ),
-        other => bail!("--platform {other}: unknown platform (the pool takes uml)"),
+        other => bail!("--platform {other}: unknown platform (the pool takes uml or qemu)"),
     }
     if size > MAX_SIZE {
         bail!("--size {size}: at most {MAX_SIZE} pooled VMs per platform and memory size");
@@ -221,8 +247,10 @@ pub fn set_size(
         bail!("--memory: a VM needs at least 64m");
     }
     if size > 0 {
-        // Every pooled VM may use its guest memory and UML's overhead on the host.
-        let need = (u64::from(size) * (u64::from(memory_mib) + 96)) << 20;
+        // Every pooled VM may use its guest memory and its VMM's overhead on the host (UML's;
+        // QEMU's with TCG's translation cache).
+        let overhead = if platform == "qemu" { 160 } else { 96 };
+        let need = (u64::from(size) * (u64::from(memory_mib) + overhead)) << 20;
         if let Some(avail) = mem_available() {
             if need > avail {
                 bail!(
@@ -394,6 +422,10 @@ pub struct Pooled {
     uid: u32,
     cgroup: Option<strata_vmm::cgroup::VmCgroup>,
     channel: Option<UnixStream>,
+    /// A qemu VM's QMP monitor, in command mode (for the root disk's hand-over).
+    qmp: Option<UnixStream>,
+    /// How its guest code runs (`tcg`/`kvm` on qemu).
+    accelerator: Option<&'static str>,
     console_log: PathBuf,
     /// The pooled VM's slot and its pool keeper's pid (recorded in the instance's state: a
     /// teardown left to a pool keeper that died is finished from there).
@@ -416,8 +448,20 @@ impl Pooled {
         self.cgroup.as_ref()
     }
 
+    /// `tcg`/`kvm` for a qemu VM; None on uml.
+    pub fn accelerator(&self) -> Option<&'static str> {
+        self.accelerator
+    }
+
     pub fn take_channel(&mut self) -> Option<UnixStream> {
         self.channel.take()
+    }
+
+    /// A qemu VM's QMP monitor (already in command mode); None on uml.
+    pub fn take_qmp(&mut self) -> Option<strata_vmm::qmp::Qmp> {
+        self.qmp
+            .take()
+            .map(|s| strata_vmm::qmp::Qmp::resume(s, QMP_ANSWER_WITHIN))
     }
 
     /// The pooled VM's slot directory.
@@ -589,7 +633,7 @@ fn claim(slot: &Path, id: &str) -> Result<Option<Pooled>, String> {
     let conn = r.into_inner();
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = vec![0u8; 64 * 1024];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let mut cmsg = nix::cmsg_space!([RawFd; 2]);
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let msg = match recvmsg::<()>(
         conn.as_raw_fd(),
@@ -626,7 +670,13 @@ fn claim(slot: &Path, id: &str) -> Result<Option<Pooled>, String> {
             )),
         };
     }
-    let channel = fds.pop().ok_or("the pool keeper sent no channel")?;
+    // The channel, then (qemu) the QMP monitor.
+    let mut fds = fds.into_iter();
+    let channel = fds.next().ok_or("the pool keeper sent no channel")?;
+    let qmp = fds.next().map(UnixStream::from);
+    if v["qmp"] == true && qmp.is_none() {
+        return Err("the pool keeper sent no QMP monitor".into());
+    }
     let pid = v["vm_pid"].as_i64().unwrap_or(0) as i32;
     let uid = v["uid"].as_u64().unwrap_or(0) as u32;
     let cgroup: Option<strata_vmm::cgroup::VmCgroup> =
@@ -644,6 +694,12 @@ fn claim(slot: &Path, id: &str) -> Result<Option<Pooled>, String> {
         uid,
         cgroup,
         channel: Some(UnixStream::from(channel)),
+        qmp,
+        accelerator: match v["accelerator"].as_str() {
+            Some("tcg") => Some("tcg"),
+            Some("kvm") => Some("kvm"),
+            _ => None,
+        },
         console_log: slot.join("console.log"),
         slot: slot.to_path_buf(),
         keeper_pid: v["keeper_pid"].as_i64().unwrap_or(0) as i32,
@@ -744,6 +800,22 @@ fn keeper(slot: &Path, c: &PoolConfig) -> i32 {
         let _ = vm.kill();
         return gone(slot);
     };
+    // qemu: the monitor the claimer hands the root disk over; in command mode before the VM
+    // is offered, so the hand-over is only its disk's commands.
+    let qmp = match vm.take_qmp() {
+        None => None,
+        Some(s) => match strata_vmm::qmp::Qmp::handshake(s, QMP_ANSWER_WITHIN) {
+            Ok(q) => Some(q.into_socket()),
+            Err(e) => {
+                let _ = vm.kill();
+                if let Some(dir) = slot.parent() {
+                    let why = format!("the pooled VM's QMP monitor: {e}: {}", vm.report());
+                    let _ = std::fs::write(dir.join("last-error"), why);
+                }
+                return gone(slot);
+            }
+        },
+    };
     // SAFETY: pidfd_open of our own child, the VM's leader.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, vm.pid(), 0) } as RawFd;
     if pidfd < 0 {
@@ -754,13 +826,14 @@ fn keeper(slot: &Path, c: &PoolConfig) -> i32 {
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     // The agent's hello waiting in the channel means the guest is up and the agent listens; it
     // stays unread for the claimer's strata-proto client.
-    let ready = poll_one(channel.as_fd(), libc::POLLIN, HELLO_WITHIN);
+    let within = hello_within(&c.platform);
+    let ready = poll_one(channel.as_fd(), libc::POLLIN, within);
     if !ready || poll_one(pidfd.as_fd(), libc::POLLIN, Duration::ZERO) {
         let _ = vm.kill();
         if let Some(dir) = slot.parent() {
             let why = format!(
                 "the pooled VM's agent did not answer within {} s: {}",
-                HELLO_WITHIN.as_secs(),
+                within.as_secs(),
                 vm.report()
             );
             let _ = std::fs::write(dir.join("last-error"), why);
@@ -843,10 +916,13 @@ fn keeper(slot: &Path, c: &PoolConfig) -> i32 {
                     "vm_pid": vm.pid(),
                     "uid": vm.uid(),
                     "cgroup": vm.cgroup(),
+                    "qmp": qmp.is_some(),
+                    "accelerator": vm.accelerator(),
                 });
                 let bytes = answer.to_string().into_bytes();
                 let iov = [std::io::IoSlice::new(&bytes)];
-                let fds = [channel.as_raw_fd()];
+                let mut fds = vec![channel.as_raw_fd()];
+                fds.extend(qmp.as_ref().map(|q| q.as_raw_fd()));
                 let cm = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
                 if nix::sys::socket::sendmsg::<()>(
                     conn.as_raw_fd(),
@@ -875,6 +951,7 @@ fn keeper(slot: &Path, c: &PoolConfig) -> i32 {
     drop(listener);
     let _ = std::fs::remove_file(slot.join("keeper.sock"));
     drop(channel);
+    drop(qmp);
     st.status = "claimed".into();
     st.cgroup = vm.cgroup().cloned();
     st.cgroup_dirs = vm.cgroup_dirs();
@@ -1018,8 +1095,14 @@ fn boot(slot: &Path, vm_id: &str, c: &PoolConfig) -> Result<strata_vmm::Vm, Stri
     cfg.vcpus = 1;
     cfg.initrd = Some(initrd);
     cfg.init = Some(strata_vmm::initramfs::AGENT_GUEST_PATH.into());
+    // qemu: the root device is there from boot, over a placeholder (and a QMP monitor for
+    // the hand-over); UML's disk comes as a new ubd device.
+    cfg.hot_root = platform.name() == "qemu";
     cfg.kernel_params = GuestContract {
-        lower: Some((platform.disk_device(ROOT_DISK_INDEX), DiskFormat::Ext4)),
+        lower: Some((
+            platform.disk_device(root_disk_index(platform.name())),
+            DiskFormat::Ext4,
+        )),
         upper: None,
         rootrw: true,
     }
@@ -1051,10 +1134,12 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_uml_vms_fit() {
+    fn only_plain_uml_and_qemu_vms_fit() {
         assert!(fits(&spec()));
         let mut s = spec();
         s.platform = "qemu".into();
+        assert!(fits(&s));
+        s.platform = "kvm".into();
         assert!(!fits(&s));
         let mut s = spec();
         s.kernel = Some("/k".into());
@@ -1080,8 +1165,8 @@ mod tests {
         assert!(e.to_string().contains("at most"), "{e}");
         let e = set_size(&root, t.path(), "vmware", 128, 1, None).unwrap_err();
         assert!(e.to_string().contains("unknown platform"), "{e}");
-        let e = set_size(&root, t.path(), "qemu", 128, 1, None).unwrap_err();
-        assert!(e.to_string().contains("uml VMs only"), "{e}");
+        let e = set_size(&root, t.path(), "kvm", 128, 1, None).unwrap_err();
+        assert!(e.to_string().contains("uml and qemu VMs"), "{e}");
         assert!(!root.exists());
     }
 }

@@ -20,6 +20,10 @@ pub enum VmmError {
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
 
+    /// Handing a root disk to a running VM (the warm pool's hand-over) failed at a step.
+    #[error("hot-add the root disk: {0}")]
+    HotAdd(String),
+
     /// The VM configuration is invalid; the message says what to change.
     #[error("invalid VM configuration: {0}")]
     InvalidConfig(String),

@@ -30,6 +30,8 @@ mod platform;
 mod platforms;
 mod qcow2;
 mod qemu;
+pub mod qemu_hotplug;
+pub mod qmp;
 mod seccomp;
 mod uml;
 pub mod uml_hotplug;

@@ -72,6 +72,10 @@ pub struct VmConfig {
     /// A host directory private to this VM (e.g. `/run/strata/vm/<id>`); created if missing. The
     /// jail's root mount point lives here; it is removed again when the VM is reaped.
     pub runtime_dir: PathBuf,
+    /// Boot with a placeholder root disk (disk 0, no `disks`) that the image replaces later
+    /// (qemu: the warm pool, [`crate::qemu_hotplug`]); the VM then has a QMP monitor
+    /// ([`crate::Vm::take_qmp`]). Only the qemu platform has this.
+    pub hot_root: bool,
 }
 
 impl VmConfig {
@@ -96,6 +100,7 @@ impl VmConfig {
             network: None,
             network_at_start: false,
             runtime_dir: runtime_dir.into(),
+            hot_root: false,
         }
     }
 

@@ -51,6 +51,8 @@ const TCG_TB_MIB: u32 = 32;
 const PIDS_MAX: u64 = 512;
 /// The jailed QEMU's fd number for the channel socket.
 const CHANNEL_FD: i32 = 3;
+/// The jailed QEMU's fd number for its QMP monitor socket (a VM with a hot root disk).
+const QMP_FD: i32 = 5;
 /// microvm's virtio-mmio transports: 24 with ACPI (a second IOAPIC), 8 without (measured with
 /// QEMU 7.2: a ninth `-device virtio-*-device` fails with "No 'virtio-bus' bus found").
 const TRANSPORTS_ACPI: usize = 24;
@@ -528,6 +530,23 @@ pub(crate) fn command_line(
         "-device",
         "virtio-rng-device,rng=rng",
     ]);
+    if config.hot_root {
+        // The warm pool's VM: QMP on a socket the host holds, and the root device over a
+        // placeholder the image replaces at hand-over (crate::qemu_hotplug).
+        let qmp = format!("socket,id=qmp,fd={QMP_FD}");
+        let root = crate::qemu_hotplug::placeholder_blockdev();
+        let dev = format!("virtio-blk-device,drive={}", crate::qemu_hotplug::ROOT_NODE);
+        push(&[
+            "-chardev",
+            &qmp,
+            "-mon",
+            "chardev=qmp,mode=control",
+            "-blockdev",
+            &root,
+            "-device",
+            &dev,
+        ]);
+    }
     for (i, disk) in config.disks.iter().enumerate() {
         let node = match (&disk.cow, disk.read_only) {
             (Some(_), _) => {
@@ -641,6 +660,11 @@ fn preflight(p: &QemuPlatform, config: &VmConfig, accel: Accel) -> Result<Kernel
     }
     check_host_resources(config.vcpus, config.memory_mib)?;
     let max = max_disks(facts.acpi, config.network.is_some());
+    if config.hot_root && !config.disks.is_empty() {
+        return Err(VmmError::InvalidConfig(
+            "a VM whose root disk comes later (hot_root) boots with no other disk".into(),
+        ));
+    }
     if config.disks.len() > max {
         return Err(VmmError::InvalidConfig(format!(
             "{} disks requested (the image's root disk and one per volume): microvm has {} \
@@ -928,6 +952,18 @@ impl Platform for QemuPlatform {
                 .map(|f| f.as_raw_fd())
                 .unwrap_or(null.as_raw_fd());
             let stderr = stderr_memfd().map_err(fail)?;
+            let qmp = if config.hot_root {
+                Some(
+                    UnixStream::pair()
+                        .map_err(|e| VmmError::Jail {
+                            step: "create QMP socketpair".into(),
+                            source: e,
+                        })
+                        .map_err(fail)?,
+                )
+            } else {
+                None
+            };
 
             let memory = u64::from(config.memory_mib) << 20;
             let cgroup = VmCgroup::create(
@@ -966,6 +1002,9 @@ impl Platform for QemuPlatform {
             ];
             if let Some(t) = &tap {
                 fds.push((t.fd.as_raw_fd(), TAP_FD));
+            }
+            if let Some((_, qemu_end)) = &qmp {
+                fds.push((qemu_end.as_raw_fd(), QMP_FD));
             }
             let spec = JailSpec {
                 root: jail_root,
@@ -1024,6 +1063,7 @@ impl Platform for QemuPlatform {
                 // it.
                 deferred_nic: tap.as_ref().and_then(|t| t.deferred.clone()),
                 nic: tap.and_then(|t| t.nic),
+                qmp: qmp.map(|(host_end, _)| host_end),
             })
         })();
         if result.is_err() {
@@ -1223,6 +1263,20 @@ mod tests {
             assert!(joined.contains(want), "{want}: {joined}");
         }
         assert!(!joined.contains("-netdev"), "no network, no NIC: {joined}");
+        assert!(
+            !joined.contains("-mon"),
+            "no QMP monitor on a cold VM: {joined}"
+        );
+        // The warm pool's VM: a QMP monitor on fd 5 and the root device over a placeholder.
+        let mut hot = VmConfig::new("p", "/k", "/run/p");
+        hot.hot_root = true;
+        let h = command_line(&hot, Accel::Tcg, None, &facts(false), None).join(" ");
+        for want in [
+            "-chardev socket,id=qmp,fd=5 -mon chardev=qmp,mode=control",
+            "-blockdev driver=raw,node-name=root,file.driver=null-co,file.size=1099511627776,file.read-zeroes=on -device virtio-blk-device,drive=root",
+        ] {
+            assert!(h.contains(want), "{want}: {h}");
+        }
         let n = command_line(
             &c,
             Accel::Tcg,

@@ -439,6 +439,7 @@ impl Platform for UmlPlatform {
                 // Our tap fd closes here: the VM holds the only other one, so the tap goes
                 // with it.
                 deferred_nic: tap.as_ref().and_then(|t| t.deferred.clone()),
+                qmp: None,
                 nic: tap.and_then(|t| t.nic),
             })
         })();

@@ -31,6 +31,8 @@ pub struct Vm {
     /// The namespace and tap of a NIC whose take-over waits for [`Vm::take_over_network`]
     /// ([`crate::VmConfig::network_at_start`]).
     pub(crate) deferred_nic: Option<(PathBuf, String)>,
+    /// The host end of QEMU's QMP monitor socket ([`crate::VmConfig::hot_root`]).
+    pub(crate) qmp: Option<UnixStream>,
 }
 
 impl Vm {
@@ -126,6 +128,12 @@ impl Vm {
     /// Takes the host end of the channel (e.g. to hand it to a strata-proto client thread).
     pub fn take_channel(&mut self) -> Option<UnixStream> {
         self.channel.take()
+    }
+
+    /// Takes the host end of the QMP monitor of a VM booted with [`crate::VmConfig::hot_root`]
+    /// (QEMU's greeting is waiting in it: [`crate::qmp::Qmp::handshake`]).
+    pub fn take_qmp(&mut self) -> Option<UnixStream> {
+        self.qmp.take()
     }
 
     /// The VM's cgroup directories, one per hierarchy (empty if it has none).

@@ -140,10 +140,10 @@ pub fn compare(g: &Global, a: CompareArgs) -> anyhow::Result<()> {
                     warm: false,
                 });
                 // The warm pool's row, beside the cold one (never mixed into it).
-                if p.name() == "uml" {
+                if strata_engine::vm_pool::PLATFORMS.contains(&p.name()) {
                     layers.push(Layer {
                         platform: Some(p.name().to_string()),
-                        accelerator: None,
+                        accelerator: p.accelerator().map(str::to_string),
                         warm: true,
                     });
                 }
@@ -169,17 +169,22 @@ pub fn compare(g: &Global, a: CompareArgs) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe().context("find the strata binary")?;
     let pool_memory = pool_memory_mib(a.memory.as_deref())?;
-    // The user's own pool of this shape is put back afterwards.
-    let user_pool = strata_engine::vm_pool::status(&g.root)
-        .into_iter()
-        .find(|p| p.platform == "uml" && p.memory_mib == pool_memory)
-        .map_or(0, |p| p.size);
-    let _restore = RestorePool {
-        g,
-        memory_mib: pool_memory,
-        size: user_pool,
-        used: layers.iter().any(|l| l.warm),
-    };
+    // The user's own pools of the warm rows' shapes are put back afterwards.
+    let pools = strata_engine::vm_pool::status(&g.root);
+    let _restore: Vec<RestorePool> = layers
+        .iter()
+        .filter(|l| l.warm)
+        .filter_map(|l| l.platform.clone())
+        .map(|platform| RestorePool {
+            g,
+            memory_mib: pool_memory,
+            size: pools
+                .iter()
+                .find(|p| p.platform == platform && p.memory_mib == pool_memory)
+                .map_or(0, |p| p.size),
+            platform,
+        })
+        .collect();
     let mut results = Vec::new();
     for layer in &layers {
         let label = layer.label();
@@ -275,26 +280,24 @@ fn pool_memory_mib(m: Option<&str>) -> anyhow::Result<u32> {
     }
 }
 
-/// Puts the user's pool of the warm row's shape back to its size (0: drained).
+/// Puts the user's pool of a warm row's shape back to its size (0: drained).
 struct RestorePool<'a> {
     g: &'a Global,
+    platform: String,
     memory_mib: u32,
     size: u32,
-    used: bool,
 }
 
 impl Drop for RestorePool<'_> {
     fn drop(&mut self) {
-        if self.used {
-            let _ = strata_engine::vm_pool::set_size(
-                &self.g.root,
-                &self.g.store,
-                "uml",
-                self.memory_mib,
-                self.size,
-                None,
-            );
-        }
+        let _ = strata_engine::vm_pool::set_size(
+            &self.g.root,
+            &self.g.store,
+            &self.platform,
+            self.memory_mib,
+            self.size,
+            None,
+        );
     }
 }
 
@@ -357,12 +360,12 @@ fn run_instance(
     let name = format!("strata-compare-{}-{}", std::process::id(), next_serial());
     let argv = wrap_workload(&name, cmd);
     let mut c = strata_cmd(g, exe);
-    if layer.warm {
+    if let (true, Some(platform)) = (layer.warm, &layer.platform) {
         // A ready pooled VM before the clock starts: the row measures a run that finds one.
         strata_engine::vm_pool::set_size(
             &g.root,
             &g.store,
-            "uml",
+            platform,
             pool_memory_mib(a.memory.as_deref())?,
             1,
             Some(Duration::from_secs(120)),

@@ -86,7 +86,7 @@ pub struct LayerResult {
 }
 
 impl LayerResult {
-    /// `container`, `vm-uml`, `vm-uml-warm` or `vm-qemu-tcg`.
+    /// `container`, `vm-uml`, `vm-uml-warm`, `vm-qemu-tcg` or `vm-qemu-tcg-warm`.
     pub fn label(&self) -> String {
         let l = match (&self.platform, &self.accelerator) {
             (Some(p), Some(a)) => format!("{}-{p}-{a}", self.layer),

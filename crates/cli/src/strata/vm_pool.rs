@@ -19,7 +19,7 @@ pub struct PoolArgs {
     /// Number of idle pre-booted VMs to keep (0 drains the pool)
     #[arg(long, allow_hyphen_values = true)]
     pub size: Option<String>,
-    /// VM platform of the pool (uml)
+    /// VM platform of the pool (uml or qemu)
     #[arg(long, default_value = "uml")]
     pub platform: String,
     /// Guest memory of the pooled VMs (as `run --vm --memory`; a run takes a pooled VM of the
