@@ -142,30 +142,25 @@ fn vm_state(p: &Pool, id: &str) -> serde_json::Value {
     .unwrap()
 }
 
-#[test]
-fn a_run_takes_a_pooled_vm_the_pool_refills_and_no_vm_serves_twice() {
-    if !root_or_skip() {
-        return;
-    }
-    let p = Pool::new();
-    let mut scope = p.scope();
-    let before = Snapshot::take(&scope);
-    let out = p.s.ok(&["vm", "pool", "--size", "1"]);
-    assert!(out.contains("uml"), "{out}");
-    let first = p.ready();
-    assert_eq!(first.len(), 1, "one pooled VM is ready: {first:?}");
-    let first_vm = state(&first[0]).unwrap()["vm_pid"].as_i64().unwrap();
-    scope.add_id(slot_vm_id(&first[0]));
-
+/// `run -d busybox sleep 1000` with one pooled VM ready (`slot`, whose VM is `vm_pid`): the run
+/// takes that very VM (its start phases are the hand-over's, not a boot's), the VM's cgroups carry
+/// the instance's name, and once the workload settled the pool's cgroup name is gone (cgroup2
+/// cannot rename: its processes move after SETTLE, vm_pool.rs). Returns the instance id and its
+/// `inspect` Vm object.
+fn run_warm(
+    p: &Pool,
+    scope: &mut Scope,
+    slot: &std::path::Path,
+    vm_pid: i64,
+) -> (String, serde_json::Value) {
     let id =
         p.s.ok(&["run", "-d", "busybox", "sleep", "1000"])
             .trim()
             .to_string();
     scope.add_id(id.clone());
-    let vm = &p.s.inspect(&id)["Vm"];
+    let vm = p.s.inspect(&id)["Vm"].clone();
     assert_eq!(vm["Warm"], true, "the run took the pooled VM: {vm}");
     assert!(vm["WarmFallback"].is_null(), "{vm}");
-    // Its start phases are the hand-over's, not a boot's.
     let phases: Vec<&str> = vm["StartPhases"]["phases"]
         .as_array()
         .unwrap_or_else(|| panic!("{vm}"))
@@ -183,13 +178,12 @@ fn a_run_takes_a_pooled_vm_the_pool_refills_and_no_vm_serves_twice() {
         ],
         "{vm}"
     );
-    let st = vm_state(&p, &id);
+    let st = vm_state(p, &id);
     assert_eq!(
         st["vm_pid"].as_i64().unwrap(),
-        first_vm,
+        vm_pid,
         "the pooled VM itself"
     );
-    // Re-labelled: the VM's cgroup is the instance's, the pool's name is gone.
     let cg = st["cgroup_dirs"].as_array().unwrap();
     assert!(!cg.is_empty());
     for d in cg {
@@ -197,14 +191,31 @@ fn a_run_takes_a_pooled_vm_the_pool_refills_and_no_vm_serves_twice() {
         assert!(d.ends_with(&format!("strata-vm/{id}")), "{d}");
         assert!(std::path::Path::new(d).exists(), "{d}");
     }
-    // cgroup2 cannot rename: its processes move once the workload has run a moment
-    // (vm_pool.rs, SETTLE), then the pool's name is gone there too.
-    let pool_cgroup = format!("/strata-vm/{}", slot_vm_id(&first[0]));
+    let pool_cgroup = format!("/strata-vm/{}", slot_vm_id(slot));
     eventually(10, "the pool's cgroup name is gone", || {
         common::leaks::cgroup_dirs(&pool_cgroup)
             .iter()
             .all(|d| !d.exists())
     });
+    (id, vm)
+}
+
+#[test]
+fn a_run_takes_a_pooled_vm_the_pool_refills_and_no_vm_serves_twice() {
+    if !root_or_skip() {
+        return;
+    }
+    let p = Pool::new();
+    let mut scope = p.scope();
+    let before = Snapshot::take(&scope);
+    let out = p.s.ok(&["vm", "pool", "--size", "1"]);
+    assert!(out.contains("uml"), "{out}");
+    let first = p.ready();
+    assert_eq!(first.len(), 1, "one pooled VM is ready: {first:?}");
+    let first_vm = state(&first[0]).unwrap()["vm_pid"].as_i64().unwrap();
+    scope.add_id(slot_vm_id(&first[0]));
+
+    let (id, _) = run_warm(&p, &mut scope, &first[0], first_vm);
     // The workload runs in the VM, which booted without a disk: its root came at hand-over.
     let cmdline = p.s.ok(&["exec", &id, "cat", "/proc/cmdline"]);
     assert!(cmdline.contains("strata.lower=/dev/ubdb"), "{cmdline}");
@@ -690,50 +701,9 @@ fn a_qemu_run_takes_a_pooled_microvm_whose_root_disk_came_over_qmp() {
         tree_cmdlines(first_vm)
     );
 
-    let id =
-        p.s.ok(&["run", "-d", "busybox", "sleep", "1000"])
-            .trim()
-            .to_string();
-    scope.add_id(id.clone());
-    let vm = &p.s.inspect(&id)["Vm"];
-    assert_eq!(vm["Warm"], true, "the run took the pooled VM: {vm}");
-    assert!(vm["WarmFallback"].is_null(), "{vm}");
+    let (id, vm) = run_warm(&p, &mut scope, &first[0], first_vm);
     assert_eq!(vm["Platform"], "qemu", "{vm}");
     assert_eq!(vm["Accelerator"], "tcg", "{vm}");
-    let phases: Vec<&str> = vm["StartPhases"]["phases"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{vm}"))
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        phases,
-        [
-            "keeper-setup",
-            "warm-take",
-            "warm-hello",
-            "rootfs",
-            "workload-execve"
-        ],
-        "{vm}"
-    );
-    let st = vm_state(&p, &id);
-    assert_eq!(
-        st["vm_pid"].as_i64().unwrap(),
-        first_vm,
-        "the pooled VM itself"
-    );
-    for d in st["cgroup_dirs"].as_array().unwrap() {
-        let d = d.as_str().unwrap();
-        assert!(d.ends_with(&format!("strata-vm/{id}")), "{d}");
-    }
-    // The cgroup2 half of the re-label finishes once the workload settled (vm_pool.rs).
-    let pool_cgroup = format!("/strata-vm/{}", slot_vm_id(&first[0]));
-    eventually(10, "the pool's cgroup name is gone", || {
-        common::leaks::cgroup_dirs(&pool_cgroup)
-            .iter()
-            .all(|d| !d.exists())
-    });
     // The image is the root, read-write through the instance's own qcow2 overlay.
     let mounts = p.s.ok(&["exec", &id, "cat", "/proc/mounts"]);
     assert!(mounts.starts_with("/dev/vda / ext4 rw"), "{mounts}");
