@@ -364,6 +364,113 @@ fn a_killed_pool_keeper_takes_its_vm_with_it_even_when_the_guest_does_not_react(
     assert_no_leaks("pool keeper killed under a stopped guest", &scope, &before);
 }
 
+/// Workloads that end around the moment the pool keeper moves the VM's cgroup2 processes to
+/// the instance's name (vm_pool.rs SETTLE, 250 ms): an exiting process keeps the old directory
+/// busy for a moment. Whether the move waits, fails or succeeds, every VM's cgroups go, under
+/// the pool's name and the instance's (a failed move once left the pool's cgroup2 directory).
+#[test]
+fn workloads_ending_while_the_re_label_finishes_leave_no_cgroup() {
+    if !root_or_skip() {
+        return;
+    }
+    let p = Pool::new();
+    let mut scope = p.scope();
+    let before = Snapshot::take(&scope);
+    p.s.ok(&["vm", "pool", "--size", "1"]);
+    for i in 0..12 {
+        // The refill of the run before.
+        eventually(30, "a ready pooled VM", || !p.ready().is_empty());
+        for s in p.slots() {
+            scope.add_id(slot_vm_id(&s));
+        }
+        let usecs = (200_000 + (i % 6) * 20_000).to_string();
+        let id =
+            p.s.ok(&["run", "-d", "busybox", "usleep", &usecs])
+                .trim()
+                .to_string();
+        scope.add_id(id.clone());
+        assert_eq!(p.s.inspect(&id)["Vm"]["Warm"], true, "run {i}");
+        assert_eq!(p.s.ok(&["wait", &id]).trim(), "0", "run {i}");
+        p.s.ok(&["rm", &id]);
+    }
+    for s in p.slots() {
+        scope.add_id(slot_vm_id(&s));
+    }
+    p.s.ok(&["vm", "pool", "--size", "0"]);
+    assert_no_leaks("warm runs ending near the re-label", &scope, &before);
+}
+
+/// The teardown of a VM that served a workload runs detached (the claimer returned): when it
+/// cannot remove the VM's cgroup (here a process of the test's own sits in a sub-cgroup), the
+/// cause is shown by `strata vm pool` and its JSON, not lost.
+#[test]
+fn a_teardown_that_cannot_remove_the_cgroup_is_shown_by_vm_pool() {
+    if !root_or_skip() {
+        return;
+    }
+    let p = Pool::new();
+    let mut scope = p.scope();
+    let before = Snapshot::take(&scope);
+    p.s.ok(&["vm", "pool", "--size", "1"]);
+    let id =
+        p.s.ok(&["run", "-d", "busybox", "sleep", "1000"])
+            .trim()
+            .to_string();
+    scope.add_id(id.clone());
+    assert_eq!(p.s.inspect(&id)["Vm"]["Warm"], true);
+    let dir = common::leaks::cgroup_dirs(&format!("/strata-vm/{id}"))
+        .into_iter()
+        .find(|d| d.exists())
+        .expect("the instance's cgroup");
+    struct Blocker(std::process::Child, PathBuf);
+    impl Drop for Blocker {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            for d in [self.1.join("busy"), self.1.clone()] {
+                for _ in 0..100 {
+                    if std::fs::remove_dir(&d).is_ok() || !d.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    std::fs::create_dir(dir.join("busy")).unwrap();
+    let blocker = Blocker(
+        std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap(),
+        dir.clone(),
+    );
+    std::fs::write(dir.join("busy/cgroup.procs"), blocker.0.id().to_string()).unwrap();
+    p.s.ok(&["rm", "-f", &id]);
+    eventually(30, "the teardown's error", || {
+        p.status()[0]["last_error"].is_string()
+    });
+    let err = p.status()[0]["last_error"].as_str().unwrap().to_string();
+    assert!(
+        err.contains("tearing down the VM that served a workload")
+            && err.contains(&format!("{}/busy", dir.display()))
+            && err.contains("busy"),
+        "{err}"
+    );
+    let out = p.s.ok(&["vm", "pool"]);
+    assert!(out.contains("  last error: tearing down"), "{out}");
+    // The next `vm pool --size` starts over.
+    p.s.ok(&["vm", "pool", "--size", "1"]);
+    assert!(p.status()[0]["last_error"].is_null());
+    drop(blocker);
+    assert!(!dir.exists(), "{}", dir.display());
+    for s in p.slots() {
+        scope.add_id(slot_vm_id(&s));
+    }
+    p.s.ok(&["vm", "pool", "--size", "0"]);
+    assert_no_leaks("a teardown that failed, then the drain", &scope, &before);
+}
+
 #[test]
 fn pool_size_zero_drains_every_idle_vm() {
     if !root_or_skip() {

@@ -95,6 +95,10 @@ pub struct PoolStatus {
     pub idle_memory_bytes: Vec<u64>,
     /// Resident memory of each ready VM's pool keeper (bytes).
     pub keeper_memory_bytes: Vec<u64>,
+    /// The last thing that went wrong in this pool (a boot or a teardown), until the next
+    /// `strata vm pool --size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// The pools' directory under a runtime root.
@@ -332,6 +336,7 @@ pub fn set_size(
         booting: 0,
         idle_memory_bytes: Vec::new(),
         keeper_memory_bytes: Vec::new(),
+        last_error: None,
     }))
 }
 
@@ -366,6 +371,9 @@ fn status_of(dir: &Path) -> Option<PoolStatus> {
         booting,
         idle_memory_bytes,
         keeper_memory_bytes,
+        last_error: std::fs::read_to_string(dir.join("last-error"))
+            .ok()
+            .filter(|e| !e.trim().is_empty()),
     })
 }
 
@@ -996,7 +1004,15 @@ fn keeper(slot: &Path, c: &PoolConfig) -> i32 {
     }
     // The detached teardown of a VM that served a workload (the claimer returned already).
     strata_container::kill_point::hit("pool:teardown");
-    let _ = vm.kill();
+    if let Err(e) = vm.kill() {
+        // Nobody waits for this teardown: `strata vm pool` shows it.
+        if let Some(dir) = slot.parent() {
+            let _ = std::fs::write(
+                dir.join("last-error"),
+                format!("tearing down the VM that served a workload ({vm_id}): {e}"),
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(slot);
     0
 }

@@ -36,6 +36,9 @@ const DEFAULT_PARENT: &str = "strata-vm";
 
 /// How long removal waits for killed tasks to leave the cgroup.
 const SETTLE: Duration = Duration::from_secs(10);
+/// How long the cgroup2 half of a re-label waits for exiting processes to leave the old
+/// directory (the pool keeper runs it while the workload runs; the removal takes what is left).
+const MOVE_SETTLE: Duration = Duration::from_millis(200);
 
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -118,28 +121,33 @@ fn make_cgroup2_like(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The second half: every process from `from` into `to`, then `from` goes.
+/// The second half: every process from `from` into `to`, then `from` goes. A process that is
+/// exiting is no longer listed but still keeps `from` busy for a moment (EBUSY): the move and
+/// the removal are retried for up to [`MOVE_SETTLE`]. On failure nothing is undone: the processes
+/// moved so far stay in `to` (the same limits), the rest in `from`, and the caller keeps
+/// `from` for the VM's removal.
 fn move_cgroup2_processes(from: &Path, to: &Path) -> std::io::Result<()> {
     let procs = to.join("cgroup.procs");
-    // New processes may appear while moving (UML forks its helpers): until none is left.
-    for _ in 0..100 {
-        let pids = std::fs::read_to_string(from.join("cgroup.procs"))?;
-        if pids.trim().is_empty() {
-            break;
-        }
-        for pid in pids.lines() {
-            let _ = std::fs::write(&procs, pid);
-        }
-    }
-    std::fs::remove_dir(from).inspect_err(|_| {
-        // Undo: the processes go back, the new directory goes.
-        if let Ok(pids) = std::fs::read_to_string(&procs) {
+    let t = Instant::now();
+    loop {
+        // New processes may appear while moving (UML forks its helpers): until none is left.
+        for _ in 0..100 {
+            let pids = std::fs::read_to_string(from.join("cgroup.procs"))?;
+            if pids.trim().is_empty() {
+                break;
+            }
             for pid in pids.lines() {
-                let _ = std::fs::write(from.join("cgroup.procs"), pid);
+                let _ = std::fs::write(&procs, pid);
             }
         }
-        let _ = std::fs::remove_dir(to);
-    })
+        match std::fs::remove_dir(from) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && t.elapsed() < MOVE_SETTLE => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            r => return r,
+        }
+    }
 }
 
 impl VmCgroup {
@@ -245,14 +253,21 @@ impl VmCgroup {
     /// old name into the new one and removes the old one. Until then the VM is accounted under
     /// the old name, with the same limits.
     pub fn finish_relabel(&mut self) -> Result<()> {
+        let mut result = Ok(());
         for (from, to) in std::mem::take(&mut self.moving) {
-            move_cgroup2_processes(&from, &to).map_err(|e| VmmError::Cgroup {
-                path: from.clone(),
-                step: "move the processes to the re-labelled cgroup",
-                source: e,
-            })?;
+            if let Err(e) = move_cgroup2_processes(&from, &to) {
+                if result.is_ok() {
+                    result = Err(VmmError::Cgroup {
+                        path: from.clone(),
+                        step: "move the processes to the re-labelled cgroup",
+                        source: e,
+                    });
+                }
+                // Still the VM's: a later finish_relabel or the removal takes it.
+                self.moving.push((from, to));
+            }
         }
-        Ok(())
+        result
     }
 
     /// The `cgroup.procs` files of every hierarchy, opened for the jailed child to join by
@@ -361,14 +376,33 @@ impl VmCgroup {
     /// Removes the cgroup after the VM was reaped (its processes are gone; exiting ones are
     /// waited for briefly), then strata's shared `strata-vm` parent if it is left empty.
     pub(crate) fn destroy(&self) -> Result<()> {
-        // A re-label whose processes never moved: the old cgroup2 directory goes too.
-        for (from, _) in &self.moving {
-            let _ = std::fs::remove_dir(from);
-        }
-        let result = self
+        let mut result = self
             .cgroup
             .destroy()
             .map_err(|e| op_err(&self.id, "remove", e));
+        // A re-label whose processes never moved (or not all): the old cgroup2 directory goes
+        // too, once its exiting processes left it.
+        for (from, _) in &self.moving {
+            let t = Instant::now();
+            let removed = loop {
+                match std::fs::remove_dir(from) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && t.elapsed() < SETTLE => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break Ok(()),
+                    r => break r,
+                }
+            };
+            if let Err(e) = removed {
+                if result.is_ok() {
+                    result = Err(VmmError::Cgroup {
+                        path: from.clone(),
+                        step: "remove the cgroup's name before its re-label",
+                        source: e,
+                    });
+                }
+            }
+        }
         self.remove_default_parent();
         result
     }
@@ -616,6 +650,71 @@ mod tests {
             assert!(!d.exists(), "{} left", d.display());
         }
         let _ = child.wait();
+    }
+
+    /// A cgroup2 move that cannot finish (here the old directory is kept busy by a child
+    /// directory) is an error that keeps the old directory the VM's: the processes moved so
+    /// far stay in the new one, a later finish_relabel completes it, and the removal after a
+    /// failed one removes both names.
+    #[test]
+    fn a_move_that_cannot_finish_keeps_the_old_name_for_the_removal() {
+        if !root() {
+            return;
+        }
+        let n = std::process::id();
+        for finish_later in [true, false] {
+            let id = format!("strata-cgpooly-{n}-{finish_later}");
+            let new_id = format!("strata-cgrelabely-{n}-{finish_later}");
+            let mut cg = VmCgroup::create(&id, None, 256 << 20, 64, None).unwrap();
+            let _guard = Guard(cg.clone());
+            let mut child = std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .unwrap();
+            let pid = child.id() as i32;
+            if cg.join(pid).is_err() {
+                let _ = child.kill();
+            }
+            cg.relabel(&new_id).unwrap();
+            let _guard2 = Guard(cg.clone());
+            if !strata_testkit::require(!cg.moving.is_empty(), "needs a cgroup2 hierarchy") {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            let blockers: Vec<PathBuf> = cg
+                .moving
+                .iter()
+                .map(|(from, _)| from.join("busy"))
+                .collect();
+            for b in &blockers {
+                std::fs::create_dir(b).unwrap();
+            }
+            let err = cg.finish_relabel().unwrap_err().to_string();
+            assert!(err.contains("move the processes"), "{err}");
+            assert_eq!(cg.moving.len(), blockers.len(), "{:?}", cg.moving);
+            for (from, to) in &cg.moving {
+                assert!(from.exists(), "{}", from.display());
+                let procs = std::fs::read_to_string(to.join("cgroup.procs")).unwrap();
+                assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+            }
+            let old: Vec<PathBuf> = cg.moving.iter().map(|(f, _)| f.clone()).collect();
+            for b in &blockers {
+                std::fs::remove_dir(b).unwrap();
+            }
+            if finish_later {
+                cg.finish_relabel().unwrap();
+                assert!(cg.moving.is_empty());
+                for o in &old {
+                    assert!(!o.exists(), "{} still there", o.display());
+                }
+            }
+            cg.remove().unwrap();
+            for d in old.iter().chain(&cg.paths()) {
+                assert!(!d.exists(), "{} left", d.display());
+            }
+            let _ = child.wait();
+        }
     }
 
     /// An engine's cgroupsPath is used as given (runc's interpretation), with the VM's limits;

@@ -109,6 +109,9 @@ pub fn vm(g: &Global, c: VmCommand) -> anyhow::Result<()> {
             "{:<9} {:>6}m {:>5} {:>6} {:>8}  {}",
             p.platform, p.memory_mib, p.size, p.ready, p.booting, mem
         );
+        if let Some(e) = &p.last_error {
+            println!("  last error: {}", e.trim());
+        }
     }
     Ok(())
 }
