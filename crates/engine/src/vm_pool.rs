@@ -277,6 +277,7 @@ pub fn set_size(
         size,
         cache_dir: store.join("vm").join("cache"),
     };
+    let mut drain_errors = Vec::new();
     {
         let _l = lock(&dir).with_context(|| format!("lock {}", dir.display()))?;
         write_config(&dir, &c)?;
@@ -289,7 +290,9 @@ pub fn set_size(
             .rev()
             .take(idle.len().saturating_sub(size as usize))
         {
-            drain_slot(slot);
+            if let Err(e) = drain_slot(slot) {
+                drain_errors.push(e);
+            }
         }
         top_up(&dir, &c);
     }
@@ -327,6 +330,13 @@ pub fn set_size(
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+    if !drain_errors.is_empty() {
+        bail!(
+            "the pool is at size {size}, but ending {} of its VMs left something behind: {}",
+            drain_errors.len(),
+            drain_errors.join("; ")
+        );
     }
     Ok(status_of(&dir).unwrap_or(PoolStatus {
         platform: platform.into(),
@@ -403,11 +413,20 @@ pub fn status(runtime_root: &Path) -> Vec<PoolStatus> {
 }
 
 /// Asks an idle pooled VM's keeper to end it (and its slot).
-fn drain_slot(slot: &Path) {
-    let ok = vm_keeper::request_at(slot, &serde_json::json!({"op": "drain"}), &[])
+/// Ends an idle pooled VM through its keeper (or from outside when it does not answer). Err: the
+/// keeper's word on what it could not remove.
+fn drain_slot(slot: &Path) -> Result<(), String> {
+    let answer = vm_keeper::request_at(slot, &serde_json::json!({"op": "drain"}), &[])
         .ok()
-        .and_then(|mut r| vm_keeper::answer(&mut r).ok())
-        .is_some_and(|v| v["ok"] == true);
+        .and_then(|mut r| vm_keeper::answer(&mut r).ok());
+    let ok = answer.is_some();
+    let result = match answer {
+        Some(v) if v["ok"] == false => Err(v["message"]
+            .as_str()
+            .unwrap_or("the pool keeper could not end its VM")
+            .to_string()),
+        _ => Ok(()),
+    };
     let t = Instant::now();
     while ok && slot.exists() && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(5));
@@ -416,6 +435,7 @@ fn drain_slot(slot: &Path) {
         // Still booting (no listener yet), or its keeper did not finish: end it from outside.
         vm_keeper::destroy(slot);
     }
+    result
 }
 
 /// A VM taken from the pool: the channel to its agent, its leader (a pidfd, which stays right
@@ -892,8 +912,15 @@ fn keeper(slot: &Path, c: &PoolConfig) -> i32 {
         let req: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         match req["op"].as_str() {
             Some("drain") => {
-                let _ = writeln!(&conn, "{}", serde_json::json!({"ok": true}));
-                let _ = vm.kill();
+                // The drainer hears how it ended (a cgroup that cannot be removed, say).
+                let reply = match vm.kill() {
+                    Ok(_) => serde_json::json!({"ok": true}),
+                    Err(e) => serde_json::json!({
+                        "ok": false,
+                        "message": format!("ending the pooled VM {vm_id}: {e}"),
+                    }),
+                };
+                let _ = writeln!(&conn, "{reply}");
                 return gone(slot) - 1;
             }
             Some("claim") => {
