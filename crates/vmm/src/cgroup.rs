@@ -486,6 +486,21 @@ mod tests {
         strata_testkit::require(strata_testkit::is_root(), "needs root for cgroups")
     }
 
+    /// A `sleep 1000` in the VM cgroup `cg`, and its pid (a failed join ends it and fails).
+    fn sleeper_in(cg: &VmCgroup) -> (std::process::Child, i32) {
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        if let Err(e) = cg.join(pid) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("join the VM cgroup: {e}");
+        }
+        (child, pid)
+    }
+
     /// Removes the cgroup (and so kills the child) even when an assertion fails.
     struct Guard(VmCgroup);
     impl Drop for Guard {
@@ -512,14 +527,7 @@ mod tests {
         let dirs = cg.paths();
         assert!(dirs.iter().all(|d| d.ends_with(format!("strata-vm/{id}"))));
         assert_eq!(cg.memory().unwrap().limit_bytes, 256 << 20);
-        let mut child = std::process::Command::new("sleep")
-            .arg("1000")
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        if cg.join(pid).is_err() {
-            let _ = child.kill();
-        }
+        let (mut child, pid) = sleeper_in(&cg);
         for d in &dirs {
             let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap();
             assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
@@ -569,14 +577,7 @@ mod tests {
         let mut cg = VmCgroup::create(&id, None, 256 << 20, 64, None).unwrap();
         let _guard = Guard(cg.clone());
         let old = cg.paths();
-        let mut child = std::process::Command::new("sleep")
-            .arg("1000")
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        if cg.join(pid).is_err() {
-            let _ = child.kill();
-        }
+        let (mut child, pid) = sleeper_in(&cg);
         cg.relabel(&new_id).unwrap();
         let _guard2 = Guard(cg.clone());
         // cgroup2 cannot rename: its new directory exists with the limits, the process moves
@@ -636,11 +637,7 @@ mod tests {
         let mut cg = VmCgroup::create(&id, None, 256 << 20, 64, None).unwrap();
         let _guard = Guard(cg.clone());
         let old = cg.paths();
-        let mut child = std::process::Command::new("sleep")
-            .arg("1000")
-            .spawn()
-            .unwrap();
-        cg.join(child.id() as i32).unwrap();
+        let (mut child, _) = sleeper_in(&cg);
         cg.relabel(&new_id).unwrap();
         // As the instance's keeper knows it: from the claim's answer.
         let recorded: VmCgroup =
@@ -667,14 +664,7 @@ mod tests {
             let new_id = format!("strata-cgrelabely-{n}-{finish_later}");
             let mut cg = VmCgroup::create(&id, None, 256 << 20, 64, None).unwrap();
             let _guard = Guard(cg.clone());
-            let mut child = std::process::Command::new("sleep")
-                .arg("1000")
-                .spawn()
-                .unwrap();
-            let pid = child.id() as i32;
-            if cg.join(pid).is_err() {
-                let _ = child.kill();
-            }
+            let (mut child, pid) = sleeper_in(&cg);
             cg.relabel(&new_id).unwrap();
             let _guard2 = Guard(cg.clone());
             if !strata_testkit::require(!cg.moving.is_empty(), "needs a cgroup2 hierarchy") {
