@@ -44,6 +44,8 @@ pub struct Mode {
     pub assemble_rootfs: bool,
     /// [`boot_clock_us`] when the agent began (PID 1 mode), reported in the Hello.
     pub started_us: Option<u64>,
+    /// How long the pooled VM's rehearsal took (crate::rehearsal), reported in the Hello.
+    pub rehearsal_us: Option<u64>,
 }
 
 /// The guest's CLOCK_BOOTTIME in microseconds (time since its kernel started the clock).
@@ -492,6 +494,7 @@ impl Agent {
                 link_window: self.link_window,
                 agent_start_us: self.mode.started_us,
                 hello_us: self.mode.started_us.and(boot_clock_us()),
+                rehearsal_us: self.mode.rehearsal_us,
             }),
         );
     }

@@ -10,6 +10,7 @@ pub mod modules;
 pub mod mounts;
 pub mod net;
 pub mod process;
+pub mod rehearsal;
 pub mod spec;
 
 pub use agent::{Agent, AgentError, Mode, Outcome};

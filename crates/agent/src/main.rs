@@ -116,6 +116,7 @@ fn run_host(args: &Args) -> Result<ExitCode> {
         guest,
         assemble_rootfs,
         started_us: None,
+        rehearsal_us: None,
     };
     let mut agent = Agent::new(chan, mode)?;
     Ok(match agent.run()? {
@@ -166,11 +167,23 @@ fn run_pid1() -> ! {
     if let Err(e) = std::fs::remove_file(&dev) {
         tracing::warn!("cannot hide the channel device {dev}: {e}");
     }
+    // A pooled VM rehearses one start before its Hello (crate::rehearsal).
+    let mut warnings = warnings;
+    let mut rehearsal_us = None;
+    if let Some(disk) = &params.rehearse {
+        match strata_agent::rehearsal::rehearse(disk, std::time::Duration::from_secs(10)) {
+            Ok(took) => rehearsal_us = Some(took.as_micros() as u64),
+            Err(e) => warnings.push(format!(
+                "the pooled VM's rehearsal failed ({e}): its first start is not sped up"
+            )),
+        }
+    }
     let mode = Mode {
         pid1: true,
         guest: params,
         assemble_rootfs: true,
         started_us,
+        rehearsal_us,
     };
     match Agent::new(chan, mode) {
         Ok(mut agent) => {

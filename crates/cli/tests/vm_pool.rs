@@ -840,6 +840,26 @@ fn a_qemu_run_takes_a_pooled_microvm_whose_root_disk_came_over_qmp() {
     let (id, vm) = run_warm(&p, &mut scope, &first[0], first_vm);
     assert_eq!(vm["Platform"], "qemu", "{vm}");
     assert_eq!(vm["Accelerator"], "tcg", "{vm}");
+    // The pooled guest rehearsed a start before its hello (crates/agent/src/rehearsal.rs), and
+    // nothing of the rehearsal is left for the workload: no disk node, no mount, no process.
+    assert!(
+        vm["StartPhases"]["rehearsal_ms"]
+            .as_f64()
+            .unwrap_or_default()
+            > 0.0,
+        "{vm}"
+    );
+    let seen = p.s.ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "ls /dev/vd*; cat /proc/self/mountinfo; ps -o pid,args",
+    ]);
+    assert!(seen.contains("/dev/vda"), "{seen}");
+    for gone in ["/dev/vdb", "rehearsal", "--version"] {
+        assert!(!seen.contains(gone), "{gone}: {seen}");
+    }
     // The image is the root, read-write through the instance's own qcow2 overlay.
     let mounts = p.s.ok(&["exec", &id, "cat", "/proc/mounts"]);
     assert!(mounts.starts_with("/dev/vda / ext4 rw"), "{mounts}");
@@ -898,7 +918,12 @@ fn a_qemu_run_takes_a_pooled_microvm_whose_root_disk_came_over_qmp() {
     assert!(out.status.success(), "{out:?}");
     let uml_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     scope.add_id(uml_id.clone());
-    assert_eq!(p.s.inspect(&uml_id)["Vm"]["Warm"], true);
+    let uml_vm = &p.s.inspect(&uml_id)["Vm"];
+    assert_eq!(uml_vm["Warm"], true);
+    assert!(
+        uml_vm["StartPhases"].get("rehearsal_ms").is_none(),
+        "UML runs guest code natively: nothing to rehearse: {uml_vm}"
+    );
     p.s.ok(&["rm", "-f", &uml_id]);
     eventually(90, "the pools refill", || {
         p.ready().len() == 1
@@ -984,4 +1009,63 @@ fn a_qemu_hand_over_that_qemu_refuses_destroys_the_vm_and_boots_cold_with_its_ca
     assert!(p.ready().is_empty(), "a failed hand-over refills nothing");
     p.s.ok(&["vm", "pool", "--size", "0", "--platform", "qemu"]);
     assert_no_leaks("refused qemu hand-over", &scope, &before);
+}
+
+/// A rehearsal that fails (here: the cached rehearsal disk overwritten with zeroes, so the
+/// guest cannot mount it) is a warning with its cause on the run that takes the VM; the pooled
+/// VM still serves, only without the rehearsal's head start, and nothing is left.
+#[test]
+fn a_failed_rehearsal_is_a_warning_and_the_pooled_vm_still_serves() {
+    if !root_or_skip() || !qemu_or_skip() {
+        return;
+    }
+    let p = Pool::qemu();
+    let mut scope = p.scope();
+    let before = Snapshot::take(&scope);
+    // A first pooled VM builds the rehearsal disk into the store's cache.
+    p.s.ok(&["vm", "pool", "--size", "1", "--platform", "qemu"]);
+    for s in p.slots() {
+        scope.add_id(slot_vm_id(&s));
+    }
+    p.s.ok(&["vm", "pool", "--size", "0", "--platform", "qemu"]);
+    let cache = p.s.store.path().join("vm/cache");
+    let disks: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|f| {
+            f.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("rehearsal-")
+        })
+        .collect();
+    assert_eq!(disks.len(), 1, "{disks:?}");
+    let len = std::fs::metadata(&disks[0]).unwrap().len();
+    std::fs::write(&disks[0], vec![0u8; len as usize]).unwrap();
+
+    p.s.ok(&["vm", "pool", "--size", "1", "--platform", "qemu"]);
+    let slot = p.ready().pop().expect("a ready pooled VM");
+    scope.add_id(slot_vm_id(&slot));
+    // Detached: the VM keeper's own stderr goes nowhere; what it says while the VM starts comes
+    // to the run's stderr with its "started".
+    let out = p.s.strata(&["run", "-d", "busybox", "sleep", "1000"]);
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    scope.add_id(id.clone());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rehearsal failed") && stderr.contains("mount the rehearsal disk /dev/vdb"),
+        "the cause reaches the user: {stderr}"
+    );
+    let vm = &p.s.inspect(&id)["Vm"];
+    assert_eq!(vm["Warm"], true, "{vm}");
+    assert!(vm["StartPhases"].get("rehearsal_ms").is_none(), "{vm}");
+    assert_eq!(p.s.ok(&["exec", &id, "echo", "served"]).trim(), "served");
+    p.s.ok(&["rm", "-f", &id]);
+    for s in p.slots() {
+        scope.add_id(slot_vm_id(&s));
+    }
+    p.s.ok(&["vm", "pool", "--size", "0", "--platform", "qemu"]);
+    assert_no_leaks("failed rehearsal", &scope, &before);
 }

@@ -37,6 +37,7 @@ pub mod relay;
 pub mod removal;
 pub mod run;
 pub mod start_phases;
+pub mod start_warnings;
 pub mod terminal_relay;
 pub mod vm_backend;
 pub mod vm_keeper;

@@ -35,8 +35,11 @@ pub fn spawn(paths: &Paths, containers: &Containers, rec: Record) -> anyhow::Res
             drop(status_w);
             let mut msg = String::new();
             let _ = std::fs::File::from(status_r).read_to_string(&mut msg);
-            match msg.strip_prefix("ok") {
-                Some(_) => Ok(()),
+            match crate::start_warnings::ok_warnings(&msg) {
+                Some(warnings) => {
+                    crate::start_warnings::say(warnings);
+                    Ok(())
+                }
                 None if msg.is_empty() => {
                     bail!("the container monitor died before starting the container")
                 }
@@ -185,7 +188,13 @@ fn monitor(paths: &Paths, containers: &Containers, mut rec: Record, status: Owne
     rec.exit_code = None;
     rec.finished = None;
     let _ = containers.save(&rec);
-    let _ = write!(status, "ok");
+    // What the start warned of (the VM keeper's report, said in this process) goes to the
+    // waiting `strata`: our own stderr is /dev/null.
+    let _ = write!(
+        status,
+        "{}",
+        crate::start_warnings::ok_status(&crate::start_warnings::take())
+    );
     drop(status);
     strata_container::kill_point::hit("monitor:running");
 

@@ -45,6 +45,11 @@ pub struct StartPhases {
     /// Attempts it took: a guest that did not answer is booted again (up to three boots), and a
     /// failed warm hand-over is followed by a cold boot.
     pub boot_attempts: u32,
+    /// A VM from the warm pool: how long its agent's rehearsal of a start took when the VM was
+    /// booted (guest clock, as the agent reports it), long before this start: in neither the
+    /// phases nor the total. None: a cold VM, or one that did not rehearse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rehearsal_ms: Option<f64>,
 }
 
 impl StartPhases {
@@ -58,6 +63,9 @@ impl StartPhases {
         parts.push(format!("total={:.1}ms", self.total_ms));
         if self.boot_attempts > 1 {
             parts.push(format!("boot_attempts={}", self.boot_attempts));
+        }
+        if let Some(r) = self.rehearsal_ms {
+            parts.push(format!("(rehearsed {r:.1}ms at pool boot)"));
         }
         parts.join(" ")
     }
@@ -76,6 +84,7 @@ pub struct PhaseClock {
     /// Time not counted (a held workload waiting for `start`).
     excluded: Duration,
     attempts: u32,
+    rehearsal: Option<Duration>,
 }
 
 impl PhaseClock {
@@ -91,6 +100,7 @@ impl PhaseClock {
             phases: Vec::new(),
             excluded: Duration::ZERO,
             attempts: 0,
+            rehearsal: None,
         }
     }
 
@@ -149,6 +159,11 @@ impl PhaseClock {
         self.last = now;
     }
 
+    /// Notes the pooled VM's rehearsal (its agent's Hello says how long it took).
+    pub fn rehearsed(&mut self, took: Option<Duration>) {
+        self.rehearsal = took;
+    }
+
     /// How many phases are marked (to pass to [`PhaseClock::boot_attempt`]).
     pub fn marked(&self) -> usize {
         self.phases.len()
@@ -179,6 +194,7 @@ impl PhaseClock {
             phases: self.phases.clone(),
             total_ms: ms(total),
             boot_attempts: self.attempts.max(1),
+            rehearsal_ms: self.rehearsal.map(ms),
         }
     }
 }
@@ -227,6 +243,33 @@ mod tests {
             p.summary(),
             "keeper-setup=2.0ms jail=5.0ms kernel-boot=70.0ms agent-setup=30.0ms rootfs=13.0ms workload-execve=5.0ms total=125.0ms"
         );
+    }
+
+    #[test]
+    fn a_pooled_vms_rehearsal_is_shown_beside_the_phases_not_in_them() {
+        let t0 = Instant::now();
+        let mut c = PhaseClock::start_at(t0);
+        c.mark_at("warm-take", t0 + Duration::from_millis(5));
+        c.rehearsed(Some(Duration::from_micros(81_250)));
+        c.mark_at("warm-hello", t0 + Duration::from_millis(6));
+        let p = c.finish_at(t0 + Duration::from_millis(6));
+        assert_eq!(p.rehearsal_ms, Some(81.25));
+        assert_eq!(p.total_ms, 6.0);
+        assert_eq!(sum(&p), p.total_ms);
+        assert!(
+            p.summary()
+                .ends_with("total=6.0ms (rehearsed 81.2ms at pool boot)"),
+            "{}",
+            p.summary()
+        );
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["rehearsal_ms"], 81.25);
+        // A cold start has none, and says nothing of it.
+        let cold = PhaseClock::start_at(t0).finish_at(t0);
+        assert!(serde_json::to_value(&cold)
+            .unwrap()
+            .get("rehearsal_ms")
+            .is_none());
     }
 
     #[test]

@@ -294,7 +294,8 @@ pub fn launch(l: Launch) -> Result<i32, LaunchError> {
             drop(status_w);
             let mut msg = String::new();
             let _ = std::fs::File::from(status_r).read_to_string(&mut msg);
-            if msg.starts_with("ok") {
+            if let Some(warnings) = crate::start_warnings::ok_warnings(&msg) {
+                crate::start_warnings::say(warnings);
                 return Ok(child.as_raw());
             }
             // The keeper failed and is exiting: reap it.
@@ -490,13 +491,16 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     // (A VM with a network boots cold: pooled VMs have no NIC.)
     let mut try_warm = !l.hold && netns.is_none();
     let mut prewarm_child = None;
+    // What went wrong but did not stop the start: sent with the "ok" to the caller, whose
+    // stderr is the user's (the keeper's own is /dev/null unless it is the workload's).
+    let mut warnings: Vec<String> = Vec::new();
     let (mut vm, vm_pid, client, session) = loop {
         clock.boot_attempt(setup_phases);
         let warm = if std::mem::take(&mut try_warm) {
             match take_warm(l) {
                 Ok(w) => w,
                 Err(m) => {
-                    tracing::warn!("warm VM hand-over failed, booting cold: {m}");
+                    warnings.push(format!("warm VM hand-over failed, booting cold: {m}"));
                     st.warm_fallback = Some(m);
                     None
                 }
@@ -584,7 +588,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             Err(e) if is_warm => {
                 let _ = vm.kill();
                 st.warm_fallback = Some(format!("the pooled VM's agent did not answer: {e}"));
-                tracing::warn!("warm VM hand-over failed, booting cold: {e}");
+                warnings.push(format!("warm VM hand-over failed, booting cold: {e}"));
                 continue;
             }
             Err(e) => {
@@ -597,9 +601,9 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
                 };
                 let _ = vm.kill();
                 if !last && matches!(e, strata_proto::ClientError::Timeout(..)) {
-                    tracing::warn!(
+                    warnings.push(format!(
                         "boot {attempt}: the guest agent did not answer ({e}); booting again"
-                    );
+                    ));
                     continue;
                 }
                 // QEMU's own stderr and the console, or the console alone (UML).
@@ -620,6 +624,8 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         if is_warm {
             // The pooled agent booted long ago: the hand-over's Hello is all there is to time.
             clock.mark("warm-hello");
+            let hello = client.agent_hello();
+            clock.rehearsed(hello.rehearsal_us.map(Duration::from_micros));
         } else {
             clock.mark_hello(client.agent_hello().agent_setup());
         }
@@ -627,6 +633,11 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
         match client.create_within(&bytes, Some(Duration::from_secs(30))) {
             Ok(s) => {
                 clock.mark("rootfs");
+                // What the guest could not do but went on without (a mount it skipped, a
+                // hostname it could not set, a rehearsal that failed): said before Created.
+                for w in client.connection_errors() {
+                    warnings.push(format!("the guest agent: {w}"));
+                }
                 break (vm, vm_pid, client, Arc::new(s));
             }
             // A refusal of the workload's own config would refuse it after a cold boot too; a
@@ -637,7 +648,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
             {
                 let _ = vm.kill();
                 st.warm_fallback = Some(format!("create in the pooled VM: {e}"));
-                tracing::warn!("warm VM hand-over failed, booting cold: {e}");
+                warnings.push(format!("warm VM hand-over failed, booting cold: {e}"));
                 continue;
             }
             Err(e) => {
@@ -650,7 +661,9 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
                 };
                 let _ = vm.kill();
                 if !last && matches!(e, strata_proto::ClientError::Timeout(..)) {
-                    tracing::warn!("boot {attempt}: no answer to create ({e}); booting again");
+                    warnings.push(format!(
+                        "boot {attempt}: no answer to create ({e}); booting again"
+                    ));
                     continue;
                 }
                 restore_owners();
@@ -719,7 +732,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     if l.hold {
         st.status = "created".into();
         save_state(l.state_dir, &st);
-        report(&mut status, "ok");
+        report(&mut status, &crate::start_warnings::ok_status(&warnings));
         let held = clock.pause();
         match start_rx.recv() {
             Ok(conn) => {
@@ -784,7 +797,7 @@ fn keeper(l: &Launch, status: OwnedFd, parent: i32) -> i32 {
     if let Some(mut c) = start_reply.take() {
         let _ = writeln!(c, "{}", serde_json::json!({"ok": true}));
     }
-    report(&mut status, "ok");
+    report(&mut status, &crate::start_warnings::ok_status(&warnings));
     strata_container::kill_point::hit("keeper:running");
     let [i, o, e] = stdio;
     let i = match i {

@@ -42,6 +42,8 @@ pub const MAX_SIZE: u32 = 64;
 /// (`root_fs`, absent in the jail) when the command line names none, so ubd0 cannot be added
 /// later; the disk comes as ubd1 (/dev/ubdb).
 pub const ROOT_DISK_INDEX: usize = 1;
+/// The disk index of a pooled qemu VM's rehearsal disk, after the root placeholder (vdb).
+pub const REHEARSAL_DISK_INDEX: usize = 1;
 /// The platforms the pool holds VMs of.
 pub const PLATFORMS: [&str; 2] = ["uml", "qemu"];
 
@@ -1151,6 +1153,18 @@ fn boot(slot: &Path, vm_id: &str, c: &PoolConfig) -> Result<strata_vmm::Vm, Stri
     }
     .kernel_params();
     cfg.kernel_params.push("dummy.numdummies=0".into());
+    if cfg.hot_root {
+        // A qemu guest rehearses one start on strata's own small disk before its hello, so the
+        // workload's start finds the kernel's paths already translated (strata_vmm::rehearsal).
+        let disk = strata_vmm::rehearsal::rehearsal_disk(&agent, &c.cache_dir)
+            .map_err(|e| format!("the pooled VM's rehearsal disk: {e}"))?;
+        cfg.rehearsal_disk = Some(disk);
+        cfg.kernel_params.push(format!(
+            "{}={}",
+            strata_proto::guest::PARAM_REHEARSE,
+            platform.disk_device(REHEARSAL_DISK_INDEX)
+        ));
+    }
     cfg.console = Console::File(slot.join("console.log"));
     platform
         .boot(&cfg)

@@ -522,6 +522,7 @@ impl Client {
                 link_window: None,
                 agent_start_us: None,
                 hello_us: None,
+                rehearsal_us: None,
             }),
             "sending hello",
         )?;

@@ -18,6 +18,7 @@ fn agent_hello() -> Vec<u8> {
             link_window: None,
             agent_start_us: None,
             hello_us: None,
+            rehearsal_us: None,
         }),
     )
     .encode()
@@ -152,6 +153,7 @@ fn an_agent_with_another_version_is_refused() {
             link_window: None,
             agent_start_us: None,
             hello_us: None,
+            rehearsal_us: None,
         }),
     );
     agent.write_all(&hello.encode().unwrap()).unwrap();

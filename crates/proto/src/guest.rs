@@ -26,6 +26,10 @@ pub fn halt_by_reboot(cmdline: &str) -> bool {
         .any(|w| w.strip_prefix(PARAM_HALT).and_then(|r| r.strip_prefix('=')) == Some("reboot"))
 }
 
+/// A pooled VM's rehearsal disk (ext4, read-only, strata's own): the agent runs one start on it
+/// before its Hello (crates/agent/src/rehearsal.rs).
+pub const PARAM_REHEARSE: &str = "strata.rehearse";
+
 /// Filesystem of the image's lower disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LowerFs {
@@ -54,6 +58,7 @@ pub struct GuestParams {
     pub upper_size: Option<String>,
     pub root_rw: bool,
     pub debug: bool,
+    pub rehearse: Option<String>,
 }
 
 /// A malformed guest parameter.
@@ -126,6 +131,7 @@ impl GuestParams {
                 PARAM_CHANNEL => p.channel = Some(device(PARAM_CHANNEL, value)?),
                 PARAM_LOWER => p.lower = Some(device(PARAM_LOWER, value)?),
                 PARAM_UPPER => p.upper = Some(device(PARAM_UPPER, value)?),
+                PARAM_REHEARSE => p.rehearse = Some(device(PARAM_REHEARSE, value)?),
                 PARAM_LOWERFS => {
                     p.lowerfs = match value {
                         "ext4" => LowerFs::Ext4,
@@ -164,6 +170,9 @@ impl GuestParams {
         if self.debug {
             words.push(format!("{PARAM_DEBUG}=1"));
         }
+        if let Some(r) = &self.rehearse {
+            words.push(format!("{PARAM_REHEARSE}={r}"));
+        }
         words.join(" ")
     }
 }
@@ -176,9 +185,10 @@ mod tests {
     fn parses_a_uml_command_line() {
         let p = GuestParams::parse(
             "mem=256M root=/dev/ubda init=/strata-agent strata.channel=/dev/ttyS1 strata.lower=/dev/ubdb \
-             strata.lowerfs=erofs strata.upper=/dev/ubdc strata.debug=1 console=ttyS0",
+             strata.lowerfs=erofs strata.upper=/dev/ubdc strata.debug=1 strata.rehearse=/dev/ubdd console=ttyS0",
         )
         .unwrap();
+        assert_eq!(p.rehearse.as_deref(), Some("/dev/ubdd"));
         assert_eq!(p.channel.as_deref(), Some("/dev/ttyS1"));
         assert_eq!(p.lower.as_deref(), Some("/dev/ubdb"));
         assert_eq!(p.lowerfs, LowerFs::Erofs);
@@ -203,6 +213,9 @@ mod tests {
             "strata.rootrw=yes",
             "strata.debug=",
             "strata.upper=/dev/a,b",
+            "strata.rehearse=/dev/../proc/self/mem",
+            "strata.rehearse=vdb",
+            "strata.rehearse=/dev/vd,b",
         ] {
             assert!(GuestParams::parse(bad).is_err(), "{bad} accepted");
         }

@@ -50,6 +50,11 @@ pub struct Hello {
     pub agent_start_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hello_us: Option<u64>,
+    /// Agent only: how long the pooled VM's rehearsal took before this Hello (microseconds,
+    /// guest clock; absent when the VM did not rehearse or the rehearsal failed). Informative:
+    /// the host shows it, nothing depends on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rehearsal_us: Option<u64>,
 }
 
 impl Hello {

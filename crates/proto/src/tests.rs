@@ -39,6 +39,7 @@ fn all_messages() -> Vec<Message> {
             link_window: Some(2048),
             agent_start_us: Some(1_500),
             hello_us: Some(9_000),
+            rehearsal_us: Some(4_000),
         }),
         Message::Error(ErrorMsg {
             kind: "k".into(),
@@ -338,6 +339,7 @@ fn the_agent_setup_time_comes_from_its_clock_and_never_goes_negative() {
         link_window: None,
         agent_start_us: start,
         hello_us: hello,
+        rehearsal_us: None,
     };
     assert_eq!(
         hello(Some(1_000), Some(31_000)).agent_setup(),

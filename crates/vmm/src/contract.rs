@@ -8,6 +8,7 @@
 //! | `strata.lowerfs=ext4\|erofs` | its filesystem |
 //! | `strata.upper=DEV` | optional writable ext4 disk for the overlay's upper layer (else a tmpfs upper) |
 //! | `strata.rootrw=1` | the lower disk is a writable copy-on-write disk: mount it read-write as the root, no overlay |
+//! | `strata.rehearse=DEV` | a pooled qemu VM's rehearsal disk (crate::rehearsal): the agent runs one start on it before its Hello |
 
 use crate::disk::DiskFormat;
 

@@ -32,6 +32,7 @@ mod qcow2;
 mod qemu;
 pub mod qemu_hotplug;
 pub mod qmp;
+pub mod rehearsal;
 mod seccomp;
 mod uml;
 pub mod uml_hotplug;

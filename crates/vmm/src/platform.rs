@@ -76,6 +76,9 @@ pub struct VmConfig {
     /// (qemu: the warm pool, [`crate::qemu_hotplug`]); the VM then has a QMP monitor
     /// ([`crate::Vm::take_qmp`]). Only the qemu platform has this.
     pub hot_root: bool,
+    /// A pooled VM's rehearsal disk ([`crate::rehearsal`]): read-only, the guest's second block
+    /// device after the placeholder root. Only with `hot_root` (the qemu platform).
+    pub rehearsal_disk: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -101,6 +104,7 @@ impl VmConfig {
             network_at_start: false,
             runtime_dir: runtime_dir.into(),
             hot_root: false,
+            rehearsal_disk: None,
         }
     }
 

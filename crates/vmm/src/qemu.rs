@@ -546,6 +546,15 @@ pub(crate) fn command_line(
             "-device",
             &dev,
         ]);
+        if config.rehearsal_disk.is_some() {
+            // The guest's second block device (vdb), read-only and shared by every pooled VM.
+            push(&[
+                "-blockdev",
+                "driver=raw,node-name=rehearsal,read-only=on,file.driver=file,file.filename=/rehearsal,file.locking=off",
+                "-device",
+                "virtio-blk-device,drive=rehearsal",
+            ]);
+        }
     }
     for (i, disk) in config.disks.iter().enumerate() {
         let node = match (&disk.cow, disk.read_only) {
@@ -664,6 +673,14 @@ fn preflight(p: &QemuPlatform, config: &VmConfig, accel: Accel) -> Result<Kernel
         return Err(VmmError::InvalidConfig(
             "a VM whose root disk comes later (hot_root) boots with no other disk".into(),
         ));
+    }
+    if let Some(r) = &config.rehearsal_disk {
+        if !config.hot_root {
+            return Err(VmmError::InvalidConfig(
+                "a rehearsal disk is for a pooled VM (hot_root) only".into(),
+            ));
+        }
+        check_readable("rehearsal disk", r)?;
     }
     if config.disks.len() > max {
         return Err(VmmError::InvalidConfig(format!(
@@ -845,6 +862,9 @@ impl Platform for QemuPlatform {
         }
         if let Some(initrd) = &config.initrd {
             files.push(ro_file(initrd, "initrd", false));
+        }
+        if let Some(r) = &config.rehearsal_disk {
+            files.push(ro_file(r, "rehearsal", false));
         }
 
         let mut created = Vec::new();
@@ -1277,6 +1297,14 @@ mod tests {
         ] {
             assert!(h.contains(want), "{want}: {h}");
         }
+        assert!(!h.contains("rehearsal"), "{h}");
+        // With a rehearsal disk: read-only, right after the placeholder (the guest's vdb).
+        hot.rehearsal_disk = Some("/c/rehearsal.ext4".into());
+        let h = command_line(&hot, Accel::Tcg, None, &facts(false), None).join(" ");
+        assert!(
+            h.contains("-device virtio-blk-device,drive=root -blockdev driver=raw,node-name=rehearsal,read-only=on,file.driver=file,file.filename=/rehearsal,file.locking=off -device virtio-blk-device,drive=rehearsal"),
+            "{h}"
+        );
         let n = command_line(
             &c,
             Accel::Tcg,

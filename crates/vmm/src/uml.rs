@@ -169,6 +169,13 @@ impl Platform for UmlPlatform {
         if let Some(initrd) = &config.initrd {
             check_readable("initrd", initrd, false)?;
         }
+        if config.rehearsal_disk.is_some() {
+            return Err(VmmError::InvalidConfig(
+                "a rehearsal disk is for pooled qemu VMs: UML runs guest code natively, there \
+                 is no translation to warm"
+                    .into(),
+            ));
+        }
         if config.disks.len() > MAX_DISKS {
             return Err(VmmError::InvalidConfig(format!(
                 "{} disks requested: UML supports at most {MAX_DISKS} ubd devices",

@@ -374,6 +374,19 @@ fn bad_input_is_refused_before_anything_is_created() {
     let mut c = base.clone();
     c.initrd = Some(PathBuf::from("/nonexistent/initrd"));
     refused(&c, QemuPlatform::new(), &["initrd", "/nonexistent/initrd"]);
+    // A rehearsal disk outside the warm pool (no hot root), and a missing one.
+    let mut c = base.clone();
+    c.rehearsal_disk = Some(disk.clone());
+    refused(&c, QemuPlatform::new(), &["rehearsal disk", "pooled VM"]);
+    let mut c = base.clone();
+    c.disks.clear();
+    c.hot_root = true;
+    c.rehearsal_disk = Some(PathBuf::from("/nonexistent/rehearsal.ext4"));
+    refused(
+        &c,
+        QemuPlatform::new(),
+        &["rehearsal disk", "/nonexistent/rehearsal.ext4"],
+    );
     // A VM on a network whose kernel has no virtio-net (its config beside it says so).
     let kdir = dir.path().join("nonet");
     std::fs::create_dir(&kdir).unwrap();
