@@ -90,13 +90,22 @@ fn run(dev: &str, device_within: Duration) -> Result<(), String> {
         .process
         .as_ref()
         .ok_or("the rehearsal's config has no process")?;
-    let child = spawn(&SpawnRequest {
+    let child = match spawn(&SpawnRequest {
         process,
         tty: false,
         stdin: false,
         root: Some(root),
-    })
-    .map_err(|e| format!("start {PROGRAM} {ARG} in the rehearsal root: {e}"))?;
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            if let crate::process::SpawnError::Child { pid, .. } = &e {
+                // It exited (127) by itself: reap it here, the agent's loop has not begun.
+                // SAFETY: waitpid on our own child; no memory is passed.
+                unsafe { libc::waitpid(*pid, std::ptr::null_mut(), 0) };
+            }
+            return Err(format!("start {PROGRAM} {ARG} in the rehearsal root: {e}"));
+        }
+    };
     let mut status = 0;
     // SAFETY: waitpid writes the status into a local integer; the child is ours.
     let waited = unsafe { libc::waitpid(child.pid, &mut status, 0) };

@@ -81,6 +81,28 @@ pub fn disk_path(cache_dir: &Path, key: &str, format: DiskFormat) -> Result<Path
     Ok(cache_dir.join(format!("{}.{}", key_file_name(key)?, format.suffix())))
 }
 
+/// `mkfs.ext4` with the options of every strata disk (no journal: the disks are rebuilt, not
+/// recovered; no resize inode: they never grow; 4 KiB blocks; nothing reserved), labelled
+/// `label`; the caller adds the source tree and the image.
+pub(crate) fn mkfs_ext4(label: &str) -> Command {
+    let mut c = Command::new("mkfs.ext4");
+    c.args([
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-b",
+        "4096",
+        "-m",
+        "0",
+        "-O",
+        "^has_journal,^resize_inode",
+        "-L",
+        label,
+    ]);
+    c
+}
+
 /// Builds the disk image of `layers` (bottom first; one entry may be an already merged rootfs)
 /// unless the cache already has it, and returns its path (`<cache_dir>/<key>.<format>`,
 /// world-readable, never modified afterwards).
@@ -181,26 +203,12 @@ fn build_into(
             let f = cache_file::create_new(tmp, 0o644).map_err(|e| disk_err(tmp, "create", e))?;
             f.set_len(size).map_err(|e| disk_err(tmp, "size", e))?;
             drop(f);
-            let mut c = Command::new("mkfs.ext4");
-            c.args([
-                "-q",
-                "-F",
-                "-t",
-                "ext4",
-                "-b",
-                "4096",
-                "-m",
-                "0",
-                "-O",
-                "^has_journal,^resize_inode",
-                "-L",
-                "strata",
-            ])
-            .arg("-N")
-            .arg((inodes + inodes / 10 + 64).to_string())
-            .arg("-d")
-            .arg(&source)
-            .arg(tmp);
+            let mut c = mkfs_ext4("strata");
+            c.arg("-N")
+                .arg((inodes + inodes / 10 + 64).to_string())
+                .arg("-d")
+                .arg(&source)
+                .arg(tmp);
             c
         }
         DiskFormat::Erofs | DiskFormat::ErofsLz4 => {

@@ -101,9 +101,8 @@ pub(crate) fn encode(entries: &[Entry<'_>]) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Builds (once; cached by the agent's sha256 in `cache_dir`) the initramfs holding `agent` as
-/// [`AGENT_GUEST_PATH`]. Returns its path; the file is world-readable so a jailed VM can read it.
-pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf> {
+/// Reads the agent binary; returns it and its cache key (the first 16 hex digits of its sha256).
+pub(crate) fn read_agent(agent: &Path) -> Result<(Vec<u8>, String)> {
     let data = std::fs::read(agent).map_err(|e| VmmError::file("agent binary", agent, e))?;
     if !data.starts_with(b"\x7fELF") {
         return Err(VmmError::InvalidConfig(format!(
@@ -111,8 +110,16 @@ pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf> {
             agent.display()
         )));
     }
-    let hash = hex::encode(Sha256::digest(&data));
-    let out = cache_dir.join(format!("agent-{}.cpio", &hash[..16]));
+    let mut key = hex::encode(Sha256::digest(&data));
+    key.truncate(16);
+    Ok((data, key))
+}
+
+/// Builds (once; cached by the agent's sha256 in `cache_dir`) the initramfs holding `agent` as
+/// [`AGENT_GUEST_PATH`]. Returns its path; the file is world-readable so a jailed VM can read it.
+pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf> {
+    let (data, key) = read_agent(agent)?;
+    let out = cache_dir.join(format!("agent-{key}.cpio"));
     if out.is_file() {
         return Ok(out);
     }

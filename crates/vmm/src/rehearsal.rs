@@ -5,9 +5,9 @@
 //! one image (cached by the agent's sha256) serves every pooled VM: QEMU opens it read-only.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-use sha2::{Digest, Sha256};
+#[cfg(test)]
+use std::process::Command;
+use std::process::Stdio;
 
 use crate::error::{Result, VmmError};
 
@@ -19,15 +19,8 @@ const SLACK_BYTES: u64 = 4 << 20;
 /// Builds (once; cached by the agent's sha256 in `cache_dir`) the rehearsal disk holding
 /// `agent`, and returns its path (world-readable, for the jailed QEMU).
 pub fn rehearsal_disk(agent: &Path, cache_dir: &Path) -> Result<PathBuf> {
-    let data = std::fs::read(agent).map_err(|e| VmmError::file("agent binary", agent, e))?;
-    if !data.starts_with(b"\x7fELF") {
-        return Err(VmmError::InvalidConfig(format!(
-            "agent {} is not an ELF executable: build strata-agent (static) first",
-            agent.display()
-        )));
-    }
-    let hash = hex::encode(Sha256::digest(&data));
-    let out = cache_dir.join(format!("rehearsal-{}.ext4", &hash[..16]));
+    let (data, key) = crate::initramfs::read_agent(agent)?;
+    let out = cache_dir.join(format!("rehearsal-{key}.ext4"));
     if out.is_file() {
         return Ok(out);
     }
@@ -85,22 +78,8 @@ fn build(agent: &[u8], tree: &Path, image: &Path) -> Result<()> {
     drop(img);
     // The same file system options as the image disks (crate::disk), so the rehearsal takes
     // the paths the workload's mount takes.
-    let output = Command::new("mkfs.ext4")
-        .args([
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            "-m",
-            "0",
-            "-O",
-            "^has_journal,^resize_inode",
-            "-L",
-            "strata-rehearsal",
-            "-d",
-        ])
+    let output = crate::disk::mkfs_ext4("strata-rehearsal")
+        .arg("-d")
         .arg(tree)
         .arg(image)
         .stdin(Stdio::null())
