@@ -1034,10 +1034,8 @@ fn a_failed_rehearsal_is_a_warning_and_the_pooled_vm_still_serves() {
         .flatten()
         .map(|e| e.path())
         .filter(|f| {
-            f.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("rehearsal-")
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("rehearsal-") && name.ends_with(".ext4")
         })
         .collect();
     assert_eq!(disks.len(), 1, "{disks:?}");

@@ -873,10 +873,33 @@ fn console_tail(path: &Path) -> String {
 /// The agent's initramfs, found by the agent file's identity (device, inode, size, mtime) so a
 /// VM start does not read and hash the agent again (strata-vmm caches the archive by content).
 pub(crate) fn agent_initrd(agent: &Path, cache: &Path) -> Result<PathBuf, String> {
+    by_agent_identity(agent, cache, "agent", || {
+        strata_vmm::initramfs::agent_initramfs(agent, cache)
+            .map_err(|e| format!("agent initramfs: {e}"))
+    })
+}
+
+/// A pooled qemu VM's rehearsal disk (strata_vmm::rehearsal), found as [`agent_initrd`] is: a
+/// refill does not read and hash the agent again.
+pub(crate) fn agent_rehearsal_disk(agent: &Path, cache: &Path) -> Result<PathBuf, String> {
+    by_agent_identity(agent, cache, "rehearsal", || {
+        strata_vmm::rehearsal::rehearsal_disk(agent, cache)
+            .map_err(|e| format!("the pooled VM's rehearsal disk: {e}"))
+    })
+}
+
+/// What `build` makes of the agent (a file strata-vmm caches by the agent's content), looked
+/// up by the agent file's identity through an index file `<kind>-<dev>-<ino>-<len>-<mtime>.path`.
+fn by_agent_identity(
+    agent: &Path,
+    cache: &Path,
+    kind: &str,
+    build: impl FnOnce() -> Result<PathBuf, String>,
+) -> Result<PathBuf, String> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(agent).map_err(|e| format!("agent {}: {e}", agent.display()))?;
     let index = cache.join(format!(
-        "agent-{}-{}-{}-{}.{}.path",
+        "{kind}-{}-{}-{}-{}.{}.path",
         m.dev(),
         m.ino(),
         m.len(),
@@ -889,8 +912,7 @@ pub(crate) fn agent_initrd(agent: &Path, cache: &Path) -> Result<PathBuf, String
             return Ok(p);
         }
     }
-    let p = strata_vmm::initramfs::agent_initramfs(agent, cache)
-        .map_err(|e| format!("agent initramfs: {e}"))?;
+    let p = build()?;
     let tmp = index.with_extension(format!("tmp{}", std::process::id()));
     if std::fs::write(&tmp, p.as_os_str().as_encoded_bytes()).is_ok() {
         let _ = std::fs::rename(&tmp, &index);

@@ -1156,9 +1156,7 @@ fn boot(slot: &Path, vm_id: &str, c: &PoolConfig) -> Result<strata_vmm::Vm, Stri
     if cfg.hot_root {
         // A qemu guest rehearses one start on strata's own small disk before its hello, so the
         // workload's start finds the kernel's paths already translated (strata_vmm::rehearsal).
-        let disk = strata_vmm::rehearsal::rehearsal_disk(&agent, &c.cache_dir)
-            .map_err(|e| format!("the pooled VM's rehearsal disk: {e}"))?;
-        cfg.rehearsal_disk = Some(disk);
+        cfg.rehearsal_disk = Some(vm_keeper::agent_rehearsal_disk(&agent, &c.cache_dir)?);
         cfg.kernel_params.push(format!(
             "{}={}",
             strata_proto::guest::PARAM_REHEARSE,

@@ -118,20 +118,18 @@ mod tests {
             .unwrap()
             .starts_with("rehearsal-"));
         // What the guest will find on it: read back with debugfs (e2fsprogs).
-        let out = Command::new("debugfs")
-            .args(["-R", "cat /strata-agent"])
-            .arg(&disk)
-            .stderr(Stdio::null())
-            .output()
-            .unwrap();
-        assert_eq!(out.stdout, elf);
-        let ls = Command::new("debugfs")
-            .args(["-R", "ls -l /"])
-            .arg(&disk)
-            .stderr(Stdio::null())
-            .output()
-            .unwrap();
-        let ls = String::from_utf8_lossy(&ls.stdout);
+        let debugfs = |request: &str| {
+            Command::new("debugfs")
+                .args(["-R", request])
+                .arg(&disk)
+                .stderr(Stdio::null())
+                .output()
+                .unwrap()
+                .stdout
+        };
+        assert_eq!(debugfs("cat /strata-agent"), elf);
+        let ls = debugfs("ls -l /");
+        let ls = String::from_utf8_lossy(&ls);
         for want in ["proc", "sys", "dev", "tmp", "strata-agent"] {
             assert!(ls.contains(want), "{want}: {ls}");
         }
